@@ -1,0 +1,170 @@
+"""Channels over TLS: the only place puretor opens TCP connections.
+
+`ChannelManager.get_channel(target)` returns an open, identity-verified channel
+to a relay, reusing one per relay identity.  Every connection goes to an
+address taken from a `ChannelTarget` — a relay from the consensus or a
+configured authority/fallback — never to a stream's destination.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import ssl
+import time
+from dataclasses import dataclass
+
+from puretor.errors import ChannelError
+from puretor.proto.channel import Channel, ChannelState
+
+log = logging.getLogger("puretor.channel")
+
+CONNECT_TIMEOUT = 10.0
+HANDSHAKE_TIMEOUT = 20.0
+
+
+@dataclass(frozen=True, slots=True)
+class ChannelTarget:
+    """Where a relay's ORPort is and who it must prove to be."""
+
+    address: str
+    or_port: int
+    rsa_id: bytes
+    ed_id: bytes | None = None
+    nickname: str = ""
+
+    def describe(self) -> str:
+        name = self.nickname or "relay"
+        return f"{name} ${self.rsa_id.hex().upper()[:8]} at {self.address}:{self.or_port}"
+
+
+def _tls_context() -> ssl.SSLContext:
+    # Relays present self-signed certificates; the CERTS cell binds the TLS
+    # certificate to the relay's identity instead (tor-spec §4.2).
+    ctx = ssl.SSLContext(ssl.PROTOCOL_TLS_CLIENT)
+    ctx.check_hostname = False
+    ctx.verify_mode = ssl.CERT_NONE
+    ctx.minimum_version = ssl.TLSVersion.TLSv1_2
+    return ctx
+
+
+class ChannelProtocol(asyncio.Protocol):
+    """Moves bytes between a TLS transport and a sans-I/O `Channel`."""
+
+    def __init__(self, channel: Channel, loop: asyncio.AbstractEventLoop) -> None:
+        self.channel = channel
+        self.loop = loop
+        self.transport: asyncio.Transport | None = None
+        self.opened: asyncio.Future[None] = loop.create_future()
+        self._flush_scheduled = False
+        channel.on_flush_needed = self._schedule_flush
+        channel.on_open = self._on_open
+        channel.on_closed = self._on_closed
+
+    # asyncio.Protocol
+    def connection_made(self, transport: asyncio.BaseTransport) -> None:
+        assert isinstance(transport, asyncio.Transport)
+        self.transport = transport
+        ssl_object = transport.get_extra_info("ssl_object")
+        der = ssl_object.getpeercert(binary_form=True) if ssl_object is not None else None
+        self.channel.tls_cert_der = der
+        self.channel.start()
+
+    def data_received(self, data: bytes) -> None:
+        self.channel.receive_data(data, time.time())
+        # Flush in the same loop iteration: SENDMEs and replies go out batched.
+        if self.channel.outbuf:
+            self._flush()
+
+    def eof_received(self) -> bool | None:
+        self.channel.close("relay closed the connection")
+        return None
+
+    def connection_lost(self, exc: Exception | None) -> None:
+        self.channel.close(f"connection lost: {exc}" if exc else "connection closed")
+
+    # channel callbacks
+    def _schedule_flush(self) -> None:
+        if not self._flush_scheduled:
+            self._flush_scheduled = True
+            self.loop.call_soon(self._flush)
+
+    def _flush(self) -> None:
+        self._flush_scheduled = False
+        out = self.channel.outbuf
+        if out and self.transport is not None and not self.transport.is_closing():
+            self.transport.write(bytes(out))
+        out.clear()
+
+    def _on_open(self) -> None:
+        if not self.opened.done():
+            self.opened.set_result(None)
+
+    def _on_closed(self, reason: str) -> None:
+        if not self.opened.done():
+            self.opened.set_exception(ChannelError(reason))
+        if self.transport is not None:
+            self._flush()
+            self.transport.close()
+
+
+class ChannelManager:
+    """One open channel per relay identity, opened on demand."""
+
+    def __init__(self) -> None:
+        self._channels: dict[bytes, Channel] = {}
+        self._pending: dict[bytes, asyncio.Task[Channel]] = {}
+        self.connects = 0  # channels opened (for tests and stats)
+
+    async def get_channel(self, target: ChannelTarget) -> Channel:
+        chan = self._channels.get(target.rsa_id)
+        if chan is not None and chan.state is ChannelState.OPEN:
+            return chan
+        task = self._pending.get(target.rsa_id)
+        if task is None:
+            task = asyncio.ensure_future(self._open(target))
+            self._pending[target.rsa_id] = task
+            task.add_done_callback(lambda _t: self._pending.pop(target.rsa_id, None))
+        return await asyncio.shield(task)
+
+    async def _open(self, target: ChannelTarget) -> Channel:
+        loop = asyncio.get_running_loop()
+        channel = Channel(
+            peer_address=target.address,
+            expected_rsa_id=target.rsa_id,
+            expected_ed_id=target.ed_id,
+        )
+        proto = ChannelProtocol(channel, loop)
+        try:
+            await asyncio.wait_for(
+                loop.create_connection(
+                    lambda: proto, target.address, target.or_port, ssl=_tls_context(),
+                    server_hostname="",
+                ),
+                CONNECT_TIMEOUT,
+            )
+        except (OSError, asyncio.TimeoutError) as exc:
+            raise ChannelError(f"cannot connect to {target.describe()}: {exc!r}") from exc
+        try:
+            await asyncio.wait_for(asyncio.shield(proto.opened), HANDSHAKE_TIMEOUT)
+        except asyncio.TimeoutError as exc:
+            channel.close("link handshake timed out")
+            raise ChannelError(f"link handshake with {target.describe()} timed out") from exc
+        except ChannelError as exc:
+            raise ChannelError(f"link handshake with {target.describe()} failed: {exc}") from exc
+        self.connects += 1
+        self._channels[target.rsa_id] = channel
+        log.debug("channel open to %s (link protocol %d)", target.describe(), channel.link_protocol)
+        return channel
+
+    def drop(self, rsa_id: bytes) -> None:
+        chan = self._channels.pop(rsa_id, None)
+        if chan is not None:
+            chan.close("dropped")
+
+    def close_all(self) -> None:
+        for chan in list(self._channels.values()):
+            chan.close("shutting down")
+        self._channels.clear()
+        for task in list(self._pending.values()):
+            task.cancel()

@@ -1,0 +1,150 @@
+"""Tor streams as asyncio transports.
+
+`TorStreamTransport` is the `StreamSink` of a core `Stream` and an
+`asyncio.Transport` for the application's protocol, so DATA cells reach
+`protocol.data_received` with no queue or task in between, and asyncio's flow
+control maps onto Tor's: `pause_reading` withholds stream SENDMEs, a full send
+buffer calls `protocol.pause_writing`.
+"""
+
+from __future__ import annotations
+
+import asyncio
+from typing import Any
+
+from puretor.errors import StreamError, StreamRefused
+from puretor.proto.relaymsg import Connected, End, EndReason, ResolvedAnswer
+from puretor.proto.stream import Stream
+
+
+class TorStreamTransport(asyncio.Transport):
+    def __init__(self, loop: asyncio.AbstractEventLoop, target: str) -> None:
+        super().__init__()
+        self._loop = loop
+        self.target = target
+        self.stream: Stream | None = None
+        self.protocol: asyncio.BaseProtocol | None = None
+        self.connected: asyncio.Future[Connected] = loop.create_future()
+        self.resolved: asyncio.Future[list[ResolvedAnswer]] = loop.create_future()
+        self.end_reason: int | None = None
+        self._closing = False
+        self._lost = False
+        self._extra: dict[str, Any] = {}
+        self._write_paused = False
+
+    # -- StreamSink --------------------------------------------------------------
+
+    def stream_connected(self, connected: Connected) -> None:
+        self._extra["exit_address"] = connected.address
+        if not self.connected.done():
+            self.connected.set_result(connected)
+
+    def stream_data(self, data: bytes) -> None:
+        proto = self.protocol
+        if proto is not None:
+            proto.data_received(data)  # type: ignore[attr-defined]
+
+    def stream_resolved(self, answers: list[ResolvedAnswer]) -> None:
+        if not self.resolved.done():
+            self.resolved.set_result(answers)
+
+    def stream_ended(self, reason: int, end: End | None, message: str) -> None:
+        self.end_reason = reason
+        exc = StreamRefused(f"{message} ({EndReason.describe(reason)})", reason)
+        if end is not None and end.address:
+            self._extra["end_address"] = end.address
+        for fut in (self.connected, self.resolved):
+            if not fut.done():
+                fut.set_exception(exc)
+                fut.exception()  # mark retrieved: the other future may be unused
+        if self.protocol is not None and not self._lost:
+            if reason == EndReason.DONE and end is not None:
+                # A clean end from the exit: the peer closed its side.
+                keep_open = self.protocol.eof_received()  # type: ignore[attr-defined]
+                if not keep_open:
+                    self._connection_lost(None)
+            else:
+                self._connection_lost(exc)
+
+    def stream_writable(self) -> None:
+        if self._write_paused and self.protocol is not None:
+            self._write_paused = False
+            self.protocol.resume_writing()
+
+    # -- asyncio.Transport ---------------------------------------------------------
+
+    def attach(self, protocol: asyncio.BaseProtocol) -> None:
+        self.protocol = protocol
+        protocol.connection_made(self)
+
+    def write(self, data: bytes | bytearray | memoryview) -> None:
+        if self._closing or self.stream is None:
+            return
+        if self.stream.write(bytes(data)) and not self._write_paused and self.protocol is not None:
+            self._write_paused = True
+            self.protocol.pause_writing()
+
+    def writelines(self, list_of_data: Any) -> None:
+        self.write(b"".join(list_of_data))
+
+    def can_write_eof(self) -> bool:
+        return True
+
+    def write_eof(self) -> None:
+        if self.stream is not None:
+            self.stream.close()
+
+    def get_write_buffer_size(self) -> int:
+        return self.stream.buffered if self.stream is not None else 0
+
+    def set_write_buffer_limits(self, high: int | None = None, low: int | None = None) -> None:
+        pass
+
+    def pause_reading(self) -> None:
+        if self.stream is not None:
+            self.stream.pause_delivery()
+
+    def resume_reading(self) -> None:
+        if self.stream is not None:
+            self.stream.resume_delivery()
+
+    def is_reading(self) -> bool:
+        return self.stream is not None and not self.stream.delivery_paused
+
+    def is_closing(self) -> bool:
+        return self._closing
+
+    def close(self) -> None:
+        if self._closing:
+            return
+        self._closing = True
+        if self.stream is not None:
+            self.stream.close()
+        self._loop.call_soon(self._connection_lost, None)
+
+    def abort(self) -> None:
+        self._closing = True
+        if self.stream is not None:
+            self.stream.abort(EndReason.MISC)
+        self._connection_lost(None)
+
+    def get_extra_info(self, name: str, default: Any = None) -> Any:
+        return self._extra.get(name, default)
+
+    def set_protocol(self, protocol: asyncio.BaseProtocol) -> None:
+        self.protocol = protocol
+
+    def get_protocol(self) -> asyncio.BaseProtocol:
+        assert self.protocol is not None
+        return self.protocol
+
+    def _connection_lost(self, exc: Exception | None) -> None:
+        if self._lost:
+            return
+        self._lost = True
+        self._closing = True
+        if self.protocol is not None:
+            self.protocol.connection_lost(exc)
+
+
+__all__ = ["TorStreamTransport", "StreamError"]

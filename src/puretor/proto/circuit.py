@@ -1,0 +1,506 @@
+"""A client circuit, sans-I/O: handshakes, relay crypto, streams, flow control.
+
+tor-spec §5 (create/extend), §6 (relay cells), §7.3–7.4 (SENDME windows) and
+proposal 289 (authenticated SENDMEs).  Cells leave through the owning
+`Channel`'s output buffer; nothing here touches a socket or a clock.
+"""
+
+from __future__ import annotations
+
+import enum
+import os
+import struct
+from collections import deque
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import TYPE_CHECKING, Any
+
+from puretor.errors import RemoteProtocolError
+from puretor.proto import handshake
+from puretor.proto.cells import (
+    CellCommand,
+    decode_created2,
+    decode_created_fast,
+    decode_destroy,
+    encode_create2,
+    encode_create_fast,
+    encode_destroy,
+)
+from puretor.proto.relaycrypto import HopCrypto, OnionCrypto
+from puretor.proto.relaymsg import (
+    RELAY_DATA_LEN,
+    EndReason,
+    LinkSpecifier,
+    RelayCommand,
+    decode_connected,
+    decode_end,
+    decode_extended2,
+    decode_resolved,
+    decode_sendme,
+    decode_truncated,
+    encode_begin,
+    encode_end,
+    encode_extend2,
+    encode_resolve,
+    encode_sendme_v1,
+)
+from puretor.proto.stream import (
+    SEND_BUFFER_HIGH_WATER,
+    STREAM_WINDOW_INCREMENT,
+    STREAM_WINDOW_START,
+    Stream,
+    StreamSink,
+    StreamState,
+)
+
+if TYPE_CHECKING:
+    from puretor.proto.channel import Channel
+
+CIRCWINDOW_START = 1000
+CIRCWINDOW_INCREMENT = 100
+MAX_RELAY_EARLY = 8
+# Cells one stream may package before the next stream with data gets a turn.
+_FAIR_SHARE_CELLS = 32
+
+_RELAY_HEADER = struct.Struct(">BHHIH")  # command, recognized, stream id, digest, length
+_CMD_DATA = RelayCommand.DATA.value
+_CMD_SENDME = RelayCommand.SENDME.value
+_CELL_RELAY = CellCommand.RELAY.value
+_CELL_RELAY_EARLY = CellCommand.RELAY_EARLY.value
+
+_STREAM_COMMANDS = frozenset(
+    {RelayCommand.CONNECTED, RelayCommand.END, RelayCommand.RESOLVED, RelayCommand.SENDME}
+)
+
+
+class CircuitState(enum.Enum):
+    BUILDING = "building"
+    OPEN = "open"
+    CLOSED = "closed"
+
+
+# -- events (low-rate; DATA never becomes an event) -------------------------
+
+
+@dataclass(frozen=True, slots=True)
+class HopAdded:
+    """CREATED(_FAST)/EXTENDED2 completed: the circuit now has ``hops`` hops."""
+
+    hops: int
+
+
+@dataclass(frozen=True, slots=True)
+class CircuitClosed:
+    reason: int  # DESTROY/TRUNCATED reason (tor-spec §5.4)
+    message: str
+    remote: bool  # the relay closed it (DESTROY/TRUNCATED), not us
+
+
+@dataclass(frozen=True, slots=True)
+class ControlCell:
+    """A circuit-level relay message the core does not handle (onion services)."""
+
+    command: int
+    body: bytes
+    hop: int
+
+
+CircuitEvent = HopAdded | CircuitClosed | ControlCell
+
+
+class _PaddingPool:
+    """Random bytes for relay-cell padding without a syscall per cell."""
+
+    __slots__ = ("_pool", "_pos")
+
+    def __init__(self) -> None:
+        self._pool = b""
+        self._pos = 0
+
+    def take(self, n: int) -> bytes:
+        if self._pos + n > len(self._pool):
+            self._pool = os.urandom(65536)
+            self._pos = 0
+        out = self._pool[self._pos : self._pos + n]
+        self._pos += n
+        return out
+
+
+_padding = _PaddingPool()
+
+
+class Circuit:
+    """One origin circuit on a channel."""
+
+    def __init__(
+        self,
+        channel: Channel,
+        circ_id: int,
+        *,
+        sendme_accept_min_version: int = 0,
+        circwindow: int = CIRCWINDOW_START,
+    ) -> None:
+        self.channel = channel
+        self.circ_id = circ_id
+        self.state = CircuitState.BUILDING
+        self.crypto = OnionCrypto()
+        self.on_event: Callable[[CircuitEvent], None] = lambda ev: None
+        self.streams: dict[int, Stream] = {}
+        self.closed_reason: CircuitClosed | None = None
+        self._pending: tuple[str, Any] | None = None
+        self._relay_early_sent = 0
+        self._next_stream_id = 1
+        self._sendme_accept_min = sendme_accept_min_version
+        self._circwindow = circwindow
+        # Per-hop circuit windows and the digests of cells that should be SENDMEd.
+        self._package_window: list[int] = []
+        self._deliver_window: list[int] = []
+        self._expected_sendme: list[deque[bytes]] = []
+        self._ready: deque[Stream] = deque()
+        self._header = struct.pack(">IB", circ_id, _CELL_RELAY)
+        self.cells_received = 0
+        self.cells_sent = 0
+
+    # -- building ------------------------------------------------------------
+
+    @property
+    def hop_count(self) -> int:
+        return len(self.crypto.hops)
+
+    def send_create_fast(self) -> None:
+        x, payload = handshake.fast_client_create()
+        self._pending = ("fast", x)
+        self.channel._queue_cell(self.circ_id, CellCommand.CREATE_FAST, encode_create_fast(payload))
+
+    def send_create2(self, rsa_id: bytes, ntor_key: bytes) -> None:
+        state, onionskin = handshake.ntor_client_create(rsa_id, ntor_key)
+        self._pending = ("ntor", state)
+        self.channel._queue_cell(
+            self.circ_id, CellCommand.CREATE2, encode_create2(handshake.NTOR_HTYPE, onionskin)
+        )
+
+    def send_extend2(self, link_specifiers: list[LinkSpecifier], rsa_id: bytes, ntor_key: bytes) -> None:
+        if self.state is not CircuitState.BUILDING or not self.crypto.hops:
+            raise RuntimeError("extend on a circuit that is not being built")
+        state, onionskin = handshake.ntor_client_create(rsa_id, ntor_key)
+        self._pending = ("ntor", state)
+        body = encode_extend2(link_specifiers, handshake.NTOR_HTYPE, onionskin)
+        self.send_relay(RelayCommand.EXTEND2, 0, body, early=True)
+
+    def add_virtual_hop(self, df: bytes, db: bytes, kf: bytes, kb: bytes) -> None:
+        """Append the onion-service hop (rend-spec §4.2.1: SHA3-256, AES-256)."""
+        self._add_hop(HopCrypto(df, db, kf, kb, hs=True))
+
+    def mark_open(self) -> None:
+        if self.state is CircuitState.BUILDING:
+            self.state = CircuitState.OPEN
+
+    def _add_hop(self, hop: HopCrypto) -> None:
+        self.crypto.add_hop(hop)
+        self._package_window.append(self._circwindow)
+        self._deliver_window.append(self._circwindow)
+        self._expected_sendme.append(deque())
+
+    def _complete_handshake(self, reply: bytes | tuple[bytes, bytes]) -> None:
+        pending, self._pending = self._pending, None
+        if pending is None:
+            raise RemoteProtocolError("unexpected handshake reply")
+        kind, state = pending
+        if kind == "fast":
+            y, kh = reply  # type: ignore[misc]
+            keys = handshake.fast_client_complete(state, y, kh)
+        else:
+            keys = handshake.ntor_client_complete(state, reply)  # type: ignore[arg-type]
+        self._add_hop(HopCrypto(keys.df, keys.db, keys.kf, keys.kb))
+        self.on_event(HopAdded(self.hop_count))
+
+    # -- inbound -------------------------------------------------------------
+
+    def handle_cell(self, command: int, payload: bytes) -> None:
+        """A cell for this circuit arrived on the channel."""
+        if self.state is CircuitState.CLOSED:
+            return
+        try:
+            if command == _CELL_RELAY:
+                self._handle_relay(payload)
+            elif command == CellCommand.DESTROY:
+                reason = decode_destroy(payload)
+                self._closed(reason, "circuit destroyed by relay", remote=True)
+            elif command == CellCommand.CREATED_FAST:
+                self._complete_handshake(decode_created_fast(payload))
+            elif command == CellCommand.CREATED2:
+                self._complete_handshake(decode_created2(payload))
+            elif command == _CELL_RELAY_EARLY:
+                raise RemoteProtocolError("relay sent RELAY_EARLY towards the client")
+            # Other commands on a circuit are ignored (tor-spec: drop unknown).
+        except RemoteProtocolError as exc:
+            self.destroy(1, f"protocol violation: {exc}")
+
+    def _handle_relay(self, payload: bytes) -> None:
+        hop, body = self.crypto.decrypt_inbound(payload)
+        command, _rec, stream_id, _digest, length = _RELAY_HEADER.unpack_from(body)
+        if length > RELAY_DATA_LEN:
+            raise RemoteProtocolError(f"relay cell length {length} > {RELAY_DATA_LEN}")
+        self.cells_received += 1
+        if command == _CMD_DATA:
+            # Every DATA cell counts against the circuit window, even for
+            # streams we already closed (tor-spec §7.3).
+            window = self._deliver_window[hop] - 1
+            if window < 0:
+                raise RemoteProtocolError("relay overran the circuit deliver window")
+            if window <= self._circwindow - CIRCWINDOW_INCREMENT:
+                # The digest of the cell just absorbed authenticates this SENDME.
+                digest = self.crypto.last_backward_digest(hop)
+                self.send_relay(RelayCommand.SENDME, 0, encode_sendme_v1(digest), hop=hop)
+                window += CIRCWINDOW_INCREMENT
+            self._deliver_window[hop] = window
+            stream = self.streams.get(stream_id)
+            if stream is not None and hop == len(self.crypto.hops) - 1:
+                self._stream_data(stream, body[11 : 11 + length])
+            return
+        data = body[11 : 11 + length]
+        if stream_id == 0:
+            self._handle_circuit_message(command, data, hop)
+        elif command in _STREAM_COMMANDS:
+            stream = self.streams.get(stream_id)
+            if stream is not None:
+                if hop != len(self.crypto.hops) - 1:
+                    raise RemoteProtocolError("stream cell from a hop that is not the last")
+                self._handle_stream_message(stream, command, data)
+        # A recognised cell with an unknown command is dropped (tor-spec §6.1).
+
+    def _handle_circuit_message(self, command: int, data: bytes, hop: int) -> None:
+        if command == _CMD_SENDME:
+            self._circuit_sendme_received(hop, data)
+        elif command == RelayCommand.EXTENDED2:
+            if self._pending is None:
+                raise RemoteProtocolError("EXTENDED2 without an EXTEND2")
+            self._complete_handshake(decode_extended2(data))
+        elif command == RelayCommand.TRUNCATED:
+            reason = decode_truncated(data)
+            # A partial circuit is of no use to us: tear it all down (as C tor).
+            self.destroy(reason, "circuit truncated by relay", remote=True)
+        elif command == RelayCommand.DROP:
+            pass
+        else:
+            self.on_event(ControlCell(command, bytes(data), hop))
+
+    def _circuit_sendme_received(self, hop: int, data: bytes) -> None:
+        version, digest = decode_sendme(data)
+        if version < self._sendme_accept_min:
+            raise RemoteProtocolError(f"SENDME version {version} below the accepted minimum")
+        expected = self._expected_sendme[hop]
+        if not expected:
+            raise RemoteProtocolError("unexpected circuit SENDME")
+        want = expected.popleft()
+        if version >= 1 and digest != want:
+            raise RemoteProtocolError("circuit SENDME digest does not match")
+        window = self._package_window[hop] + CIRCWINDOW_INCREMENT
+        if window > self._circwindow:
+            raise RemoteProtocolError("circuit SENDME overflowed the package window")
+        self._package_window[hop] = window
+        self._package()
+
+    def _handle_stream_message(self, stream: Stream, command: int, data: bytes) -> None:
+        if command == _CMD_SENDME:
+            stream.package_window += STREAM_WINDOW_INCREMENT
+            if stream.package_window > STREAM_WINDOW_START:
+                raise RemoteProtocolError("stream SENDME overflowed the stream window")
+            if stream.send_buffer:
+                self._schedule_stream(stream)
+        elif command == RelayCommand.CONNECTED:
+            if stream.state is not StreamState.CONNECTING:
+                raise RemoteProtocolError("CONNECTED on a stream that is not connecting")
+            stream.state = StreamState.OPEN
+            stream.sink.stream_connected(decode_connected(data))
+            if stream.send_buffer:
+                self._schedule_stream(stream)
+            elif stream.close_after_flush:
+                self._end_stream(stream, EndReason.DONE)
+        elif command == RelayCommand.END:
+            end = decode_end(data)
+            self._forget_stream(stream)
+            stream.sink.stream_ended(end.reason, end, "stream ended by exit")
+        elif command == RelayCommand.RESOLVED:
+            if stream.state is not StreamState.RESOLVING:
+                raise RemoteProtocolError("RESOLVED for a stream that did not RESOLVE")
+            self._forget_stream(stream)
+            stream.sink.stream_resolved(decode_resolved(data))
+
+    def _stream_data(self, stream: Stream, data: bytes) -> None:
+        if stream.state is not StreamState.OPEN:
+            if stream.state is StreamState.CONNECTING:
+                raise RemoteProtocolError("DATA before CONNECTED")
+            return
+        stream.deliver_window -= 1
+        if stream.deliver_window < 0:
+            stream.abort(EndReason.TORPROTOCOL)
+            stream.sink.stream_ended(EndReason.TORPROTOCOL, None, "exit overran the stream window")
+            return
+        stream.sink.stream_data(data)
+        if not stream.delivery_paused and stream.deliver_window <= (
+            STREAM_WINDOW_START - STREAM_WINDOW_INCREMENT
+        ):
+            self._maybe_stream_sendme(stream)
+
+    def _maybe_stream_sendme(self, stream: Stream) -> None:
+        if stream.state is not StreamState.OPEN:
+            return
+        while stream.deliver_window <= STREAM_WINDOW_START - STREAM_WINDOW_INCREMENT:
+            stream.deliver_window += STREAM_WINDOW_INCREMENT
+            self.send_relay(RelayCommand.SENDME, stream.stream_id, b"")
+
+    # -- outbound ------------------------------------------------------------
+
+    def send_relay(
+        self,
+        command: int,
+        stream_id: int,
+        data: bytes = b"",
+        *,
+        hop: int = -1,
+        early: bool = False,
+    ) -> bytes:
+        """Seal and queue one relay cell; returns the hop's running digest (20 bytes)."""
+        if self.state is CircuitState.CLOSED:
+            raise RuntimeError("circuit is closed")
+        length = len(data)
+        if length > RELAY_DATA_LEN:
+            raise ValueError("relay message too long for one cell")
+        body = bytearray(_RELAY_HEADER.pack(command, 0, stream_id, 0, length))
+        body += data
+        pad = RELAY_DATA_LEN - length
+        if pad > 4:
+            body += b"\0\0\0\0"
+            body += _padding.take(pad - 4)
+        elif pad:
+            body += bytes(pad)
+        if hop < 0:
+            hop += len(self.crypto.hops)
+        payload, digest = self.crypto.encrypt_outbound(body, hop)
+        header = self._header
+        if early:
+            if self._relay_early_sent >= MAX_RELAY_EARLY:
+                raise RuntimeError("RELAY_EARLY budget spent")
+            self._relay_early_sent += 1
+            header = struct.pack(">IB", self.circ_id, _CELL_RELAY_EARLY)
+        out = self.channel.outbuf
+        out += header
+        out += payload
+        self.cells_sent += 1
+        self.channel._wants_flush()
+        return digest
+
+    def _schedule_stream(self, stream: Stream) -> None:
+        if stream not in self._ready:
+            self._ready.append(stream)
+        self._package()
+
+    def _package(self) -> None:
+        """Turn buffered stream data into DATA cells while the windows allow."""
+        ready = self._ready
+        if not ready or self.state is not CircuitState.OPEN:
+            return
+        hop = len(self.crypto.hops) - 1
+        expected = self._expected_sendme[hop]
+        while ready and self._package_window[hop] > 0:
+            stream = ready[0]
+            buf = stream.send_buffer
+            sent = 0
+            while buf and stream.package_window > 0 and self._package_window[hop] > 0:
+                chunk = bytes(buf[:RELAY_DATA_LEN])
+                del buf[:RELAY_DATA_LEN]
+                digest = self.send_relay(_CMD_DATA, stream.stream_id, chunk, hop=hop)
+                stream.package_window -= 1
+                window = self._package_window[hop] - 1
+                self._package_window[hop] = window
+                if window % CIRCWINDOW_INCREMENT == 0:
+                    expected.append(digest)
+                sent += 1
+                if sent >= _FAIR_SHARE_CELLS:
+                    break
+            if not buf or stream.package_window <= 0:
+                ready.popleft()
+                if not buf and stream.close_after_flush:
+                    self._end_stream(stream, EndReason.DONE)
+            else:
+                ready.rotate(-1)
+            if stream.blocked_writer and len(buf) < SEND_BUFFER_HIGH_WATER // 2:
+                stream.blocked_writer = False
+                stream.sink.stream_writable()
+
+    # -- streams -------------------------------------------------------------
+
+    def _allocate_stream_id(self) -> int:
+        for _ in range(65535):
+            sid = self._next_stream_id
+            self._next_stream_id = sid % 65535 + 1
+            if sid not in self.streams:
+                return sid
+        raise RuntimeError("no free stream ids on this circuit")
+
+    def open_stream(self, sink: StreamSink, host: str, port: int, flags: int = 0) -> Stream:
+        """RELAY_BEGIN to ``host:port`` at the last hop (an onion service: host "")."""
+        stream = self._new_stream(sink, f"{host}:{port}")
+        self.send_relay(RelayCommand.BEGIN, stream.stream_id, encode_begin(host, port, flags))
+        return stream
+
+    def open_dir_stream(self, sink: StreamSink) -> Stream:
+        stream = self._new_stream(sink, "directory")
+        self.send_relay(RelayCommand.BEGIN_DIR, stream.stream_id, b"")
+        return stream
+
+    def resolve(self, sink: StreamSink, hostname: str) -> Stream:
+        stream = self._new_stream(sink, hostname)
+        stream.state = StreamState.RESOLVING
+        self.send_relay(RelayCommand.RESOLVE, stream.stream_id, encode_resolve(hostname))
+        return stream
+
+    def _new_stream(self, sink: StreamSink, target: str) -> Stream:
+        if self.state is not CircuitState.OPEN:
+            raise RuntimeError("circuit is not open")
+        stream = Stream(self, self._allocate_stream_id(), sink, target)
+        self.streams[stream.stream_id] = stream
+        return stream
+
+    def _forget_stream(self, stream: Stream) -> None:
+        stream.state = StreamState.CLOSED
+        stream.send_buffer.clear()
+        self.streams.pop(stream.stream_id, None)
+        try:
+            self._ready.remove(stream)
+        except ValueError:
+            pass
+
+    def _end_stream(self, stream: Stream, reason: int) -> None:
+        if stream.state is StreamState.CLOSED:
+            return
+        resolving = stream.state is StreamState.RESOLVING
+        self._forget_stream(stream)
+        if self.state is not CircuitState.CLOSED and not resolving:
+            self.send_relay(RelayCommand.END, stream.stream_id, encode_end(reason))
+
+    # -- teardown ------------------------------------------------------------
+
+    def destroy(self, reason: int = 0, message: str = "closed locally", *, remote: bool = False) -> None:
+        """Close the circuit: DESTROY to the first hop, end every stream."""
+        if self.state is CircuitState.CLOSED:
+            return
+        self.channel._queue_cell(self.circ_id, CellCommand.DESTROY, encode_destroy(0))
+        self._closed(reason, message, remote=remote)
+
+    def _closed(self, reason: int, message: str, *, remote: bool) -> None:
+        if self.state is CircuitState.CLOSED:
+            return
+        self.state = CircuitState.CLOSED
+        self._pending = None
+        event = CircuitClosed(reason, message, remote)
+        self.closed_reason = event
+        self.channel._forget_circuit(self.circ_id)
+        streams = list(self.streams.values())
+        self.streams.clear()
+        self._ready.clear()
+        for stream in streams:
+            stream.state = StreamState.CLOSED
+            stream.sink.stream_ended(EndReason.DESTROY, None, f"circuit closed: {message}")
+        self.on_event(event)
