@@ -138,16 +138,19 @@ class ChannelManager:
         try:
             await asyncio.wait_for(
                 loop.create_connection(
-                    lambda: proto, target.address, target.or_port, ssl=_tls_context(),
+                    lambda: proto,
+                    target.address,
+                    target.or_port,
+                    ssl=_tls_context(),
                     server_hostname="",
                 ),
                 CONNECT_TIMEOUT,
             )
-        except (OSError, asyncio.TimeoutError) as exc:
+        except (TimeoutError, OSError) as exc:
             raise ChannelError(f"cannot connect to {target.describe()}: {exc!r}") from exc
         try:
             await asyncio.wait_for(asyncio.shield(proto.opened), HANDSHAKE_TIMEOUT)
-        except asyncio.TimeoutError as exc:
+        except TimeoutError as exc:
             channel.close("link handshake timed out")
             raise ChannelError(f"link handshake with {target.describe()} timed out") from exc
         except ChannelError as exc:

@@ -10,7 +10,14 @@ from dataclasses import dataclass, field
 from puretor.aio.channel import ChannelManager, ChannelTarget
 from puretor.errors import CircuitBuildTimeout, CircuitDestroyed, CircuitError, StreamRefused
 from puretor.proto.cells import DestroyReason
-from puretor.proto.circuit import Circuit, CircuitClosed, CircuitEvent, CircuitState, ControlCell, HopAdded
+from puretor.proto.circuit import (
+    Circuit,
+    CircuitClosed,
+    CircuitEvent,
+    CircuitState,
+    ControlCell,
+    HopAdded,
+)
 from puretor.proto.relaymsg import LinkSpecifier, ls_ed_id, ls_ipv4, ls_rsa_id
 
 
@@ -23,8 +30,15 @@ class HopSpec:
     link_specifiers: tuple[LinkSpecifier, ...] = ()
 
     @classmethod
-    def for_relay(cls, address: str, or_port: int, rsa_id: bytes, ed_id: bytes | None,
-                  ntor_key: bytes | None, nickname: str = "") -> HopSpec:
+    def for_relay(
+        cls,
+        address: str,
+        or_port: int,
+        rsa_id: bytes,
+        ed_id: bytes | None,
+        ntor_key: bytes | None,
+        nickname: str = "",
+    ) -> HopSpec:
         specs = [ls_ipv4(address, or_port), ls_rsa_id(rsa_id)]
         if ed_id is not None:
             specs.append(ls_ed_id(ed_id))
@@ -92,8 +106,9 @@ class CircuitHandle:
         get = asyncio.ensure_future(self._control.get())
         closed = asyncio.ensure_future(self.closed.wait())
         try:
-            done, _ = await asyncio.wait({get, closed}, timeout=timeout,
-                                         return_when=asyncio.FIRST_COMPLETED)
+            done, _ = await asyncio.wait(
+                {get, closed}, timeout=timeout, return_when=asyncio.FIRST_COMPLETED
+            )
         finally:
             closed.cancel()
             if not get.done():
@@ -102,8 +117,10 @@ class CircuitHandle:
             return get.result()
         if closed in done:
             reason = self.circuit.closed_reason
-            raise CircuitDestroyed(f"circuit closed: {reason.message if reason else '?'}",
-                                   reason.reason if reason else 0)
+            raise CircuitDestroyed(
+                f"circuit closed: {reason.message if reason else '?'}",
+                reason.reason if reason else 0,
+            )
         raise CircuitBuildTimeout("timed out waiting for a reply on the circuit")
 
     def close(self) -> None:
@@ -134,10 +151,12 @@ async def build_circuit(
         await handle._wait_hop(max(0.1, deadline - time.monotonic()))
         for hop in path[1:]:
             await handle.extend(hop, max(0.1, deadline - time.monotonic()))
-    except asyncio.TimeoutError as exc:
+    except TimeoutError as exc:
         circ.destroy(0, "build timed out")
         names = " → ".join(h.target.nickname or h.target.address for h in path)
-        raise CircuitBuildTimeout(f"circuit build through {names} timed out after {timeout:.0f}s") from exc
+        raise CircuitBuildTimeout(
+            f"circuit build through {names} timed out after {timeout:.0f}s"
+        ) from exc
     except BaseException:
         circ.destroy(0, "build failed")
         raise

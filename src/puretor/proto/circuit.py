@@ -7,6 +7,7 @@ proposal 289 (authenticated SENDMEs).  Cells leave through the owning
 
 from __future__ import annotations
 
+import contextlib
 import enum
 import os
 import struct
@@ -179,7 +180,9 @@ class Circuit:
             self.circ_id, CellCommand.CREATE2, encode_create2(handshake.NTOR_HTYPE, onionskin)
         )
 
-    def send_extend2(self, link_specifiers: list[LinkSpecifier], rsa_id: bytes, ntor_key: bytes) -> None:
+    def send_extend2(
+        self, link_specifiers: list[LinkSpecifier], rsa_id: bytes, ntor_key: bytes
+    ) -> None:
         if self.state is not CircuitState.BUILDING or not self.crypto.hops:
             raise RuntimeError("extend on a circuit that is not being built")
         state, onionskin = handshake.ntor_client_create(rsa_id, ntor_key)
@@ -467,10 +470,8 @@ class Circuit:
         stream.state = StreamState.CLOSED
         stream.send_buffer.clear()
         self.streams.pop(stream.stream_id, None)
-        try:
+        with contextlib.suppress(ValueError):
             self._ready.remove(stream)
-        except ValueError:
-            pass
 
     def _end_stream(self, stream: Stream, reason: int) -> None:
         if stream.state is StreamState.CLOSED:
@@ -482,7 +483,9 @@ class Circuit:
 
     # -- teardown ------------------------------------------------------------
 
-    def destroy(self, reason: int = 0, message: str = "closed locally", *, remote: bool = False) -> None:
+    def destroy(
+        self, reason: int = 0, message: str = "closed locally", *, remote: bool = False
+    ) -> None:
         """Close the circuit: DESTROY to the first hop, end every stream."""
         if self.state is CircuitState.CLOSED:
             return

@@ -1,0 +1,324 @@
+"""The circuit manager: which circuit carries a stream, and building new ones.
+
+Policy lives here (path choice through `puretor.path`, guard use, isolation,
+dirtiness, retries, preemptive circuits); the mechanics of a circuit live in
+`puretor.aio.circuit`.  A circuit carries streams of one isolation key only:
+the key of its first stream (C tor's rule).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import time
+from collections.abc import Callable, Hashable
+from dataclasses import dataclass, field
+
+from puretor.aio.channel import ChannelManager
+from puretor.aio.circuit import CircuitHandle, HopSpec, build_circuit
+from puretor.dir.netdir import NetDir, Relay
+from puretor.errors import ChannelError, CircuitError, NoPathError, TorError
+from puretor.path.guards import GuardManager
+from puretor.path.select import PathRequest, PathSelector
+
+log = logging.getLogger("puretor.circuit")
+
+BUILD_ATTEMPTS = 4
+PREEMPTIVE_PORTS = (80, 443)
+PREEMPTIVE_CLEAN_CIRCUITS = 2
+IDLE_CLEAN_LIFETIME = 3600.0
+
+
+def hop_for(relay: Relay) -> HopSpec:
+    return HopSpec.for_relay(
+        relay.address, relay.or_port, relay.rsa_id, relay.ed_id, relay.ntor_key, relay.nickname
+    )
+
+
+def _path_through(
+    selector: PathSelector, req: PathRequest, last: Relay, guard: Relay | None
+) -> list[Relay]:
+    """[guard, middle, last] for a last hop chosen first (path-spec §2.2 order)."""
+    if guard is None or selector.related(guard, last):
+        guard = selector.choose_guard(req, [last])
+    middle = selector.choose_middle([guard, last], req)
+    return [guard, middle, last]
+
+
+@dataclass(eq=False)
+class _Slot:
+    """A built or building exit circuit and who may use it."""
+
+    exit: Relay
+    isolation: Hashable | None = None
+    claimed: bool = False
+    handle: CircuitHandle | None = None
+    task: asyncio.Task[CircuitHandle] | None = None
+    generation: int = 0
+    created: float = field(default_factory=time.monotonic)
+    last_used: float = field(default_factory=time.monotonic)
+
+    def allows(self, port: int) -> bool:
+        return self.exit.policy.allows(port)
+
+
+class CircuitManager:
+    def __init__(
+        self,
+        chanmgr: ChannelManager,
+        netdir: Callable[[], NetDir],
+        guards: GuardManager,
+        *,
+        enforce_distinct_subnets: bool = True,
+        max_dirtiness: float = 600.0,
+        build_timeout: float = 60.0,
+        on_guards_changed: Callable[[], None] = lambda: None,
+    ) -> None:
+        self.chanmgr = chanmgr
+        self._netdir = netdir
+        self.guards = guards
+        self.enforce_distinct_subnets = enforce_distinct_subnets
+        self.max_dirtiness = max_dirtiness
+        self.build_timeout = build_timeout
+        self.on_guards_changed = on_guards_changed
+        self._slots: list[_Slot] = []
+        self._generation = 0
+        self._ports_used: dict[int, float] = {p: time.monotonic() for p in PREEMPTIVE_PORTS}
+        self._maintenance: asyncio.Task[None] | None = None
+        self.circuits_built = 0
+        self.build_failures = 0
+
+    # -- public ------------------------------------------------------------------
+
+    def start(self) -> None:
+        if self._maintenance is None:
+            self._maintenance = asyncio.ensure_future(self._maintain())
+
+    async def close(self) -> None:
+        if self._maintenance is not None:
+            self._maintenance.cancel()
+            self._maintenance = None
+        for slot in self._slots:
+            if slot.task is not None and not slot.task.done():
+                slot.task.cancel()
+            if slot.handle is not None:
+                slot.handle.close()
+        self._slots.clear()
+
+    def new_identity(self) -> None:
+        """NEWNYM: no existing circuit takes new streams."""
+        self._generation += 1
+
+    async def get_exit_circuit(
+        self, port: int, isolation: Hashable, *, exclude: frozenset[bytes] = frozenset()
+    ) -> CircuitHandle:
+        """An open circuit whose exit allows ``port``, usable under ``isolation``."""
+        self._ports_used[port] = time.monotonic()
+        slot = self._find_slot(port, isolation, exclude)
+        if slot is None:
+            slot = self._launch(PathRequest(exit_port=port, exclude=exclude))
+            slot.isolation, slot.claimed = isolation, True
+        elif not slot.claimed:
+            slot.isolation, slot.claimed = isolation, True
+        handle = await self._wait_slot(slot)
+        slot.last_used = time.monotonic()
+        if handle.dirty_since is None:
+            handle.dirty_since = time.monotonic()
+        self._top_up_soon()
+        return handle
+
+    async def build_internal_circuit(self, last: Relay | None = None) -> CircuitHandle:
+        """A 3-hop circuit for onion-service/directory use (not shared with exits)."""
+        netdir = self._netdir()
+        last_error: Exception | None = None
+        for _ in range(BUILD_ATTEMPTS):
+            selector = self._selector(netdir)
+            guard = self._guard()
+            try:
+                req = PathRequest(exit_port=None, internal=True)
+                if last is None:
+                    path = selector.choose_path(req, guard)
+                else:
+                    path = _path_through(selector, req, last, guard)
+                return await self._build(path)
+            except (ChannelError, CircuitError) as exc:
+                last_error = exc
+        raise CircuitError(f"could not build an internal circuit: {last_error}")
+
+    def exit_of(self, handle: CircuitHandle) -> bytes:
+        return handle.path[-1].target.rsa_id
+
+    def circuit_failed(self, handle: CircuitHandle) -> None:
+        """A stream attempt on this circuit timed out: don't hand it out again."""
+        for slot in self._slots:
+            if slot.handle is handle:
+                slot.generation = -1
+
+    # -- slots -------------------------------------------------------------------
+
+    def _find_slot(self, port: int, isolation: Hashable, exclude: frozenset[bytes]) -> _Slot | None:
+        """Best usable slot: ours and built, ours and building, clean built, clean building."""
+        now = time.monotonic()
+        best: _Slot | None = None
+        best_rank = 99
+        for slot in self._slots:
+            if slot.generation != self._generation or not slot.allows(port):
+                continue
+            if slot.exit.rsa_id in exclude or (slot.claimed and slot.isolation != isolation):
+                continue
+            handle = slot.handle
+            if handle is not None:
+                if not handle.is_open:
+                    continue
+                if handle.dirty_since is not None and now - handle.dirty_since > self.max_dirtiness:
+                    continue
+            elif slot.task is None or slot.task.done():
+                continue
+            rank = (0 if slot.claimed else 2) + (0 if handle is not None else 1)
+            if rank < best_rank:
+                best, best_rank = slot, rank
+        return best
+
+    def _launch(self, req: PathRequest) -> _Slot:
+        netdir = self._netdir()
+        exit_relay = self._selector(netdir).choose_exit(req)
+        slot = _Slot(exit=exit_relay, generation=self._generation)
+        slot.task = asyncio.ensure_future(self._build_with_retries(slot, req))
+        slot.task.add_done_callback(lambda t: t.cancelled() or t.exception())
+        self._slots.append(slot)
+        return slot
+
+    async def _wait_slot(self, slot: _Slot) -> CircuitHandle:
+        if slot.handle is not None:
+            return slot.handle
+        assert slot.task is not None
+        try:
+            return await asyncio.shield(slot.task)
+        except TorError:
+            self._drop(slot)
+            raise
+
+    async def _build_with_retries(self, slot: _Slot, req: PathRequest) -> CircuitHandle:
+        last_error: Exception | None = None
+        for attempt in range(BUILD_ATTEMPTS):
+            netdir = self._netdir()
+            selector = self._selector(netdir)
+            if attempt:
+                # Try another exit too: the last one may be the problem.
+                with contextlib.suppress(NoPathError):
+                    slot.exit = selector.choose_exit(req)
+            guard = self._guard()
+            try:
+                if guard is not None and selector.related(guard, slot.exit):
+                    slot.exit = selector.choose_exit(req, [guard])
+                path = _path_through(selector, req, slot.exit, guard)
+                handle = await self._build(path)
+            except NoPathError:
+                raise
+            except (TimeoutError, ChannelError, CircuitError) as exc:
+                last_error = exc
+                self.build_failures += 1
+                log.info("circuit build attempt %d failed: %s", attempt + 1, exc)
+                continue
+            slot.handle = handle
+            handle.isolation = slot.isolation
+            return handle
+        raise CircuitError(
+            f"could not build a circuit after {BUILD_ATTEMPTS} attempts: {last_error}"
+        )
+
+    async def _build(self, path: list[Relay]) -> CircuitHandle:
+        guard = path[0]
+        netdir = self._netdir()
+        try:
+            handle = await build_circuit(
+                self.chanmgr,
+                [hop_for(r) for r in path],
+                timeout=self.build_timeout,
+                sendme_accept_min_version=netdir.param("sendme_accept_min_version", 0, 0, 255),
+                circwindow=netdir.param("circwindow", 1000, 100, 1000),
+            )
+        except ChannelError:
+            # The guard itself is unreachable: let the guard manager move on.
+            self.guards.record_failure(guard, time.time())
+            self.on_guards_changed()
+            raise
+        self.guards.record_success(guard, time.time())
+        self.on_guards_changed()
+        self.circuits_built += 1
+        log.debug("built circuit %s", " → ".join(r.nickname for r in path))
+        return handle
+
+    def _guard(self) -> Relay | None:
+        try:
+            guard, _usage = self.guards.select_guard(time.time())
+        except NoPathError:
+            return None
+        return guard
+
+    def _selector(self, netdir: NetDir) -> PathSelector:
+        return PathSelector(netdir, enforce_distinct_subnets=self.enforce_distinct_subnets)
+
+    def _drop(self, slot: _Slot) -> None:
+        with contextlib.suppress(ValueError):
+            self._slots.remove(slot)
+
+    # -- background upkeep ------------------------------------------------------------
+
+    def _top_up_soon(self) -> None:
+        asyncio.get_running_loop().call_soon(self._top_up)
+
+    def _top_up(self) -> None:
+        """Keep clean circuits ready for the ports used recently (path-spec §2.1.1)."""
+        now = time.monotonic()
+        for port, last in list(self._ports_used.items()):
+            if now - last > 3600 and port not in PREEMPTIVE_PORTS:
+                del self._ports_used[port]
+                continue
+            clean = sum(
+                1
+                for s in self._slots
+                if not s.claimed
+                and s.generation == self._generation
+                and s.allows(port)
+                and (s.handle is None or s.handle.is_open)
+            )
+            if clean < PREEMPTIVE_CLEAN_CIRCUITS:
+                try:
+                    self._launch(PathRequest(exit_port=port))
+                except TorError as exc:
+                    log.debug("no preemptive circuit for port %d: %s", port, exc)
+
+    async def _maintain(self) -> None:
+        while True:
+            try:
+                self._expire()
+                self._top_up()
+            except Exception as exc:  # upkeep must never die
+                log.warning("circuit upkeep failed: %r", exc)
+            await asyncio.sleep(5.0)
+
+    def _expire(self) -> None:
+        now = time.monotonic()
+        for slot in list(self._slots):
+            handle = slot.handle
+            if handle is None:
+                if slot.task is not None and slot.task.done():
+                    self._drop(slot)
+                continue
+            if not handle.is_open:
+                self._drop(slot)
+                continue
+            dirty = handle.dirty_since is not None and now - handle.dirty_since > self.max_dirtiness
+            stale = slot.generation != self._generation
+            idle = not handle.circuit.streams
+            if idle and (
+                dirty or stale or (not slot.claimed and now - slot.created > IDLE_CLEAN_LIFETIME)
+            ):
+                handle.close()
+                self._drop(slot)
+
+    @property
+    def open_circuits(self) -> list[CircuitHandle]:
+        return [s.handle for s in self._slots if s.handle is not None and s.handle.is_open]

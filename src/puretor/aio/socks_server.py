@@ -1,0 +1,362 @@
+"""The SOCKS listener of ``tor-client``: each connection becomes a Tor stream.
+
+The handshake is parsed by the sans-I/O `puretor.proto.socks.SocksHandshake`;
+the stream is opened through the public `TorClient.create_connection` API, so
+the daemon is a plain user of the library.  Bytes are relayed in both
+directions with asyncio flow control mapped onto Tor's windows: nothing here
+can open a connection to the destination itself.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import ipaddress
+import logging
+from collections.abc import Callable, Hashable
+from dataclasses import dataclass
+from typing import TYPE_CHECKING, Any
+
+from puretor.errors import NoPathError, OnionError, StreamRefused, StreamTimeout, TorError
+from puretor.proto.socks import (
+    SocksCommand,
+    SocksHandshake,
+    SocksReply,
+    SocksRequest,
+    socks5_reply_for_end_reason,
+)
+
+if TYPE_CHECKING:
+    from puretor.client import TorClient
+
+log = logging.getLogger("puretor.socks")
+
+HANDSHAKE_TIMEOUT = 30.0
+# Optimistic data a client may send before the stream is connected.
+MAX_EARLY_DATA = 64 * 1024
+
+
+@dataclass(frozen=True, slots=True)
+class ListenerPolicy:
+    """The isolation and error flags of one SocksPort (C tor's names)."""
+
+    listener_id: int
+    isolate_socks_auth: bool = True
+    isolate_client_addr: bool = True
+    isolate_dest_addr: bool = False
+    isolate_dest_port: bool = False
+    extended_errors: bool = False
+    safe_logging: bool = True
+
+
+class SocksServerStats:
+    def __init__(self) -> None:
+        self.active = 0
+        self.total = 0
+        self.refused = 0
+
+
+class _TorSide(asyncio.Protocol):
+    """The protocol on the Tor stream: forwards to the SOCKS client."""
+
+    def __init__(self, conn: SocksConnection) -> None:
+        self.conn = conn
+
+    def connection_made(self, transport: asyncio.BaseTransport) -> None:
+        pass
+
+    def data_received(self, data: bytes) -> None:
+        client = self.conn.client
+        if client is not None and not client.is_closing():
+            client.write(data)
+
+    def eof_received(self) -> bool:
+        client = self.conn.client
+        if client is not None and not client.is_closing():
+            # The exit ended the stream cleanly: finish sending, then close.
+            client.close()
+        return False
+
+    def connection_lost(self, exc: Exception | None) -> None:
+        self.conn.tor_side_lost(exc)
+
+    def pause_writing(self) -> None:
+        if self.conn.client is not None:
+            self.conn.client.pause_reading()
+
+    def resume_writing(self) -> None:
+        if self.conn.client is not None and not self.conn.client.is_closing():
+            self.conn.client.resume_reading()
+
+
+class SocksConnection(asyncio.Protocol):
+    """One SOCKS client connection."""
+
+    def __init__(
+        self,
+        tor: TorClient,
+        policy: ListenerPolicy,
+        stats: SocksServerStats,
+        limit: asyncio.Semaphore | None,
+    ) -> None:
+        self.tor = tor
+        self.policy = policy
+        self.stats = stats
+        self.limit = limit
+        self.client: asyncio.Transport | None = None
+        self.handshake = SocksHandshake()
+        self.tor_transport: asyncio.Transport | None = None
+        self.early = bytearray()
+        self.task: asyncio.Task[None] | None = None
+        self.timer: asyncio.TimerHandle | None = None
+        self.peer: str = "?"
+        self._done = False
+
+    # -- client side -------------------------------------------------------------
+
+    def connection_made(self, transport: asyncio.BaseTransport) -> None:
+        assert isinstance(transport, asyncio.Transport)
+        self.client = transport
+        self.stats.active += 1
+        self.stats.total += 1
+        peer = transport.get_extra_info("peername")
+        self.peer = peer[0] if peer else "?"
+        transport.set_write_buffer_limits(high=256 * 1024)
+        self.timer = asyncio.get_running_loop().call_later(
+            HANDSHAKE_TIMEOUT, self._handshake_timeout
+        )
+
+    def data_received(self, data: bytes) -> None:
+        if self.tor_transport is not None:
+            self.tor_transport.write(data)
+            return
+        if self.handshake.request is not None:
+            self._early_data(data)
+            return
+        hs = self.handshake
+        hs.receive_data(data)
+        out = hs.data_to_send()
+        if out and self.client is not None:
+            self.client.write(out)
+        if hs.error is not None:
+            log.info("SOCKS client %s: %s", self._who(), hs.error)
+            self._finish()
+            return
+        if hs.request is not None:
+            self._cancel_timer()
+            if hs.leftover:
+                self._early_data(hs.leftover)
+            self.task = asyncio.ensure_future(self._serve(hs.request))
+
+    def _early_data(self, data: bytes) -> None:
+        self.early += data
+        if len(self.early) > MAX_EARLY_DATA and self.client is not None:
+            self.client.pause_reading()
+
+    def eof_received(self) -> bool:
+        if self.tor_transport is not None:
+            # Client finished sending: END (DONE) once pending data is out; like
+            # C tor, the connection then closes (Tor streams have no half-close).
+            self.tor_transport.write_eof()
+        return False
+
+    def connection_lost(self, exc: Exception | None) -> None:
+        self.stats.active -= 1
+        self._cancel_timer()
+        self._done = True
+        if self.task is not None and not self.task.done():
+            self.task.cancel()
+        if self.tor_transport is not None and not self.tor_transport.is_closing():
+            self.tor_transport.close()
+
+    def pause_writing(self) -> None:
+        if self.tor_transport is not None:
+            self.tor_transport.pause_reading()
+
+    def resume_writing(self) -> None:
+        if self.tor_transport is not None:
+            self.tor_transport.resume_reading()
+
+    # -- serving a request ---------------------------------------------------------
+
+    def isolation_key(self, req: SocksRequest) -> Hashable:
+        p = self.policy
+        return (
+            "socks",
+            p.listener_id,
+            (req.username, req.password) if p.isolate_socks_auth else None,
+            self.peer if p.isolate_client_addr else None,
+            req.host if p.isolate_dest_addr else None,
+            req.port if p.isolate_dest_port else None,
+        )
+
+    async def _serve(self, req: SocksRequest) -> None:
+        try:
+            if self.limit is not None:
+                await self.limit.acquire()
+            try:
+                if req.command is SocksCommand.CONNECT:
+                    await self._connect(req)
+                else:
+                    await self._resolve(req)
+            finally:
+                if self.limit is not None:
+                    self.limit.release()
+        except asyncio.CancelledError:
+            raise
+        except Exception as exc:  # never let one client take the daemon down
+            log.warning("SOCKS request from %s failed unexpectedly: %r", self._who(), exc)
+            self._reply_error(SocksReply.GENERAL_FAILURE)
+
+    async def _connect(self, req: SocksRequest) -> None:
+        if req.address_type != "hostname":
+            # C tor's SafeSocks warning: the application resolved the name itself.
+            log.warning(
+                "Your application (using socks%d to port %d) is giving Tor only an IP "
+                "address. Applications that do DNS resolves themselves may leak "
+                "information. Consider using SOCKS4a or SOCKS5 with remote hostnames.",
+                req.version,
+                req.port,
+            )
+        loop = asyncio.get_running_loop()
+        try:
+            transport, _ = await self.tor.create_connection(
+                lambda: _TorSide(self), req.host, req.port, isolation=self.isolation_key(req)
+            )
+        except OnionError as exc:
+            log.info("onion request from %s failed: %s", self._who(), exc)
+            self._reply_error(exc.socks_code)
+            return
+        except StreamRefused as exc:
+            log.info("stream to %s refused: %s", self._dest(req), exc)
+            self._reply_error(socks5_reply_for_end_reason(exc.reason))
+            return
+        except (TimeoutError, StreamTimeout):
+            log.info("stream to %s timed out", self._dest(req))
+            self._reply_error(SocksReply.TTL_EXPIRED)
+            return
+        except NoPathError as exc:
+            log.warning("no path for %s: %s", self._dest(req), exc)
+            self._reply_error(SocksReply.NOT_ALLOWED)
+            return
+        except TorError as exc:
+            log.info("stream to %s failed: %s", self._dest(req), exc)
+            self._reply_error(SocksReply.GENERAL_FAILURE)
+            return
+        assert isinstance(transport, asyncio.Transport)
+        if self._done or self.client is None or self.client.is_closing():
+            transport.abort()
+            return
+        self.tor_transport = transport
+        self.client.write(self.handshake.reply_connected())
+        if self.early:
+            transport.write(bytes(self.early))
+            self.early.clear()
+            self.client.resume_reading()
+        del loop
+
+    async def _resolve(self, req: SocksRequest) -> None:
+        try:
+            if req.command is SocksCommand.RESOLVE_PTR:
+                names = await self.tor.resolve_ptr(req.host, isolation=self.isolation_key(req))
+                answer: str = names[0]
+            else:
+                addrs = await self.tor.resolve(req.host, isolation=self.isolation_key(req))
+                answer = _pick_address(addrs, req.version)
+        except StreamRefused as exc:
+            self._reply_error(socks5_reply_for_end_reason(exc.reason))
+            return
+        except (TimeoutError, TorError, IndexError) as exc:
+            log.info("resolve of %s failed: %s", self._dest(req), exc)
+            self._reply_error(SocksReply.HOST_UNREACHABLE)
+            return
+        if self.client is not None and not self.client.is_closing():
+            self.client.write(self.handshake.reply_resolved(answer, 60))
+            self.client.close()
+
+    # -- helpers ---------------------------------------------------------------------
+
+    def tor_side_lost(self, exc: Exception | None) -> None:
+        if self.client is not None and not self.client.is_closing():
+            if exc is None:
+                self.client.close()
+            else:
+                # The stream failed mid-transfer: make the failure visible (RST).
+                self.client.abort()
+
+    def _reply_error(self, code: int) -> None:
+        if self.client is not None and not self.client.is_closing():
+            code = (
+                code if self.policy.extended_errors or code < 0xF0 else SocksReply.GENERAL_FAILURE
+            )
+            self.client.write(self.handshake.reply_error(code))
+            self.client.close()
+
+    def _handshake_timeout(self) -> None:
+        self.timer = None
+        if self.handshake.request is None and self.client is not None:
+            log.info(
+                "SOCKS client %s did not finish its handshake in %.0fs",
+                self._who(),
+                HANDSHAKE_TIMEOUT,
+            )
+            self.client.abort()
+
+    def _cancel_timer(self) -> None:
+        if self.timer is not None:
+            self.timer.cancel()
+            self.timer = None
+
+    def _finish(self) -> None:
+        if self.client is not None:
+            self.client.close()
+
+    def _who(self) -> str:
+        return "[scrubbed]" if self.policy.safe_logging else self.peer
+
+    def _dest(self, req: SocksRequest) -> str:
+        return "[scrubbed]" if self.policy.safe_logging else f"{req.host}:{req.port}"
+
+
+def _pick_address(addrs: list[str], version: int) -> str:
+    for a in addrs:
+        if version == 4 and ipaddress.ip_address(a).version != 4:
+            continue
+        return a
+    raise IndexError("no usable address in the answer")
+
+
+async def start_socks_listener(
+    tor: TorClient,
+    host: str,
+    port: int,
+    policy: ListenerPolicy,
+    *,
+    max_connections: int = 8192,
+    max_concurrent_requests: int = 1024,
+) -> tuple[asyncio.AbstractServer, SocksServerStats]:
+    """Listen on ``host:port``; a port in use raises OSError (never another port)."""
+    loop = asyncio.get_running_loop()
+    stats = SocksServerStats()
+    limit = asyncio.Semaphore(max_concurrent_requests)
+
+    def factory() -> asyncio.Protocol:
+        conn = SocksConnection(tor, policy, stats, limit)
+        if stats.active >= max_connections:
+            return _Refuse(stats)
+        return conn
+
+    server = await loop.create_server(factory, host, port, reuse_address=True, backlog=1024)
+    return server, stats
+
+
+class _Refuse(asyncio.Protocol):
+    def __init__(self, stats: SocksServerStats) -> None:
+        self.stats = stats
+
+    def connection_made(self, transport: asyncio.BaseTransport) -> None:
+        self.stats.refused += 1
+        transport.close()
+
+
+ProtocolFactory = Callable[[], asyncio.Protocol]
+__all__ = ["ListenerPolicy", "start_socks_listener", "SocksConnection", "Any"]
