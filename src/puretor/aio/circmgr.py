@@ -36,16 +36,6 @@ def hop_for(relay: Relay) -> HopSpec:
     )
 
 
-def _path_through(
-    selector: PathSelector, req: PathRequest, last: Relay, guard: Relay | None
-) -> list[Relay]:
-    """[guard, middle, last] for a last hop chosen first (path-spec §2.2 order)."""
-    if guard is None or selector.related(guard, last):
-        guard = selector.choose_guard(req, [last])
-    middle = selector.choose_middle([guard, last], req)
-    return [guard, middle, last]
-
-
 @dataclass(eq=False)
 class _Slot:
     """A built or building exit circuit and who may use it."""
@@ -129,21 +119,17 @@ class CircuitManager:
         return handle
 
     async def build_internal_circuit(self, last: Relay | None = None) -> CircuitHandle:
-        """A 3-hop circuit for onion-service/directory use (not shared with exits)."""
-        netdir = self._netdir()
+        """A 3-hop circuit for onion-service/directory use, ending at ``last`` if given."""
+        req = PathRequest(exit_port=None, internal=True)
         last_error: Exception | None = None
         for _ in range(BUILD_ATTEMPTS):
-            selector = self._selector(netdir)
-            guard = self._guard()
+            selector = self._selector(self._netdir())
+            hop = last if last is not None else selector.choose_last_hop_internal(req)
             try:
-                req = PathRequest(exit_port=None, internal=True)
-                if last is None:
-                    path = selector.choose_path(req, guard)
-                else:
-                    path = _path_through(selector, req, last, guard)
-                return await self._build(path)
-            except (ChannelError, CircuitError) as exc:
+                return await self._build_through(selector, req, hop)
+            except (TimeoutError, ChannelError, CircuitError) as exc:
                 last_error = exc
+                self.build_failures += 1
         raise CircuitError(f"could not build an internal circuit: {last_error}")
 
     def exit_of(self, handle: CircuitHandle) -> bytes:
@@ -202,18 +188,13 @@ class CircuitManager:
     async def _build_with_retries(self, slot: _Slot, req: PathRequest) -> CircuitHandle:
         last_error: Exception | None = None
         for attempt in range(BUILD_ATTEMPTS):
-            netdir = self._netdir()
-            selector = self._selector(netdir)
+            selector = self._selector(self._netdir())
             if attempt:
                 # Try another exit too: the last one may be the problem.
                 with contextlib.suppress(NoPathError):
                     slot.exit = selector.choose_exit(req)
-            guard = self._guard()
             try:
-                if guard is not None and selector.related(guard, slot.exit):
-                    slot.exit = selector.choose_exit(req, [guard])
-                path = _path_through(selector, req, slot.exit, guard)
-                handle = await self._build(path)
+                handle = await self._build_through(selector, req, slot.exit)
             except NoPathError:
                 raise
             except (TimeoutError, ChannelError, CircuitError) as exc:
@@ -228,8 +209,13 @@ class CircuitManager:
             f"could not build a circuit after {BUILD_ATTEMPTS} attempts: {last_error}"
         )
 
-    async def _build(self, path: list[Relay]) -> CircuitHandle:
-        guard = path[0]
+    async def _build_through(
+        self, selector: PathSelector, req: PathRequest, last: Relay
+    ) -> CircuitHandle:
+        """Guard (from the guard manager, avoiding ``last``'s family), middle, ``last``."""
+        guard, usage = self.guards.select_guard(time.time(), avoid=[last])
+        middle = selector.choose_middle([guard, last], req)
+        path = [guard, middle, last]
         netdir = self._netdir()
         try:
             handle = await build_circuit(
@@ -240,22 +226,18 @@ class CircuitManager:
                 circwindow=netdir.param("circwindow", 1000, 100, 1000),
             )
         except ChannelError:
-            # The guard itself is unreachable: let the guard manager move on.
-            self.guards.record_failure(guard, time.time())
+            # The guard itself is unreachable: the guard manager moves on to the next.
+            self.guards.record_failure(usage, time.time())
             self.on_guards_changed()
             raise
-        self.guards.record_success(guard, time.time())
+        except BaseException:
+            self.guards.cancel(usage)
+            raise
+        self.guards.record_success(usage, time.time())
         self.on_guards_changed()
         self.circuits_built += 1
         log.debug("built circuit %s", " → ".join(r.nickname for r in path))
         return handle
-
-    def _guard(self) -> Relay | None:
-        try:
-            guard, _usage = self.guards.select_guard(time.time())
-        except NoPathError:
-            return None
-        return guard
 
     def _selector(self, netdir: NetDir) -> PathSelector:
         return PathSelector(netdir, enforce_distinct_subnets=self.enforce_distinct_subnets)
