@@ -126,11 +126,11 @@ def parse_ed25519_cert(data: bytes) -> Ed25519Cert:
     extension flagged AFFECTS_VALIDATION (cert-spec §2.1).
     """
     data = bytes(data)
+    if data and data[0] != 1:
+        raise CertsError(f"Ed25519 certificate has unknown version {data[0]}")
     if len(data) < _ED_HDR.size + _SIG_LEN:
         raise CertsError("Ed25519 certificate is truncated")
-    version, cert_type, exp_hours, key_type, key, n_ext = _ED_HDR.unpack_from(data)
-    if version != 1:
-        raise CertsError(f"Ed25519 certificate has unknown version {version}")
+    _, cert_type, exp_hours, key_type, key, n_ext = _ED_HDR.unpack_from(data)
     pos = _ED_HDR.size
     end = len(data) - _SIG_LEN
     exts: list[CertExtension] = []
