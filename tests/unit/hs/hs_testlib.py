@@ -88,7 +88,7 @@ def build_descriptor(
     revision: int = 42,
     lifetime: int = 180,
     client_pubkeys: tuple[bytes, ...] = (),
-    cookie: bytes = b"\x5a" * 32,
+    cookie: bytes = b"\x5a" * 16,  # C tor HS_DESC_DESCRIPTOR_COOKIE_LEN (the spec says 32)
     fake_clients: int = 16,
     salt: bytes = b"\x11" * 16,
 ) -> bytes:
