@@ -20,10 +20,10 @@ import ipaddress
 import logging
 import os
 import re
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field, replace
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, Literal, NamedTuple
+from typing import TYPE_CHECKING, Any, Literal, NamedTuple, TypeVar
 
 from puretor.errors import ConfigError
 
@@ -688,7 +688,7 @@ _KIND_PARSERS = {
 }
 
 # Option -> (TorConfig field, extra check returning an error message or None).
-_SINGLETONS: dict[str, tuple[str, Any]] = {
+_SINGLETONS: dict[str, tuple[str, Callable[[Any], str | None] | None]] = {
     "DataDirectory": ("data_directory", None),
     "UseDefaultFallbackDirs": ("use_default_fallback_dirs", None),
     "TestingTorNetwork": ("testing_tor_network", None),
@@ -780,18 +780,22 @@ def _build(merged: dict[str, list[_Entry]]) -> TorConfig:
     return cfg
 
 
-def _parse_line(entry: _Entry, parse: Any, name: str) -> Any:
+_T = TypeVar("_T")
+
+
+def _parse_line(entry: _Entry, parse: Callable[[str], _T], name: str) -> _T:
     try:
         return parse(entry.value)
     except ValueError as exc:  # ConfigError and DocumentError are ValueErrors too
         raise ConfigError(f"{entry.where}: bad {name} line: {exc}") from None
 
 
-def _dir_parser(func: str) -> Any:
+def _dir_parser(func: str) -> Callable[[str], Any]:
     # Lazy: puretor.dir.authorities pulls in the directory layer.
     from puretor.dir import authorities
 
-    return getattr(authorities, func)
+    parser: Callable[[str], Any] = getattr(authorities, func)
+    return parser
 
 
 def _build_socks_ports(entries: list[_Entry] | None) -> tuple[SocksPortConfig, ...]:
