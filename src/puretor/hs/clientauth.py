@@ -1,0 +1,95 @@
+"""Client authorization keys: C tor's ``ClientOnionAuthDir`` (rend-spec-v3 App. G.1.3).
+
+Each ``*.auth_private`` file in the directory holds one line::
+
+    <56-char onion address>:descriptor:x25519:<base32 x25519 private key>
+
+(C tor hs_client.c parse_auth_file_content(): exactly four ``:``-separated
+fields, whitespace around them ignored, the key 52 base32 characters without
+padding, not all zero).  Files with other names are ignored, as C tor does.
+We also allow blank lines and ``#`` comments, and accept the address with or
+without ``.onion``.  Reading a configuration directory is the one piece of
+I/O in ``puretor.hs``; parsing (:func:`parse_auth_private`) is separate.
+"""
+
+from __future__ import annotations
+
+import base64
+import binascii
+from pathlib import Path
+
+from puretor.errors import ConfigError, OnionError
+from puretor.hs.address import parse_onion_address
+
+__all__ = ["AUTH_PRIVATE_SUFFIX", "load_client_auth_dir", "parse_auth_private"]
+
+AUTH_PRIVATE_SUFFIX = ".auth_private"
+_KEY_B32_LEN = 52  # BASE32_NOPAD_LEN(32)
+
+
+def parse_auth_private(text: str, *, source: str = "<string>") -> tuple[bytes, bytes]:
+    """One ``.auth_private`` file → (service identity key ``A``, x25519 private key)."""
+    lines = [
+        line.strip()
+        for line in text.splitlines()
+        if line.strip() and not line.lstrip().startswith("#")
+    ]
+    if len(lines) != 1:
+        raise ConfigError(f"{source}: expected one credential line, found {len(lines)}")
+    fields = [f.strip() for f in lines[0].split(":")]
+    if len(fields) != 4:
+        raise ConfigError(
+            f"{source}: expected <onion-address>:descriptor:x25519:<base32 key>, "
+            f"found {len(fields)} ':'-separated fields"
+        )
+    address, auth_type, key_type, key_b32 = fields
+    if auth_type != "descriptor":
+        raise ConfigError(f"{source}: unsupported auth type {auth_type!r} (only 'descriptor')")
+    if key_type != "x25519":
+        raise ConfigError(f"{source}: unsupported key type {key_type!r} (only 'x25519')")
+    try:
+        identity = parse_onion_address(address)
+    except OnionError as e:
+        raise ConfigError(f"{source}: {e}") from None
+    if len(key_b32) != _KEY_B32_LEN:
+        raise ConfigError(
+            f"{source}: private key is {len(key_b32)} base32 characters, expected {_KEY_B32_LEN}"
+        )
+    try:
+        key = base64.b32decode(key_b32 + "====", casefold=True)
+    except (binascii.Error, ValueError):
+        raise ConfigError(f"{source}: private key is not base32") from None
+    if len(key) != 32:
+        raise ConfigError(f"{source}: private key does not decode to 32 bytes")
+    if not any(key):
+        raise ConfigError(f"{source}: private key is all zeros")
+    return identity, key
+
+
+def load_client_auth_dir(path: str | Path) -> dict[bytes, bytes]:
+    """Read every ``*.auth_private`` file under ``path``: {identity key A: private key}.
+
+    Raises ConfigError (naming the file) for an unreadable or malformed file,
+    or for two files for the same service (C tor refuses that too).
+    """
+    directory = Path(path)
+    if not directory.is_dir():
+        raise ConfigError(f"ClientOnionAuthDir {directory} is not a directory")
+    keys: dict[bytes, bytes] = {}
+    origin: dict[bytes, Path] = {}
+    for file in sorted(directory.iterdir()):
+        if not file.name.endswith(AUTH_PRIVATE_SUFFIX) or file.name == AUTH_PRIVATE_SUFFIX:
+            continue
+        if not file.is_file():
+            continue
+        try:
+            text = file.read_text(encoding="utf-8")
+        except (OSError, UnicodeDecodeError) as e:
+            raise ConfigError(f"{file}: cannot read client auth file: {e}") from None
+        identity, key = parse_auth_private(text, source=str(file))
+        if identity in keys:
+            raise ConfigError(
+                f"{file}: duplicate client authorization (also in {origin[identity]})"
+            )
+        keys[identity], origin[identity] = key, file
+    return keys
