@@ -197,7 +197,7 @@ class GuardManager:
                 g.listed, g.unlisted_since = False, self.rng.uniform(now - slop, now)
                 self._changed()
         self._prune(now)
-        self._primary_up_to_date = False
+        self._update_primary(now)  # also tops up the sample (C tor entry_guards_update_all)
 
     def _prune(self, now: float) -> None:
         p = self.params
