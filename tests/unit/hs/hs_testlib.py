@@ -15,6 +15,7 @@ from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 from cryptography.hazmat.primitives.asymmetric.x25519 import X25519PrivateKey, X25519PublicKey
 from cryptography.hazmat.primitives.ciphers import Cipher, algorithms, modes
 
+from puretor.dir.netdir import Relay
 from puretor.hs.ntor import M_HSEXPAND, PROTOID, T_HSENC, T_HSMAC, T_HSVERIFY, hs_mac
 
 U64 = struct.Struct(">Q")
@@ -149,3 +150,18 @@ def service_handle_introduce2(
     verify = hs_mac(rsecret, T_HSVERIFY)
     auth = hs_mac(verify + auth_key + B + Y + X + PROTOID + b"Server", T_HSMAC)
     return plain, Y + auth, seed
+
+
+def relay(i: int, *, hsdir: bool = True, ed: bool = True, protos: bool = True) -> Relay:
+    return Relay(
+        nickname=f"r{i}",
+        rsa_id=hashlib.sha1(b"rsa%d" % i).digest(),
+        address=f"10.0.{i // 256}.{i % 256}",
+        or_port=9001,
+        dir_port=0,
+        flags=frozenset({"Running", "Valid", "Fast", "Stable"} | ({"HSDir"} if hsdir else set())),
+        bandwidth=100,
+        protocols={"HSDir": frozenset({1, 2})} if protos else {},
+        ntor_key=bytes(32),
+        ed_id=hashlib.sha256(b"ed%d" % i).digest() if ed else None,
+    )

@@ -6,6 +6,7 @@ import dataclasses
 import hashlib
 from datetime import UTC, datetime
 
+from hs_testlib import relay
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
@@ -69,21 +70,6 @@ def test_20s_test_network_segments() -> None:
     assert run % 480 == 0
     for offset in range(0, 480, 20):
         assert in_period_between_tp_and_srv(run + offset, tp) is (offset >= 240), offset
-
-
-def relay(i: int, *, hsdir: bool = True, ed: bool = True, protos: bool = True) -> Relay:
-    return Relay(
-        nickname=f"r{i}",
-        rsa_id=hashlib.sha1(b"rsa%d" % i).digest(),
-        address=f"10.0.{i // 256}.{i % 256}",
-        or_port=9001,
-        dir_port=0,
-        flags=frozenset({"Running", "Valid", "Fast", "Stable"} | ({"HSDir"} if hsdir else set())),
-        bandwidth=100,
-        protocols={"HSDir": frozenset({1, 2})} if protos else {},
-        ntor_key=bytes(32),
-        ed_id=hashlib.sha256(b"ed%d" % i).digest() if ed else None,
-    )
 
 
 def netdir(relays: list[Relay], *, when: str = "2016-04-13 13:00:00", **kw: object) -> NetDir:
