@@ -182,7 +182,10 @@ class GuardManager:
     # -- consensus ---------------------------------------------------------------------------
 
     def set_netdir(self, netdir: NetDir, now: float) -> None:
-        """A new consensus (guard-spec §4.10): update IS_LISTED, expire old entries."""
+        """A new consensus (guard-spec §4.10): update IS_LISTED, expire old entries, refill.
+
+        Pass only a reasonably live consensus (C tor: up to 24 h past valid-until); a stale
+        one would mark guards unlisted and start their removal clocks."""
         self.netdir = netdir
         if self._fixed_params is None:
             self.params = GuardParams.from_netdir(netdir)
