@@ -89,11 +89,15 @@ class Stream:
         return full
 
     def close(self) -> None:
-        """Application EOF: send END (DONE) once the pending data has gone out."""
+        """Application EOF: send END (DONE) once the pending data has gone out.
+
+        Data written before CONNECTED (optimistic data) is kept too: the CONNECTED
+        handler flushes it and then sends the END.
+        """
         if self.state is StreamState.CLOSED:
             return
         self.close_after_flush = True
-        if not self.send_buffer or self.state is not StreamState.OPEN:
+        if not self.send_buffer or self.state is StreamState.RESOLVING:
             self.circuit._end_stream(self, 6)  # END reason DONE
 
     def abort(self, reason: int = 1) -> None:
