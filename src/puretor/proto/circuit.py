@@ -337,9 +337,9 @@ class Circuit:
             return
         stream.deliver_window -= 1
         if stream.deliver_window < 0:
-            stream.abort(EndReason.TORPROTOCOL)
-            stream.sink.stream_ended(EndReason.TORPROTOCOL, None, "exit overran the stream window")
-            return
+            # As C tor (relay.c): a stream window below 0 is a protocol error that
+            # kills the circuit, not just the stream (spec-map §4.1).
+            raise RemoteProtocolError("relay overran the stream deliver window")
         stream.sink.stream_data(data)
         if not stream.delivery_paused and stream.deliver_window <= (
             STREAM_WINDOW_START - STREAM_WINDOW_INCREMENT
