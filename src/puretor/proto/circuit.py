@@ -170,12 +170,12 @@ class Circuit:
 
     def send_create_fast(self) -> None:
         x, payload = handshake.fast_client_create()
-        self._pending = ("fast", x)
+        self._pending = ("created_fast", x)
         self.channel._queue_cell(self.circ_id, CellCommand.CREATE_FAST, encode_create_fast(payload))
 
     def send_create2(self, rsa_id: bytes, ntor_key: bytes) -> None:
         state, onionskin = handshake.ntor_client_create(rsa_id, ntor_key)
-        self._pending = ("ntor", state)
+        self._pending = ("created2", state)
         self.channel._queue_cell(
             self.circ_id, CellCommand.CREATE2, encode_create2(handshake.NTOR_HTYPE, onionskin)
         )
@@ -186,7 +186,7 @@ class Circuit:
         if self.state is not CircuitState.BUILDING or not self.crypto.hops:
             raise RuntimeError("extend on a circuit that is not being built")
         state, onionskin = handshake.ntor_client_create(rsa_id, ntor_key)
-        self._pending = ("ntor", state)
+        self._pending = ("extended2", state)
         body = encode_extend2(link_specifiers, handshake.NTOR_HTYPE, onionskin)
         self.send_relay(RelayCommand.EXTEND2, 0, body, early=True)
 
@@ -204,12 +204,17 @@ class Circuit:
         self._deliver_window.append(self._circwindow)
         self._expected_sendme.append(deque())
 
-    def _complete_handshake(self, reply: bytes | tuple[bytes, bytes]) -> None:
+    def _complete_handshake(self, reply_kind: str, reply: bytes | tuple[bytes, bytes]) -> None:
+        """``reply_kind`` names the cell that answered: it must be the one we wait for.
+
+        (A CREATED2 answering CREATE_FAST used to reach the tuple unpacking below and
+        raise ValueError, which closed the whole channel instead of this circuit.)
+        """
         pending, self._pending = self._pending, None
-        if pending is None:
-            raise RemoteProtocolError("unexpected handshake reply")
+        if pending is None or pending[0] != reply_kind:
+            raise RemoteProtocolError(f"unexpected {reply_kind.upper()} reply")
         kind, state = pending
-        if kind == "fast":
+        if kind == "created_fast":
             y, kh = reply  # type: ignore[misc]
             keys = handshake.fast_client_complete(state, y, kh)
         else:
@@ -230,9 +235,9 @@ class Circuit:
                 reason = decode_destroy(payload)
                 self._closed(reason, "circuit destroyed by relay", remote=True)
             elif command == CellCommand.CREATED_FAST:
-                self._complete_handshake(decode_created_fast(payload))
+                self._complete_handshake("created_fast", decode_created_fast(payload))
             elif command == CellCommand.CREATED2:
-                self._complete_handshake(decode_created2(payload))
+                self._complete_handshake("created2", decode_created2(payload))
             elif command == _CELL_RELAY_EARLY:
                 raise RemoteProtocolError("relay sent RELAY_EARLY towards the client")
             # Other commands on a circuit are ignored (tor-spec: drop unknown).
@@ -278,7 +283,7 @@ class Circuit:
         elif command == RelayCommand.EXTENDED2:
             if self._pending is None:
                 raise RemoteProtocolError("EXTENDED2 without an EXTEND2")
-            self._complete_handshake(decode_extended2(data))
+            self._complete_handshake("extended2", decode_extended2(data))
         elif command == RelayCommand.TRUNCATED:
             reason = decode_truncated(data)
             # A partial circuit is of no use to us: tear it all down (as C tor).
