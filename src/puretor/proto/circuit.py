@@ -20,6 +20,7 @@ from puretor.errors import RemoteProtocolError
 from puretor.proto import handshake
 from puretor.proto.cells import (
     CellCommand,
+    DestroyReason,
     decode_created2,
     decode_created_fast,
     decode_destroy,
@@ -508,7 +509,10 @@ class Circuit:
         streams = list(self.streams.values())
         self.streams.clear()
         self._ready.clear()
+        # Streams learn why: the DESTROY/TRUNCATED reason goes into their message.
+        text = f"circuit closed: {message} ({DestroyReason.describe(reason)})"
         for stream in streams:
             stream.state = StreamState.CLOSED
-            stream.sink.stream_ended(EndReason.DESTROY, None, f"circuit closed: {message}")
+            stream.send_buffer.clear()  # the application may keep the Stream around
+            stream.sink.stream_ended(EndReason.DESTROY, None, text)
         self.on_event(event)
