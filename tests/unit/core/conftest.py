@@ -8,3 +8,22 @@ from pathlib import Path
 _TESTS = str(Path(__file__).resolve().parents[2])
 if _TESTS not in sys.path:
     sys.path.insert(0, _TESTS)
+
+import pytest  # noqa: E402
+
+from fakes.relay import FakeRelay, FakeRelayConfig, build_circuit, open_channel  # noqa: E402
+
+
+@pytest.fixture
+def fake() -> FakeRelay:
+    return FakeRelay(FakeRelayConfig())
+
+
+@pytest.fixture
+def channel(fake: FakeRelay):  # noqa: ANN201 - a puretor Channel
+    return open_channel(fake)
+
+
+@pytest.fixture
+def circ(channel, fake: FakeRelay):  # noqa: ANN201 - a 3-hop puretor Circuit
+    return build_circuit(channel, fake, 3)

@@ -1,0 +1,268 @@
+"""Circuit building, relay crypto and teardown against the fake relay (tor-spec §5, §6)."""
+
+from __future__ import annotations
+
+import pytest
+
+from fakes.relay import FakeRelay, FakeRelayConfig, build_circuit, open_channel, transfer
+from fakes.sink import RecordingSink
+from puretor.proto.cells import CellCommand, DestroyReason
+from puretor.proto.channel import Channel, ChannelState
+from puretor.proto.circuit import Circuit, CircuitClosed, CircuitState, ControlCell, HopAdded
+from puretor.proto.relaymsg import EndReason, RelayCommand
+
+
+def _events(circ: Circuit) -> list[object]:
+    events: list[object] = []
+    circ.on_event = events.append
+    return events
+
+
+def test_create_fast_one_hop(channel: Channel, fake: FakeRelay) -> None:
+    circ = channel.new_circuit()
+    events = _events(circ)
+    circ.send_create_fast()
+    transfer(channel, fake)
+    assert events == [HopAdded(1)]
+    assert circ.hop_count == 1
+    assert len(fake.circuit(circ.circ_id).hops) == 1
+
+
+def test_ntor_three_hops(channel: Channel, fake: FakeRelay) -> None:
+    circ = channel.new_circuit()
+    events = _events(circ)
+    circ.send_create2(fake.sim.rsa_id, fake.sim.ntor_key)
+    transfer(channel, fake)
+    for relay in fake.relays[1:]:
+        circ.send_extend2(relay.link_specifiers(), relay.rsa_id, relay.ntor_key)
+        transfer(channel, fake)
+    assert events == [HopAdded(1), HopAdded(2), HopAdded(3)]
+    fcirc = fake.circuit(circ.circ_id)
+    assert [h.relay for h in fcirc.hops] == fake.relays
+    # EXTEND2 went in RELAY_EARLY: the guard saw two, the middle one.
+    assert [h.relay_early_seen for h in fcirc.hops] == [2, 1, 0]
+    assert fake.violations == []
+
+
+def test_layers_are_distinct(circ: Circuit, fake: FakeRelay) -> None:
+    """A cell for hop 2 passes hop 0 and 1 unrecognised: each layer has its own keys."""
+    fcirc = fake.circuit(circ.circ_id)
+    circ.send_relay(RelayCommand.DROP, 0, b"to the middle", hop=1)
+    circ.send_relay(RelayCommand.DROP, 0, b"to the exit", hop=2)
+    circ.send_relay(RelayCommand.DROP, 0, b"to the guard", hop=0)
+    transfer(circ.channel, fake)
+    assert fake.violations == []
+    # Cells from each hop back to us are recognised at the right hop.
+    events = _events(circ)
+    for hop in range(3):
+        fake.send_relay(fcirc, hop, 99, 0, b"hello from %d" % hop)
+    transfer(circ.channel, fake)
+    assert events == [ControlCell(99, b"hello from %d" % h, h) for h in range(3)]
+
+
+def test_bad_ntor_auth_closes_circuit(channel: Channel) -> None:
+    fake2 = FakeRelay(FakeRelayConfig(bad_ntor_auth=True))
+    ch = open_channel(fake2)
+    circ = ch.new_circuit()
+    events = _events(circ)
+    circ.send_create2(fake2.sim.rsa_id, fake2.sim.ntor_key)
+    transfer(ch, fake2)
+    assert circ.state is CircuitState.CLOSED
+    assert isinstance(events[-1], CircuitClosed) and "AUTH" in events[-1].message
+    assert ch.state is ChannelState.OPEN
+    assert fake2.destroys_received == [(circ.circ_id, 0)]  # a client sends reason NONE
+
+
+def test_create2_wrong_onion_key_destroyed(channel: Channel, fake: FakeRelay) -> None:
+    circ = channel.new_circuit()
+    events = _events(circ)
+    circ.send_create2(fake.sim.rsa_id, fake.relays[1].ntor_key)
+    transfer(channel, fake)
+    assert circ.state is CircuitState.CLOSED
+    assert events[-1] == CircuitClosed(DestroyReason.PROTOCOL, "circuit destroyed by relay", True)
+
+
+def test_extend_to_unknown_relay_truncated(channel: Channel, fake: FakeRelay) -> None:
+    circ = build_circuit(channel, fake, 1, mark_open=False)
+    events = _events(circ)
+    stranger = type(fake.relays[1]).generate("stranger", "10.9.9.9")
+    circ.send_extend2(stranger.link_specifiers(), stranger.rsa_id, stranger.ntor_key)
+    transfer(channel, fake)
+    assert circ.state is CircuitState.CLOSED
+    closed = events[-1]
+    assert isinstance(closed, CircuitClosed)
+    assert closed.reason == DestroyReason.CONNECTFAILED and closed.remote
+    # TRUNCATED tears the whole circuit down: we sent DESTROY.
+    assert fake.destroys_received == [(circ.circ_id, 0)]
+
+
+def test_extend_with_wrong_ed_id_truncated(channel: Channel, fake: FakeRelay) -> None:
+    circ = build_circuit(channel, fake, 1, mark_open=False)
+    relay = fake.relays[1]
+    specs = relay.link_specifiers(with_ed=False)
+    specs.append(type(specs[0])(3, b"\x07" * 32))
+    circ.send_extend2(specs, relay.rsa_id, relay.ntor_key)
+    transfer(channel, fake)
+    assert circ.closed_reason is not None
+    assert circ.closed_reason.reason == DestroyReason.OR_IDENTITY
+
+
+def test_relay_early_budget(channel: Channel, fake: FakeRelay) -> None:
+    circ = build_circuit(channel, fake, 3)  # 2 RELAY_EARLY spent on EXTEND2
+    for _ in range(6):
+        circ.send_relay(RelayCommand.DROP, 0, b"", early=True)
+    with pytest.raises(RuntimeError, match="RELAY_EARLY"):
+        circ.send_relay(RelayCommand.DROP, 0, b"", early=True)
+    transfer(channel, fake)
+    assert circ.state is CircuitState.OPEN and fake.violations == []
+
+
+def test_fake_closes_on_ninth_relay_early(channel: Channel, fake: FakeRelay) -> None:
+    """The fake enforces the limit too (checked by bypassing the client's budget)."""
+    circ = build_circuit(channel, fake, 1)
+    for _ in range(8):
+        circ.send_relay(RelayCommand.DROP, 0, b"", early=True)
+    circ._relay_early_sent = 0
+    circ.send_relay(RelayCommand.DROP, 0, b"", early=True)
+    transfer(channel, fake)
+    assert circ.state is CircuitState.CLOSED
+    assert any("RELAY_EARLY" in v for v in fake.violations)
+
+
+def test_relay_early_from_relay_closes_circuit(circ: Circuit, fake: FakeRelay) -> None:
+    fake.send_relay(
+        fake.circuit(circ.circ_id),
+        2,
+        RelayCommand.DROP,
+        0,
+        b"",
+        cell_command=CellCommand.RELAY_EARLY,
+    )
+    transfer(circ.channel, fake)
+    assert circ.state is CircuitState.CLOSED
+    assert circ.channel.state is ChannelState.OPEN
+
+
+def _open_streams(circ: Circuit, fake: FakeRelay, n: int) -> list[RecordingSink]:
+    sinks = [RecordingSink() for _ in range(n)]
+    for i, sink in enumerate(sinks):
+        circ.open_stream(sink, f"host{i}.example", 80)
+    transfer(circ.channel, fake)
+    assert all(s.connected is not None for s in sinks)
+    return sinks
+
+
+def test_destroy_closes_every_stream(circ: Circuit, fake: FakeRelay) -> None:
+    sinks = _open_streams(circ, fake, 3)
+    events = _events(circ)
+    fake.inject_destroy(circ.circ_id, DestroyReason.FINISHED)
+    transfer(circ.channel, fake)
+    assert circ.state is CircuitState.CLOSED
+    assert events == [CircuitClosed(DestroyReason.FINISHED, "circuit destroyed by relay", True)]
+    for sink in sinks:
+        assert len(sink.ended) == 1
+        assert sink.ended[0].reason == EndReason.DESTROY
+        assert "FINISHED" in sink.ended[0].message
+    assert circ.streams == {}
+    assert circ.circ_id not in circ.channel.circuits
+    # A DESTROY is not answered with a DESTROY.
+    assert fake.destroys_received == []
+
+
+def test_truncated_closes_every_stream(circ: Circuit, fake: FakeRelay) -> None:
+    sinks = _open_streams(circ, fake, 3)
+    events = _events(circ)
+    fake.inject_truncated(circ.circ_id, DestroyReason.HIBERNATING, hop=1)
+    transfer(circ.channel, fake)
+    assert circ.state is CircuitState.CLOSED
+    closed = events[-1]
+    assert isinstance(closed, CircuitClosed) and closed.reason == DestroyReason.HIBERNATING
+    for sink in sinks:
+        assert [e.reason for e in sink.ended] == [EndReason.DESTROY]
+        assert "HIBERNATING" in sink.ended[0].message
+    assert fake.destroys_received == [(circ.circ_id, 0)]
+
+
+def test_digest_mismatch_closes_circuit_not_channel(channel: Channel, fake: FakeRelay) -> None:
+    circ = build_circuit(channel, fake, 3)
+    other = build_circuit(channel, fake, 3)
+    sinks = _open_streams(circ, fake, 2)
+    fake.corrupt_next_digest = True
+    fake.send_relay(fake.circuit(circ.circ_id), 2, RelayCommand.DROP, 0, b"")
+    transfer(channel, fake)
+    assert circ.state is CircuitState.CLOSED
+    assert circ.closed_reason is not None and "digest" in circ.closed_reason.message
+    assert all(len(s.ended) == 1 for s in sinks)
+    assert channel.state is ChannelState.OPEN
+    assert other.state is CircuitState.OPEN
+    assert fake.destroys_received == [(circ.circ_id, 0)]
+    # The other circuit still works.
+    s = _open_streams(other, fake, 1)[0]
+    other.streams[next(iter(other.streams))].write(b"ping")
+    transfer(channel, fake)
+    assert bytes(s.data) == b"ping"
+
+
+def test_garbage_relay_cell_closes_circuit(circ: Circuit, fake: FakeRelay) -> None:
+    fake.inject_garbage(circ_id=circ.circ_id)
+    transfer(circ.channel, fake)
+    assert circ.state is CircuitState.CLOSED
+    assert circ.channel.state is ChannelState.OPEN
+
+
+def test_cells_for_unknown_circuit_dropped(channel: Channel, fake: FakeRelay) -> None:
+    fake.inject_garbage(circ_id=0x80001234)
+    fake.inject_destroy(0x80004321)
+    transfer(channel, fake)
+    assert channel.state is ChannelState.OPEN
+
+
+def test_local_destroy(circ: Circuit, fake: FakeRelay) -> None:
+    sinks = _open_streams(circ, fake, 2)
+    circ.destroy()
+    transfer(circ.channel, fake)
+    assert fake.destroys_received == [(circ.circ_id, 0)]
+    assert all(len(s.ended) == 1 for s in sinks)
+    with pytest.raises(RuntimeError):
+        circ.send_relay(RelayCommand.DROP, 0, b"")
+    circ.destroy()  # idempotent
+    assert fake.destroys_received == [(circ.circ_id, 0)]
+
+
+def test_created_of_the_wrong_kind_closes_only_the_circuit(
+    channel: Channel, fake: FakeRelay
+) -> None:
+    """A CREATED2 answering our CREATE_FAST is a relay error, not a crash of the channel."""
+    circ = channel.new_circuit()
+    circ.send_create_fast()
+    channel.take_output()  # the fake never sees it; we forge its reply instead
+    fake._send_fixed(circ.circ_id, CellCommand.CREATED2, b"\x00\x40" + bytes(64))
+    transfer(channel, fake)
+    assert circ.state is CircuitState.CLOSED
+    assert channel.state is ChannelState.OPEN
+
+
+def test_created_fast_answering_create2(channel: Channel, fake: FakeRelay) -> None:
+    circ = channel.new_circuit()
+    circ.send_create2(fake.sim.rsa_id, fake.sim.ntor_key)
+    channel.take_output()
+    fake._send_fixed(circ.circ_id, CellCommand.CREATED_FAST, bytes(40))
+    transfer(channel, fake)
+    assert circ.state is CircuitState.CLOSED
+    assert channel.state is ChannelState.OPEN
+
+
+def test_unexpected_extended2_closes_circuit(circ: Circuit, fake: FakeRelay) -> None:
+    fake.send_relay(
+        fake.circuit(circ.circ_id), 2, RelayCommand.EXTENDED2, 0, b"\x00\x40" + bytes(64)
+    )
+    transfer(circ.channel, fake)
+    assert circ.state is CircuitState.CLOSED
+
+
+def test_unknown_relay_command_dropped(circ: Circuit, fake: FakeRelay) -> None:
+    sinks = _open_streams(circ, fake, 1)
+    sid = next(iter(circ.streams))
+    fake.send_relay(fake.circuit(circ.circ_id), 2, 77, sid, b"future")
+    transfer(circ.channel, fake)
+    assert circ.state is CircuitState.OPEN and sinks[0].ended == []
