@@ -230,7 +230,8 @@ class FakeHop:
         self.package_window = circwindow
         self.deliver_window = circwindow
         self.sent_digests: deque[bytes] = deque()  # digests a v1 SENDME must quote, FIFO
-        self.streams: dict[int, FakeStream] = {}
+        self.streams: dict[int, FakeStream] = {}  # open edge streams
+        self.all_streams: dict[int, FakeStream] = {}  # every stream, also closed ones
         self.ended_streams: dict[int, int] = {}  # stream id -> reason of the client's END
         self.ready: deque[FakeStream] = deque()
         self.relay_early_seen = 0
@@ -601,10 +602,8 @@ class FakeRelay:
             digest = hop.fwd_digest.digest()[:20]
         if self.config.corrupt_sendme_digests:
             digest = bytes(b ^ 0x55 for b in digest)
-        if self.config.sendme_emit_version >= 1:
-            body = b"\x01\x00\x14" + digest
-        else:
-            body = b""
+        # v1 quotes the digest; v0 (a misbehaviour knob here) is an empty body.
+        body = b"\x01\x00\x14" + digest if self.config.sendme_emit_version >= 1 else b""
         hop.sendmes_emitted += 1
         self.send_relay(circ, index, RelayCommand.SENDME, 0, body)
 
@@ -696,7 +695,7 @@ class FakeRelay:
         elif port in cfg.discard_ports:
             behaviour = DISCARD
         stream = FakeStream(stream_id, index, behaviour, host, port)
-        hop.streams[stream_id] = stream
+        hop.streams[stream_id] = hop.all_streams[stream_id] = stream
         try:
             addr = ipaddress.IPv4Address(host)
         except ValueError:
@@ -719,7 +718,7 @@ class FakeRelay:
             return
         resp = self.config.dir_response
         stream = FakeStream(stream_id, index, ECHO if resp is None else SOURCE, "", 0)
-        hop.streams[stream_id] = stream
+        hop.streams[stream_id] = hop.all_streams[stream_id] = stream
         self.send_relay(circ, index, RelayCommand.CONNECTED, stream_id, b"")
         if resp is not None:
             self._queue_stream_data(hop, stream, resp)
@@ -967,7 +966,8 @@ class FakeRelay:
         return self.circuits.get(circ_id) or self.closed_circuits[circ_id]
 
     def stream(self, circ_id: int, stream_id: int, hop: int = -1) -> FakeStream | None:
-        return self.circuit(circ_id).hops[hop].streams.get(stream_id)
+        """The exit's view of a stream, also after it closed."""
+        return self.circuit(circ_id).hops[hop].all_streams.get(stream_id)
 
 
 # -- driving both parties ------------------------------------------------------------------
@@ -1064,9 +1064,10 @@ def build_circuit(
     hops: int = 3,
     *,
     fast: bool = False,
+    mark_open: bool = True,
     **circuit_kwargs: int,
 ) -> Circuit:
-    """Build and open a ``hops``-hop circuit: CREATE_FAST/CREATE2 then EXTEND2s."""
+    """Build (and open) a ``hops``-hop circuit: CREATE_FAST/CREATE2 then EXTEND2s."""
     circ = channel.new_circuit(**circuit_kwargs)
     if fast:
         circ.send_create_fast()
@@ -1078,5 +1079,6 @@ def build_circuit(
         transfer(channel, fake)
     if circ.hop_count != hops:
         raise AssertionError(f"circuit has {circ.hop_count} hops, wanted {hops}: {fake.violations}")
-    circ.mark_open()
+    if mark_open:
+        circ.mark_open()
     return circ
