@@ -19,6 +19,7 @@ import re
 from dataclasses import dataclass, field
 from datetime import datetime
 
+from cryptography.exceptions import UnsupportedAlgorithm
 from cryptography.hazmat.primitives.asymmetric import rsa
 from cryptography.hazmat.primitives.serialization import load_der_public_key
 
@@ -96,7 +97,7 @@ def _load_rsa(item: Item) -> tuple[rsa.RSAPublicKey, bytes]:
     der = item.object_bytes("RSA PUBLIC KEY")
     try:
         key = load_der_public_key(der)
-    except (ValueError, TypeError) as e:
+    except (ValueError, TypeError, UnsupportedAlgorithm) as e:
         raise item.error(f"unparseable RSA key: {e}") from None
     if not isinstance(key, rsa.RSAPublicKey):
         raise item.error("not an RSA key")

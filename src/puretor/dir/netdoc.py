@@ -163,7 +163,13 @@ def tokenize(
         if first_char in " \t":
             raise DocumentError(f"{what} line {i}: line starts with whitespace")
         parts = line.split()
+        if not parts:
+            if line.strip(" \t\r"):
+                raise DocumentError(f"{what} line {i}: line of control characters")
+            continue  # a blank line with a CR (CRLF line ending)
         keyword = parts[0]
+        if first_char != keyword[0]:  # started with exotic whitespace (\v, \f, \x85...)
+            raise DocumentError(f"{what} line {i}: malformed keyword line")
         if keyword not in good_keywords:
             if keyword[0] == "-" or not _KEYWORD_CHARS.issuperset(keyword):
                 raise DocumentError(f"{what} line {i}: malformed keyword {keyword[:40]!r}")

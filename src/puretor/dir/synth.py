@@ -294,8 +294,13 @@ def make_authority(
     lifetime: timedelta = timedelta(days=365),
     bits: int = 1024,
     signing_key: rsa.RSAPrivateKey | None = None,
+    crosscert_label: str = "ID SIGNATURE",
+    crosscert_signer: rsa.RSAPrivateKey | None = None,
 ) -> SynthAuthority:
-    """An authority with cached keys (key ``index``) and a freshly signed certificate."""
+    """An authority with cached keys (key ``index``) and a freshly signed certificate.
+
+    ``crosscert_label``/``crosscert_signer`` exist to test the cross-certificate rules.
+    """
     identity = _cached_key(index, "identity", bits)
     signing = signing_key or _cached_key(index, "signing", bits)
     v3ident = _der_digest(identity)
@@ -309,7 +314,7 @@ def make_authority(
         f"dir-identity-key\n{_pem(identity)}"
         f"dir-signing-key\n{_pem(signing)}"
         "dir-key-crosscert\n"
-        + _sig_object(tor_rsa_sign(signing, v3ident), "ID SIGNATURE")
+        + _sig_object(tor_rsa_sign(crosscert_signer or signing, v3ident), crosscert_label)
         + "dir-key-certification\n"
     )
     cert = body + _sig_object(tor_rsa_sign(identity, hashlib.sha1(body.encode()).digest()))
