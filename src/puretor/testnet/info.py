@@ -1,0 +1,152 @@
+"""The schema of ``network.json`` (what `TestNetwork.info` holds), as TypedDicts.
+
+The JSON is the contract between the launcher and everything that uses the network (tests, the
+benchmark, users of the CLI); these types document it and let mypy check readers.
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import TypedDict
+
+SCHEMA_VERSION = 1
+
+
+class NetnsInfo(TypedDict):
+    name: str | None  # named namespace (`ip netns exec NAME ...`), or None: the launcher's own
+    mode: str  # "named" | "current"
+
+
+class NodeInfo(TypedDict):
+    nickname: str
+    role: str  # authority | guard | middle | exit | onion-service
+    address: str  # its own 127.N.0.1 (also its outbound source address)
+    orport: int | None
+    dirport: int | None
+    fingerprint: str | None  # RSA identity, 40 upper-case hex (None for onion hosts)
+    ed25519: str | None  # base64 ed25519 identity
+    bandwidth_kb: int  # measured value given to the authorities
+    expected_flags: list[str]
+    exit_policy: list[str]
+    data_dir: str
+    torrc: str
+    log: str  # notice log
+
+
+class AuthorityInfo(NodeInfo):
+    v3ident: str
+    dir_authority_line: str  # ready for a torrc
+
+
+class ExitInfo(TypedDict):
+    nickname: str
+    address: str
+    fingerprint: str
+    policy: list[str]  # as in the torrc
+    open_ports: str  # "all" or e.g. "80,443,8443"
+
+
+class FileInfo(TypedDict):
+    path: str  # e.g. /files/10MiB
+    size: int
+    sha256: str
+    urls: dict[str, str]  # same keys as TargetsInfo.base_urls
+
+
+class EchoInfo(TypedDict):
+    ip: str
+    hostname: str
+    port: int
+
+
+class Exit1OnlyInfo(TypedDict):
+    ports: list[int]  # reachable through exit1 only (exit2's policy rejects them)
+    exit: str  # "exit1"
+    exit_address: str
+
+
+class TargetsInfo(TypedDict):
+    ip: str  # 198.18.0.10
+    hostname: str  # target.test
+    tls_hostname: str  # tls.target.test (the cert also covers every DNS name and the IP)
+    http_port: int
+    https_port: int
+    echo_port: int
+    closed_port: int  # allowed by both exits, nothing listens: "connection refused"
+    exit1_only: Exit1OnlyInfo
+    # http_ip, http_host, https_ip, https_host, exit1_only_ip, exit1_only_host
+    base_urls: dict[str, str]
+    files: dict[str, FileInfo]  # "1MiB", "10MiB", "100MiB"
+    bytes_path: str  # GET /bytes/<n>: first n bytes of the 100MiB file
+    ip_urls: dict[str, str]  # GET: the source address the target sees, one line
+    upload_urls: dict[str, str]  # POST: answers the body's sha256 hex, one line
+    echo: EchoInfo
+    ca_cert: str  # PEM of the private CA that signed the HTTPS cert
+    source_log: str  # "<time> <listener> <ip> <port>" per TCP connection, ever
+    exit_addresses: list[str]  # sources a target may legitimately see from exits
+
+
+class OnionInfo(TypedDict):
+    address: str  # 56 chars + ".onion"
+    url: str
+    host: str  # nickname of the tor process hosting it
+    host_address: str  # that process's outbound address, as the backend sees it
+    backend: str  # IP:PORT behind "HiddenServicePort 80"
+    index_text: str  # body of GET / through the service
+
+
+class OnionAuthInfo(OnionInfo):
+    auth_private_line: str  # "<addr-without-.onion>:descriptor:x25519:<base32 private key>"
+    private_key_b32: str
+    public_key_b32: str
+    client_onion_auth_dir: str  # ready ClientOnionAuthDir holding that line
+
+
+class OnionServices(TypedDict):
+    plain: OnionInfo
+    client_auth: OnionAuthInfo
+
+
+class DnsInfo(TypedDict):
+    server: str
+    port: int
+    names: dict[str, str]
+    nxdomain_example: str
+
+
+class ConsensusInfo(TypedDict):
+    valid_after: str
+    relays: int
+    params: dict[str, int]
+    bandwidth_weights: dict[str, int]
+
+
+class NetworkInfo(TypedDict):
+    schema_version: int
+    workdir: str
+    netns: NetnsInfo
+    tor_binary: str
+    tor_version: str
+    ready_seconds: float  # from start() to ready
+    voting_interval: int  # seconds; also sets the onion time period (24 intervals)
+    consensus_params: dict[str, int]  # what the authorities vote
+    consensus: ConsensusInfo  # the consensus that made us say "ready"
+    dir_authority_lines: list[str]
+    authorities: list[AuthorityInfo]
+    relays: list[NodeInfo]  # every relay, authorities included
+    exits: list[ExitInfo]
+    onion_hosts: list[NodeInfo]
+    targets: TargetsInfo
+    onion: OnionServices
+    dns: DnsInfo
+    client_torrc: str  # a ready C tor client config (SocksPort below, DataDirectory in workdir)
+    socks_port: int
+    state_file: str  # pids etc., what `down` reads
+
+
+def load(path: str | Path) -> NetworkInfo:
+    info: NetworkInfo = json.loads(Path(path).read_text())
+    if info.get("schema_version") != SCHEMA_VERSION:
+        raise ValueError(f"{path}: schema {info.get('schema_version')}, want {SCHEMA_VERSION}")
+    return info

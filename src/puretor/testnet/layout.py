@@ -1,0 +1,178 @@
+"""The fixed plan of the private test network: nodes, addresses, ports, targets.
+
+Everything here is data. Each relay gets its own 127.N.0.1 in its own /16, so path rules about
+/16s stay meaningful without test knobs. Targets live in 198.18.0.0/15 (RFC 2544 benchmarking
+range): tor treats it as public, but inside our sealed namespace it is a *local* route whose
+preferred source is 127.0.0.1. A target therefore sees an exit's own 127.N.0.1 (exits bind outbound
+connections to their address), while a direct connection from a client shows 127.0.0.1.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Literal
+
+Role = Literal["authority", "guard", "middle", "exit", "onion-service"]
+
+OR_PORT = 9001
+DIR_PORT = 9030  # authorities only; relays serve directory data over BEGIN_DIR
+DEFAULT_SOCKS_PORT = 9050
+DEFAULT_NETNS = "puretor-testnet"
+
+# Consensus timing (seconds). Vote + dist delay must stay below half the interval (tor uses
+# interval/2 before the first consensus); the interval must divide 24 h. Same as chutney.
+VOTING_INTERVAL = 20
+VOTE_DELAY = 4
+DIST_DELAY = 4
+
+# As on the live network (2024-25) where that is safe here. DoS* parameters are deliberately
+# left out: tests open many circuits from 127.0.0.1 and the live DoS limits would throttle them.
+CONSENSUS_PARAMS: dict[str, int] = {
+    "CircuitPriorityHalflifeMsec": 30000,
+    "ExtendByEd25519ID": 1,
+    "KISTSchedRunInterval": 3,
+    "UseOptimisticData": 1,
+    "cc_alg": 2,
+    "cc_cwnd_full_gap": 4444,
+    "cc_cwnd_full_minpct": 25,
+    "cc_cwnd_inc": 1,
+    "cc_cwnd_inc_rate": 31,
+    "cc_cwnd_min": 124,
+    "cc_sscap_exit": 600,
+    "cc_sscap_onion": 475,
+    "cc_vegas_alpha_exit": 186,
+    "cc_vegas_beta_onion": 372,
+    "cc_vegas_delta_exit": 310,
+    "cc_vegas_delta_onion": 434,
+    "cc_vegas_gamma_onion": 248,
+    "guard-n-primary-dir-guards-to-use": 2,
+    "guard-n-primary-guards-to-use": 2,
+    "hs_service_max_rdv_failures": 1,
+    "hsdir_spread_store": 4,
+    "sendme_accept_min_version": 1,
+    "sendme_emit_min_version": 1,
+}
+
+# --- targets (all inside the namespace) -------------------------------------------------------
+LOCAL_TARGET_NET = "198.18.0.0/15"
+TARGET_IP = "198.18.0.10"
+ONION_PLAIN_BACKEND_IP = "198.18.0.20"
+ONION_AUTH_BACKEND_IP = "198.18.0.21"
+HTTP_PORT = 80
+HTTPS_PORT = 443
+EXIT1_ONLY_HTTP_PORT = 8080  # exit2's policy rejects it: only exit1 can reach it
+ECHO_PORT = 7  # also only exit1
+CLOSED_PORT = 8443  # accepted by both exits, nothing listens: "connection refused"
+DNS_IP = "127.0.0.1"
+DNS_PORT = 53
+
+HOSTNAME = "target.test"
+DNS_NAMES: dict[str, str] = {
+    HOSTNAME: TARGET_IP,
+    "www.target.test": TARGET_IP,
+    "tls.target.test": TARGET_IP,
+    "echo.target.test": TARGET_IP,
+}
+TLS_HOSTNAME = "tls.target.test"
+NXDOMAIN_EXAMPLE = "no-such-host.target.test"
+
+# Deterministic payloads: name -> size. Content is SHAKE-256 of "puretor-testnet:<name>".
+FILE_SIZES: dict[str, int] = {
+    "1MiB": 1 << 20,
+    "10MiB": 10 << 20,
+    "100MiB": 100 << 20,
+}
+
+
+@dataclass(frozen=True)
+class NodeSpec:
+    """One tor process of the network."""
+
+    nickname: str
+    role: Role
+    address: str
+    bandwidth_kb: int = 0  # measured value we publish in the bandwidth file
+    exit_policy: tuple[str, ...] = ("reject *:*",)
+    onion_backend: str | None = None  # "IP:PORT" behind HiddenServicePort 80
+    client_auth: bool = False
+
+    @property
+    def is_relay(self) -> bool:
+        return self.role != "onion-service"
+
+    @property
+    def orport(self) -> int | None:
+        return OR_PORT if self.is_relay else None
+
+    @property
+    def dirport(self) -> int | None:
+        return DIR_PORT if self.role == "authority" else None
+
+    @property
+    def hsdir(self) -> bool:
+        # Every non-authority relay is an HSDir: 6 of them cover 2 replicas x spread 4 well enough.
+        return self.role in ("guard", "middle", "exit")
+
+
+def _addr(n: int) -> str:
+    return f"127.{n}.0.1"
+
+
+@dataclass(frozen=True)
+class NetworkPlan:
+    nodes: tuple[NodeSpec, ...] = field(default_factory=lambda: default_nodes())
+
+    def by_role(self, *roles: Role) -> list[NodeSpec]:
+        return [n for n in self.nodes if n.role in roles]
+
+    def node(self, nickname: str) -> NodeSpec:
+        for n in self.nodes:
+            if n.nickname == nickname:
+                return n
+        raise KeyError(f"no node named {nickname!r}")
+
+
+EXIT1_POLICY = ("accept *:*",)
+EXIT2_POLICY = ("accept *:80", "accept *:443", f"accept *:{CLOSED_PORT}", "reject *:*")
+
+
+def default_nodes() -> tuple[NodeSpec, ...]:
+    # Realistic, different bandwidths (KB/s) so bandwidth-weights are computed, not degenerate.
+    return (
+        NodeSpec("auth1", "authority", _addr(1), bandwidth_kb=2000),
+        NodeSpec("auth2", "authority", _addr(2), bandwidth_kb=2000),
+        NodeSpec("auth3", "authority", _addr(3), bandwidth_kb=2000),
+        NodeSpec("guard1", "guard", _addr(4), bandwidth_kb=12000),
+        NodeSpec("guard2", "guard", _addr(5), bandwidth_kb=9000),
+        NodeSpec("guard3", "guard", _addr(6), bandwidth_kb=7000),
+        NodeSpec("middle1", "middle", _addr(7), bandwidth_kb=5000),
+        NodeSpec("exit1", "exit", _addr(8), bandwidth_kb=10000, exit_policy=EXIT1_POLICY),
+        NodeSpec("exit2", "exit", _addr(9), bandwidth_kb=4000, exit_policy=EXIT2_POLICY),
+        NodeSpec(
+            "onion1",
+            "onion-service",
+            _addr(10),
+            onion_backend=f"{ONION_PLAIN_BACKEND_IP}:{HTTP_PORT}",
+        ),
+        NodeSpec(
+            "onion2",
+            "onion-service",
+            _addr(11),
+            onion_backend=f"{ONION_AUTH_BACKEND_IP}:{HTTP_PORT}",
+            client_auth=True,
+        ),
+    )
+
+
+def expected_flags(node: NodeSpec) -> frozenset[str]:
+    """Flags the authorities must vote for `node` before we call the network ready."""
+    flags = {"Running", "Valid", "Fast", "Stable", "V2Dir"}
+    if node.role == "authority":
+        flags.add("Authority")
+    if node.role == "guard":
+        flags.add("Guard")
+    if node.role == "exit":
+        flags.add("Exit")
+    if node.hsdir:
+        flags.add("HSDir")
+    return frozenset(flags)

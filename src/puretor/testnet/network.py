@@ -1,0 +1,614 @@
+"""`TestNetwork`: start the private Tor network, wait until it is usable, poke it, stop it.
+
+    with TestNetwork.start(tmp_path / "net") as net:   # current namespace must be sealed
+        info = net.info                                 # network.json, see info.py
+        net.kill_relay("guard1"); net.restart_relay("guard1")
+
+`start` returns only when the authorities' consensus lists every relay with its expected flags
+(and bandwidth weights) and both onion services have uploaded a descriptor after that point.
+Whatever happens - exception, Ctrl-C, SIGTERM, interpreter exit - the processes we started are
+stopped (context manager, atexit, signal handlers, and the kernel's parent-death signal).
+"""
+
+from __future__ import annotations
+
+import atexit
+import contextlib
+import json
+import os
+import shutil
+import signal
+import subprocess
+import sys
+import threading
+import time
+from collections.abc import Callable, Sequence
+from pathlib import Path
+from types import FrameType, TracebackType
+from typing import Any
+
+import puretor
+from puretor.testnet import consensus, layout, netns, procs, torrc
+from puretor.testnet.info import (
+    SCHEMA_VERSION,
+    AuthorityInfo,
+    ExitInfo,
+    FileInfo,
+    NetworkInfo,
+    NodeInfo,
+)
+from puretor.testnet.layout import NetworkPlan
+from puretor.testnet.prepare import NodeFiles, Prepared, prepare
+from puretor.testnet.procs import ProcRecord
+
+TARGETS = "targets"  # process name of the targets daemon
+UPLOAD_OK = "status 200"  # in "Uploading hidden service descriptor: finished with status 200"
+
+
+class NetworkError(RuntimeError):
+    pass
+
+
+def find_binary(name: str) -> str | None:
+    found = shutil.which(name)
+    if found is None and Path("/usr/sbin", name).exists():
+        found = str(Path("/usr/sbin", name))
+    if found is None and Path("/usr/bin", name).exists():
+        found = str(Path("/usr/bin", name))
+    return found
+
+
+def missing_requirements(named_netns: bool = False) -> list[str]:
+    """What this machine lacks to run the network (empty when all is there)."""
+    needed = ["tor", "tor-gencert"] + (["ip"] if named_netns else [])
+    return [f"`{b}` not found" for b in needed if find_binary(b) is None]
+
+
+def tail(path: Path | str, lines: int = 25) -> str:
+    try:
+        text = Path(path).read_text(errors="replace").splitlines()
+    except FileNotFoundError:
+        return f"({path} does not exist)"
+    return "\n".join(f"    {line}" for line in text[-lines:])
+
+
+_signals_installed = False
+
+
+def _install_signal_handlers() -> None:
+    """SIGTERM/SIGHUP become SystemExit so `finally`, fixtures and atexit get to clean up."""
+    global _signals_installed
+    if _signals_installed or threading.current_thread() is not threading.main_thread():
+        return
+    _signals_installed = True
+
+    def handler(signum: int, frame: FrameType | None) -> None:
+        raise SystemExit(128 + signum)
+
+    for sig in (signal.SIGTERM, signal.SIGHUP):
+        if signal.getsignal(sig) is signal.SIG_DFL:
+            signal.signal(sig, handler)
+
+
+class TestNetwork:
+    """A running private Tor network of Debian's C tor."""
+
+    __test__ = False  # not a pytest test class despite the name
+
+    def __init__(
+        self,
+        workdir: Path | str,
+        *,
+        netns: str | None = None,
+        plan: NetworkPlan | None = None,
+        detach: bool = False,
+    ) -> None:
+        self.workdir = Path(workdir).resolve()
+        self.netns = netns
+        self.plan = plan or NetworkPlan()
+        self.detach = detach  # CLI `up`: processes outlive this Python process
+        self.records: dict[str, ProcRecord] = {}
+        self._info: NetworkInfo | None = None
+        self._prepared: Prepared | None = None
+        self._stopped = False
+        tor, gencert = find_binary("tor"), find_binary("tor-gencert")
+        self.tor = tor or "tor"
+        self.gencert = gencert or "tor-gencert"
+
+    # ---- lifecycle ------------------------------------------------------------------------------
+
+    @classmethod
+    def start(
+        cls,
+        workdir: Path | str,
+        *,
+        netns: str | None = None,
+        timeout: float = 240.0,
+        plan: NetworkPlan | None = None,
+        detach: bool = False,
+        progress: Callable[[str], None] | None = None,
+    ) -> TestNetwork:
+        """Start the network in `netns` (a named namespace, created if needed) or, with None,
+        in the current namespace, which must then already be sealed (only loopback)."""
+        net = cls(workdir, netns=netns, plan=plan, detach=detach)
+        if not detach:
+            atexit.register(net.stop)
+            _install_signal_handlers()
+        try:
+            net._start(timeout, progress or (lambda msg: None))
+        except BaseException:
+            net.stop()
+            raise
+        return net
+
+    @classmethod
+    def attach(cls, workdir: Path | str) -> TestNetwork:
+        """A handle on a network started earlier (by `up`), from its state file."""
+        workdir = Path(workdir).resolve()
+        state = json.loads((workdir / "state.json").read_text())
+        net = cls(workdir, netns=state["netns"], detach=True)
+        net.records = {k: ProcRecord.from_json(v) for k, v in state["processes"].items()}
+        if (workdir / "network.json").exists():
+            net._info = json.loads((workdir / "network.json").read_text())
+        return net
+
+    def __enter__(self) -> TestNetwork:
+        return self
+
+    def __exit__(
+        self, et: type[BaseException] | None, ev: BaseException | None, tb: TracebackType | None
+    ) -> None:
+        self.stop()
+
+    def stop(self, timeout: float = 10.0) -> None:
+        """SIGTERM everything we started, SIGKILL after `timeout`; delete a named namespace."""
+        if self._stopped:
+            return
+        self._stopped = True
+        procs.stop(self.records.values(), timeout=timeout)
+        if self.netns is not None:
+            try:
+                netns.delete_named(self.netns)
+            except netns.NamespaceError as exc:
+                print(f"puretor.testnet: {exc}", file=sys.stderr)
+        with contextlib.suppress(Exception):
+            atexit.unregister(self.stop)
+
+    @property
+    def info(self) -> NetworkInfo:
+        if self._info is None:
+            raise NetworkError("the network is not ready (no network.json yet)")
+        return self._info
+
+    # ---- poking at nodes (fault tests) --------------------------------------------------------------
+
+    def is_running(self, nickname: str) -> bool:
+        rec = self.records.get(nickname)
+        return rec is not None and procs.is_alive(rec)
+
+    def stop_node(self, nickname: str, *, sig: int = signal.SIGTERM, timeout: float = 10.0) -> None:
+        procs.stop([self._record(nickname)], sig=sig, timeout=timeout)
+
+    def kill_relay(self, nickname: str) -> None:
+        """SIGKILL: the relay vanishes without closing anything (a crash)."""
+        self.stop_node(nickname, sig=signal.SIGKILL)
+
+    def stop_authority(self, nickname: str) -> None:
+        if self.plan.node(nickname).role != "authority":
+            raise ValueError(f"{nickname} is not an authority")
+        self.stop_node(nickname)
+
+    def start_node(self, nickname: str) -> None:
+        rec = self._record(nickname)
+        if procs.is_alive(rec):
+            return
+        env = _python_env() if nickname == TARGETS else None
+        self._spawn(nickname, rec.argv, Path(rec.log), env=env)
+
+    start_authority = start_node
+
+    def restart_relay(self, nickname: str) -> None:
+        """Stop (gracefully) if running, then start again with the same keys and torrc."""
+        self.stop_node(nickname)
+        self.start_node(nickname)
+
+    def _record(self, nickname: str) -> ProcRecord:
+        try:
+            return self.records[nickname]
+        except KeyError:
+            raise KeyError(f"no process named {nickname!r}") from None
+
+    # ---- running things inside the namespace ----------------------------------------------------------
+
+    def exec_argv(self, argv: Sequence[str]) -> list[str]:
+        """`argv` wrapped to run inside the network's namespace."""
+        return netns.wrap(self.netns, argv)
+
+    def run(self, argv: Sequence[str], **kwargs: Any) -> subprocess.CompletedProcess[Any]:
+        return subprocess.run(self.exec_argv(argv), **kwargs)
+
+    # ---- consensus --------------------------------------------------------------------------------
+
+    def latest_consensus(self) -> consensus.ConsensusSummary | None:
+        """The newest microdesc consensus any authority holds."""
+        best: consensus.ConsensusSummary | None = None
+        for node in self.plan.by_role("authority"):
+            path = self.workdir / "nodes" / node.nickname / "cached-microdesc-consensus"
+            try:
+                summary = consensus.parse(path.read_text(errors="replace"))
+            except (FileNotFoundError, ValueError, IndexError):
+                continue
+            if best is None or summary.valid_after > best.valid_after:
+                best = summary
+        return best
+
+    def wait_for_consensus(
+        self,
+        predicate: Callable[[consensus.ConsensusSummary], bool],
+        timeout: float,
+        what: str = "a matching consensus",
+    ) -> consensus.ConsensusSummary:
+        found: list[consensus.ConsensusSummary] = []
+
+        def check() -> bool:
+            c = self.latest_consensus()
+            if c is not None and predicate(c):
+                found.append(c)
+                return True
+            return False
+
+        self._wait(check, timeout, what, logs=self._authority_logs())
+        return found[0]
+
+    # ---- start-up --------------------------------------------------------------------------------------
+
+    def _start(self, timeout: float, progress: Callable[[str], None]) -> None:
+        t0 = time.monotonic()
+        deadline = t0 + timeout
+        missing = missing_requirements(named_netns=self.netns is not None)
+        if missing:
+            raise NetworkError("cannot start the test network: " + "; ".join(missing))
+        if self.netns is not None:
+            netns.create_named(self.netns)
+        else:
+            netns.require_sealed(None)
+            netns.add_target_route(None)
+        self._write_state()  # even a half-started network can be taken down by `down`
+
+        progress("generating keys and configuration")
+        prep = prepare(self.workdir, self.plan, tor=self.tor, gencert=self.gencert)
+        self._prepared = prep
+
+        progress("starting targets, DNS and tor processes")
+        self._spawn(
+            TARGETS,
+            [
+                sys.executable,
+                "-m",
+                "puretor.testnet",
+                "serve-targets",
+                "--config",
+                str(prep.targets_config),
+            ],
+            prep.workdir / "targets" / "daemon.log",
+            env=_python_env(),
+        )
+        self._wait(
+            prep.targets_ready.exists,
+            30.0,
+            "the targets daemon",
+            logs=[prep.workdir / "targets" / "daemon.log"],
+        )
+        for nf in prep.nodes.values():
+            argv = [self.tor, "--defaults-torrc", str(prep.defaults_torrc), "-f", str(nf.torrc)]
+            self._spawn(nf.spec.nickname, argv, nf.dir / "stdout.log")
+
+        onions = [nf for nf in prep.nodes.values() if nf.spec.role == "onion-service"]
+        self._wait(
+            lambda: all((nf.hs_dir / "hostname").exists() for nf in onions),
+            30.0,
+            "onion service keys",
+            logs=[nf.log for nf in onions],
+        )
+
+        progress("waiting for a consensus listing every relay with its flags")
+        expected = {
+            nf.fingerprint: (nf.spec.nickname, layout.expected_flags(nf.spec))
+            for nf in prep.nodes.values()
+            if nf.fingerprint
+        }
+        problems: list[str] = []
+
+        def complete(c: consensus.ConsensusSummary) -> bool:
+            problems[:] = consensus.missing_flags(c, expected)
+            return not problems
+
+        try:
+            summary = self.wait_for_consensus(
+                complete, max(1.0, deadline - time.monotonic()), "a complete consensus"
+            )
+        except NetworkError as exc:
+            raise NetworkError(f"{exc}\n  last consensus problems: {problems}") from None
+
+        # Descriptors uploaded before the complete consensus may sit on the wrong HSDirs:
+        # only count uploads logged from now on (the service re-uploads when its HSDirs change).
+        offsets = {nf.spec.nickname: _size(nf.rend_log) for nf in onions}
+        progress("waiting for both onion descriptors to be uploaded")
+        self._wait(
+            lambda: all(
+                _logged_since(nf.rend_log, offsets[nf.spec.nickname], UPLOAD_OK) for nf in onions
+            ),
+            max(1.0, deadline - time.monotonic()),
+            "onion descriptor uploads",
+            logs=[nf.rend_log for nf in onions],
+        )
+        self._info = self._build_info(prep, summary, time.monotonic() - t0)
+        self._write_outputs(prep)
+
+    def _spawn(
+        self, name: str, argv: Sequence[str], log: Path, env: dict[str, str] | None = None
+    ) -> None:
+        # Records keep the unwrapped argv, so a restart wraps it afresh.
+        base = list(argv)
+        rec = procs.spawn(
+            name, self.exec_argv(base), log=log, env=env, die_with_parent=not self.detach
+        )
+        self.records[name] = ProcRecord(rec.name, rec.pid, rec.starttime, base, rec.log)
+        self._write_state()
+
+    def _write_state(self) -> None:
+        self.workdir.mkdir(parents=True, exist_ok=True)
+        state = {
+            "netns": self.netns,
+            "processes": {k: r.to_json() for k, r in self.records.items()},
+        }
+        tmp = self.workdir / "state.json.tmp"
+        tmp.write_text(json.dumps(state, indent=2))
+        tmp.rename(self.workdir / "state.json")
+
+    def _authority_logs(self) -> list[Path]:
+        return [
+            self.workdir / "nodes" / n.nickname / "notice.log"
+            for n in self.plan.by_role("authority")
+        ]
+
+    def _wait(
+        self, ready: Callable[[], bool], timeout: float, what: str, *, logs: Sequence[Path]
+    ) -> None:
+        """Poll `ready`; fail fast (with log tails) if one of our processes died."""
+        deadline = time.monotonic() + timeout
+        while True:
+            if ready():
+                return
+            # While starting, a dead process means failure; once ready, fault tests kill
+            # processes on purpose, so then we just wait.
+            dead = [n for n, r in self.records.items() if not procs.is_alive(r)]
+            if dead and self._info is None:
+                name = dead[0]
+                raise NetworkError(
+                    f"{name} exited while waiting for {what}:\n{tail(self.records[name].log)}"
+                    + self._node_log_tail(name)
+                )
+            if time.monotonic() > deadline:
+                tails = "\n".join(f"  {p}:\n{tail(p)}" for p in logs)
+                raise NetworkError(f"timed out after {timeout:.0f}s waiting for {what}\n{tails}")
+            time.sleep(0.25)
+
+    def _node_log_tail(self, name: str) -> str:
+        log = self.workdir / "nodes" / name / "notice.log"
+        return f"\n  {log}:\n{tail(log)}" if log.exists() else ""
+
+    # ---- outputs -----------------------------------------------------------------------------------
+
+    def _build_info(
+        self, prep: Prepared, summary: consensus.ConsensusSummary, elapsed: float
+    ) -> NetworkInfo:
+        ready = json.loads(prep.targets_ready.read_text())
+        ip, host, tls_host = layout.TARGET_IP, layout.HOSTNAME, layout.TLS_HOSTNAME
+        x1 = layout.EXIT1_ONLY_HTTP_PORT
+        base_urls = {
+            "http_ip": f"http://{ip}",
+            "http_host": f"http://{host}",
+            "https_ip": f"https://{ip}",
+            "https_host": f"https://{tls_host}",
+            "exit1_only_ip": f"http://{ip}:{x1}",
+            "exit1_only_host": f"http://{host}:{x1}",
+        }
+        files: dict[str, FileInfo] = {
+            name: {
+                "path": f"/files/{name}",
+                "size": meta["size"],
+                "sha256": meta["sha256"],
+                "urls": {k: f"{v}/files/{name}" for k, v in base_urls.items()},
+            }
+            for name, meta in ready["files"].items()
+        }
+        relays = [self._node_info(nf) for nf in prep.nodes.values() if nf.spec.is_relay]
+        auth_lines = [torrc.dir_authority_line(a) for a in prep.authorities]
+        authorities: list[AuthorityInfo] = [
+            {
+                **self._node_info(prep.nodes[a.nickname]),
+                "v3ident": a.v3ident,  # type: ignore[typeddict-item]
+                "dir_authority_line": line,
+            }
+            for a, line in zip(prep.authorities, auth_lines, strict=True)
+        ]
+        exits: list[ExitInfo] = [
+            {
+                "nickname": nf.spec.nickname,
+                "address": nf.spec.address,
+                "fingerprint": nf.fingerprint or "",
+                "policy": list(nf.spec.exit_policy),
+                "open_ports": _open_ports(nf.spec.exit_policy),
+            }
+            for nf in prep.nodes.values()
+            if nf.spec.role == "exit"
+        ]
+        onion_nodes = {
+            nf.spec.nickname: nf for nf in prep.nodes.values() if nf.spec.role == "onion-service"
+        }
+        plain = next(nf for nf in onion_nodes.values() if not nf.spec.client_auth)
+        authed = next(nf for nf in onion_nodes.values() if nf.spec.client_auth)
+        plain_addr = (plain.hs_dir / "hostname").read_text().strip()
+        auth_addr = (authed.hs_dir / "hostname").read_text().strip()
+        auth_dir = prep.workdir / "client-onion-auth"
+        exit1 = self.plan.node("exit1")
+        return {
+            "schema_version": SCHEMA_VERSION,
+            "workdir": str(prep.workdir),
+            "netns": {"name": self.netns, "mode": "named" if self.netns else "current"},
+            "tor_binary": self.tor,
+            "tor_version": _tor_version(self.tor),
+            "ready_seconds": round(elapsed, 1),
+            "voting_interval": layout.VOTING_INTERVAL,
+            "consensus_params": dict(layout.CONSENSUS_PARAMS),
+            "consensus": {
+                "valid_after": summary.valid_after,
+                "relays": len(summary.routers),
+                "params": summary.params,
+                "bandwidth_weights": summary.bandwidth_weights,
+            },
+            "dir_authority_lines": auth_lines,
+            "authorities": authorities,
+            "relays": relays,
+            "exits": exits,
+            "onion_hosts": [self._node_info(nf) for nf in onion_nodes.values()],
+            "targets": {
+                "ip": ip,
+                "hostname": host,
+                "tls_hostname": tls_host,
+                "http_port": layout.HTTP_PORT,
+                "https_port": layout.HTTPS_PORT,
+                "echo_port": layout.ECHO_PORT,
+                "closed_port": layout.CLOSED_PORT,
+                "exit1_only": {
+                    "ports": [x1, layout.ECHO_PORT],
+                    "exit": exit1.nickname,
+                    "exit_address": exit1.address,
+                },
+                "base_urls": base_urls,
+                "files": files,
+                "bytes_path": "/bytes/",
+                "ip_urls": {k: f"{v}/ip" for k, v in base_urls.items()},
+                "upload_urls": {k: f"{v}/upload" for k, v in base_urls.items()},
+                "echo": {"ip": ip, "hostname": "echo.target.test", "port": layout.ECHO_PORT},
+                "ca_cert": str(prep.ca_cert),
+                "source_log": str(prep.source_log),
+                "exit_addresses": [e["address"] for e in exits],
+            },
+            "onion": {
+                "plain": {
+                    "address": plain_addr,
+                    "url": f"http://{plain_addr}/",
+                    "host": plain.spec.nickname,
+                    "host_address": plain.spec.address,
+                    "backend": plain.spec.onion_backend or "",
+                    "index_text": "puretor testnet onion-plain\n",
+                },
+                "client_auth": {
+                    "address": auth_addr,
+                    "url": f"http://{auth_addr}/",
+                    "host": authed.spec.nickname,
+                    "host_address": authed.spec.address,
+                    "backend": authed.spec.onion_backend or "",
+                    "index_text": "puretor testnet onion-client-auth\n",
+                    "auth_private_line": prep.client_auth.client_line(auth_addr),
+                    "private_key_b32": prep.client_auth.private_b32,
+                    "public_key_b32": prep.client_auth.public_b32,
+                    "client_onion_auth_dir": str(auth_dir),
+                },
+            },
+            "dns": {
+                "server": layout.DNS_IP,
+                "port": layout.DNS_PORT,
+                "names": dict(layout.DNS_NAMES),
+                "nxdomain_example": layout.NXDOMAIN_EXAMPLE,
+            },
+            "client_torrc": str(prep.workdir / "client.torrc"),
+            "socks_port": layout.DEFAULT_SOCKS_PORT,
+            "state_file": str(self.workdir / "state.json"),
+        }
+
+    def _node_info(self, nf: NodeFiles) -> NodeInfo:
+        return {
+            "nickname": nf.spec.nickname,
+            "role": nf.spec.role,
+            "address": nf.spec.address,
+            "orport": nf.spec.orport,
+            "dirport": nf.spec.dirport,
+            "fingerprint": nf.fingerprint,
+            "ed25519": nf.ed25519,
+            "bandwidth_kb": nf.spec.bandwidth_kb,
+            "expected_flags": sorted(layout.expected_flags(nf.spec)) if nf.spec.is_relay else [],
+            "exit_policy": list(nf.spec.exit_policy) if nf.spec.is_relay else [],
+            "data_dir": str(nf.dir),
+            "torrc": str(nf.torrc),
+            "log": str(nf.log),
+        }
+
+    def _write_outputs(self, prep: Prepared) -> None:
+        info = self.info
+        auth_dir = Path(info["onion"]["client_auth"]["client_onion_auth_dir"])
+        write_onion_auth_dir(auth_dir, info)
+        client_dir = prep.workdir / "client-data"
+        client_dir.mkdir(mode=0o700, exist_ok=True)
+        Path(info["client_torrc"]).write_text(
+            torrc.client_torrc(
+                client_dir,
+                prep.authorities,
+                socks_port=info["socks_port"],
+                onion_auth_dir=auth_dir,
+            )
+        )
+        tmp = prep.workdir / "network.json.tmp"
+        tmp.write_text(json.dumps(info, indent=2) + "\n")
+        tmp.rename(prep.workdir / "network.json")
+
+
+def write_onion_auth_dir(directory: Path, info: NetworkInfo) -> Path:
+    """A ClientOnionAuthDir holding the key for the client-auth onion service."""
+    directory.mkdir(mode=0o700, parents=True, exist_ok=True)
+    directory.chmod(0o700)
+    path = directory / "testnet.auth_private"
+    path.write_text(info["onion"]["client_auth"]["auth_private_line"] + "\n")
+    path.chmod(0o600)
+    return directory
+
+
+def _python_env() -> dict[str, str]:
+    """Our environment, with puretor importable even when it is not installed."""
+    env = dict(os.environ)
+    src = str(Path(puretor.__file__).resolve().parent.parent)
+    env["PYTHONPATH"] = os.pathsep.join(p for p in (src, env.get("PYTHONPATH")) if p)
+    return env
+
+
+def _size(path: Path) -> int:
+    try:
+        return path.stat().st_size
+    except FileNotFoundError:
+        return 0
+
+
+def _logged_since(path: Path, offset: int, needle: str) -> bool:
+    try:
+        with path.open("rb") as f:
+            f.seek(offset)
+            return needle.encode() in f.read()
+    except FileNotFoundError:
+        return False
+
+
+def _open_ports(policy: Sequence[str]) -> str:
+    if policy and policy[0] == "accept *:*":
+        return "all"
+    return ",".join(r.split(":", 1)[1] for r in policy if r.startswith("accept "))
+
+
+def _tor_version(tor: str) -> str:
+    try:
+        out = subprocess.run([tor, "--version"], capture_output=True, text=True, timeout=10)
+    except (OSError, subprocess.TimeoutExpired):
+        return "unknown"
+    first = out.stdout.splitlines()[0] if out.stdout else ""
+    return first.removeprefix("Tor version ").rstrip(".")
