@@ -249,6 +249,7 @@ class FakeCircuit:
     circ_id: int
     hops: list[FakeHop] = field(default_factory=list)
     closed: bool = False
+    truncated: bool = False  # hops were cut off: cells in flight for them are dropped
 
 
 # -- configuration --------------------------------------------------------------------------
@@ -520,6 +521,8 @@ class FakeRelay:
                     hop.fwd_digest = trial
                     self._handle_relay_at(circ, index, data, early)
                     return
+        if circ.truncated:
+            return  # meant for a hop we cut off; the client has not heard yet
         self.close_circuit(circ, len(circ.hops) - 1, "relay cell not recognised at the last hop")
 
     # -- relay messages at a hop ------------------------------------------------------------
@@ -888,6 +891,7 @@ class FakeRelay:
                 circ, index - 1, RelayCommand.TRUNCATED, 0, bytes((DestroyReason.PROTOCOL,))
             )
             del circ.hops[index:]
+            circ.truncated = True
             return
         self._destroy(circ, DestroyReason.PROTOCOL)
 
@@ -910,6 +914,7 @@ class FakeRelay:
         circ = self.circuits[circ_id]
         self.send_relay(circ, hop, RelayCommand.TRUNCATED, 0, bytes((reason,)))
         del circ.hops[hop + 1 :]
+        circ.truncated = True
 
     def inject_garbage(self, n: int = 514, circ_id: int | None = None) -> None:
         """Random bytes on the link, or (``circ_id``) a RELAY cell no hop can recognise."""
