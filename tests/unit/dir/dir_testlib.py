@@ -16,7 +16,7 @@ def data(name: str) -> bytes:
 
 
 def ts(*args: int) -> float:
-    return datetime(*args, tzinfo=UTC).timestamp()  # type: ignore[misc]
+    return datetime(*args, tzinfo=UTC).timestamp()  # type: ignore[arg-type,misc,unused-ignore]
 
 
 # arti-dirmgr-mdconsensus1.txt: valid-after 2020-08-07 12:42:40, valid-until 12:43:20.
