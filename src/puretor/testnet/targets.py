@@ -64,7 +64,7 @@ class SourceLog:
             self._file.write(f"{time.time():.3f} {listener} {peer[0]} {peer[1]}\n")
 
 
-class _HTTPServer(ThreadingHTTPServer):
+class TargetHTTPServer(ThreadingHTTPServer):
     daemon_threads = True
     request_queue_size = 256
 
@@ -87,7 +87,7 @@ class _HTTPServer(ThreadingHTTPServer):
 
 
 class _Handler(BaseHTTPRequestHandler):
-    server: _HTTPServer
+    server: TargetHTTPServer
     protocol_version = "HTTP/1.1"  # keep-alive, always with Content-Length
     timeout = 120
 
@@ -105,9 +105,16 @@ class _Handler(BaseHTTPRequestHandler):
         self.send_response(code)
         self.send_header("Content-Type", ctype)
         self.send_header("Content-Length", str(len(body)))
-        self.end_headers()
         if self.command == "HEAD":
+            self.end_headers()
             return
+        if len(body) <= _CHUNK:
+            # Headers and a small body in one write, hence one TLS record / one Tor cell run,
+            # as real servers do.
+            self._headers_buffer.append(b"\r\n" + bytes(body))  # type: ignore[attr-defined]
+            self.flush_headers()
+            return
+        self.end_headers()
         view = memoryview(body)
         for i in range(0, len(view), _CHUNK):
             self.wfile.write(view[i : i + _CHUNK])
@@ -160,7 +167,7 @@ class _Handler(BaseHTTPRequestHandler):
             n -= len(data)
 
 
-class _EchoServer(socketserver.ThreadingTCPServer):
+class EchoServer(socketserver.ThreadingTCPServer):
     daemon_threads = True
     allow_reuse_address = True
 
@@ -170,7 +177,7 @@ class _EchoServer(socketserver.ThreadingTCPServer):
 
 
 class _EchoHandler(socketserver.BaseRequestHandler):
-    server: _EchoServer
+    server: EchoServer
 
     def handle(self) -> None:
         self.server.source_log.record("echo", self.client_address)
@@ -192,7 +199,7 @@ def serve(config: dict[str, Any]) -> None:
     servers: list[socketserver.BaseServer] = []
     for spec in config["http"]:
         servers.append(
-            _HTTPServer(
+            TargetHTTPServer(
                 (spec["host"], spec["port"]),
                 name=spec["name"],
                 site=spec["site"],
@@ -202,7 +209,7 @@ def serve(config: dict[str, Any]) -> None:
             )
         )
     for spec in config["echo"]:
-        servers.append(_EchoServer((spec["host"], spec["port"]), log))
+        servers.append(EchoServer((spec["host"], spec["port"]), log))
     dns = DnsServer(config["dns"]["host"], config["dns"]["port"], config["dns"]["names"])
     dns.start()
     for srv in servers:

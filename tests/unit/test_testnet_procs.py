@@ -1,0 +1,45 @@
+"""Process control: we only ever signal the exact process we started."""
+
+from __future__ import annotations
+
+import dataclasses
+import time
+from pathlib import Path
+
+from puretor.testnet import procs
+
+
+def test_spawn_stop(tmp_path: Path) -> None:
+    rec = procs.spawn("sleeper", ["sleep", "30"], log=tmp_path / "log")
+    assert procs.is_alive(rec)
+    started = time.monotonic()
+    procs.stop([rec], timeout=5)
+    assert not procs.is_alive(rec)
+    assert time.monotonic() - started < 3
+
+
+def test_sigkill_after_timeout(tmp_path: Path) -> None:
+    rec = procs.spawn(
+        "stubborn", ["sh", "-c", "trap '' TERM; echo ready; sleep 30"], log=tmp_path / "log"
+    )
+    while b"ready" not in (tmp_path / "log").read_bytes():
+        time.sleep(0.01)
+    procs.stop([rec], timeout=0.5)
+    assert not procs.is_alive(rec)
+
+
+def test_recycled_pid_is_never_signalled(tmp_path: Path) -> None:
+    rec = procs.spawn("sleeper", ["sleep", "30"], log=tmp_path / "log")
+    try:
+        impostor = dataclasses.replace(rec, starttime=rec.starttime + 1)
+        assert not procs.is_alive(impostor)
+        assert not procs.signal_proc(impostor, 15)
+        assert procs.is_alive(rec)
+    finally:
+        procs.stop([rec])
+
+
+def test_record_json_round_trip(tmp_path: Path) -> None:
+    rec = procs.spawn("true", ["true"], log=tmp_path / "log")
+    assert procs.ProcRecord.from_json(rec.to_json()) == rec
+    procs.stop([rec])

@@ -1,0 +1,165 @@
+"""torrc generation for the private network (and, if tor is installed, tor's own verdict)."""
+
+from __future__ import annotations
+
+import subprocess
+from pathlib import Path
+
+import pytest
+
+from puretor.testnet import layout, torrc
+from puretor.testnet.network import find_binary
+
+AUTHS = [
+    torrc.AuthorityId("auth1", "127.1.0.1", 9001, 9030, "A" * 40, "B" * 40),
+    torrc.AuthorityId("auth2", "127.2.0.1", 9001, 9030, "C" * 40, "D" * 40),
+]
+PLAN = layout.NetworkPlan()
+
+
+def _options(text: str) -> list[tuple[str, str]]:
+    out = []
+    for line in text.splitlines():
+        if line and not line.startswith("#"):
+            key, _, value = line.partition(" ")
+            out.append((key, value))
+    return out
+
+
+def _values(text: str, key: str) -> list[str]:
+    return [v for k, v in _options(text) if k == key]
+
+
+def test_dir_authority_line_matches_auth_dirs_inc_shape() -> None:
+    assert torrc.dir_authority_line(AUTHS[0]) == (
+        f"DirAuthority auth1 orport=9001 v3ident={'A' * 40} 127.1.0.1:9030 {'B' * 40}"
+    )
+
+
+def test_common_options_everywhere(tmp_path: Path) -> None:
+    texts = [
+        torrc.relay_torrc(PLAN.node("guard1"), tmp_path, AUTHS),
+        torrc.relay_torrc(PLAN.node("exit1"), tmp_path, AUTHS, resolv_conf=tmp_path / "r"),
+        torrc.onion_host_torrc(PLAN.node("onion1"), tmp_path, AUTHS),
+        torrc.client_torrc(tmp_path, AUTHS, socks_port=9050),
+        torrc.authority_torrc(
+            PLAN.node("auth1"),
+            tmp_path,
+            AUTHS,
+            bandwidth_file=tmp_path / "bw",
+            guard_fps=["1" * 40],
+            exit_fps=["2" * 40],
+            hsdir_fps=["3" * 40],
+        ),
+    ]
+    for text in texts:
+        assert _values(text, "TestingTorNetwork") == ["1"]
+        assert _values(text, "UseDefaultFallbackDirs") == ["0"]
+        assert _values(text, "ShutdownWaitLength") == ["2"]
+        assert _values(text, "DataDirectory") == [str(tmp_path)]
+        assert _values(text, "PidFile") and _values(text, "Log")
+        assert len(_values(text, "DirAuthority")) == 2  # ours only
+
+
+def test_relay_binds_everything_to_its_own_address(tmp_path: Path) -> None:
+    text = torrc.relay_torrc(PLAN.node("guard2"), tmp_path, AUTHS)
+    assert _values(text, "Address") == ["127.5.0.1"]
+    assert _values(text, "ORPort") == ["127.5.0.1:9001"]
+    assert _values(text, "OutboundBindAddress") == ["127.5.0.1"]
+    assert _values(text, "AssumeReachable") == ["1"]
+    assert _values(text, "ExitPolicy") == ["reject *:*"]
+    assert not _values(text, "DirPort")
+
+
+def test_exits(tmp_path: Path) -> None:
+    with pytest.raises(ValueError):
+        torrc.relay_torrc(PLAN.node("exit1"), tmp_path, AUTHS)
+    one = torrc.relay_torrc(PLAN.node("exit1"), tmp_path, AUTHS, resolv_conf=tmp_path / "rc")
+    two = torrc.relay_torrc(PLAN.node("exit2"), tmp_path, AUTHS, resolv_conf=tmp_path / "rc")
+    assert _values(one, "ExitPolicy") == ["accept *:*"]
+    assert _values(two, "ExitPolicy")[-1] == "reject *:*"
+    for text in (one, two):
+        assert _values(text, "ExitRelay") == ["1"]
+        assert _values(text, "ExitPolicyRejectPrivate") == ["0"]
+        assert _values(text, "ExitPolicyRejectLocalInterfaces") == ["0"]
+        assert _values(text, "ServerDNSResolvConfFile") == [str(tmp_path / "rc")]
+        assert _values(text, "ServerDNSDetectHijacking") == ["0"]
+        assert _values(text, "ServerDNSAllowBrokenConfig") == ["1"]
+
+
+def test_authority_options(tmp_path: Path) -> None:
+    text = torrc.authority_torrc(
+        PLAN.node("auth1"),
+        tmp_path,
+        AUTHS,
+        bandwidth_file=tmp_path / "bw",
+        guard_fps=["1" * 40, "2" * 40],
+        exit_fps=["3" * 40],
+        hsdir_fps=["4" * 40],
+    )
+    assert _values(text, "DirPort") == ["127.1.0.1:9030"]
+    assert _values(text, "V3AuthoritativeDirectory") == ["1"]
+    assert _values(text, "V3BandwidthsFile") == [str(tmp_path / "bw")]
+    assert _values(text, "TestingDirAuthVoteGuard") == [f"${'1' * 40},${'2' * 40}"]
+    assert _values(text, "TestingDirAuthVoteGuardIsStrict") == ["1"]
+    assert _values(text, "TestingDirAuthVoteExitIsStrict") == ["1"]
+    assert _values(text, "TestingDirAuthVoteHSDirIsStrict") == ["1"]
+    assert _values(text, "AuthDirVoteStableGuaranteeMinUptime") == ["0"]
+    assert _values(text, "AuthDirVoteStableGuaranteeMTBF") == ["0"]
+    interval = int(_values(text, "V3AuthVotingInterval")[0])
+    vote, dist = int(_values(text, "V3AuthVoteDelay")[0]), int(_values(text, "V3AuthDistDelay")[0])
+    assert vote + dist < interval / 2  # tor's rule before the first consensus
+    assert 86400 % interval == 0
+    params = dict(p.split("=") for p in _values(text, "ConsensusParams")[0].split())
+    assert params["sendme_accept_min_version"] == params["sendme_emit_min_version"] == "1"
+    assert params["cc_alg"] == "2"
+    assert list(params) == sorted(params)
+
+
+def test_onion_and_client(tmp_path: Path) -> None:
+    text = torrc.onion_host_torrc(PLAN.node("onion2"), tmp_path, AUTHS)
+    assert _values(text, "HiddenServiceDir") == [str(tmp_path / "hs")]
+    assert _values(text, "HiddenServicePort") == ["80 198.18.0.21:80"]
+    assert "[rend]info file" in _values(text, "Log")[1]
+    client = torrc.client_torrc(tmp_path, AUTHS, socks_port="auto", onion_auth_dir=tmp_path)
+    assert _values(client, "SocksPort") == ["127.0.0.1:auto"]
+    assert _values(client, "ClientOnionAuthDir") == [str(tmp_path)]
+
+
+@pytest.mark.skipif(find_binary("tor") is None, reason="tor not installed")
+@pytest.mark.parametrize("nickname", ["auth1", "guard1", "exit2", "onion2", "client"])
+def test_tor_accepts_the_torrc(tmp_path: Path, nickname: str) -> None:
+    data = tmp_path / "data"
+    data.mkdir(mode=0o700)
+    if nickname == "client":
+        text = torrc.client_torrc(data, AUTHS, socks_port="auto")
+    elif nickname == "auth1":
+        text = torrc.authority_torrc(
+            PLAN.node(nickname),
+            data,
+            AUTHS,
+            bandwidth_file=tmp_path / "bw",
+            guard_fps=["1" * 40],
+            exit_fps=["2" * 40],
+            hsdir_fps=["3" * 40],
+        )
+    elif nickname == "onion2":
+        text = torrc.onion_host_torrc(PLAN.node(nickname), data, AUTHS)
+    else:
+        text = torrc.relay_torrc(PLAN.node(nickname), data, AUTHS, resolv_conf=tmp_path / "rc")
+    (tmp_path / "torrc").write_text(text)
+    (tmp_path / "defaults").write_text("")
+    proc = subprocess.run(
+        [
+            str(find_binary("tor")),
+            "--verify-config",
+            "--defaults-torrc",
+            str(tmp_path / "defaults"),
+            "-f",
+            str(tmp_path / "torrc"),
+        ],
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+    assert proc.returncode == 0, proc.stdout + proc.stderr
