@@ -20,7 +20,7 @@ from __future__ import annotations
 
 import hashlib
 import ipaddress
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
 from dataclasses import dataclass, field
 from datetime import datetime
 from typing import Any
@@ -29,10 +29,10 @@ from puretor.dir.netdoc import (
     Item,
     b64decode_unpadded,
     check_unique,
+    iter_items,
     parse_datetime,
     parse_int,
     parse_kv_ints,
-    tokenize,
 )
 from puretor.errors import DocumentError
 
@@ -50,6 +50,7 @@ INT32_MIN, INT32_MAX = -(2**31), 2**31 - 1
 # Flags implied by being listed (dir-spec §3.4.1: since consensus methods 4 and 24).
 _IMPLIED_FLAGS = frozenset({"Running", "Valid"})
 _SIG_KEYWORD = "directory-signature"
+_FOOTER_START = frozenset({"directory-footer", _SIG_KEYWORD})
 
 
 @dataclass(frozen=True, slots=True)
@@ -285,29 +286,30 @@ _ROUTER_SINGLE = frozenset({"r", "s", "v", "pr", "w", "m"})
 
 def parse_consensus(data: bytes) -> Consensus:
     """Parse a microdesc consensus; raise `DocumentError` naming the offending line."""
-    items = tokenize(data, what="consensus")
-    if not items or items[0].keyword != "network-status-version":
+    # Items are consumed as they are produced: holding all ~60000 of a live
+    # consensus at once would cost ~30 MiB.
+    items = iter_items(data, what="consensus")
+    first = next(items, None)
+    if first is None or first.keyword != "network-status-version":
         raise DocumentError("consensus: does not start with 'network-status-version'")
-    n = len(items)
     # Sections: preamble | router entries (from the first `r`) | footer.
-    first_r = next((i for i in range(n) if items[i].keyword == "r"), None)
-    first_footer = next(
-        (
-            i
-            for i in range(first_r or 0, n)
-            if items[i].keyword in ("directory-footer", _SIG_KEYWORD)
-        ),
-        None,
-    )
-    if first_footer is None:
+    preamble = [first]
+    boundary: Item | None = None
+    for item in items:
+        if item.keyword == "r" or item.keyword in _FOOTER_START:
+            boundary = item
+            break
+        preamble.append(item)
+    fields = _parse_preamble(preamble)
+    routers: tuple[RouterStatus, ...] = ()
+    if boundary is not None and boundary.keyword == "r":
+        routers, boundary = _parse_routers(boundary, items)
+    if boundary is None:
         raise DocumentError("consensus: no directory-signature (truncated?)")
-    preamble_end = first_r if first_r is not None else first_footer
-    fields = _parse_preamble(items[:preamble_end])
-    routers = _parse_routers(items[preamble_end:first_footer])
-    weights, signatures, first_sig = _parse_footer(items[first_footer:])
+    weights, signatures, first_sig = _parse_footer([boundary, *items])
 
     # Signed part (dir-spec §3.4.1): through the space after the first "directory-signature".
-    lo = items[0].start
+    lo = first.start
     hi = first_sig.start + len(_SIG_KEYWORD) + 1
     if data[hi - 1 : hi] not in (b" ", b"\t"):
         raise first_sig.error("expected whitespace after the keyword")
@@ -414,20 +416,23 @@ def _parse_dir_sources(items: list[Item]) -> tuple[DirSource, ...]:
     return tuple(sources)
 
 
-def _parse_routers(items: list[Item]) -> tuple[RouterStatus, ...]:
-    """Router entries: each starts at an `r` item and runs to the next one."""
+def _parse_routers(
+    first: Item, items: Iterator[Item]
+) -> tuple[tuple[RouterStatus, ...], Item | None]:
+    """Router entries: each starts at an `r` item and runs to the next one.
+
+    Returns the entries and the first footer item (None if the input ended).
+    """
     routers: list[RouterStatus] = []
     flag_cache: dict[tuple[str, ...], frozenset[str]] = {}
     proto_cache: dict[tuple[str, ...], dict[str, frozenset[int]]] = {}
     version_cache: dict[tuple[str, ...], str] = {}
     time_cache: dict[tuple[str, str], datetime] = {}
     prev_id = b""
-    n = len(items)
-    i = 0
-    while i < n:
-        r = items[i]
-        if r.keyword != "r":  # only possible for the first item
-            raise r.error("expected an 'r' line")
+    nxt: Item | None = first
+    while nxt is not None and nxt.keyword == "r":
+        r = nxt
+        nxt = None
         args = r.args
         if len(args) < 7:
             raise r.error(f"needs 7 arguments in a microdesc consensus, has {len(args)}")
@@ -456,13 +461,11 @@ def _parse_routers(items: list[Item]) -> tuple[RouterStatus, ...]:
         unmeasured = False
         md_digest: bytes | None = None
         seen: set[str] = set()
-        i += 1
-        while i < n:
-            item = items[i]
+        for item in items:
             kw = item.keyword
-            if kw == "r":
+            if kw == "r" or kw in _FOOTER_START:
+                nxt = item
                 break
-            i += 1
             if kw in _ROUTER_SINGLE:
                 if kw in seen:
                     raise item.error(f"duplicate {kw!r} in the entry for {nickname}")
@@ -512,7 +515,7 @@ def _parse_routers(items: list[Item]) -> tuple[RouterStatus, ...]:
                 md_digest,
             )
         )
-    return tuple(routers)
+    return tuple(routers), nxt
 
 
 def _parse_footer(

@@ -24,7 +24,7 @@ raises `DocumentError` naming the document and line.
 from __future__ import annotations
 
 import binascii
-from collections.abc import Iterable, Sequence
+from collections.abc import Iterable, Iterator, Sequence
 from datetime import UTC, datetime
 
 from puretor.errors import DocumentError
@@ -35,6 +35,7 @@ __all__ = [
     "b64encode_unpadded",
     "check_unique",
     "first",
+    "iter_items",
     "parse_datetime",
     "parse_int",
     "parse_kv_ints",
@@ -138,6 +139,18 @@ def tokenize(
     lines starting with ``@`` (C tor's cache annotations) are skipped.
     Offsets in the returned items are absolute offsets into ``data``.
     """
+    return list(iter_items(data, start=start, end=end, what=what, annotations=annotations))
+
+
+def iter_items(
+    data: bytes | str,
+    *,
+    start: int = 0,
+    end: int | None = None,
+    what: str = "document",
+    annotations: bool = False,
+) -> Iterator[Item]:
+    """`tokenize` as a generator: a big document need not be held as items all at once."""
     text = data.decode("latin-1") if isinstance(data, bytes) else data
     if end is None:
         end = len(text)
@@ -145,7 +158,6 @@ def tokenize(
     # A final newline leaves an empty last element; a missing one is tolerated.
     if lines and lines[-1] == "":
         lines.pop()
-    items: list[Item] = []
     good_keywords: set[str] = set()
     pos = start
     i = 0
@@ -203,20 +215,9 @@ def tokenize(
                     break
                 pos += len(body_line) + 1
                 i += 1
-        items.append(
-            Item(
-                keyword,
-                parts[1:],
-                keyword_line,
-                line_start,
-                min(pos, end),
-                obj_label,
-                obj,
-                text,
-                what,
-            )
+        yield Item(
+            keyword, parts[1:], keyword_line, line_start, min(pos, end), obj_label, obj, text, what
         )
-    return items
 
 
 # ---------------------------------------------------------------------------

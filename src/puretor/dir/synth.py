@@ -293,6 +293,7 @@ def make_authority(
     published: datetime = DEFAULT_VALID_AFTER - timedelta(days=30),
     lifetime: timedelta = timedelta(days=365),
     bits: int = 1024,
+    signing_bits: int | None = None,
     signing_key: rsa.RSAPrivateKey | None = None,
     crosscert_label: str = "ID SIGNATURE",
     crosscert_signer: rsa.RSAPrivateKey | None = None,
@@ -302,7 +303,7 @@ def make_authority(
     ``crosscert_label``/``crosscert_signer`` exist to test the cross-certificate rules.
     """
     identity = _cached_key(index, "identity", bits)
-    signing = signing_key or _cached_key(index, "signing", bits)
+    signing = signing_key or _cached_key(index, "signing", signing_bits or bits)
     v3ident = _der_digest(identity)
     fmt = "%Y-%m-%d %H:%M:%S"
     body = (
@@ -385,14 +386,20 @@ def synth_network(
     interval: timedelta = timedelta(hours=1),
     onion_keys: bool = True,
     algorithm: str = "sha256",
+    real_key_sizes: bool = False,
 ) -> SynthNetwork:
     """A signed consensus + microdescriptors + certificates.
 
     ``signers`` are the indexes of the authorities that sign (default: all).
     The consensus is fresh for ``interval`` and valid for ``3 * interval``.
+    Keys are 1024-bit (fast to generate) unless ``real_key_sizes``: then
+    3072-bit identity and 2048-bit signing keys, as the live authorities use.
     """
     specs = _make_specs(n_relays, seed)
-    auths = tuple(make_authority(i) for i in range(n_authorities))
+    bits, signing_bits = (3072, 2048) if real_key_sizes else (1024, 1024)
+    auths = tuple(
+        make_authority(i, bits=bits, signing_bits=signing_bits) for i in range(n_authorities)
+    )
     rng = random.Random(seed ^ 0x5EED)
     md_texts = [_microdesc_text(s, rng, onion_keys) for s in specs]
     md_digests = tuple(hashlib.sha256(t).digest() for t in md_texts)
