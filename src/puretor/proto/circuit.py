@@ -376,6 +376,13 @@ class Circuit:
         length = len(data)
         if length > RELAY_DATA_LEN:
             raise ValueError("relay message too long for one cell")
+        header = self._header
+        if early:
+            # Refuse before sealing: sealing advances the digest and keystream.
+            if self._relay_early_sent >= MAX_RELAY_EARLY:
+                raise RuntimeError("RELAY_EARLY budget spent")
+            self._relay_early_sent += 1
+            header = struct.pack(">IB", self.circ_id, _CELL_RELAY_EARLY)
         body = bytearray(_RELAY_HEADER.pack(command, 0, stream_id, 0, length))
         body += data
         pad = RELAY_DATA_LEN - length
@@ -387,12 +394,6 @@ class Circuit:
         if hop < 0:
             hop += len(self.crypto.hops)
         payload, digest = self.crypto.encrypt_outbound(body, hop)
-        header = self._header
-        if early:
-            if self._relay_early_sent >= MAX_RELAY_EARLY:
-                raise RuntimeError("RELAY_EARLY budget spent")
-            self._relay_early_sent += 1
-            header = struct.pack(">IB", self.circ_id, _CELL_RELAY_EARLY)
         out = self.channel.outbuf
         out += header
         out += payload

@@ -113,6 +113,8 @@ def test_relay_early_budget(channel: Channel, fake: FakeRelay) -> None:
         circ.send_relay(RelayCommand.DROP, 0, b"", early=True)
     with pytest.raises(RuntimeError, match="RELAY_EARLY"):
         circ.send_relay(RelayCommand.DROP, 0, b"", early=True)
+    # The refused cell left no trace in the relay crypto: later cells still verify.
+    circ.send_relay(RelayCommand.DROP, 0, b"after")
     transfer(channel, fake)
     assert circ.state is CircuitState.OPEN and fake.violations == []
 
