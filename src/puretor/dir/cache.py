@@ -4,7 +4,8 @@
 * ``cached-certs`` - authority key certificates, concatenated;
 * ``cached-microdescs`` - microdescriptors, each preceded by C tor's
   ``@last-listed YYYY-MM-DD HH:MM:SS`` annotation (so unreferenced ones can be
-  forgotten after a week).
+  forgotten after a week); C tor's ``cached-microdescs.new`` journal is read too,
+  so a C tor DataDirectory can be loaded.
 
 The directory is created (or tightened) to mode 0700; files are written
 atomically (temporary file, fsync, rename, fsync of the directory) with mode
@@ -128,12 +129,14 @@ class DirCache:
                 state.add_certs(certs, now)
             except DirectoryError as e:
                 self._problem(f"ignoring {self.path / CERTS_FILE}", e)
-        mds = self._read(MICRODESCS_FILE)
-        if mds:
-            try:
-                state.restore_microdescs(_parse_cached_microdescs(mds, now, self.problems))
-            except DirectoryError as e:
-                self._problem(f"ignoring {self.path / MICRODESCS_FILE}", e)
+        # C tor appends new microdescs to a ".new" journal; read it too if present.
+        for name in (MICRODESCS_FILE, MICRODESCS_FILE + ".new"):
+            mds = self._read(name)
+            if mds:
+                try:
+                    state.restore_microdescs(_parse_cached_microdescs(mds, now, self.problems))
+                except DirectoryError as e:
+                    self._problem(f"ignoring {self.path / name}", e)
         consensus = self._read(CONSENSUS_FILE)
         if consensus:
             try:

@@ -21,6 +21,10 @@ Every input method raises `DirectoryError`/`DocumentError` with a clear
 message when the document is refused; the state is left consistent (the
 offending document dropped, the request no longer in flight, a retry
 scheduled), so the caller just logs and tries another source.
+
+`add_consensus` and `add_microdescs` parse megabytes (~0.15 s each for the
+live network): call them via ``asyncio.to_thread``.  `DirState` is not
+thread-safe, so serialise calls (one worker at a time, or a lock).
 """
 
 from __future__ import annotations
@@ -271,6 +275,12 @@ class DirState:
 
     # -- what we have -------------------------------------------------------
 
+    def refetch_time(self, rng: random.Random | None = None) -> float | None:
+        """A fresh draw of the next consensus fetch time (dir-spec §5.1), or None."""
+        if self.consensus is None:
+            return None
+        return refetch_time(self.consensus, rng or self.rng)
+
     def is_live(self, now: float) -> bool:
         return self.consensus is not None and self.consensus.is_live(now)
 
@@ -498,6 +508,11 @@ class DirState:
         self._listed = frozenset(rs.md_digest for rs in consensus.routers if rs.md_digest)
         for digest in self._listed:
             self.md_last_listed[digest] = now
+        # Backoff state for microdescs the consensus no longer lists is moot.
+        for table in (self._retry_at, self._delay):
+            for key in [k for k in table if isinstance(k, tuple) and k[1] not in self._listed]:
+                if key[0] == "md":
+                    del table[key]
         # Forget microdescs nobody has listed for about a week (dir-spec §5.2).
         for digest, seen in list(self.md_last_listed.items()):
             if seen < now - MICRODESC_KEEP:

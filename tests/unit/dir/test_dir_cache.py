@@ -93,7 +93,9 @@ def test_loads_a_c_tor_data_directory(tmp_path: Path) -> None:
     # The files of a C tor 0.4.9 client, under C tor's names.
     (tmp_path / CONSENSUS_FILE).write_bytes(data("arti-testdata2-cached-microdesc-consensus"))
     (tmp_path / CERTS_FILE).write_bytes(data("arti-testdata2-cached-certs"))
-    (tmp_path / MICRODESCS_FILE).write_bytes(data("arti-testdata2-cached-microdescs.new"))
+    (tmp_path / (MICRODESCS_FILE + ".new")).write_bytes(
+        data("arti-testdata2-cached-microdescs.new")
+    )
     consensus = parse_consensus(data("arti-testdata2-cached-microdesc-consensus"))
     from puretor.dir.authorities import Authority
 

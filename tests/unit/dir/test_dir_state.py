@@ -206,6 +206,7 @@ def test_refetch_time_matches_dir_spec_example() -> None:
     assert min(times) < lo + 600 and max(times) > hi - 600
     state = bootstrap(net, net.now)
     assert state.refetch_at is not None and lo <= state.refetch_at <= hi
+    assert lo <= (state.refetch_time(random.Random(5)) or 0) <= hi
     assert state.next_requests(lo - 1) == []
     assert state.next_wakeup(lo - 1) == state.refetch_at
     assert state.next_requests(state.refetch_at)[0].kind == "consensus"

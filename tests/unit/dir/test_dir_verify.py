@@ -161,3 +161,26 @@ def test_configuration_errors() -> None:
     ]  # no v3ident: does not count
     with pytest.raises(DirectoryError, match="no v3 directory authorities"):
         verify_consensus(consensus, MD1_CERTS, bridge_only, MD1_NOW)
+
+
+def test_c_tor_0_4_9_11_private_network() -> None:
+    """Documents written by the tor that the integration tests run (Debian 0.4.9.11)."""
+    from dir_testlib import ts
+
+    from puretor.dir.authorities import parse_dir_authority_line
+    from puretor.dir.build import build_netdir
+    from puretor.dir.microdesc import parse_microdescs
+
+    lines = data("ctor-0.4.9.11-testnet-authorities").decode().splitlines()
+    auths = [parse_dir_authority_line(line) for line in lines]
+    consensus = parse_consensus(data("ctor-0.4.9.11-testnet-microdesc-consensus"))
+    certs = parse_authcerts(data("ctor-0.4.9.11-testnet-certs"))
+    now = ts(2026, 11, 25, 1, 19, 30)
+    assert len(verify_consensus(consensus, certs, auths, now).good) == 3
+    mds = {m.digest: m for m in parse_microdescs(data("ctor-0.4.9.11-testnet-microdescs"))}
+    nd = build_netdir(consensus, mds)
+    assert nd.voting_interval == 20 and len(nd.relays) == 9
+    assert all(r.has_md and r.ed_id is not None for r in nd.relays)
+    exits = {r.nickname: r for r in nd.relays if "Exit" in r.flags}
+    assert exits["exit2"].policy.allows(8443) and not exits["exit2"].policy.allows(22)
+    assert nd.weight("Wgd") == 0 and nd.param("cc_alg", 0) == 2
