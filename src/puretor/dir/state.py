@@ -62,6 +62,7 @@ __all__ = [
 MAX_MICRODESCS_PER_REQUEST = 92  # C tor: a URL of 92 base64 digests stays under 4 KB
 MICRODESC_KEEP = 7 * 24 * 3600.0  # keep unreferenced microdescs ~a week (dir-spec §5.2)
 RETRY_CAP = 600.0  # client-side cap for the decorrelated-jitter backoff (dir-spec §5.5)
+PENDING_PATIENCE = 120.0  # after this long waiting for certificates, also try another consensus
 
 
 class BootstrapPhase(IntEnum):
@@ -257,6 +258,7 @@ class DirState:
         self.max_md = max_microdescs_per_request
         self.consensus: Consensus | None = None  # verified
         self.pending: Consensus | None = None  # well-formed, waiting for certificates
+        self._pending_since = 0.0
         self.certs: dict[tuple[bytes, bytes], AuthCert] = {}
         self.microdescs: dict[bytes, Microdesc] = {}
         self.md_last_listed: dict[bytes, float] = {}
@@ -401,7 +403,11 @@ class DirState:
 
     def _wants_consensus(self, now: float) -> bool:
         if self.pending is not None:
-            return False  # finish checking the one we have first
+            if not self.pending.is_live(now):
+                self.drop_pending("consensus expired while waiting for its certificates")
+            elif now - self._pending_since < PENDING_PATIENCE:
+                return False  # finish checking the one we have first
+            # else: its certificates are not coming; another consensus may replace it
         if self.consensus is None or not self.consensus.is_live(now):
             return True
         return self.refetch_at is not None and now >= self.refetch_at
@@ -498,6 +504,7 @@ class DirState:
             self._accept(consensus, now)
             return True
         self.pending = consensus
+        self._pending_since = now
         return False
 
     def _accept(self, consensus: Consensus, now: float) -> None:

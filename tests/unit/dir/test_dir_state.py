@@ -268,3 +268,19 @@ def test_configuration() -> None:
     with pytest.raises(DirectoryError, match="no v3 directory authorities"):
         DirState([])
     assert MAX_MICRODESCS_PER_REQUEST == 92
+
+
+def test_pending_consensus_does_not_block_forever() -> None:
+    net = small_network()
+    state = DirState(net.authority_list, rng=random.Random(6))
+    state.next_requests(net.now)
+    assert state.add_consensus(net.consensus, net.now) is False
+    for req in state.next_requests(net.now):
+        state.request_failed(req, net.now)  # the certificates never come
+    kinds = [r.kind for r in state.next_requests(net.now + 60)]
+    assert kinds == ["certs"]  # retried, but no second consensus yet
+    assert "consensus" in [r.kind for r in state.next_requests(net.now + 130)]
+    # Once the pending consensus is no longer live it is dropped.
+    later = net.valid_after.timestamp() + 3 * 3600 + 1
+    state.next_requests(later)
+    assert state.pending is None and "expired" in (state.last_error or "")
