@@ -114,7 +114,7 @@ class TorClient:
             self._chanmgr,
             lambda: self._dirmgr.require_netdir(),
             self._guards,
-            enforce_distinct_subnets=cfg.effective_enforce_distinct_subnets,
+            enforce_distinct_subnets=cfg.distinct_subnets,
             max_dirtiness=cfg.max_circuit_dirtiness,
             on_guards_changed=self._dirmgr.save_guards_soon,
         )

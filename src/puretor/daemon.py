@@ -78,7 +78,7 @@ def setup_logging(specs: Any, stream: TextIO = sys.stdout) -> None:
     handlers: list[logging.Handler] = []
     lowest = logging.CRITICAL
     for spec in specs or ():
-        level = levels.get(spec.min_severity, NOTICE)
+        level = spec.min_level
         if spec.destination == "stdout":
             handler: logging.Handler = logging.StreamHandler(sys.stdout)
         elif spec.destination == "stderr":

@@ -76,6 +76,7 @@ class CircuitManager:
         self._generation = 0
         self._ports_used: dict[int, float] = {p: time.monotonic() for p in PREEMPTIVE_PORTS}
         self._maintenance: asyncio.Task[None] | None = None
+        self._selector_cache: PathSelector | None = None
         self.circuits_built = 0
         self.build_failures = 0
 
@@ -131,6 +132,11 @@ class CircuitManager:
                 last_error = exc
                 self.build_failures += 1
         raise CircuitError(f"could not build an internal circuit: {last_error}")
+
+    async def wait_for_exit_circuit(self) -> CircuitHandle:
+        """Build one clean exit circuit (bootstrap's last step) and wait for it."""
+        slot = self._launch(PathRequest(exit_port=None))
+        return await self._wait_slot(slot)
 
     def exit_of(self, handle: CircuitHandle) -> bytes:
         return handle.path[-1].target.rsa_id
@@ -240,7 +246,12 @@ class CircuitManager:
         return handle
 
     def _selector(self, netdir: NetDir) -> PathSelector:
-        return PathSelector(netdir, enforce_distinct_subnets=self.enforce_distinct_subnets)
+        # One selector per NetDir: its weight tables are worth keeping.
+        cached = self._selector_cache
+        if cached is None or cached.netdir is not netdir:
+            cached = PathSelector(netdir, enforce_distinct_subnets=self.enforce_distinct_subnets)
+            self._selector_cache = cached
+        return cached
 
     def _drop(self, slot: _Slot) -> None:
         with contextlib.suppress(ValueError):

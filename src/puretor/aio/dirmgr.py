@@ -1,0 +1,357 @@
+"""Directory manager: bootstrap, cache and refresh the network view.
+
+Drives the sans-I/O `DirState` over BEGIN_DIR streams on one-hop circuits —
+CREATE_FAST to authorities/fallbacks while we know no onion keys, then ntor to
+directory guards — and keeps the on-disk cache and guard state in the
+DataDirectory.  Parsing runs in a worker thread; `DirState` calls are
+serialised by a lock because the state is not thread-safe.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import json
+import logging
+import os
+import random
+import secrets
+import time
+from collections.abc import Callable
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+from puretor.aio.channel import ChannelManager, ChannelTarget
+from puretor.aio.circuit import CircuitHandle, HopSpec, build_circuit
+from puretor.aio.dirclient import fetch_raw
+from puretor.dir.authorities import DEFAULT_AUTHORITIES, default_fallbacks
+from puretor.dir.cache import DirCache
+from puretor.dir.http import HttpResponseParser, build_request
+from puretor.dir.netdir import NetDir
+from puretor.dir.state import BootstrapPhase, BootstrapStatus, DirRequest, DirState
+from puretor.errors import (
+    BootstrapError,
+    ChannelError,
+    CircuitError,
+    DirectoryError,
+    NoPathError,
+    ProtocolError,
+)
+from puretor.path.guards import GuardManager
+
+if TYPE_CHECKING:
+    from puretor.aio.circmgr import CircuitManager
+    from puretor.config import TorConfig
+
+log = logging.getLogger("puretor.dir")
+NOTICE = 25
+
+CONCURRENT_REQUESTS = 4
+REQUEST_TIMEOUT = 60.0
+GUARD_STATE_FILE = "state.json"
+
+__all__ = ["DirManager", "BootstrapStatus", "BootstrapPhase"]
+
+
+class DirManager:
+    def __init__(self, config: TorConfig, chanmgr: ChannelManager) -> None:
+        self.config = config
+        self.chanmgr = chanmgr
+        self.authorities = tuple(config.dir_authorities) or tuple(DEFAULT_AUTHORITIES)
+        fallbacks = list(config.fallback_dirs)
+        if config.uses_default_fallbacks:
+            fallbacks.extend(default_fallbacks())
+        self.fallbacks = tuple(fallbacks)
+        self.data_dir = Path(config.data_directory).expanduser()
+        self.cache = DirCache(self.data_dir, self.authorities)
+        self.state: DirState | None = None
+        self.status = BootstrapStatus(0, BootstrapPhase.STARTING)
+        self.listeners: list[Callable[[BootstrapStatus], None]] = []
+        self.guards: GuardManager | None = None
+        self.circmgr: CircuitManager | None = None
+        self.requests_made = 0  # directory fetches (a warm start makes none)
+        self._lock = asyncio.Lock()
+        self._dir_circuits: dict[bytes, CircuitHandle] = {}
+        self._bad_sources: dict[bytes, float] = {}
+        self._refresh_task: asyncio.Task[None] | None = None
+        self._netdir_seen: NetDir | None = None
+        self._save_handle: asyncio.TimerHandle | None = None
+        self._rng = random.SystemRandom()
+
+    # -- progress ------------------------------------------------------------------
+
+    def _report(self, phase: BootstrapPhase | None = None) -> None:
+        if self.state is None:
+            return
+        if phase is not None:
+            self.state.note_phase(phase)
+        st = self.state.bootstrap_status(time.time())
+        if st.percent > self.status.percent:
+            self.status = st
+            log.log(NOTICE, "%s", st)
+            for callback in list(self.listeners):
+                with contextlib.suppress(Exception):
+                    callback(st)
+
+    # -- bootstrap -----------------------------------------------------------------
+
+    async def bootstrap(self) -> None:
+        """Load the cache, then fetch until there is enough directory info."""
+        now = time.time()
+        try:
+            self.state = await asyncio.to_thread(self.cache.load, now)
+        except DirectoryError as exc:
+            raise BootstrapError(f"cannot use the DataDirectory {self.data_dir}: {exc}") from exc
+        for problem in getattr(self.cache, "problems", ()):
+            log.warning("Ignoring part of the directory cache: %s", problem)
+        self._report()
+        state = self.state
+        if state.have_enough_dir_info(time.time()):
+            log.info("Bootstrapping from the directory cache: no fetch needed.")
+        while not state.have_enough_dir_info(time.time()):
+            progressed = await self._fetch_round()
+            if not progressed:
+                wake = state.next_wakeup(time.time())
+                delay = 1.0 if wake is None else min(max(wake - time.time(), 0.05), 5.0)
+                await asyncio.sleep(delay)
+        self._report(BootstrapPhase.ENOUGH_DIRINFO)
+        await self._persist()
+
+    async def finish_bootstrap(self, circmgr: CircuitManager) -> None:
+        """Build the first exit circuit: 80% → 100% as C tor reports it."""
+        self._report(BootstrapPhase.AP_CONN)
+        deadline = time.monotonic() + 300
+        last: Exception | None = None
+        while time.monotonic() < deadline:
+            try:
+                await circmgr.wait_for_exit_circuit()
+                break
+            except (CircuitError, ChannelError, NoPathError) as exc:
+                last = exc
+                log.warning("Could not build a first circuit yet: %s", exc)
+                await asyncio.sleep(1.0)
+        else:
+            raise BootstrapError(f"could not build any circuit: {last}")
+        self._report(BootstrapPhase.AP_HANDSHAKE_DONE)
+        self._report(BootstrapPhase.CIRCUIT_CREATE)
+        self._report(BootstrapPhase.DONE)
+
+    def require_netdir(self) -> NetDir:
+        netdir = self.state.netdir(time.time()) if self.state is not None else None
+        if netdir is None:
+            raise DirectoryError("no usable consensus (expired more than 24 hours ago?)")
+        if netdir is not self._netdir_seen:
+            self._netdir_seen = netdir
+            if self.guards is not None:
+                self.guards.set_netdir(netdir, time.time())
+                self.save_guards_soon()
+        return netdir
+
+    # -- fetching --------------------------------------------------------------------
+
+    async def _fetch_round(self) -> bool:
+        state = self.state
+        assert state is not None
+        async with self._lock:
+            reqs = state.next_requests(time.time(), limit=CONCURRENT_REQUESTS)
+        if not reqs:
+            return False
+        await asyncio.gather(*(self._do_request(r) for r in reqs))
+        return True
+
+    async def _do_request(self, req: DirRequest) -> None:
+        state = self.state
+        assert state is not None
+        source: ChannelTarget | None = None
+        try:
+            handle, source = await self._dir_circuit()
+            self._report()
+            self.requests_made += 1
+            raw = await fetch_raw(
+                handle, build_request(req.path), timeout=REQUEST_TIMEOUT, max_size=64 * 1024 * 1024
+            )
+            parser = HttpResponseParser()
+            parser.feed(raw)
+            resp = parser.finish()
+            if resp.status != 200:
+                raise DirectoryError(f"HTTP {resp.status} {resp.reason} for {req.kind}")
+            async with self._lock:
+                await asyncio.to_thread(self._apply, req, resp.body)
+        except (
+            TimeoutError,
+            DirectoryError,
+            ProtocolError,
+            ChannelError,
+            CircuitError,
+            NoPathError,
+        ) as exc:
+            where = source.describe() if source is not None else "a directory source"
+            log.info("Directory request for %s from %s failed: %s", req.kind, where, exc)
+            async with self._lock:
+                state.request_failed(req, time.time(), str(exc))
+            if source is not None:
+                self._drop_source(source.rsa_id)
+        self._report()
+
+    def _apply(self, req: DirRequest, body: bytes) -> None:
+        state = self.state
+        assert state is not None
+        now = time.time()
+        if req.kind == "consensus":
+            try:
+                accepted = state.add_consensus(body, now)
+            except DirectoryError as exc:
+                log.warning("Refused a consensus: %s", exc)
+                raise
+            log.info("Consensus %s.", "accepted" if accepted else "waiting for certificates")
+        elif req.kind == "certs":
+            state.add_certs(body, now, req.digests)
+        else:
+            state.add_microdescs(body, req.digests, now)
+
+    async def _dir_circuit(self) -> tuple[CircuitHandle, ChannelTarget]:
+        """A one-hop directory circuit: a directory guard once we have guards."""
+        for rsa_id, handle in list(self._dir_circuits.items()):
+            if handle.is_open:
+                return handle, handle.path[0].target
+            del self._dir_circuits[rsa_id]
+        hop = self._pick_source()
+        self._report(BootstrapPhase.CONN)
+        handle = await build_circuit(self.chanmgr, [hop], timeout=30.0)
+        self._report(BootstrapPhase.ONEHOP_CREATE)
+        self._dir_circuits[hop.target.rsa_id] = handle
+        return handle, hop.target
+
+    def _pick_source(self) -> HopSpec:
+        now = time.time()
+        if self.guards is not None and self.state is not None:
+            with contextlib.suppress(NoPathError, DirectoryError):
+                relay, _usage = self.guards.select_directory_guard(now)
+                if relay.ntor_key is not None and self._bad_sources.get(relay.rsa_id, 0) < now:
+                    return HopSpec.for_relay(
+                        relay.address,
+                        relay.or_port,
+                        relay.rsa_id,
+                        relay.ed_id,
+                        relay.ntor_key,
+                        relay.nickname,
+                    )
+        candidates: list[HopSpec] = []
+        for auth in self.authorities:
+            candidates.append(
+                HopSpec(
+                    ChannelTarget(auth.address, auth.or_port, auth.rsa_id, None, auth.nickname),
+                    None,
+                )
+            )
+        for fb in self.fallbacks:
+            candidates.append(
+                HopSpec(ChannelTarget(fb.address, fb.or_port, fb.rsa_id, fb.ed_id), None)
+            )
+        good = [c for c in candidates if self._bad_sources.get(c.target.rsa_id, 0) < now]
+        if not good:
+            self._bad_sources.clear()
+            good = candidates
+        if not good:
+            raise BootstrapError("no directory authorities or fallbacks configured")
+        return secrets.choice(good)
+
+    def _drop_source(self, rsa_id: bytes) -> None:
+        handle = self._dir_circuits.pop(rsa_id, None)
+        if handle is not None:
+            handle.close()
+        self._bad_sources[rsa_id] = time.time() + 60
+
+    # -- refresh -----------------------------------------------------------------------
+
+    def start_refresh(self) -> None:
+        if self._refresh_task is None:
+            self._refresh_task = asyncio.ensure_future(self._refresh_loop())
+
+    async def _refresh_loop(self) -> None:
+        state = self.state
+        assert state is not None
+        while True:
+            try:
+                if await self._fetch_round():
+                    self.require_netdir()
+                    await self._persist()
+                    continue
+                now = time.time()
+                wake = state.next_wakeup(now)
+                await asyncio.sleep(30.0 if wake is None else min(max(wake - now, 0.5), 60.0))
+            except asyncio.CancelledError:
+                raise
+            except Exception as exc:  # the refresher must not die
+                log.warning("Directory refresh failed: %r", exc)
+                await asyncio.sleep(5.0)
+
+    async def _persist(self) -> None:
+        if self.state is None:
+            return
+        try:
+            async with self._lock:
+                await asyncio.to_thread(self.cache.save, self.state)
+        except (OSError, DirectoryError) as exc:
+            log.warning("Could not write the directory cache in %s: %s", self.data_dir, exc)
+
+    # -- guard state -------------------------------------------------------------------------
+
+    def load_guards(self) -> GuardManager:
+        path = self.data_dir / GUARD_STATE_FILE
+        now = time.time()
+        mgr: GuardManager | None = None
+        try:
+            data = json.loads(path.read_text("utf-8"))
+            mgr, problem = GuardManager.from_json(data, now)
+            if problem:
+                log.warning("Guard state in %s: %s", path, problem)
+        except FileNotFoundError:
+            pass
+        except (OSError, ValueError) as exc:
+            log.warning("Could not read guard state %s (%s); starting with new guards.", path, exc)
+        if mgr is None:
+            mgr = GuardManager()
+        mgr.enforce_distinct_subnets = self.config.distinct_subnets
+        self.guards = mgr
+        self._netdir_seen = None
+        self.require_netdir()
+        self.save_guards()
+        return mgr
+
+    def save_guards_soon(self) -> None:
+        if self._save_handle is None:
+            loop = asyncio.get_running_loop()
+            self._save_handle = loop.call_later(1.0, self.save_guards)
+
+    def save_guards(self) -> None:
+        self._save_handle = None
+        if self.guards is None:
+            return
+        path = self.data_dir / GUARD_STATE_FILE
+        tmp = path.with_suffix(".tmp")
+        try:
+            self.data_dir.mkdir(mode=0o700, parents=True, exist_ok=True)
+            fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+            with os.fdopen(fd, "w", encoding="utf-8") as fh:
+                json.dump(self.guards.to_json(), fh)
+                fh.flush()
+                os.fsync(fh.fileno())
+            os.replace(tmp, path)
+        except OSError as exc:
+            log.warning("Could not save guard state to %s: %s", path, exc)
+
+    async def close(self) -> None:
+        if self._refresh_task is not None:
+            self._refresh_task.cancel()
+            with contextlib.suppress(asyncio.CancelledError, Exception):
+                await self._refresh_task
+        if self._save_handle is not None:
+            self._save_handle.cancel()
+            self.save_guards()
+        for handle in self._dir_circuits.values():
+            handle.close()
+        self._dir_circuits.clear()
+
+    def info(self) -> dict[str, Any]:
+        return {"requests": self.requests_made, "status": str(self.status)}
