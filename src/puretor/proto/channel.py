@@ -32,6 +32,7 @@ _HDR4 = struct.Struct(">IB")
 _HDR2 = struct.Struct(">HB")
 _LEN = struct.Struct(">H")
 _FIXED_CELL = 514
+_RELAY = CellCommand.RELAY.value
 MAX_VAR_CELL_PAYLOAD = 65535
 
 
@@ -150,9 +151,34 @@ class Channel:
         n = len(buf)
         pos = 0
         view = memoryview(buf)
+        # Consecutive RELAY cells for one circuit go over as one run, so the circuit
+        # can peel each onion layer off all of them in one cipher call.
+        run = bytearray()
+        run_id = 0
+        run_circ: Circuit | None = None
         try:
             while self.state is not ChannelState.CLOSED and n - pos >= 5:
                 circ_id, cmd = _HDR4.unpack_from(buf, pos)
+                if cmd == _RELAY and circ_id:
+                    end = pos + _FIXED_CELL
+                    if end > n:
+                        break
+                    if circ_id != run_id:
+                        if run_circ is not None and run:
+                            run_circ.handle_relay_cells(run)
+                            run = bytearray()
+                        run_id = circ_id
+                        run_circ = self.circuits.get(circ_id)
+                    if run_circ is not None:
+                        run += view[pos + 5 : end]
+                    # Cells for unknown circuits (e.g. ones we just destroyed) are dropped.
+                    pos = end
+                    continue
+                if run_circ is not None and run:
+                    run_circ.handle_relay_cells(run)
+                    run = bytearray()
+                run_id, run_circ = 0, None
+                payload: bytes | bytearray
                 if cmd == 7 or cmd >= 128:
                     if n - pos < 7:
                         break
@@ -165,15 +191,16 @@ class Channel:
                     end = pos + _FIXED_CELL
                     if end > n:
                         break
-                    payload = bytes(view[pos + 5 : end])
+                    payload = buf[pos + 5 : end]
                 pos = end
                 if circ_id:
                     circ = self.circuits.get(circ_id)
                     if circ is not None:
                         circ.handle_cell(cmd, payload)
-                    # Cells for unknown circuits (e.g. ones we just destroyed) are dropped.
                 else:
-                    self._handle_channel_cell(cmd, payload, now)
+                    self._handle_channel_cell(cmd, bytes(payload), now)
+            if run_circ is not None and run:
+                run_circ.handle_relay_cells(run)
         finally:
             view.release()
             del buf[:pos]

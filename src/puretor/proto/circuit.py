@@ -30,6 +30,7 @@ from puretor.proto.cells import (
 )
 from puretor.proto.relaycrypto import HopCrypto, OnionCrypto
 from puretor.proto.relaymsg import (
+    RELAY_BODY_LEN,
     RELAY_DATA_LEN,
     EndReason,
     LinkSpecifier,
@@ -215,24 +216,29 @@ class Circuit:
         if pending is None or pending[0] != reply_kind:
             raise RemoteProtocolError(f"unexpected {reply_kind.upper()} reply")
         kind, state = pending
-        if kind == "created_fast":
-            y, kh = reply  # type: ignore[misc]
-            keys = handshake.fast_client_complete(state, y, kh)
+        if isinstance(reply, tuple):  # CREATED_FAST: (Y, KH)
+            keys = handshake.fast_client_complete(state, reply[0], reply[1])
         else:
-            keys = handshake.ntor_client_complete(state, reply)  # type: ignore[arg-type]
+            keys = handshake.ntor_client_complete(state, reply)
         self._add_hop(HopCrypto(keys.df, keys.db, keys.kf, keys.kb))
         self.on_event(HopAdded(self.hop_count))
 
     # -- inbound -------------------------------------------------------------
 
-    def handle_cell(self, command: int, payload: bytes) -> None:
-        """A cell for this circuit arrived on the channel."""
+    def handle_cell(self, command: int, payload: bytes | bytearray) -> None:
+        """A cell for this circuit arrived on the channel.
+
+        A ``bytearray`` payload belongs to us from here on (RELAY cells are
+        decrypted in place).
+        """
         if self.state is CircuitState.CLOSED:
             return
+        if command == _CELL_RELAY:
+            self.handle_relay_cells(payload if type(payload) is bytearray else bytearray(payload))
+            return
+        payload = bytes(payload)  # the codecs below take bytes; these cells are rare
         try:
-            if command == _CELL_RELAY:
-                self._handle_relay(payload)
-            elif command == CellCommand.DESTROY:
+            if command == CellCommand.DESTROY:
                 reason = decode_destroy(payload)
                 self._closed(reason, "circuit destroyed by relay", remote=True)
             elif command == CellCommand.CREATED_FAST:
@@ -245,8 +251,40 @@ class Circuit:
         except RemoteProtocolError as exc:
             self.destroy(1, f"protocol violation: {exc}")
 
-    def _handle_relay(self, payload: bytes) -> None:
-        hop, body = self.crypto.decrypt_inbound(payload)
+    def handle_relay_cells(self, block: bytearray) -> None:
+        """RELAY payloads for this circuit, back to back in ``block``, in arrival order.
+
+        The channel hands over each run of consecutive RELAY cells for one circuit
+        at once, so `OnionCrypto.decrypt_inbound_run` can peel every layer off the
+        whole run in one cipher call.  The cells are then handled one by one,
+        exactly as they would be singly.  ``block`` is decrypted in place.
+        """
+        if self.state is CircuitState.CLOSED:
+            return
+        crypto = self.crypto
+        n_hops = len(crypto.hops)
+        hop_of, states = crypto.decrypt_inbound_run(block)
+        for i, hop in enumerate(hop_of):
+            if self.state is CircuitState.CLOSED:
+                return  # a cell (or a callback) closed the circuit: drop the rest
+            o = i * RELAY_BODY_LEN
+            body = block[o : o + RELAY_BODY_LEN]
+            try:
+                if hop < 0:
+                    # No hop we had when the run arrived knew this cell.  A hop added
+                    # since (EXTENDED2 earlier in the run) gets its turn, as it would
+                    # have cell by cell; otherwise this raises.
+                    hop, body = crypto.decrypt_inbound(body, first_hop=n_hops)
+                    state = crypto.hops[hop].bwd_digest
+                else:
+                    state = states[i]
+                self._handle_relay_body(hop, body, state)
+            except RemoteProtocolError as exc:
+                self.destroy(1, f"protocol violation: {exc}")
+                return
+
+    def _handle_relay_body(self, hop: int, body: bytearray, digest_state: Any) -> None:
+        """One decrypted relay cell from ``hop``; ``digest_state``: that hop's digest after it."""
         command, _rec, stream_id, _digest, length = _RELAY_HEADER.unpack_from(body)
         if length > RELAY_DATA_LEN:
             raise RemoteProtocolError(f"relay cell length {length} > {RELAY_DATA_LEN}")
@@ -259,15 +297,15 @@ class Circuit:
                 raise RemoteProtocolError("relay overran the circuit deliver window")
             if window <= self._circwindow - CIRCWINDOW_INCREMENT:
                 # The digest of the cell just absorbed authenticates this SENDME.
-                digest = self.crypto.last_backward_digest(hop)
+                digest = digest_state.digest()[:20]
                 self.send_relay(RelayCommand.SENDME, 0, encode_sendme_v1(digest), hop=hop)
                 window += CIRCWINDOW_INCREMENT
             self._deliver_window[hop] = window
             stream = self.streams.get(stream_id)
             if stream is not None and hop == len(self.crypto.hops) - 1:
-                self._stream_data(stream, body[11 : 11 + length])
+                self._stream_data(stream, bytes(body[11 : 11 + length]))
             return
-        data = body[11 : 11 + length]
+        data = bytes(body[11 : 11 + length])
         if stream_id == 0:
             self._handle_circuit_message(command, data, hop)
         elif command in _STREAM_COMMANDS:
@@ -416,19 +454,28 @@ class Circuit:
         while ready and self._package_window[hop] > 0:
             stream = ready[0]
             buf = stream.send_buffer
-            sent = 0
-            while buf and stream.package_window > 0 and self._package_window[hop] > 0:
-                chunk = bytes(buf[:RELAY_DATA_LEN])
-                del buf[:RELAY_DATA_LEN]
-                digest = self.send_relay(_CMD_DATA, stream.stream_id, chunk, hop=hop)
+            # Full cells go out in one batch; then at most one short (padded) cell.
+            sent = min(
+                len(buf) // RELAY_DATA_LEN,
+                stream.package_window,
+                self._package_window[hop],
+                _FAIR_SHARE_CELLS,
+            )
+            if sent > 0:
+                self._send_full_data_cells(stream, sent, hop)
+            if (
+                0 < len(buf) < RELAY_DATA_LEN
+                and sent < _FAIR_SHARE_CELLS
+                and stream.package_window > 0
+                and self._package_window[hop] > 0
+            ):
+                digest = self.send_relay(_CMD_DATA, stream.stream_id, bytes(buf), hop=hop)
+                buf.clear()
                 stream.package_window -= 1
                 window = self._package_window[hop] - 1
                 self._package_window[hop] = window
                 if window % CIRCWINDOW_INCREMENT == 0:
                     expected.append(digest)
-                sent += 1
-                if sent >= _FAIR_SHARE_CELLS:
-                    break
             if not buf or stream.package_window <= 0:
                 ready.popleft()
                 if not buf and stream.close_after_flush:
@@ -438,6 +485,55 @@ class Circuit:
             if stream.blocked_writer and len(buf) < SEND_BUFFER_HIGH_WATER // 2:
                 stream.blocked_writer = False
                 stream.sink.stream_writable()
+
+    def _send_full_data_cells(self, stream: Stream, count: int, hop: int) -> None:
+        """Seal and queue ``count`` full DATA cells from the front of the send buffer.
+
+        The upload hot path: what `send_relay` does per cell, in two passes.  First
+        each body is built in one scratch buffer (the send buffer is read through a
+        memoryview and trimmed once) and absorbed into the target hop's digest; then
+        every layer encrypts the whole batch in one cipher call, which gives the same
+        bytes as one call per cell since AES-CTR keystreams carry over between
+        calls.  The caller has checked both windows.  Full cells carry no padding,
+        so the cells are exactly what `send_relay` would have made.
+        """
+        digest, layers = self.crypto.outbound_layers(hop)
+        prefix = _RELAY_HEADER.pack(_CMD_DATA, 0, stream.stream_id, 0, RELAY_DATA_LEN)
+        expected = self._expected_sendme[hop]
+        window = self._package_window[hop]
+        body = bytearray(RELAY_BODY_LEN)
+        block = bytearray()
+        src = memoryview(stream.send_buffer)
+        pos = 0
+        try:
+            for _ in range(count):
+                body[:11] = prefix
+                body[11:] = src[pos : pos + RELAY_DATA_LEN]
+                pos += RELAY_DATA_LEN
+                digest.update(body)
+                full = digest.digest()
+                body[5:9] = full[:4]
+                block += body
+                window -= 1
+                if window % CIRCWINDOW_INCREMENT == 0:
+                    # This cell's digest is what the relay's next SENDME must quote.
+                    expected.append(full[:20])
+        finally:
+            src.release()
+        del stream.send_buffer[:pos]
+        for encrypt in layers:
+            encrypt(block, block)
+        header = self._header
+        out = self.channel.outbuf
+        cells = memoryview(block)
+        for o in range(0, len(block), RELAY_BODY_LEN):
+            out += header
+            out += cells[o : o + RELAY_BODY_LEN]
+        cells.release()
+        self._package_window[hop] = window
+        stream.package_window -= count
+        self.cells_sent += count
+        self.channel._wants_flush()
 
     # -- streams -------------------------------------------------------------
 
