@@ -152,6 +152,13 @@ class DirManager:
     async def _fetch_round(self) -> bool:
         state = self.state
         assert state is not None
+        if not any(h.is_open for h in self._dir_circuits.values()):
+            # Connect first, so progress reads conn → handshake → onehop_create → requesting.
+            try:
+                await self._dir_circuit()
+            except (ChannelError, CircuitError, asyncio.TimeoutError, NoPathError) as exc:
+                log.info("Could not reach a directory source: %s", exc)
+                return False
         async with self._lock:
             reqs = state.next_requests(time.time(), limit=CONCURRENT_REQUESTS)
         if not reqs:
@@ -217,7 +224,13 @@ class DirManager:
             del self._dir_circuits[rsa_id]
         hop = self._pick_source()
         self._report(BootstrapPhase.CONN)
-        handle = await build_circuit(self.chanmgr, [hop], timeout=30.0)
+        try:
+            await self.chanmgr.get_channel(hop.target)
+            self._report(BootstrapPhase.HANDSHAKE_DONE)
+            handle = await build_circuit(self.chanmgr, [hop], timeout=30.0)
+        except (ChannelError, CircuitError, asyncio.TimeoutError):
+            self._bad_sources[hop.target.rsa_id] = time.time() + 60
+            raise
         self._report(BootstrapPhase.ONEHOP_CREATE)
         self._dir_circuits[hop.target.rsa_id] = handle
         return handle, hop.target
