@@ -117,6 +117,23 @@ def test_client_auth_onion_needs_the_key(testnet_info: NetworkInfo, tmp_path: Pa
         keyless.curl(testnet_info["onion"]["client_auth"]["url"], "--max-time", "30")
 
 
+def test_fault_api_kill_restart_and_authority_stop(testnet: TestNetwork) -> None:
+    # Later fault tests rely on these; keep the outage short since the network is shared.
+    since = testnet.log_offset("middle1")
+    testnet.kill_relay("middle1")
+    assert not testnet.is_running("middle1")
+    testnet.restart_relay("middle1")
+    assert testnet.is_running("middle1")
+    testnet.wait_for_log("middle1", "Bootstrapped 100%", since=since, timeout=90)
+
+    since = testnet.log_offset("auth3")
+    testnet.stop_authority("auth3")
+    assert not testnet.is_running("auth3")
+    testnet.start_authority("auth3")
+    assert testnet.is_running("auth3")
+    testnet.wait_for_log("auth3", "Bootstrapped 100%", since=since, timeout=90)
+
+
 def test_no_direct_connection_ever_reached_a_target(testnet_info: NetworkInfo) -> None:
     # Runs last in this module: every source so far must be an exit or an onion host.
     allowed = set(testnet_info["targets"]["exit_addresses"])

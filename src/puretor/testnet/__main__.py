@@ -52,8 +52,11 @@ def _cmd_up(args: argparse.Namespace) -> int:
             workdir, netns=name, timeout=args.timeout, detach=True, progress=progress
         )
     except (NetworkError, netns.NamespaceError) as exc:
-        print(f"failed: {exc}", file=sys.stderr)
+        print(f"failed (everything started was stopped again): {exc}", file=sys.stderr)
         return 1
+    except KeyboardInterrupt:
+        print("interrupted; everything started was stopped again", file=sys.stderr)
+        return 130
     info = net.info
     print(f"ready in {info['ready_seconds']:.1f}s: {workdir / 'network.json'}")
     print(f"  client torrc: {info['client_torrc']} (SocksPort 127.0.0.1:{info['socks_port']})")
@@ -95,17 +98,14 @@ def _cmd_status(args: argparse.Namespace) -> int:
     print(f"  consensus valid-after {summary.valid_after}: {len(summary.routers)} relays")
     for entry in sorted(summary.routers.values(), key=lambda e: e.nickname):
         print(f"    {entry.nickname:10} {entry.address:12} {' '.join(sorted(entry.flags))}")
-    problems = consensus.missing_flags(
-        summary,
-        {
+    if (workdir / "network.json").exists():
+        expected = {
             r["fingerprint"]: (r["nickname"], frozenset(r["expected_flags"]))
             for r in net.info["relays"]
             if r["fingerprint"]
         }
-        if net._info
-        else {},
-    )
-    print("  problems: " + ("; ".join(problems) if problems else "none"))
+        problems = consensus.missing_flags(summary, expected)
+        print("  problems: " + ("; ".join(problems) if problems else "none"))
     return 0
 
 

@@ -134,9 +134,21 @@ def netns_exists(name: str) -> bool:
     return Path("/run/netns", name).exists()
 
 
+def pids_in(name: str) -> list[int]:
+    out = subprocess.run(["ip", "netns", "pids", name], capture_output=True, text=True).stdout
+    return [int(p) for p in out.split()]
+
+
 def create_named(name: str) -> None:
-    """``ip netns add`` + loopback + target route. Reuses an existing sealed namespace."""
-    if not netns_exists(name):
+    """``ip netns add`` + loopback + target route. Reuses an existing, idle, sealed namespace."""
+    if netns_exists(name):
+        busy = pids_in(name)
+        if busy:
+            raise NamespaceError(
+                f"namespace {name!r} already has processes in it (pids {busy[:10]}); "
+                "stop the other network first (`python -m puretor.testnet down`)"
+            )
+    else:
         _ip(None, "netns", "add", name)
     require_sealed(name)
     _ip(name, "link", "set", "lo", "up")

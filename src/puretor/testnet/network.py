@@ -212,6 +212,25 @@ class TestNetwork:
         self.stop_node(nickname)
         self.start_node(nickname)
 
+    def node_log(self, nickname: str) -> Path:
+        """The notice log of a tor process (the targets daemon: its stdout log)."""
+        if nickname == TARGETS:
+            return self.workdir / "targets" / "daemon.log"
+        return self.workdir / "nodes" / nickname / "notice.log"
+
+    def log_offset(self, nickname: str) -> int:
+        """Current size of `node_log`, to wait for lines logged after this point."""
+        return _size(self.node_log(nickname))
+
+    def wait_for_log(
+        self, nickname: str, needle: str, *, since: int = 0, timeout: float = 60.0
+    ) -> None:
+        """Wait until `needle` appears in the node's log after byte offset `since`."""
+        log = self.node_log(nickname)
+        self._wait(
+            lambda: _logged_since(log, since, needle), timeout, f"{needle!r} in {log}", logs=[log]
+        )
+
     def _record(self, nickname: str) -> ProcRecord:
         try:
             return self.records[nickname]
@@ -299,17 +318,15 @@ class TestNetwork:
             "the targets daemon",
             logs=[prep.workdir / "targets" / "daemon.log"],
         )
-        for nf in prep.nodes.values():
+
+        def start_tor(nf: NodeFiles) -> None:
             argv = [self.tor, "--defaults-torrc", str(prep.defaults_torrc), "-f", str(nf.torrc)]
             self._spawn(nf.spec.nickname, argv, nf.dir / "stdout.log")
 
         onions = [nf for nf in prep.nodes.values() if nf.spec.role == "onion-service"]
-        self._wait(
-            lambda: all((nf.hs_dir / "hostname").exists() for nf in onions),
-            30.0,
-            "onion service keys",
-            logs=[nf.log for nf in onions],
-        )
+        for nf in prep.nodes.values():
+            if nf not in onions:
+                start_tor(nf)
 
         progress("waiting for a consensus listing every relay with its flags")
         expected = {
@@ -330,10 +347,21 @@ class TestNetwork:
         except NetworkError as exc:
             raise NetworkError(f"{exc}\n  last consensus problems: {problems}") from None
 
-        # Descriptors uploaded before the complete consensus may sit on the wrong HSDirs:
-        # only count uploads logged from now on (the service re-uploads when its HSDirs change).
+        # Onion hosts start only now: their first consensus then already has every HSDir, so
+        # their first upload lands where clients will look. (Started earlier, they upload to an
+        # incomplete HSDir ring and re-upload only after their next scheduled consensus fetch,
+        # which costs 30-45 s with our 20 s voting interval.)
+        progress("starting the onion services and waiting for their descriptors")
         offsets = {nf.spec.nickname: _size(nf.rend_log) for nf in onions}
-        progress("waiting for both onion descriptors to be uploaded")
+        for nf in onions:
+            self._seed_directory_cache(nf.dir, summary)
+            start_tor(nf)
+        self._wait(
+            lambda: all((nf.hs_dir / "hostname").exists() for nf in onions),
+            30.0,
+            "onion service keys",
+            logs=[nf.log for nf in onions],
+        )
         self._wait(
             lambda: all(
                 _logged_since(nf.rend_log, offsets[nf.spec.nickname], UPLOAD_OK) for nf in onions
@@ -344,6 +372,31 @@ class TestNetwork:
         )
         self._info = self._build_info(prep, summary, time.monotonic() - t0)
         self._write_outputs(prep)
+
+    def _seed_directory_cache(self, data_dir: Path, summary: consensus.ConsensusSummary) -> None:
+        """Give a fresh tor the authorities' consensus, certs and microdescriptors.
+
+        tor loads these from its DataDirectory at start, so it has enough directory info at
+        once instead of after ~10 s of microdescriptor fetch retries. Used for the onion hosts
+        only: clients under test must bootstrap for real.
+        """
+        for node in self.plan.by_role("authority"):
+            src = self.workdir / "nodes" / node.nickname
+            try:
+                text = (src / "cached-microdesc-consensus").read_text(errors="replace")
+            except FileNotFoundError:
+                continue
+            if consensus.parse(text).valid_after != summary.valid_after:
+                continue
+            for name in (
+                "cached-certs",
+                "cached-microdesc-consensus",
+                "cached-microdescs",
+                "cached-microdescs.new",
+            ):
+                if (src / name).exists():
+                    shutil.copyfile(src / name, data_dir / name)
+            return
 
     def _spawn(
         self, name: str, argv: Sequence[str], log: Path, env: dict[str, str] | None = None

@@ -13,6 +13,7 @@ Layout of the work directory::
 from __future__ import annotations
 
 import json
+import shutil
 import subprocess
 import time
 from dataclasses import dataclass
@@ -94,6 +95,10 @@ def _private_dir(path: Path) -> Path:
 def prepare(workdir: Path, plan: NetworkPlan, *, tor: str, gencert: str) -> Prepared:
     workdir = workdir.resolve()
     _private_dir(workdir)
+    # A reused work dir must not leak the last run's consensus, logs or keys into this one.
+    for stale in ("nodes", "targets", "client-data", "client-onion-auth"):
+        shutil.rmtree(workdir / stale, ignore_errors=True)
+    (workdir / "network.json").unlink(missing_ok=True)
     defaults = workdir / "torrc-defaults"
     defaults.write_text("# intentionally empty: nothing from /etc/tor\n")
     nodes = {
@@ -108,26 +113,23 @@ def prepare(workdir: Path, plan: NetworkPlan, *, tor: str, gencert: str) -> Prep
 
     # 1. Authority voting keys (tor-gencert), then every relay's identity (tor --list-fingerprint).
     auths = [nodes[n.nickname] for n in plan.by_role("authority")]
-    gencert_cmds = []
-    for a in auths:
-        keys = _private_dir(a.dir / "keys")
-        if not (keys / "authority_certificate").exists():
-            gencert_cmds.append(
-                (
-                    [
-                        gencert,
-                        "--create-identity-key",
-                        "-m",
-                        "12",
-                        "-a",
-                        f"{a.spec.address}:{a.spec.dirport}",
-                        "--passphrase-fd",
-                        "0",
-                    ],
-                    keys,
-                )
-            )
     # --passphrase-fd 0 with stdin at EOF gives an empty passphrase, no prompt.
+    gencert_cmds = [
+        (
+            [
+                gencert,
+                "--create-identity-key",
+                "-m",
+                "12",
+                "-a",
+                f"{a.spec.address}:{a.spec.dirport}",
+                "--passphrase-fd",
+                "0",
+            ],
+            _private_dir(a.dir / "keys"),
+        )
+        for a in auths
+    ]
     _run_all(gencert_cmds, "tor-gencert")
     relays = [nf for nf in nodes.values() if nf.spec.is_relay]
     _run_all(
