@@ -79,6 +79,7 @@ class TorClient:
         self._circmgr: CircuitManager | None = None
         self._guards: GuardManager | None = None
         self._bootstrap_task: asyncio.Task[None] | None = None
+        self._onion: Any = None
         self._closed = False
 
     # -- lifecycle ---------------------------------------------------------------
@@ -130,6 +131,8 @@ class TorClient:
         self._closed = True
         if self._bootstrap_task is not None and not self._bootstrap_task.done():
             self._bootstrap_task.cancel()
+        if self._onion is not None:
+            await self._onion.close()
         if self._circmgr is not None:
             await self._circmgr.close()
         await self._dirmgr.close()
@@ -175,9 +178,34 @@ class TorClient:
         isolation: Hashable | None,
         timeout: float,
     ) -> tuple[asyncio.Transport, P]:
-        from puretor.errors import OnionError
+        from puretor.aio.hsclient import OnionClient
 
-        raise OnionError("onion services are not supported yet", socks_code=0xF0)
+        assert self._circmgr is not None
+        if self._onion is None:
+            self._onion = OnionClient(self.config, self._dirmgr, self._circmgr)
+        key = _DEFAULT_ISOLATION if isolation is None else isolation
+
+        async def connect() -> tuple[asyncio.Transport, P]:
+            assert self._onion is not None
+            last: TorError | None = None
+            for _attempt in range(2):
+                handle = await self._onion.rendezvous_circuit(host, key)
+                try:
+                    transport = await self._attach(handle, "", port, target=f"{host}:{port}")
+                except (StreamRefused, StreamTimeout) as exc:
+                    # A stale rendezvous circuit: drop it and make a new one once.
+                    last = exc
+                    handle.close()
+                    if isinstance(exc, StreamRefused) and exc.reason not in _RETRY_REASONS:
+                        raise
+                    continue
+                protocol = protocol_factory()
+                transport.attach(protocol)
+                return transport, protocol
+            assert last is not None
+            raise last
+
+        return await asyncio.wait_for(connect(), timeout)
 
     async def _connect_with_retries(
         self, protocol_factory: Callable[[], P], host: str, port: int, key: Hashable
@@ -207,9 +235,11 @@ class TorClient:
         assert last is not None
         raise last
 
-    async def _attach(self, handle: CircuitHandle, host: str, port: int) -> TorStreamTransport:
+    async def _attach(
+        self, handle: CircuitHandle, host: str, port: int, *, target: str | None = None
+    ) -> TorStreamTransport:
         loop = asyncio.get_running_loop()
-        transport = TorStreamTransport(loop, f"{host}:{port}")
+        transport = TorStreamTransport(loop, target or f"{host}:{port}")
         flags = 0
         if _is_ipv6(host):
             flags = 0x1 | 0x2  # IPv6 okay, IPv4 not okay (tor-spec §6.2)

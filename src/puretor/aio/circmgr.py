@@ -119,7 +119,7 @@ class CircuitManager:
         self._top_up_soon()
         return handle
 
-    async def build_internal_circuit(self, last: Relay | None = None) -> CircuitHandle:
+    async def build_internal_circuit(self, last: Relay | HopSpec | None = None) -> CircuitHandle:
         """A 3-hop circuit for onion-service/directory use, ending at ``last`` if given."""
         req = PathRequest(exit_port=None, internal=True)
         last_error: Exception | None = None
@@ -216,17 +216,25 @@ class CircuitManager:
         )
 
     async def _build_through(
-        self, selector: PathSelector, req: PathRequest, last: Relay
+        self, selector: PathSelector, req: PathRequest, last: Relay | HopSpec
     ) -> CircuitHandle:
-        """Guard (from the guard manager, avoiding ``last``'s family), middle, ``last``."""
-        guard, usage = self.guards.select_guard(time.time(), avoid=[last])
-        middle = selector.choose_middle([guard, last], req)
-        path = [guard, middle, last]
+        """Guard (from the guard manager, avoiding the last hop's family), middle, last."""
+        if isinstance(last, HopSpec):
+            # A hop named by link specifiers (an introduction point): avoid its
+            # family when we know the relay, and extend to it as described.
+            last_relay = selector.netdir.by_rsa_id(last.target.rsa_id)
+            last_hop = last
+        else:
+            last_relay, last_hop = last, hop_for(last)
+        avoid = [last_relay] if last_relay is not None else []
+        guard, usage = self.guards.select_guard(time.time(), avoid=avoid)
+        middle = selector.choose_middle([guard, *avoid], req)
+        hops = [hop_for(guard), hop_for(middle), last_hop]
         netdir = self._netdir()
         try:
             handle = await build_circuit(
                 self.chanmgr,
-                [hop_for(r) for r in path],
+                hops,
                 timeout=self.build_timeout,
                 sendme_accept_min_version=netdir.param("sendme_accept_min_version", 0, 0, 255),
                 circwindow=netdir.param("circwindow", 1000, 100, 1000),
@@ -242,7 +250,7 @@ class CircuitManager:
         self.guards.record_success(usage, time.time())
         self.on_guards_changed()
         self.circuits_built += 1
-        log.debug("built circuit %s", " → ".join(r.nickname for r in path))
+        log.debug("built circuit %s", " → ".join(h.target.nickname for h in hops))
         return handle
 
     def _selector(self, netdir: NetDir) -> PathSelector:

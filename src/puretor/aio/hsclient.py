@@ -1,0 +1,306 @@
+"""Reaching v3 onion services (rend-spec-v3 §2–§4), over the sans-I/O `puretor.hs`.
+
+Steps for a new service: fetch its descriptor from a responsible HSDir over a
+3-hop circuit; build a rendezvous circuit and ESTABLISH_RENDEZVOUS; build a
+circuit to an introduction point and send INTRODUCE1; on RENDEZVOUS2 add the
+virtual hop.  Streams then use that circuit with an empty BEGIN address.
+Descriptors are cached per (service, time period) and rendezvous circuits are
+reused per (service, isolation key).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import secrets
+import time
+from collections.abc import Hashable
+from dataclasses import dataclass
+from pathlib import Path
+from typing import TYPE_CHECKING
+
+from puretor.aio.channel import ChannelTarget
+from puretor.aio.circuit import CircuitHandle, HopSpec
+from puretor.aio.dirclient import fetch_raw
+from puretor.dir.http import HttpResponseParser, build_request
+from puretor.errors import (
+    ChannelError,
+    CircuitError,
+    ConfigError,
+    DirectoryError,
+    NoPathError,
+    OnionError,
+    ProtocolError,
+)
+from puretor.hs.client import (
+    DescriptorFetchPlan,
+    intro_points_in_order,
+    introduce1_extensions,
+    plan_descriptor_fetch,
+    rp_link_specifiers,
+)
+from puretor.hs.clientauth import load_client_auth_dir
+from puretor.hs.descriptor import HsDescriptor, IntroPoint
+from puretor.hs.ntor import build_introduce1, complete_rendezvous, parse_introduce_ack
+from puretor.path.select import PathRequest
+from puretor.proto.relaymsg import RelayCommand
+
+if TYPE_CHECKING:
+    from puretor.aio.circmgr import CircuitManager
+    from puretor.aio.dirmgr import DirManager
+    from puretor.config import TorConfig
+
+log = logging.getLogger("puretor.rend")
+
+DESC_FETCH_TIMEOUT = 30.0
+INTRO_TIMEOUT = 30.0
+REND_TIMEOUT = 60.0
+MAX_INTRO_ATTEMPTS = 6
+
+# Proposal 304 SOCKS extended errors.
+F0_DESC_NOT_FOUND = 0xF0
+F2_INTRO_FAILED = 0xF2
+F3_REND_FAILED = 0xF3
+F7_INTRO_TIMEOUT = 0xF7
+
+
+@dataclass
+class _CachedDescriptor:
+    descriptor: HsDescriptor
+    plan: DescriptorFetchPlan
+    expires: float
+
+
+class OnionClient:
+    def __init__(self, config: TorConfig, dirmgr: DirManager, circmgr: CircuitManager) -> None:
+        self.config = config
+        self.dirmgr = dirmgr
+        self.circmgr = circmgr
+        self._descriptors: dict[tuple[bytes, int], _CachedDescriptor] = {}
+        self._rend: dict[tuple[bytes, Hashable], CircuitHandle] = {}
+        self._connecting: dict[tuple[bytes, Hashable], asyncio.Task[CircuitHandle]] = {}
+        self._auth_keys: dict[bytes, bytes] | None = None
+
+    # -- public ------------------------------------------------------------------------
+
+    async def rendezvous_circuit(self, address: str, isolation: Hashable) -> CircuitHandle:
+        """An open circuit to the service, reused per (service, isolation key)."""
+        netdir = self.dirmgr.require_netdir()
+        plan = plan_descriptor_fetch(
+            netdir, address, testing_network=self.config.testing_tor_network
+        )
+        key = (plan.identity_key, isolation)
+        handle = self._rend.get(key)
+        if handle is not None and handle.is_open:
+            return handle
+        task = self._connecting.get(key)
+        if task is None:
+            task = asyncio.ensure_future(self._connect(address, plan))
+            self._connecting[key] = task
+            task.add_done_callback(lambda _t: self._connecting.pop(key, None))
+        handle = await asyncio.shield(task)
+        self._rend[key] = handle
+        return handle
+
+    def forget(self, address_key: bytes) -> None:
+        for key in [k for k in self._rend if k[0] == address_key]:
+            self._rend.pop(key).close()
+
+    async def close(self) -> None:
+        for handle in self._rend.values():
+            handle.close()
+        self._rend.clear()
+        for task in self._connecting.values():
+            task.cancel()
+
+    # -- the steps ----------------------------------------------------------------------
+
+    async def _connect(self, address: str, plan: DescriptorFetchPlan) -> CircuitHandle:
+        started = time.monotonic()
+        desc = await self._descriptor(address, plan)
+        last_error: OnionError | None = None
+        tried: set[bytes] = set()
+        for _attempt in range(2):
+            try:
+                return await self._rendezvous(desc, plan, tried)
+            except OnionError as exc:
+                last_error = exc
+                if exc.socks_code not in (F2_INTRO_FAILED, F3_REND_FAILED, F7_INTRO_TIMEOUT):
+                    raise
+                log.info("rendezvous attempt failed: %s", exc)
+        assert last_error is not None
+        log.info("onion connection gave up after %.1fs", time.monotonic() - started)
+        raise last_error
+
+    def _client_auth_key(self, identity: bytes) -> bytes | None:
+        if self._auth_keys is None:
+            directory = self.config.client_onion_auth_dir
+            if directory is None:
+                self._auth_keys = {}
+            else:
+                try:
+                    self._auth_keys = load_client_auth_dir(Path(directory).expanduser())
+                except ConfigError as exc:
+                    log.warning("ClientOnionAuthDir: %s", exc)
+                    self._auth_keys = {}
+        return self._auth_keys.get(identity)
+
+    async def _descriptor(self, address: str, plan: DescriptorFetchPlan) -> HsDescriptor:
+        key = (plan.identity_key, plan.period_num)
+        cached = self._descriptors.get(key)
+        if cached is not None and cached.expires > time.time():
+            return cached.descriptor
+        netdir = self.dirmgr.require_netdir()
+        auth_key = self._client_auth_key(plan.identity_key)
+        failures: list[str] = []
+        for hsdir in plan.hsdirs:
+            handle: CircuitHandle | None = None
+            try:
+                handle = await self.circmgr.build_internal_circuit(last=hsdir)
+                raw = await fetch_raw(
+                    handle, build_request(plan.url), timeout=DESC_FETCH_TIMEOUT, max_size=256 * 1024
+                )
+                parser = HttpResponseParser(max_body=256 * 1024)
+                parser.feed(raw)
+                resp = parser.finish()
+            except (
+                TimeoutError,
+                ChannelError,
+                CircuitError,
+                DirectoryError,
+                ProtocolError,
+                NoPathError,
+            ) as exc:
+                failures.append(f"{hsdir.nickname}: {exc}")
+                continue
+            finally:
+                if handle is not None:
+                    handle.close()
+            if resp.status != 200:
+                failures.append(f"{hsdir.nickname}: HTTP {resp.status}")
+                continue
+            # Invalid descriptors and client-auth failures are final (F1, F4, F5).
+            desc = plan.decode(resp.body, now=time.time(), client_auth_key=auth_key, netdir=netdir)
+            lifetime = getattr(desc, "lifetime_minutes", None) or 180
+            self._descriptors[key] = _CachedDescriptor(desc, plan, time.time() + lifetime * 60)
+            return desc
+        raise OnionError(
+            "onion service descriptor not found on any responsible HSDir ("
+            + "; ".join(failures[:6])
+            + ")",
+            socks_code=F0_DESC_NOT_FOUND,
+        )
+
+    async def _rendezvous(
+        self, desc: HsDescriptor, plan: DescriptorFetchPlan, tried: set[bytes]
+    ) -> CircuitHandle:
+        netdir = self.dirmgr.require_netdir()
+        selector = self.circmgr._selector(netdir)
+        rp = selector.choose_last_hop_internal(PathRequest(internal=True))
+        try:
+            rend = await self.circmgr.build_internal_circuit(last=rp)
+        except (ChannelError, CircuitError, NoPathError) as exc:
+            raise OnionError(
+                f"could not build a rendezvous circuit: {exc}", F3_REND_FAILED
+            ) from exc
+        ok = False
+        try:
+            cookie = secrets.token_bytes(20)
+            rend.circuit.send_relay(RelayCommand.ESTABLISH_RENDEZVOUS, 0, cookie)
+            await self._expect(
+                rend,
+                RelayCommand.RENDEZVOUS_ESTABLISHED,
+                INTRO_TIMEOUT,
+                "rendezvous point did not confirm",
+                F3_REND_FAILED,
+            )
+            state = await self._introduce(desc, plan, cookie, rp, tried)
+            body = await self._expect(
+                rend,
+                RelayCommand.RENDEZVOUS2,
+                REND_TIMEOUT,
+                "service never joined the rendezvous",
+                F3_REND_FAILED,
+            )
+            keys = complete_rendezvous(state, body)
+            rend.circuit.add_virtual_hop(keys.df, keys.db, keys.kf, keys.kb)
+            rend.purpose = "rendezvous"
+            ok = True
+            return rend
+        finally:
+            if not ok:
+                rend.close()
+
+    async def _introduce(
+        self,
+        desc: HsDescriptor,
+        plan: DescriptorFetchPlan,
+        cookie: bytes,
+        rp: object,
+        tried: set[bytes],
+    ) -> object:
+        netdir = self.dirmgr.require_netdir()
+        errors: list[str] = []
+        timed_out = False
+        points = intro_points_in_order(desc, exclude_auth_keys=tried)
+        for ip in points[:MAX_INTRO_ATTEMPTS]:
+            tried.add(ip.auth_key)
+            state, body = build_introduce1(
+                ip.auth_key,
+                ip.enc_key,
+                plan.subcredential,
+                cookie,
+                rp.ntor_key,  # type: ignore[attr-defined]
+                rp_link_specifiers(rp),  # type: ignore[arg-type]
+                extensions=introduce1_extensions(desc, netdir, congestion_control=False),
+            )
+            intro: CircuitHandle | None = None
+            try:
+                intro = await self.circmgr.build_internal_circuit(last=_intro_hop(ip))
+                intro.circuit.send_relay(RelayCommand.INTRODUCE1, 0, body)
+                ack = await self._expect(
+                    intro,
+                    RelayCommand.INTRODUCE_ACK,
+                    INTRO_TIMEOUT,
+                    "introduction point did not answer",
+                    F7_INTRO_TIMEOUT,
+                )
+                status = parse_introduce_ack(ack)
+                if status == 0:
+                    return state
+                errors.append(f"INTRODUCE_ACK status {status}")
+            except OnionError as exc:
+                timed_out = timed_out or exc.socks_code == F7_INTRO_TIMEOUT
+                errors.append(str(exc))
+            except (ChannelError, CircuitError, NoPathError, ProtocolError) as exc:
+                errors.append(f"intro circuit failed: {exc}")
+            finally:
+                if intro is not None:
+                    intro.close()
+        code = F7_INTRO_TIMEOUT if timed_out and len(errors) == 1 else F2_INTRO_FAILED
+        raise OnionError("introduction failed: " + "; ".join(errors[:4]), socks_code=code)
+
+    async def _expect(
+        self, handle: CircuitHandle, command: int, timeout: float, what: str, code: int
+    ) -> bytes:
+        deadline = time.monotonic() + timeout
+        while True:
+            remaining = deadline - time.monotonic()
+            if remaining <= 0:
+                raise OnionError(f"{what} within {timeout:.0f}s", socks_code=code)
+            try:
+                cell = await handle.next_control_cell(remaining)
+            except CircuitError as exc:
+                raise OnionError(f"{what}: {exc}", socks_code=code) from exc
+            if cell.command == command:
+                return cell.body
+
+
+def _intro_hop(ip: IntroPoint) -> HopSpec:
+    """Extend to the intro point with the descriptor's link specifiers, verbatim."""
+    rsa_id = ip.spec(2) or b""
+    addr = ip.spec(0)
+    address = ".".join(str(b) for b in addr[:4]) if addr else "0.0.0.0"
+    port = int.from_bytes(addr[4:6], "big") if addr else 0
+    target = ChannelTarget(address, port, rsa_id, ip.spec(3), "intro")
+    return HopSpec(target, ip.onion_key, tuple(ip.link_specifiers))
