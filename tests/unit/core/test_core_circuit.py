@@ -268,3 +268,83 @@ def test_unknown_relay_command_dropped(circ: Circuit, fake: FakeRelay) -> None:
     fake.send_relay(fake.circuit(circ.circ_id), 2, 77, sid, b"future")
     transfer(circ.channel, fake)
     assert circ.state is CircuitState.OPEN and sinks[0].ended == []
+
+
+# -- runs: the channel hands consecutive RELAY cells of a circuit over together ---------
+
+
+def test_cell_from_a_hop_added_earlier_in_the_same_run(channel: Channel, fake: FakeRelay) -> None:
+    """EXTENDED2 and a cell from the new hop arrive in one read: both are handled."""
+    circ = build_circuit(channel, fake, 2, mark_open=False)
+    events = _events(circ)
+    relay = fake.relays[2]
+    circ.send_extend2(relay.link_specifiers(), relay.rsa_id, relay.ntor_key)
+    fake.receive_data(channel.take_output())  # the fake answers EXTENDED2, then hop 3 talks
+    fake.send_relay(fake.circuit(circ.circ_id), 2, 99, 0, b"from the new hop")
+    channel.receive_data(fake.take_output(), fake.now)
+    assert events == [HopAdded(3), ControlCell(99, b"from the new hop", 2)]
+    assert circ.state is CircuitState.BUILDING
+
+
+def test_bad_cell_in_the_middle_of_a_run(circ: Circuit, fake: FakeRelay) -> None:
+    sinks = _open_streams(circ, fake, 1)
+    sid = next(iter(circ.streams))
+    fcirc = fake.circuit(circ.circ_id)
+    fake.send_relay(fcirc, 2, RelayCommand.DATA, sid, b"first")
+    fake.corrupt_next_digest = True
+    fake.send_relay(fcirc, 2, RelayCommand.DATA, sid, b"broken")
+    fake.send_relay(fcirc, 2, RelayCommand.DATA, sid, b"after")
+    circ.channel.receive_data(fake.take_output(), fake.now)
+    assert bytes(sinks[0].data) == b"first"
+    assert circ.state is CircuitState.CLOSED
+    assert circ.closed_reason is not None and "recognised" in circ.closed_reason.message
+    assert circ.channel.state is ChannelState.OPEN
+
+
+def test_callback_destroying_the_circuit_mid_run(circ: Circuit, fake: FakeRelay) -> None:
+    sinks = _open_streams(circ, fake, 1)
+    sid = next(iter(circ.streams))
+    sinks[0].on_data = lambda _d: circ.destroy()
+    fcirc = fake.circuit(circ.circ_id)
+    for i in range(5):
+        fake.send_relay(fcirc, 2, RelayCommand.DATA, sid, b"cell %d" % i)
+    circ.channel.receive_data(fake.take_output(), fake.now)
+    assert bytes(sinks[0].data) == b"cell 0"
+    assert circ.state is CircuitState.CLOSED and len(sinks[0].ended) == 1
+
+
+def test_interleaved_circuits_in_one_read(channel: Channel, fake: FakeRelay) -> None:
+    circs = [build_circuit(channel, fake, h) for h in (3, 2, 3)]
+    sinks = []
+    for c in circs:
+        sink = RecordingSink()
+        # BEGIN_DIR works on any hop count; the fake echoes.
+        c.open_dir_stream(sink)
+        sinks.append(sink)
+    transfer(channel, fake)
+    fcircs = [fake.circuit(c.circ_id) for c in circs]
+    expected = [bytearray() for _ in circs]
+    # Raw cells bypass the fake's windows: stay under 50 per stream (no SENDMEs).
+    for i in range(135):  # round-robin, then runs of 7: runs of length 1 and longer
+        k = i % 3 if i < 70 else (i // 7) % 3
+        c, fc = circs[k], fcircs[k]
+        sid = next(iter(c.streams))
+        msg = b"%d:%d;" % (k, i)
+        fake.send_relay(fc, len(fc.hops) - 1, RelayCommand.DATA, sid, msg)
+        expected[k] += msg
+    transfer(channel, fake, chunk_size=4096)
+    assert [bytes(s.data) for s in sinks] == [bytes(e) for e in expected]
+    assert fake.violations == []
+
+
+@pytest.mark.parametrize("chunk", [514, 3000, 16384, 1 << 20])
+def test_sendme_digests_across_run_boundaries(chunk: int) -> None:
+    """Circuit SENDMEs quote the digest after *their* cell, wherever runs start and end."""
+    fake = FakeRelay(FakeRelayConfig(source_ports={80: 1_500_000}))
+    channel = open_channel(fake)
+    circ = build_circuit(channel, fake, 3, sendme_accept_min_version=1)
+    sink = RecordingSink()
+    circ.open_stream(sink, "example.com", 80)
+    transfer(channel, fake, chunk_size=chunk)
+    assert len(sink.data) == 1_500_000 and fake.violations == []
+    assert fake.circuit(circ.circ_id).hops[2].sendmes_received == 1_500_000 // 498 // 100
