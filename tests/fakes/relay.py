@@ -219,11 +219,16 @@ class FakeStream:
 class FakeHop:
     """One simulated relay on a circuit: relay crypto, windows and edge streams."""
 
-    def __init__(self, relay: SimRelay, keys: bytes, circwindow: int) -> None:
-        df, db, kf, kb = keys[0:20], keys[20:40], keys[40:56], keys[56:72]
+    def __init__(self, relay: SimRelay, keys: bytes, circwindow: int, *, hs: bool = False) -> None:
+        if hs:
+            # rend-spec §5: the onion-service hop uses SHA3-256 and AES-256.
+            df, db, kf, kb = keys[0:32], keys[32:64], keys[64:96], keys[96:128]
+        else:
+            df, db, kf, kb = keys[0:20], keys[20:40], keys[40:56], keys[56:72]
+        digest = hashlib.sha3_256 if hs else hashlib.sha1
         self.relay = relay
-        self.fwd_digest: Any = hashlib.sha1(df)
-        self.bwd_digest: Any = hashlib.sha1(db)
+        self.fwd_digest: Any = digest(df)
+        self.bwd_digest: Any = digest(db)
         self.fwd_cipher = Cipher(algorithms.AES(kf), modes.CTR(_ZERO_IV)).decryptor()
         self.bwd_cipher = Cipher(algorithms.AES(kb), modes.CTR(_ZERO_IV)).encryptor()
         self.circwindow = circwindow
@@ -612,8 +617,10 @@ class FakeRelay:
 
     def _consider_stream_sendme(self, circ: FakeCircuit, index: int, stream: FakeStream) -> None:
         """C tor's connection_edge_consider_sending_sendme, with echo backlog as outbuf."""
-        if stream.closed or len(stream.outgoing) >= self.config.echo_high_water:
+        if stream.closed:
             return
+        if stream.behaviour == ECHO and len(stream.outgoing) >= self.config.echo_high_water:
+            return  # what we received is still waiting to go back
         while stream.deliver_window <= STREAMWINDOW_START - STREAMWINDOW_INCREMENT:
             stream.deliver_window += STREAMWINDOW_INCREMENT
             if self.config.withhold_stream_sendmes:
@@ -937,6 +944,17 @@ class FakeRelay:
                         stream.sendmes_emitted += 1
                         self.send_relay(circ, index, RelayCommand.SENDME, stream.stream_id, b"")
                     stream.withheld_sendmes = 0
+
+    def add_virtual_hop(self, circ_id: int, keys: bytes) -> SimRelay:
+        """Append an onion-service hop (128 bytes ``Df Db Kf Kb``) behind the last hop.
+
+        The client adds the same keys with ``Circuit.add_virtual_hop``; the service
+        behind it accepts BEGIN (as ``:port``) like an exit.
+        """
+        service = SimRelay.generate("service", "10.9.0.1")
+        circ = self.circuits[circ_id]
+        circ.hops.append(FakeHop(service, keys, self.config.circwindow, hs=True))
+        return service
 
     def pump(self, circ_id: int) -> None:
         """Send whatever the windows now allow on ``circ_id`` (after a knob changed)."""

@@ -27,6 +27,7 @@ class RecordingSink:
     writable_calls: int = 0
     data_after_end: int = 0
     on_data: Callable[[bytes], None] | None = None
+    on_writable: Callable[[], None] | None = None
 
     def stream_connected(self, connected: Connected) -> None:
         self.connected = connected
@@ -47,6 +48,8 @@ class RecordingSink:
 
     def stream_writable(self) -> None:
         self.writable_calls += 1
+        if self.on_writable is not None:
+            self.on_writable()
 
     @property
     def end_reason(self) -> int | None:
