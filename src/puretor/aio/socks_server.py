@@ -103,7 +103,7 @@ class SocksConnection(asyncio.Protocol):
         self.stats = stats
         self.limit = limit
         self.client: asyncio.Transport | None = None
-        self.handshake = SocksHandshake()
+        self.handshake = SocksHandshake(extended_errors=policy.extended_errors)
         self.tor_transport: asyncio.Transport | None = None
         self.early = bytearray()
         self.task: asyncio.Task[None] | None = None
@@ -224,7 +224,8 @@ class SocksConnection(asyncio.Protocol):
             )
         except OnionError as exc:
             log.info("onion request from %s failed: %s", self._who(), exc)
-            self._reply_error(exc.socks_code)
+            # Without ExtendedErrors C tor answers "host unreachable" (RESOLVEFAILED).
+            self._reply_error(exc.socks_code, fallback=SocksReply.HOST_UNREACHABLE)
             return
         except StreamRefused as exc:
             log.info("stream to %s refused: %s", self._dest(req), exc)
@@ -283,12 +284,10 @@ class SocksConnection(asyncio.Protocol):
                 # The stream failed mid-transfer: make the failure visible (RST).
                 self.client.abort()
 
-    def _reply_error(self, code: int) -> None:
+    def _reply_error(self, code: int, *, fallback: int = SocksReply.GENERAL_FAILURE) -> None:
         if self.client is not None and not self.client.is_closing():
-            code = (
-                code if self.policy.extended_errors or code < 0xF0 else SocksReply.GENERAL_FAILURE
-            )
-            self.client.write(self.handshake.reply_error(code))
+            # The handshake downgrades extended codes unless the port has ExtendedErrors.
+            self.client.write(self.handshake.reply_error(code, fallback=fallback))
             self.client.close()
 
     def _handshake_timeout(self) -> None:
