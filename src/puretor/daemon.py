@@ -120,7 +120,11 @@ class _ProgressBar:
 
 
 async def serve(config: Any, argv: list[str]) -> int:
-    from puretor.aio.socks_server import ListenerPolicy, start_socks_listener
+    from puretor.aio.socks_server import (
+        HANDSHAKE_TIMEOUT,
+        ListenerPolicy,
+        start_socks_listener,
+    )
     from puretor.client import TorClient
 
     tor = TorClient(config)
@@ -160,6 +164,8 @@ async def serve(config: Any, argv: list[str]) -> int:
             isolate_dest_port=port_cfg.isolate_dest_port,
             extended_errors=port_cfg.extended_errors,
             safe_logging=bool(config.safe_logging),
+            handshake_timeout=min(HANDSHAKE_TIMEOUT, config.socks_timeout),
+            connect_timeout=config.socks_timeout,
         )
         port = 0 if port_cfg.port == "auto" else port_cfg.port
         try:

@@ -30,6 +30,8 @@ if TYPE_CHECKING:
 
 log = logging.getLogger("puretor.socks")
 
+# A client must finish its SOCKS handshake within this long (stricter than C tor, which
+# allows SocksTimeout, 2 minutes); a smaller SocksTimeout lowers it (ListenerPolicy).
 HANDSHAKE_TIMEOUT = 30.0
 # Optimistic data a client may send before the stream is connected.
 MAX_EARLY_DATA = 64 * 1024
@@ -46,6 +48,10 @@ class ListenerPolicy:
     isolate_dest_port: bool = False
     extended_errors: bool = False
     safe_logging: bool = True
+    # C tor's SocksTimeout: how long a client may take over its handshake, and how long
+    # its request may wait for a circuit and the exit's answer.
+    handshake_timeout: float = HANDSHAKE_TIMEOUT
+    connect_timeout: float = 120.0  # C tor's SocksTimeout default
 
 
 class SocksServerStats:
@@ -122,7 +128,7 @@ class SocksConnection(asyncio.Protocol):
         self.peer = peer[0] if peer else "?"
         transport.set_write_buffer_limits(high=256 * 1024)
         self.timer = asyncio.get_running_loop().call_later(
-            HANDSHAKE_TIMEOUT, self._handshake_timeout
+            self.policy.handshake_timeout, self._handshake_timeout
         )
 
     def data_received(self, data: bytes) -> None:
@@ -220,7 +226,11 @@ class SocksConnection(asyncio.Protocol):
         loop = asyncio.get_running_loop()
         try:
             transport, _ = await self.tor.create_connection(
-                lambda: _TorSide(self), req.host, req.port, isolation=self.isolation_key(req)
+                lambda: _TorSide(self),
+                req.host,
+                req.port,
+                isolation=self.isolation_key(req),
+                timeout=self.policy.connect_timeout,
             )
         except OnionError as exc:
             log.info("onion request from %s failed: %s", self._who(), exc)
@@ -296,7 +306,7 @@ class SocksConnection(asyncio.Protocol):
             log.info(
                 "SOCKS client %s did not finish its handshake in %.0fs",
                 self._who(),
-                HANDSHAKE_TIMEOUT,
+                self.policy.handshake_timeout,
             )
             self.client.abort()
 
