@@ -76,14 +76,23 @@ _signals_installed = False
 
 
 def _install_signal_handlers() -> None:
-    """SIGTERM/SIGHUP become SystemExit so `finally`, fixtures and atexit get to clean up."""
+    """On SIGTERM/SIGHUP: stop every process we started, then die of the signal as before.
+
+    (Turning the signal into an exception instead would let pytest treat it as one failed test
+    and carry on.) Parent-death signals cover SIGKILL; Ctrl-C arrives as KeyboardInterrupt and
+    unwinds through `stop` via context managers, fixtures and atexit.
+    """
     global _signals_installed
     if _signals_installed or threading.current_thread() is not threading.main_thread():
         return
     _signals_installed = True
 
     def handler(signum: int, frame: FrameType | None) -> None:
-        raise SystemExit(128 + signum)
+        try:
+            procs.stop_all(timeout=5.0)
+        finally:
+            signal.signal(signum, signal.SIG_DFL)
+            os.kill(os.getpid(), signum)
 
     for sig in (signal.SIGTERM, signal.SIGHUP):
         if signal.getsignal(sig) is signal.SIG_DFL:

@@ -21,6 +21,7 @@ from typing import Any
 
 # Children of this process, so stopping them also reaps them (no zombies left behind).
 _children: dict[int, subprocess.Popen[bytes]] = {}
+_records: dict[int, ProcRecord] = {}  # every process spawned, for `stop_all`
 
 
 @dataclass(frozen=True)
@@ -89,7 +90,9 @@ def spawn(
         )
     _children[child.pid] = child
     st = _stat(child.pid)
-    return ProcRecord(name, child.pid, st[1] if st else 0, argv, str(log))
+    rec = ProcRecord(name, child.pid, st[1] if st else 0, argv, str(log))
+    _records[child.pid] = rec
+    return rec
 
 
 def signal_proc(rec: ProcRecord, sig: int) -> bool:
@@ -130,7 +133,14 @@ def stop(
         signal_proc(rec, signal.SIGKILL)
     wait_dead(records, 5.0)
     for rec in records:
+        _records.pop(rec.pid, None)
         child = _children.pop(rec.pid, None)
         if child is not None:
             with contextlib.suppress(subprocess.TimeoutExpired):
                 child.wait(timeout=1.0)
+
+
+def stop_all(timeout: float = 10.0) -> None:
+    """Stop every process this Python process spawned through `spawn` and that still runs."""
+    live = [rec for rec in _records.values() if is_alive(rec)]
+    stop(live, timeout=timeout)
