@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import hashlib
 import random
+import signal
 import sys
 import time
 from collections.abc import Callable, Iterable
@@ -27,6 +28,15 @@ from fuzz.harness import Harness
 
 PURETOR_SRC = str(Path(__file__).resolve().parents[1] / "src" / "puretor")
 INTERESTING = (0, 1, 0x7F, 0x80, 0xFF, 0x100, 0x7FFF, 0x8000, 0xFFFF, 0x10000, 0xFFFFFFFF)
+
+
+class InputTimeout(BaseException):
+    """Raised by the alarm when one input runs too long (a BaseException, so that a
+    target's ``except Exception`` cannot swallow it)."""
+
+
+def _alarm(signum: int, frame: object) -> None:
+    raise InputTimeout
 
 
 class EdgeCoverage:
@@ -142,12 +152,34 @@ def fuzz(
     corpus_dir: Path | None = None,
     max_len: int | None = None,
     dictionary: Iterable[bytes] = (),
+    timeout: float | None = None,
 ) -> Stats:
-    """Run ``harness`` for ``seconds`` or ``runs`` inputs (whichever ends first)."""
+    """Run ``harness`` for ``seconds`` or ``runs`` inputs (whichever ends first).
+
+    ``timeout`` (main thread only) interrupts an input that runs longer and records
+    it as a "timeout" finding.  Python checks for the alarm between bytecodes, so
+    it cannot stop a single C-level call (a huge ``set.update(range(...))``).
+    """
     rng = random.Random(rng_seed)
     max_len = max_len or harness.target.max_len
     cov = EdgeCoverage() if coverage else None
-    run = (lambda d: cov.run(harness, d)) if cov else (lambda d: harness(d) or 0)  # noqa: E731
+
+    def run(data: bytes) -> int:
+        if timeout is not None:
+            signal.setitimer(signal.ITIMER_REAL, timeout)
+        try:
+            if cov is not None:
+                return cov.run(harness, data)
+            harness(data)
+            return 0
+        except InputTimeout:
+            harness.record_timeout(data, timeout or 0.0)
+            return 0
+        finally:
+            if timeout is not None:
+                signal.setitimer(signal.ITIMER_REAL, 0)
+
+    old_handler = signal.signal(signal.SIGALRM, _alarm) if timeout is not None else None
     corpus = [s[:max_len] for s in seeds] or [b""]
     stats = Stats()
     start = time.perf_counter()
@@ -158,21 +190,24 @@ def fuzz(
             return False
         return deadline is None or time.perf_counter() < deadline
 
-    for data in list(corpus):  # the seeds themselves first
-        if not budget_left():
-            break
-        run(data)
-        stats.inputs += 1
-    mutator = Mutator(rng, dictionary, max_len)
-    while budget_left():
-        data = mutator.mutate(rng.choice(corpus), rng.choice(corpus))
-        new = run(data)
-        stats.inputs += 1
-        if new:
-            corpus.append(data)
-            if corpus_dir is not None:
-                name = hashlib.sha1(data).hexdigest()
-                (corpus_dir / name).write_bytes(data)
+    try:
+        for data in list(corpus):  # the seeds themselves first
+            if not budget_left():
+                break
+            run(data)
+            stats.inputs += 1
+        mutator = Mutator(rng, dictionary, max_len)
+        while budget_left():
+            data = mutator.mutate(rng.choice(corpus), rng.choice(corpus))
+            new = run(data)
+            stats.inputs += 1
+            if new:
+                corpus.append(data)
+                if corpus_dir is not None:
+                    (corpus_dir / hashlib.sha1(data).hexdigest()).write_bytes(data)
+    finally:
+        if old_handler is not None:
+            signal.signal(signal.SIGALRM, old_handler)
     stats.seconds = time.perf_counter() - start
     stats.edges = len(cov.edges) if cov else None
     stats.corpus = len(corpus)

@@ -90,7 +90,7 @@ def _signature(exc: BaseException) -> str:
 
 @dataclass
 class Finding:
-    kind: str  # "crash" or "slow"
+    kind: str  # "crash", "slow" or "timeout"
     signature: str
     path: Path
     count: int = 1
@@ -123,6 +123,10 @@ class Harness:
             sig = f"slow input ({elapsed:.1f} s, {len(data)} bytes)"
             # One slow finding per size decade, or a slow parser floods the directory.
             self._record("slow", data, f"slow:{len(str(len(data)))}", sig)
+
+    def record_timeout(self, data: bytes, seconds: float) -> None:
+        """An engine interrupted this input after ``seconds``."""
+        self._record("timeout", data, f"timeout:{len(str(len(data)))}", f"over {seconds} s")
 
     def _record(self, kind: str, data: bytes, signature: str, details: str) -> None:
         known = self.findings.get(signature)

@@ -167,6 +167,7 @@ def run_builtin(
     runs: int | None,
     stop_on_crash: bool,
     coverage: bool,
+    timeout: int,
 ) -> Result:
     from fuzz.engine import fuzz
 
@@ -181,6 +182,7 @@ def run_builtin(
             coverage=coverage,
             corpus_dir=corpus,
             dictionary=target.dictionary,
+            timeout=timeout,
         )
     except Exception:  # noqa: BLE001 - --stop-on-crash: already recorded by the harness
         stats = None
@@ -228,7 +230,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--engine", choices=("auto", "atheris", "builtin"), default="auto")
     parser.add_argument("--no-coverage", action="store_true", help="builtin: skip tracing")
     parser.add_argument("--captured", action="append", default=[], type=Path, metavar="DIR")
-    parser.add_argument("--timeout", type=int, default=10, help="libFuzzer per-input timeout")
+    parser.add_argument("--timeout", type=int, default=10, help="per-input timeout (seconds)")
     parser.add_argument("--stop-on-crash", action="store_true")
     parser.add_argument("--fresh", action="store_true", help="drop the evolved corpus first")
     parser.add_argument("--reproduce", type=Path, metavar="FILE", help="run one input")
@@ -276,6 +278,7 @@ def main(argv: list[str] | None = None) -> int:
                 runs=args.runs,
                 stop_on_crash=args.stop_on_crash,
                 coverage=not args.no_coverage,
+                timeout=args.timeout,
             )
         results.append(result)
         print(_table([result]).splitlines()[1], flush=True)

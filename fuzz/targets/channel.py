@@ -193,6 +193,7 @@ def _setup(handshake_mode: bool) -> _World:
     return world
 
 
+@functools.cache
 def _x25519_pub(private: bytes) -> bytes:
     return X25519PrivateKey.from_private_bytes(private).public_key().public_bytes_raw()
 
@@ -206,6 +207,7 @@ def _created_fast(y: bytes) -> tuple[bytes, bytes, bytes]:
     return y + k[:20], k[40:60], k[76:92]
 
 
+@functools.cache  # the same every time: all the keys are fixed
 def _ntor_reply() -> tuple[bytes, bytes, bytes]:
     """(Y|AUTH, Db, Kb): a correct ntor server reply to the fixed client key."""
     b = X25519PrivateKey.from_private_bytes(NTOR_RELAY_KEY)

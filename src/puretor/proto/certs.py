@@ -221,7 +221,8 @@ def _rsa_identity(der: bytes, now: float) -> rsa.RSAPublicKey:
         alg = cert.signature_hash_algorithm
         not_before = cert.not_valid_before_utc.timestamp()
         not_after = cert.not_valid_after_utc.timestamp()
-    except (ValueError, UnsupportedAlgorithm) as exc:
+    except (ValueError, UnsupportedAlgorithm, x509.InvalidVersion) as exc:
+        # InvalidVersion (an unknown X.509 version number) is not a ValueError.
         raise CertsError(f"{name} is not a usable X.509 certificate: {exc}") from None
     if not isinstance(pub, rsa.RSAPublicKey) or pub.key_size != 1024:
         raise CertsError(f"{name} does not hold a 1024-bit RSA key")
