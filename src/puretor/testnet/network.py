@@ -29,14 +29,8 @@ from typing import Any
 
 import puretor
 from puretor.testnet import consensus, layout, netns, procs, torrc
-from puretor.testnet.info import (
-    SCHEMA_VERSION,
-    AuthorityInfo,
-    ExitInfo,
-    FileInfo,
-    NetworkInfo,
-    NodeInfo,
-)
+from puretor.testnet.describe import build_info
+from puretor.testnet.info import NetworkInfo
 from puretor.testnet.layout import NetworkPlan
 from puretor.testnet.prepare import NodeFiles, Prepared, prepare
 from puretor.testnet.procs import ProcRecord
@@ -379,7 +373,14 @@ class TestNetwork:
             "onion descriptor uploads",
             logs=[nf.rend_log for nf in onions],
         )
-        self._info = self._build_info(prep, summary, time.monotonic() - t0)
+        self._info = build_info(
+            prep,
+            self.plan,
+            netns=self.netns,
+            tor=self.tor,
+            summary=summary,
+            elapsed=time.monotonic() - t0,
+        )
         self._write_outputs(prep)
 
     def _seed_directory_cache(self, data_dir: Path, summary: consensus.ConsensusSummary) -> None:
@@ -462,152 +463,6 @@ class TestNetwork:
 
     # ---- outputs -----------------------------------------------------------------------------------
 
-    def _build_info(
-        self, prep: Prepared, summary: consensus.ConsensusSummary, elapsed: float
-    ) -> NetworkInfo:
-        ready = json.loads(prep.targets_ready.read_text())
-        ip, host, tls_host = layout.TARGET_IP, layout.HOSTNAME, layout.TLS_HOSTNAME
-        x1 = layout.EXIT1_ONLY_HTTP_PORT
-        base_urls = {
-            "http_ip": f"http://{ip}",
-            "http_host": f"http://{host}",
-            "https_ip": f"https://{ip}",
-            "https_host": f"https://{tls_host}",
-            "exit1_only_ip": f"http://{ip}:{x1}",
-            "exit1_only_host": f"http://{host}:{x1}",
-        }
-        files: dict[str, FileInfo] = {
-            name: {
-                "path": f"/files/{name}",
-                "size": meta["size"],
-                "sha256": meta["sha256"],
-                "urls": {k: f"{v}/files/{name}" for k, v in base_urls.items()},
-            }
-            for name, meta in ready["files"].items()
-        }
-        relays = [self._node_info(nf) for nf in prep.nodes.values() if nf.spec.is_relay]
-        auth_lines = [torrc.dir_authority_line(a) for a in prep.authorities]
-        authorities: list[AuthorityInfo] = [
-            {
-                **self._node_info(prep.nodes[a.nickname]),
-                "v3ident": a.v3ident,  # type: ignore[typeddict-item]
-                "dir_authority_line": line,
-            }
-            for a, line in zip(prep.authorities, auth_lines, strict=True)
-        ]
-        exits: list[ExitInfo] = [
-            {
-                "nickname": nf.spec.nickname,
-                "address": nf.spec.address,
-                "fingerprint": nf.fingerprint or "",
-                "policy": list(nf.spec.exit_policy),
-                "open_ports": _open_ports(nf.spec.exit_policy),
-            }
-            for nf in prep.nodes.values()
-            if nf.spec.role == "exit"
-        ]
-        onion_nodes = {
-            nf.spec.nickname: nf for nf in prep.nodes.values() if nf.spec.role == "onion-service"
-        }
-        plain = next(nf for nf in onion_nodes.values() if not nf.spec.client_auth)
-        authed = next(nf for nf in onion_nodes.values() if nf.spec.client_auth)
-        plain_addr = (plain.hs_dir / "hostname").read_text().strip()
-        auth_addr = (authed.hs_dir / "hostname").read_text().strip()
-        auth_dir = prep.workdir / "client-onion-auth"
-        exit1 = self.plan.node("exit1")
-        return {
-            "schema_version": SCHEMA_VERSION,
-            "workdir": str(prep.workdir),
-            "netns": {"name": self.netns, "mode": "named" if self.netns else "current"},
-            "tor_binary": self.tor,
-            "tor_version": _tor_version(self.tor),
-            "ready_seconds": round(elapsed, 1),
-            "voting_interval": layout.VOTING_INTERVAL,
-            "consensus_params": dict(layout.CONSENSUS_PARAMS),
-            "consensus": {
-                "valid_after": summary.valid_after,
-                "relays": len(summary.routers),
-                "params": summary.params,
-                "bandwidth_weights": summary.bandwidth_weights,
-            },
-            "dir_authority_lines": auth_lines,
-            "authorities": authorities,
-            "relays": relays,
-            "exits": exits,
-            "onion_hosts": [self._node_info(nf) for nf in onion_nodes.values()],
-            "targets": {
-                "ip": ip,
-                "hostname": host,
-                "tls_hostname": tls_host,
-                "http_port": layout.HTTP_PORT,
-                "https_port": layout.HTTPS_PORT,
-                "echo_port": layout.ECHO_PORT,
-                "closed_port": layout.CLOSED_PORT,
-                "exit1_only": {
-                    "ports": [x1, layout.ECHO_PORT],
-                    "exit": exit1.nickname,
-                    "exit_address": exit1.address,
-                },
-                "base_urls": base_urls,
-                "files": files,
-                "bytes_path": "/bytes/",
-                "ip_urls": {k: f"{v}/ip" for k, v in base_urls.items()},
-                "upload_urls": {k: f"{v}/upload" for k, v in base_urls.items()},
-                "echo": {"ip": ip, "hostname": "echo.target.test", "port": layout.ECHO_PORT},
-                "ca_cert": str(prep.ca_cert),
-                "source_log": str(prep.source_log),
-                "exit_addresses": [e["address"] for e in exits],
-            },
-            "onion": {
-                "plain": {
-                    "address": plain_addr,
-                    "url": f"http://{plain_addr}/",
-                    "host": plain.spec.nickname,
-                    "host_address": plain.spec.address,
-                    "backend": plain.spec.onion_backend or "",
-                    "index_text": "puretor testnet onion-plain\n",
-                },
-                "client_auth": {
-                    "address": auth_addr,
-                    "url": f"http://{auth_addr}/",
-                    "host": authed.spec.nickname,
-                    "host_address": authed.spec.address,
-                    "backend": authed.spec.onion_backend or "",
-                    "index_text": "puretor testnet onion-client-auth\n",
-                    "auth_private_line": prep.client_auth.client_line(auth_addr),
-                    "private_key_b32": prep.client_auth.private_b32,
-                    "public_key_b32": prep.client_auth.public_b32,
-                    "client_onion_auth_dir": str(auth_dir),
-                },
-            },
-            "dns": {
-                "server": layout.DNS_IP,
-                "port": layout.DNS_PORT,
-                "names": dict(layout.DNS_NAMES),
-                "nxdomain_example": layout.NXDOMAIN_EXAMPLE,
-            },
-            "client_torrc": str(prep.workdir / "client.torrc"),
-            "socks_port": layout.DEFAULT_SOCKS_PORT,
-            "state_file": str(self.workdir / "state.json"),
-        }
-
-    def _node_info(self, nf: NodeFiles) -> NodeInfo:
-        return {
-            "nickname": nf.spec.nickname,
-            "role": nf.spec.role,
-            "address": nf.spec.address,
-            "orport": nf.spec.orport,
-            "dirport": nf.spec.dirport,
-            "fingerprint": nf.fingerprint,
-            "ed25519": nf.ed25519,
-            "bandwidth_kb": nf.spec.bandwidth_kb,
-            "expected_flags": sorted(layout.expected_flags(nf.spec)) if nf.spec.is_relay else [],
-            "exit_policy": list(nf.spec.exit_policy) if nf.spec.is_relay else [],
-            "data_dir": str(nf.dir),
-            "torrc": str(nf.torrc),
-            "log": str(nf.log),
-        }
-
     def _write_outputs(self, prep: Prepared) -> None:
         info = self.info
         auth_dir = Path(info["onion"]["client_auth"]["client_onion_auth_dir"])
@@ -659,18 +514,3 @@ def _logged_since(path: Path, offset: int, needle: str) -> bool:
             return needle.encode() in f.read()
     except FileNotFoundError:
         return False
-
-
-def _open_ports(policy: Sequence[str]) -> str:
-    if policy and policy[0] == "accept *:*":
-        return "all"
-    return ",".join(r.split(":", 1)[1] for r in policy if r.startswith("accept "))
-
-
-def _tor_version(tor: str) -> str:
-    try:
-        out = subprocess.run([tor, "--version"], capture_output=True, text=True, timeout=10)
-    except (OSError, subprocess.TimeoutExpired):
-        return "unknown"
-    first = out.stdout.splitlines()[0] if out.stdout else ""
-    return first.removeprefix("Tor version ").rstrip(".")

@@ -161,9 +161,9 @@ def prepare(workdir: Path, plan: NetworkPlan, *, tor: str, gencert: str) -> Prep
         nf.fingerprint = _read_fingerprint(nf.dir / "fingerprint")
         nf.ed25519 = _read_fingerprint(nf.dir / "fingerprint-ed25519")
     for a in auths:
-        cert = (a.dir / "keys" / "authority_certificate").read_text()
+        cert_text = (a.dir / "keys" / "authority_certificate").read_text()
         a.v3ident = next(
-            line.split()[1] for line in cert.splitlines() if line.startswith("fingerprint ")
+            line.split()[1] for line in cert_text.splitlines() if line.startswith("fingerprint ")
         )
     authorities = [
         torrc.AuthorityId(
