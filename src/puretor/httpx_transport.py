@@ -8,6 +8,7 @@ normal by the SSL context.  httpx and httpcore are imported only when used.
 
 from __future__ import annotations
 
+import asyncio
 import ssl
 import typing
 from collections.abc import AsyncIterator, Hashable
@@ -16,7 +17,7 @@ from typing import TYPE_CHECKING, Any
 import httpcore
 import httpx
 
-from puretor.aio.tls import wrap_tls
+from puretor.aio.tls import start_tls
 from puretor.errors import StreamError, StreamRefused, StreamTimeout, TorError
 
 if TYPE_CHECKING:
@@ -24,23 +25,19 @@ if TYPE_CHECKING:
 
 
 class _TorNetworkStream(httpcore.AsyncNetworkStream):
-    def __init__(self, reader: Any, writer: Any) -> None:
+    def __init__(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
         self._reader = reader
         self._writer = writer
 
     async def read(self, max_bytes: int, timeout: float | None = None) -> bytes:
-        import asyncio
-
         try:
-            return await asyncio.wait_for(self._reader.read(max_bytes), timeout)  # type: ignore[no-any-return]
+            return await asyncio.wait_for(self._reader.read(max_bytes), timeout)
         except TimeoutError as exc:
             raise httpcore.ReadTimeout(str(exc)) from exc
         except (ConnectionError, TorError) as exc:
             raise httpcore.ReadError(str(exc)) from exc
 
     async def write(self, buffer: bytes, timeout: float | None = None) -> None:
-        import asyncio
-
         if not buffer:
             return
         try:
@@ -60,20 +57,16 @@ class _TorNetworkStream(httpcore.AsyncNetworkStream):
         server_hostname: str | None = None,
         timeout: float | None = None,
     ) -> httpcore.AsyncNetworkStream:
-        import asyncio
-
-        inner = self._writer.transport
+        # start_tls keeps the plaintext writer alive with the TLS transport: dropping it
+        # would let StreamWriter.__del__ close the Tor stream under the TLS session.
         try:
-            tls = await wrap_tls(inner, ssl_context, server_hostname, timeout or 60.0)
+            reader, writer = await start_tls(
+                self._reader, self._writer, ssl_context, server_hostname, timeout=timeout or 60.0
+            )
         except TimeoutError as exc:
             raise httpcore.ConnectTimeout(f"TLS handshake timed out: {exc}") from exc
         except (ssl.SSLError, ConnectionError, TorError) as exc:
             raise httpcore.ConnectError(f"TLS handshake failed: {exc}") from exc
-        loop = asyncio.get_running_loop()
-        reader = asyncio.StreamReader(loop=loop)
-        protocol = asyncio.StreamReaderProtocol(reader, loop=loop)
-        tls.attach(protocol)
-        writer = asyncio.StreamWriter(tls, protocol, reader, loop)
         return _TorNetworkStream(reader, writer)
 
     def get_extra_info(self, info: str) -> Any:
@@ -102,8 +95,6 @@ class TorNetworkBackend(httpcore.AsyncNetworkBackend):
         local_address: str | None = None,
         socket_options: typing.Iterable[Any] | None = None,
     ) -> httpcore.AsyncNetworkStream:
-        import asyncio
-
         try:
             reader, writer = await asyncio.wait_for(
                 self.tor.open_connection(host, port, isolation=self.isolation), timeout
@@ -123,8 +114,6 @@ class TorNetworkBackend(httpcore.AsyncNetworkBackend):
         raise httpcore.ConnectError("unix sockets cannot be reached through Tor")
 
     async def sleep(self, seconds: float) -> None:
-        import asyncio
-
         await asyncio.sleep(seconds)
 
 
@@ -166,7 +155,17 @@ _EXCEPTIONS: tuple[tuple[type[Exception], type[Exception]], ...] = (
 class TorTransport(httpx.AsyncBaseTransport):
     """An httpx transport whose connections are Tor streams of one isolation token.
 
-    ``verify`` is an `ssl.SSLContext`, True (system CAs) or a CA bundle path.
+    ``httpx.AsyncClient(transport=TorTransport(tor))``: every connection is a stream
+    opened with ``tor.open_connection(host, port, isolation=isolation)``, so host names
+    are resolved by the exit.  Connections are pooled per transport as httpcore does
+    (HTTP/1.1 keep-alive; ``http2=True`` needs the ``h2`` package), so consecutive
+    requests to one origin reuse one Tor stream.  ``verify`` is an `ssl.SSLContext`,
+    True (system CAs), a CA bundle path, or False (no verification).
+
+    Failures surface as httpx exceptions (``httpx.ConnectError``, ``httpx.ConnectTimeout``,
+    ``httpx.ReadError``...) whose ``__cause__`` is the puretor error (e.g. `StreamRefused`)
+    or the `ssl.SSLError`.  Closing the transport (or the client) closes its streams,
+    not the `TorClient`.
     """
 
     def __init__(
@@ -219,7 +218,9 @@ class TorTransport(httpx.AsyncBaseTransport):
         except Exception as exc:
             for core_exc, httpx_exc in _EXCEPTIONS:
                 if isinstance(exc, core_exc):
-                    raise httpx_exc(str(exc)) from exc
+                    # Chain to the root cause (a puretor.errors.TorError, an ssl.SSLError...)
+                    # rather than to httpcore's intermediate exception.
+                    raise httpx_exc(str(exc)) from (exc.__cause__ or exc)
             raise
         assert isinstance(resp.stream, typing.AsyncIterable)
         return httpx.Response(

@@ -38,6 +38,9 @@ class TLSTransport(asyncio.Transport, asyncio.Protocol):
         self._closing = False
         self._lost = False
         self._pending_app_data: list[bytes] = []
+        # The plaintext StreamWriter this transport replaces (see `start_tls`): kept alive
+        # with us, because StreamWriter.__del__ closes its transport - our inner Tor stream.
+        self._replaced_writer: asyncio.StreamWriter | None = None
 
     # -- start ----------------------------------------------------------------
 
@@ -219,7 +222,13 @@ async def wrap_tls(
     server_hostname: str | None,
     timeout: float = 60.0,
 ) -> TLSTransport:
-    """Run the TLS handshake over ``inner``; attach the application protocol afterwards."""
+    """Run the TLS handshake over ``inner``; attach the application protocol afterwards.
+
+    Certificate or hostname verification failures raise `ssl.SSLCertVerificationError`
+    (other handshake failures `ssl.SSLError`), a stream that ends during the handshake a
+    `puretor.errors.StreamError`, and a handshake slower than ``timeout`` `TimeoutError`;
+    in every case the Tor stream is closed.
+    """
     loop = asyncio.get_running_loop()
     tls = TLSTransport(inner, ctx, server_hostname, loop)
     tls.begin()
@@ -238,12 +247,24 @@ async def start_tls(
     server_hostname: str | None,
     *,
     limit: int = 2**16,
+    timeout: float = 60.0,
 ) -> tuple[asyncio.StreamReader, asyncio.StreamWriter]:
-    """Upgrade a Tor stream's reader/writer pair to TLS; returns the new pair."""
+    """Upgrade a Tor stream's reader/writer pair to TLS; returns the new pair.
+
+    ``ctx`` verifies the server as usual (``ssl.create_default_context(cafile=...)``);
+    ``server_hostname`` is sent as SNI and checked against the certificate.  Use only
+    the returned pair afterwards: the old one no longer carries plaintext.  Errors are
+    those of `wrap_tls` (verification failures are `ssl.SSLCertVerificationError`).
+    Bytes the old reader had already buffered are not part of the TLS session, so call
+    this before the server has sent anything.
+    """
     loop = asyncio.get_running_loop()
     inner = writer.transport
-    assert isinstance(inner, asyncio.Transport)
-    tls = await wrap_tls(inner, ctx, server_hostname)
+    if not isinstance(inner, asyncio.Transport):
+        raise TypeError("start_tls needs a writer from TorClient.open_connection")
+    await writer.drain()
+    tls = await wrap_tls(inner, ctx, server_hostname, timeout)
+    tls._replaced_writer = writer
     new_reader = asyncio.StreamReader(limit=limit, loop=loop)
     protocol = asyncio.StreamReaderProtocol(new_reader, loop=loop)
     tls.attach(protocol)
