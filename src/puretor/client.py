@@ -14,7 +14,7 @@ import ipaddress
 import logging
 import ssl as _ssl
 import time
-from collections.abc import Callable, Hashable
+from collections.abc import Awaitable, Callable, Hashable
 from typing import Any, TypeVar
 
 from puretor.aio.channel import ChannelManager
@@ -26,7 +26,9 @@ from puretor.config import TorConfig
 from puretor.errors import (
     BootstrapError,
     CircuitError,
+    ClientClosedError,
     ConfigError,
+    NoPathError,
     StreamRefused,
     StreamTimeout,
     TorError,
@@ -37,6 +39,7 @@ from puretor.proto.relaymsg import EndReason
 log = logging.getLogger("puretor")
 
 P = TypeVar("P", bound=asyncio.BaseProtocol)
+T = TypeVar("T")
 
 STREAM_ATTACH_TIMEOUT = 15.0  # C tor: 10-15 s before trying another circuit
 STREAM_ATTEMPTS = 4
@@ -53,7 +56,15 @@ _RETRY_REASONS = frozenset(
 
 
 class IsolationToken:
-    """Streams opened with different tokens never share a circuit."""
+    """Streams opened with different tokens never share a circuit.
+
+    Pass one as ``isolation=`` to `TorClient.open_connection`, `TorClient.resolve`,
+    `TorTransport`...  Streams with the same token may share circuits (and so appear
+    to come from the same exit); a fresh token gets circuits no other token has used.
+    Tokens compare by identity; ``name`` only shows in ``repr``.  Any hashable value
+    works as an isolation key too (equal values share circuits); ``None`` means the
+    client's default key.
+    """
 
     __slots__ = ("_name",)
 
@@ -70,10 +81,23 @@ _DEFAULT_ISOLATION = IsolationToken("default")
 
 
 class TorClient:
-    """A Tor client: bootstrap once, then open streams through 3-hop circuits."""
+    """A Tor client: bootstrap once, then open streams through 3-hop circuits.
 
-    def __init__(self, config: TorConfig | None = None) -> None:
+    ``async with TorClient(config) as tor:`` bootstraps on entry and closes on exit.
+    ``config`` defaults to ``TorConfig()`` (the public Tor network, the default
+    DataDirectory).  With no directory source reachable, bootstrap keeps trying as C tor
+    does; ``bootstrap_timeout`` (seconds) turns that into a `BootstrapError` instead.
+
+    One client serves any number of concurrent streams; use it from the event loop it
+    was first used on (see `puretor.sync.TorClient` for threads and blocking code).
+    """
+
+    def __init__(
+        self, config: TorConfig | None = None, *, bootstrap_timeout: float | None = None
+    ) -> None:
         self.config = config if config is not None else TorConfig()
+        self.bootstrap_timeout = bootstrap_timeout
+        self._streams_opened = 0
         self._chanmgr = ChannelManager()
         self._dirmgr = DirManager(self.config, self._chanmgr)
         self._circmgr: CircuitManager | None = None
@@ -85,7 +109,12 @@ class TorClient:
     # -- lifecycle ---------------------------------------------------------------
 
     async def __aenter__(self) -> TorClient:
-        await self.bootstrap()
+        try:
+            await self.bootstrap()
+        except BaseException:
+            # `async with` does not call __aexit__ when __aenter__ fails: clean up here.
+            await self.aclose()
+            raise
         return self
 
     async def __aexit__(self, *exc: object) -> None:
@@ -93,19 +122,86 @@ class TorClient:
 
     @property
     def bootstrap_status(self) -> BootstrapStatus:
+        """The latest progress: ``.percent`` (0-100), ``.tag`` and ``.summary`` as C tor has them."""
         return self._dirmgr.status
 
+    @property
+    def is_bootstrapped(self) -> bool:
+        """True once `bootstrap` has completed."""
+        task = self._bootstrap_task
+        return task is not None and task.done() and not task.cancelled() and not task.exception()
+
+    @property
+    def closed(self) -> bool:
+        """True once `aclose` was called."""
+        return self._closed
+
     def add_bootstrap_listener(self, callback: Callable[[BootstrapStatus], None]) -> None:
-        """Call ``callback`` on every bootstrap progress step (percent, tag, summary)."""
+        """Call ``callback(status)`` on every bootstrap progress step.
+
+        ``status`` is a `BootstrapStatus` (``.percent``, ``.tag``, ``.summary``;
+        ``str(status)`` is C tor's "Bootstrapped 50% (loading_descriptors): ..." line).
+        Callbacks run on the event loop and must not block; exceptions they raise are
+        ignored.  A warm start from the directory cache may skip steps.
+        """
         self._dirmgr.listeners.append(callback)
 
-    async def bootstrap(self) -> None:
-        """Fetch and verify the directory, then get ready to build circuits."""
-        if self._closed:
-            raise BootstrapError("client is closed")
+    def remove_bootstrap_listener(self, callback: Callable[[BootstrapStatus], None]) -> None:
+        """Undo `add_bootstrap_listener` (no error if ``callback`` was not added)."""
+        if callback in self._dirmgr.listeners:
+            self._dirmgr.listeners.remove(callback)
+
+    async def bootstrap(self, timeout: float | None = None) -> None:
+        """Fetch and verify the directory, then build a first circuit.
+
+        Idempotent and safe to call concurrently: every caller waits for the same
+        bootstrap.  ``timeout`` (default: the client's ``bootstrap_timeout``, None =
+        wait as long as it takes) bounds this wait only; the bootstrap goes on in the
+        background, so calling again waits for it some more.
+
+        Raises `BootstrapError` (timeout, unusable DataDirectory, no circuit could be
+        built) or `ClientClosedError`.
+        """
+        self._check_open()
         if self._bootstrap_task is None:
             self._bootstrap_task = asyncio.ensure_future(self._bootstrap())
-        await asyncio.shield(self._bootstrap_task)
+        task = self._bootstrap_task
+        limit = self.bootstrap_timeout if timeout is None else timeout
+        try:
+            await self._closed_aware(asyncio.wait_for(asyncio.shield(task), limit))
+        except TimeoutError:
+            if task.done():
+                raise
+            raise BootstrapError(self._stuck_message(limit)) from None
+
+    def _stuck_message(self, limit: float | None) -> str:
+        status = self._dirmgr.status
+        message = f"bootstrap did not finish within {limit:g} s: stuck at {status}"
+        if status.percent < 75:  # BootstrapPhase.ENOUGH_DIRINFO
+            message += " (are the directory authorities or fallbacks reachable?)"
+        problem = getattr(self._dirmgr.state, "last_error", None)
+        if problem:
+            message += f"; last problem: {problem}"
+        return message
+
+    def _check_open(self) -> None:
+        if self._closed:
+            raise ClientClosedError("the TorClient is closed")
+
+    async def _closed_aware(self, aw: Awaitable[T]) -> T:
+        """Await ``aw``; failures caused by `aclose` become `ClientClosedError`."""
+        try:
+            return await aw
+        except asyncio.CancelledError:
+            task = asyncio.current_task()
+            if self._closed and task is not None and not task.cancelling():
+                raise ClientClosedError("the TorClient was closed during the call") from None
+            raise
+        except TorError as exc:
+            if self._closed and not isinstance(exc, ClientClosedError):
+                message = f"the TorClient was closed during the call ({exc})"
+                raise ClientClosedError(message) from exc
+            raise
 
     async def _bootstrap(self) -> None:
         await self._dirmgr.bootstrap()
@@ -126,11 +222,18 @@ class TorClient:
         self._dirmgr.start_refresh()
 
     async def aclose(self) -> None:
+        """Close every circuit and channel and save state; idempotent.
+
+        Calls still waiting (bootstrap, stream attempts) fail with `ClientClosedError`;
+        open streams end.  Later calls raise `ClientClosedError`.
+        """
         if self._closed:
             return
         self._closed = True
-        if self._bootstrap_task is not None and not self._bootstrap_task.done():
-            self._bootstrap_task.cancel()
+        task = self._bootstrap_task
+        if task is not None and not task.done():
+            task.cancel()
+            await asyncio.wait([task])
         if self._onion is not None:
             await self._onion.close()
         if self._circmgr is not None:
@@ -139,12 +242,17 @@ class TorClient:
         self._chanmgr.close_all()
 
     async def new_identity(self) -> None:
-        """Like NEWNYM: circuits in use so far take no new streams."""
+        """Like C tor's NEWNYM: circuits used so far take no new streams.
+
+        New streams get new circuits (so, likely, other exits); open streams go on.
+        """
+        self._check_open()
         if self._circmgr is not None:
             self._circmgr.new_identity()
 
-    def isolated(self) -> IsolationToken:
-        return IsolationToken()
+    def isolated(self, name: str = "") -> IsolationToken:
+        """A new `IsolationToken`: ``isolation=tor.isolated()`` gets circuits of its own."""
+        return IsolationToken(name)
 
     # -- streams -----------------------------------------------------------------
 
@@ -157,18 +265,41 @@ class TorClient:
         isolation: Hashable | None = None,
         timeout: float = STREAM_TOTAL_TIMEOUT,
     ) -> tuple[asyncio.Transport, P]:
-        """Open a stream to ``host:port`` through Tor; like `loop.create_connection`."""
+        """Open a stream to ``host:port`` through Tor; like `loop.create_connection`.
+
+        ``host`` is a name (resolved by the exit, never locally), an IPv4/IPv6 address
+        or a ``.onion`` address.  Returns ``(transport, protocol)``; the transport's
+        ``get_extra_info`` knows ``"peername"`` (the address the exit connected to, when
+        it said), ``"exit"`` (the exit relay: ``.nickname``, ``.rsa_id``...) and
+        ``"circuit"``.  Streams with the same ``isolation`` key may share circuits;
+        different keys never do.  Exit-side refusals for policy, timeouts or a dead
+        circuit are retried on other circuits within ``timeout`` seconds.
+
+        Raises `ConfigError` (bad port), `StreamRefused` (``.reason``: RESOLVEFAILED for
+        an unresolvable or invalid name, CONNECTREFUSED/MISC for a closed port, EXITPOLICY
+        when every exit tried refuses the destination), `StreamTimeout` (nothing within
+        ``timeout``), `OnionError` (``.socks_code``), `NoPathError`/`CircuitError` (no
+        circuit), `BootstrapError` or `ClientClosedError`.
+        """
+        self._check_open()
         host = _check_target(host, port)
         await self.bootstrap()
         if host.endswith(".onion"):
             from puretor.hs.address import parse_onion_address
 
             parse_onion_address(host)  # raises OnionError(0xF6) when malformed
-            return await self._onion_connection(protocol_factory, host, port, isolation, timeout)
-        key = _DEFAULT_ISOLATION if isolation is None else isolation
-        return await asyncio.wait_for(
-            self._connect_with_retries(protocol_factory, host, port, key), timeout
-        )
+            connect = self._onion_connection(protocol_factory, host, port, isolation, timeout)
+        else:
+            key = _DEFAULT_ISOLATION if isolation is None else isolation
+            connect = asyncio.wait_for(
+                self._connect_with_retries(protocol_factory, host, port, key), timeout
+            )
+        try:
+            return await self._closed_aware(connect)
+        except TimeoutError as exc:
+            if isinstance(exc, TorError):  # StreamTimeout, CircuitBuildTimeout
+                raise
+            raise StreamTimeout(f"could not open the stream within {timeout:g} s") from None
 
     async def _onion_connection(
         self,
@@ -215,7 +346,19 @@ class TorClient:
         excluded: set[bytes] = set()
         last: TorError | None = None
         for _attempt in range(STREAM_ATTEMPTS):
-            handle = await circmgr.get_exit_circuit(port, key, exclude=frozenset(excluded))
+            self._check_open()
+            try:
+                handle = await circmgr.get_exit_circuit(port, key, exclude=frozenset(excluded))
+            except NoPathError:
+                if excluded and isinstance(last, StreamRefused):
+                    # Every exit that allows the port refused this destination: report the
+                    # exits' answer (EXITPOLICY), not "no path".
+                    raise StreamRefused(
+                        f"the exit policy of every exit tried ({len(excluded)}) refuses "
+                        f"the destination ({last})",
+                        last.reason,
+                    ) from None
+                raise
             try:
                 transport = await self._attach(handle, host, port)
             except StreamRefused as exc:
@@ -261,6 +404,7 @@ class TorClient:
             circuit=handle,
             exit=handle.path[-1].target,
         )
+        self._streams_opened += 1
         return transport
 
     async def open_connection(
@@ -272,33 +416,66 @@ class TorClient:
         ssl: _ssl.SSLContext | bool | None = None,
         server_hostname: str | None = None,
         limit: int = 2**16,
+        timeout: float = STREAM_TOTAL_TIMEOUT,
     ) -> tuple[asyncio.StreamReader, asyncio.StreamWriter]:
-        """Like `asyncio.open_connection`, through Tor (``ssl=`` for TLS end to end)."""
+        """Like `asyncio.open_connection`, through Tor; returns ``(reader, writer)``.
+
+        ``ssl=True`` (system CAs) or an `ssl.SSLContext` runs TLS end to end to the
+        destination, verifying the certificate against ``server_hostname`` (default:
+        ``host``); a failed verification raises `ssl.SSLCertVerificationError` and
+        closes the stream.  ``timeout`` bounds opening the stream plus the TLS handshake
+        (`StreamTimeout`).  Other errors are those of `create_connection`.
+        ``writer.get_extra_info`` answers ``"exit"``, ``"peername"``, ``"circuit"`` and,
+        with TLS, ``"ssl_object"``/``"peercert"``/``"cipher"``.
+        """
         loop = asyncio.get_running_loop()
+        deadline = loop.time() + timeout
         reader = asyncio.StreamReader(limit=limit, loop=loop)
         transport, protocol = await self.create_connection(
-            lambda: asyncio.StreamReaderProtocol(reader, loop=loop), host, port, isolation=isolation
+            lambda: asyncio.StreamReaderProtocol(reader, loop=loop),
+            host,
+            port,
+            isolation=isolation,
+            timeout=timeout,
         )
         writer = asyncio.StreamWriter(transport, protocol, reader, loop)
         if ssl:
             from puretor.aio.tls import start_tls
 
             ctx = ssl if isinstance(ssl, _ssl.SSLContext) else _ssl.create_default_context()
-            return await start_tls(reader, writer, ctx, server_hostname or host, limit=limit)
+            remaining = max(deadline - loop.time(), 0.001)
+            try:
+                return await start_tls(
+                    reader, writer, ctx, server_hostname or host, limit=limit, timeout=remaining
+                )
+            except TimeoutError as exc:
+                if isinstance(exc, TorError):
+                    raise
+                raise StreamTimeout(f"TLS handshake not done within {timeout:g} s") from None
         return reader, writer
 
     async def resolve(self, hostname: str, *, isolation: Hashable | None = None) -> list[str]:
-        """Addresses for ``hostname``, resolved by an exit (RELAY_RESOLVE)."""
-        answers = await self._resolve(hostname, isolation)
+        """Addresses for ``hostname`` (IPv4/IPv6 strings), resolved by an exit (RELAY_RESOLVE).
+
+        Nothing is resolved locally.  An unknown name raises `StreamRefused` with
+        reason RESOLVEFAILED; no answer at all `CircuitError`.
+        """
+        self._check_open()
+        answers = await self._closed_aware(self._resolve(hostname, isolation))
         out = [str(a.value) for a in answers if a.type in (4, 6)]
         if not out:
             raise StreamRefused(f"exit could not resolve {hostname}", EndReason.RESOLVEFAILED)
         return out
 
     async def resolve_ptr(self, address: str, *, isolation: Hashable | None = None) -> list[str]:
-        """Hostnames for an IP address (reverse lookup at the exit)."""
+        """Host names for an IP address (reverse lookup at the exit).
+
+        Raises `ValueError` for something that is not an IP address and `StreamRefused`
+        (RESOLVEFAILED) when the exit knows no name.
+        """
+        self._check_open()
         ip = ipaddress.ip_address(address)
-        answers = await self._resolve(ip.reverse_pointer, isolation)
+        answers = await self._closed_aware(self._resolve(ip.reverse_pointer, isolation))
         out = [str(a.value) for a in answers if a.type == 0]
         if not out:
             raise StreamRefused(f"exit has no name for {address}", EndReason.RESOLVEFAILED)
@@ -311,6 +488,7 @@ class TorClient:
         key = _DEFAULT_ISOLATION if isolation is None else isolation
         last: Exception | None = None
         for _attempt in range(3):
+            self._check_open()
             handle = await self._circmgr.get_exit_circuit(80, key)
             transport = TorStreamTransport(asyncio.get_running_loop(), name)
             try:
@@ -335,12 +513,17 @@ class TorClient:
 
     @property
     def circuits(self) -> list[CircuitHandle]:
+        """The open exit circuits (for introspection; their API is not stable)."""
         return self._circmgr.open_circuits if self._circmgr is not None else []
 
     def stats(self) -> dict[str, Any]:
+        """Counters: ``channels_opened``, ``circuits_built``, ``circuit_build_failures``,
+        ``open_circuits``, ``streams_opened`` (connected streams, onion ones included),
+        and ``time`` (a `time.time()` timestamp)."""
         cm = self._circmgr
         return {
             "channels_opened": self._chanmgr.connects,
+            "streams_opened": self._streams_opened,
             "circuits_built": cm.circuits_built if cm else 0,
             "circuit_build_failures": cm.build_failures if cm else 0,
             "open_circuits": len(self.circuits),
