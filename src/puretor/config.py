@@ -625,6 +625,66 @@ class TorConfig:
             self.use_default_fallback_dirs and not self.fallback_dirs and not self.dir_authorities
         )
 
+    # Construction from torrc options: the same parsing and checks as ``tor-client``.
+
+    @classmethod
+    def from_torrc(cls, path: str | os.PathLike[str], **options: OptionValue) -> TorConfig:
+        """Read the torrc at ``path`` as ``tor-client -f PATH`` does, ``options`` on top.
+
+        ``options`` are torrc options by name, applied like command-line options
+        (replacing the file's value; a list replaces a list option's lines, ``[]``
+        clears it): ``TorConfig.from_torrc("torrc", DataDirectory="/tmp/d", SocksPort=0)``.
+        Raises `ConfigError` naming the file line or option at fault.
+        """
+        entries = _read_torrc(Path(path).expanduser(), missing_ok=False)
+        return _build(_merge([entries, _option_entries(options)]))
+
+    @classmethod
+    def from_options(cls, **options: OptionValue) -> TorConfig:
+        """A configuration from torrc options given as keywords, no file.
+
+        Values are strings as in a torrc, or ints, floats, booleans (``1``/``0``) and
+        paths; a list gives a repeated option::
+
+            TorConfig.from_options(
+                DataDirectory="/tmp/puretor",
+                TestingTorNetwork=True,
+                DirAuthority=["auth1 orport=9001 v3ident=... 127.1.0.1:9030 ...", ...],
+            )
+
+        Unknown or malformed options raise `ConfigError`, exactly as in a torrc.
+        """
+        return _build(_merge([_option_entries(options)]))
+
+
+_Scalar = str | int | float | os.PathLike[str]
+OptionValue = _Scalar | Sequence[_Scalar]
+
+
+def _option_entries(options: dict[str, OptionValue]) -> list[_Entry]:
+    """Keyword options (`TorConfig.from_options`) as torrc entries."""
+    out: list[_Entry] = []
+    for name, value in options.items():
+        where = f"option {name}="
+        key = _canonical(name, where)
+        values = list(value) if isinstance(value, list | tuple) else [value]
+        if not values:
+            out.append(_Entry(key, "/", "", where))  # an empty list clears the option
+            continue
+        for v in values:
+            if isinstance(v, bool):
+                text = "1" if v else "0"
+            elif isinstance(v, str | int | float):
+                text = str(v)
+            elif isinstance(v, os.PathLike):
+                text = os.fspath(v)
+            else:
+                raise ConfigError(f"{where}: cannot use a {type(v).__name__} as a value")
+            if "\n" in text or "\0" in text:
+                raise ConfigError(f"{where}: a value cannot contain newlines or NUL")
+            out.append(_Entry(key, "", text.strip(), where))
+    return out
+
 
 def _or_testnet_default(value: bool | None, cfg: TorConfig) -> bool:
     return (not cfg.testing_tor_network) if value is None else value
@@ -677,7 +737,7 @@ def _single(merged: dict[str, list[_Entry]], name: str) -> _Entry | None:
     return entries[-1] if entries else None
 
 
-_KIND_PARSERS = {
+_KIND_PARSERS: dict[str, Callable[[str], Any]] = {
     "bool": _parse_bool,
     "posint": _parse_posint,
     "path": _parse_path,
