@@ -3,20 +3,78 @@
 The ``tor-client`` command runs a SOCKS5 proxy whose every connection travels
 through a 3-hop Tor circuit built by this package; the same engine is an asyncio
 library (:class:`puretor.TorClient`).
+
+Public API: `TorClient`, `TorConfig`, `IsolationToken`, `BootstrapStatus`,
+`start_tls`, `EndReason` and the exceptions of `puretor.errors` (also importable
+from here).  Elsewhere: `puretor.httpx_transport.TorTransport` (needs httpx) and
+`puretor.sync.TorClient`, the blocking facade.
 """
 
 from __future__ import annotations
 
 from typing import TYPE_CHECKING, Any
 
+from puretor.errors import (
+    BootstrapError,
+    CertsError,
+    ChannelError,
+    CircuitBuildTimeout,
+    CircuitDestroyed,
+    CircuitError,
+    ClientClosedError,
+    ConfigError,
+    DirectoryError,
+    DocumentError,
+    NoPathError,
+    OnionError,
+    ProtocolError,
+    RemoteProtocolError,
+    SocksError,
+    StreamError,
+    StreamRefused,
+    StreamTimeout,
+    TorError,
+)
+
 __version__ = "0.1.0"
 
-__all__ = ["__version__", "TorClient", "TorConfig", "IsolationToken", "errors"]
+__all__ = [
+    "__version__",
+    "TorClient",
+    "TorConfig",
+    "IsolationToken",
+    "BootstrapStatus",
+    "EndReason",
+    "start_tls",
+    "errors",
+    "TorError",
+    "ConfigError",
+    "ProtocolError",
+    "RemoteProtocolError",
+    "CertsError",
+    "DirectoryError",
+    "DocumentError",
+    "BootstrapError",
+    "ClientClosedError",
+    "ChannelError",
+    "CircuitError",
+    "CircuitBuildTimeout",
+    "CircuitDestroyed",
+    "NoPathError",
+    "StreamError",
+    "StreamRefused",
+    "StreamTimeout",
+    "OnionError",
+    "SocksError",
+]
 
 if TYPE_CHECKING:
     from puretor import errors
+    from puretor.aio.tls import start_tls
     from puretor.client import IsolationToken, TorClient
     from puretor.config import TorConfig
+    from puretor.dir.state import BootstrapStatus
+    from puretor.proto.relaymsg import EndReason
 
 
 def __getattr__(name: str) -> Any:
@@ -29,6 +87,18 @@ def __getattr__(name: str) -> Any:
         from puretor.config import TorConfig
 
         return TorConfig
+    if name == "BootstrapStatus":
+        from puretor.dir.state import BootstrapStatus
+
+        return BootstrapStatus
+    if name == "EndReason":
+        from puretor.proto.relaymsg import EndReason
+
+        return EndReason
+    if name == "start_tls":
+        from puretor.aio.tls import start_tls
+
+        return start_tls
     if name == "errors":
         import puretor.errors
 
