@@ -43,7 +43,14 @@ class NetworkError(RuntimeError):
     pass
 
 
+# Environment overrides, e.g. to try another tor build: PURETOR_TOR=/opt/tor/bin/tor
+BINARY_ENV = {"tor": "PURETOR_TOR", "tor-gencert": "PURETOR_TOR_GENCERT"}
+
+
 def find_binary(name: str) -> str | None:
+    override = os.environ.get(BINARY_ENV.get(name, ""), "")
+    if override:
+        return override if os.access(override, os.X_OK) else None
     found = shutil.which(name)
     if found is None and Path("/usr/sbin", name).exists():
         found = str(Path("/usr/sbin", name))
