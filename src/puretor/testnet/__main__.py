@@ -154,7 +154,7 @@ def main(argv: list[str] | None = None) -> int:
     ex = with_dir(sub.add_parser("exec", help="run a command inside the namespace"))
     ex.add_argument("cmd", nargs=argparse.REMAINDER)
     ex.set_defaults(func=_cmd_exec)
-    st = sub.add_parser("serve-targets", help=argparse.SUPPRESS)
+    st = sub.add_parser("serve-targets", help="(internal) the targets + DNS daemon")
     st.add_argument("--config", required=True)
     st.set_defaults(func=_cmd_serve_targets)
 

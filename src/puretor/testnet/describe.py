@@ -88,6 +88,7 @@ def build_info(
         "tor_version": tor_version(tor),
         "ready_seconds": round(elapsed, 1),
         "voting_interval": layout.VOTING_INTERVAL,
+        "hs_time_period_minutes": 24 * layout.VOTING_INTERVAL // 60,
         "consensus_params": dict(layout.CONSENSUS_PARAMS),
         "consensus": {
             "valid_after": summary.valid_after,

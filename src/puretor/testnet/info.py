@@ -129,7 +129,10 @@ class NetworkInfo(TypedDict):
     tor_binary: str
     tor_version: str
     ready_seconds: float  # from start() to ready
-    voting_interval: int  # seconds; also sets the onion time period (24 intervals)
+    voting_interval: int  # seconds (consensus valid for 3 intervals)
+    # C tor under TestingTorNetwork: the onion time period is one shared-random protocol run,
+    # 24 voting intervals, in whole minutes (8 with 20 s voting) instead of a day.
+    hs_time_period_minutes: int
     consensus_params: dict[str, int]  # what the authorities vote
     consensus: ConsensusInfo  # the consensus that made us say "ready"
     dir_authority_lines: list[str]
