@@ -138,6 +138,18 @@ class _ResponseStream(httpx.AsyncByteStream):
             await aclose()
 
 
+def _root_cause(exc: BaseException) -> BaseException:
+    """The puretor/ssl error behind an httpcore exception raised by our backend.
+
+    httpcore's pool re-raises with ``raise exc from None``, which clears ``__cause__``
+    but keeps ``__context__`` (we raise inside the ``except`` for the root error).
+    """
+    for linked in (exc.__cause__, exc.__context__):
+        if isinstance(linked, TorError | ssl.SSLError | OSError):
+            return linked
+    return exc
+
+
 _EXCEPTIONS: tuple[tuple[type[Exception], type[Exception]], ...] = (
     (httpcore.ConnectTimeout, httpx.ConnectTimeout),
     (httpcore.ReadTimeout, httpx.ReadTimeout),
@@ -220,7 +232,7 @@ class TorTransport(httpx.AsyncBaseTransport):
                 if isinstance(exc, core_exc):
                     # Chain to the root cause (a puretor.errors.TorError, an ssl.SSLError...)
                     # rather than to httpcore's intermediate exception.
-                    raise httpx_exc(str(exc)) from (exc.__cause__ or exc)
+                    raise httpx_exc(str(exc)) from _root_cause(exc)
             raise
         assert isinstance(resp.stream, typing.AsyncIterable)
         return httpx.Response(
