@@ -15,7 +15,8 @@ Seeds are generated at each start (see `fuzz.seeds`) into ``fuzz/corpus/TARGET``
 where the engines also keep what they evolve; ``--captured DIR`` adds captured
 real documents.  Every distinct contract violation is saved with its traceback
 under ``fuzz/crashes/TARGET/`` (libFuzzer's own crash/timeout/oom artifacts land
-there too).  Exit status: 1 if anything new was found, else 0.
+there too).  Findings listed in `fuzz.known_issues` (reported to their owners) are
+marked as known.  Exit status: 1 if anything not already known was found, else 0.
 """
 
 from __future__ import annotations
@@ -24,6 +25,7 @@ import argparse
 import hashlib
 import os
 import re
+import resource
 import subprocess
 import sys
 import time
@@ -31,6 +33,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from fuzz.harness import CORPUS_DIR, CRASH_DIR, FUZZ_DIR, REPO, Harness, Target, reproduce
+from fuzz.known_issues import is_known
 from fuzz.seeds import CAPTURED_ENV
 from fuzz.targets import TARGETS, load
 
@@ -43,14 +46,30 @@ class Result:
     target: str
     engine: str
     seconds: float = 0.0
+    cpu_seconds: float = 0.0  # the engine's own CPU time: a rate that shared machines don't skew
     inputs: int = 0
     coverage: str = "-"  # libFuzzer "cov"/"ft", or traced edges
     corpus: int = 0
     findings: list[str] = field(default_factory=list)
+    new: int = 0  # findings not in fuzz.known_issues
+
+    def add(self, finding: str, signature: str) -> None:
+        known = is_known(self.target, signature)
+        self.findings.append(finding + (" [known, reported]" if known else ""))
+        self.new += not known
 
     @property
     def per_second(self) -> float:
         return self.inputs / self.seconds if self.seconds else 0.0
+
+    @property
+    def per_cpu_second(self) -> float:
+        return self.inputs / self.cpu_seconds if self.cpu_seconds else 0.0
+
+
+def _children_cpu() -> float:
+    usage = resource.getrusage(resource.RUSAGE_CHILDREN)
+    return usage.ru_utime + usage.ru_stime
 
 
 def _atheris_available() -> bool:
@@ -104,6 +123,7 @@ def run_atheris(
     env = dict(os.environ, PURETOR_FUZZ_KEEP_GOING="0" if stop_on_crash else "1")
     env["PYTHONPATH"] = os.pathsep.join(filter(None, [str(REPO), env.get("PYTHONPATH")]))
     start = time.monotonic()
+    cpu_start = _children_cpu()
     restarts = 0
     with log_path.open("w") as log:
         while True:
@@ -142,9 +162,10 @@ def run_atheris(
                 elif m := _UNITS.search(line):
                     units = int(m.group(1))
                 elif m := _ARTIFACT.search(line):
-                    result.findings.append(f"libFuzzer artifact {m.group(1)}")
+                    kind = Path(m.group(1)).name.split("-")[0]  # crash, timeout, oom, slow-unit
+                    result.add(f"libFuzzer {kind} artifact {m.group(1)}", kind)
                 elif m := _FINDING.match(line):
-                    result.findings.append(f"{m.group(1)} {m.group(2)} :: {m.group(3)}")
+                    result.add(f"{m.group(1)} {m.group(2)} :: {m.group(3)}", m.group(3))
                     print(f"  [{target.name}] {m.group(1)}: {m.group(3)}", flush=True)
             code = proc.wait()
             result.inputs += units
@@ -153,6 +174,7 @@ def run_atheris(
                 break
             restarts += 1  # a timeout/oom/native crash: go on with the rest of the time
     result.seconds = time.monotonic() - start
+    result.cpu_seconds = _children_cpu() - cpu_start
     return result
 
 
@@ -173,6 +195,7 @@ def run_builtin(
 
     harness = Harness(target, keep_going=not stop_on_crash)
     seeds = [p.read_bytes() for p in sorted(corpus.iterdir())]
+    cpu_start = time.process_time()
     try:
         stats = fuzz(
             harness,
@@ -187,13 +210,14 @@ def run_builtin(
     except Exception:  # noqa: BLE001 - --stop-on-crash: already recorded by the harness
         stats = None
     result = Result(target.name, "builtin" + ("" if coverage else " (no coverage)"))
+    result.cpu_seconds = time.process_time() - cpu_start
     if stats is not None:
         result.seconds, result.inputs, result.corpus = stats.seconds, stats.inputs, stats.corpus
         result.coverage = f"edges {stats.edges}" if stats.edges is not None else "-"
     else:
         result.inputs = harness.inputs
     for f in harness.findings.values():
-        result.findings.append(f"{f.kind} {f.path} :: {f.signature} (x{f.count})")
+        result.add(f"{f.kind} {f.path} :: {f.signature} (x{f.count})", f.signature)
     return result
 
 
@@ -201,7 +225,8 @@ def run_builtin(
 
 
 def _table(results: list[Result]) -> str:
-    rows = [("target", "engine", "seconds", "inputs", "inputs/s", "coverage", "corpus", "found")]
+    head = ("target", "engine", "seconds", "inputs", "inputs/s", "per cpu-s", "coverage", "corpus")
+    rows = [(*head, "new/found")]
     for r in results:
         rows.append(
             (
@@ -210,9 +235,10 @@ def _table(results: list[Result]) -> str:
                 f"{r.seconds:.0f}",
                 f"{r.inputs:,}",
                 f"{r.per_second:,.0f}",
+                f"{r.per_cpu_second:,.0f}",
                 r.coverage,
                 str(r.corpus),
-                str(len(r.findings)),
+                f"{r.new}/{len(r.findings)}",
             )
         )
     widths = [max(len(row[i]) for row in rows) for i in range(len(rows[0]))]
@@ -281,12 +307,12 @@ def main(argv: list[str] | None = None) -> int:
                 timeout=args.timeout,
             )
         results.append(result)
-        print(_table([result]).splitlines()[1], flush=True)
+        print("\n".join(_table([result]).splitlines()), flush=True)
         for finding in result.findings:
             print(f"   {finding}")
     print()
     print(_table(results))
-    return 1 if any(r.findings for r in results) else 0
+    return 1 if any(r.new for r in results) else 0
 
 
 if __name__ == "__main__":
