@@ -156,7 +156,7 @@ class DirManager:
             # Connect first, so progress reads conn → handshake → onehop_create → requesting.
             try:
                 await self._dir_circuit()
-            except (ChannelError, CircuitError, asyncio.TimeoutError, NoPathError) as exc:
+            except (TimeoutError, ChannelError, CircuitError, NoPathError) as exc:
                 log.info("Could not reach a directory source: %s", exc)
                 return False
         async with self._lock:
@@ -228,7 +228,7 @@ class DirManager:
             await self.chanmgr.get_channel(hop.target)
             self._report(BootstrapPhase.HANDSHAKE_DONE)
             handle = await build_circuit(self.chanmgr, [hop], timeout=30.0)
-        except (ChannelError, CircuitError, asyncio.TimeoutError):
+        except (TimeoutError, ChannelError, CircuitError):
             self._bad_sources[hop.target.rsa_id] = time.time() + 60
             raise
         self._report(BootstrapPhase.ONEHOP_CREATE)

@@ -218,7 +218,7 @@ class HttpResponseParser:
     def _parse_head(self, head: bytes) -> tuple[int, str, dict[str, str]]:
         lines = head.decode("latin-1").replace("\r\n", "\n").split("\n")
         parts = lines[0].split(None, 2)
-        if len(parts) < 2 or not parts[0].startswith("HTTP/1.") or not parts[1].isdigit():
+        if len(parts) < 2 or not parts[0].startswith("HTTP/1.") or not (parts[1].isascii() and parts[1].isdigit() and len(parts[1]) == 3):
             raise RemoteProtocolError(f"bad HTTP status line {lines[0][:80]!r}")
         status = int(parts[1])
         reason = parts[2] if len(parts) > 2 else ""
@@ -233,7 +233,7 @@ class HttpResponseParser:
         self._encoding = headers.get("content-encoding", "identity").strip().lower()
         if "content-length" in headers:
             length = headers["content-length"]
-            if not length.isdigit():
+            if not (length.isascii() and length.isdigit() and len(length) <= 18):
                 raise RemoteProtocolError(f"bad Content-Length {length!r}")
             self._length = int(length)
         return status, reason, headers

@@ -91,6 +91,9 @@ def parse_onion_address(host: str) -> bytes:
             why = f"{len(label)} characters long, a v3 address has {_LABEL_LEN}"
         raise OnionError(f"invalid onion address {host!r}: {why}", socks_code=SOCKS_BAD_ADDRESS)
     try:
+        # No '=' padding in an address: a padded label decodes to fewer than 35 bytes.
+        if "=" in label:
+            raise ValueError("padding")
         raw = base64.b32decode(label, casefold=True)
     except (binascii.Error, ValueError):
         raise OnionError(

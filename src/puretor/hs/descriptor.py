@@ -189,9 +189,15 @@ def _b64_key(text: str, what: str, length: int = 32) -> bytes:
     return raw
 
 
+def _small_int(text: str) -> int:
+    if not text.isascii() or not text.isdigit() or len(text) > 5:
+        raise ValueError(f"not a small number: {text[:20]!r}")
+    return int(text)
+
+
 def _uint(text: str, what: str, bits: int) -> int:
-    if not text.isdigit() or not text.isascii():
-        raise _invalid(f"{what} {text!r} is not a number")
+    if not text.isascii() or not text.isdigit() or len(text) > 40:
+        raise _invalid(f"{what} {text[:40]!r} is not a number")
     value = int(text)
     if value >= 1 << bits:
         raise _invalid(f"{what} {text} is too large")
@@ -385,10 +391,13 @@ def _parse_flow_control(item: Item, cc_sendme_inc: int) -> FlowControl:
     if len(item.args) < 2:
         raise _invalid("flow-control needs 2 arguments")
     versions: set[int] = set()
-    try:  # a protover range list such as "1-2" or "1,3-4"
+    try:  # a protover range list such as "1-2" or "1,3-4"; protocol versions are 0..63
         for part in item.args[0].split(","):
-            lo, _, hi = part.partition("-")
-            versions.update(range(int(lo), int(hi or lo) + 1))
+            lo_text, _, hi_text = part.partition("-")
+            lo, hi = _small_int(lo_text), _small_int(hi_text or lo_text)
+            if hi < lo or hi > 63:
+                raise ValueError("protocol version range out of bounds")
+            versions.update(range(lo, hi + 1))
     except ValueError:
         versions = set()  # C tor: an unparseable list just doesn't support CC
     inc = _uint(item.args[1], "flow-control sendme-inc", 8)
@@ -470,7 +479,9 @@ def parse_inner(
     header = items[: starts[0]] if starts else items
     if not header or header[0].keyword != "create2-formats":
         raise _invalid(f"{where} does not start with 'create2-formats'")
-    formats = tuple(int(a) for a in header[0].args if a.isdigit() and a.isascii())
+    formats = tuple(
+        int(a) for a in header[0].args if a.isascii() and a.isdigit() and len(a) <= 5
+    )
     if HTYPE_NTOR not in formats:
         raise _invalid("create2-formats does not include ntor (2)")
     auth_item = _opt(header, "intro-auth-required", where)
