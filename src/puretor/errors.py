@@ -22,9 +22,11 @@
 
 Every class is also importable from the top-level package (``puretor.StreamRefused``).
 Errors are mapped once where they cross a layer: what ``TorClient.open_connection``
-raises is one of these (or `TimeoutError` for its own ``timeout``); TLS
-verification failures on ``ssl=`` streams are `ssl.SSLError` from the standard library;
-the httpx transport raises httpx's exceptions with the puretor error as ``__cause__``.
+raises is one of these (its ``timeout`` gives `StreamTimeout`, a `TimeoutError`),
+except TLS failures on ``ssl=`` streams, which are the standard library's `ssl.SSLError`
+(`ssl.SSLCertVerificationError` for a bad certificate or hostname); the httpx transport
+raises httpx's exceptions with the puretor or ssl error as ``__cause__``.  See
+docs/errors.md for what each operation raises.
 """
 
 from __future__ import annotations
