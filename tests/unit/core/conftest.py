@@ -12,6 +12,8 @@ if _TESTS not in sys.path:
 import pytest  # noqa: E402
 
 from fakes.relay import FakeRelay, FakeRelayConfig, build_circuit, open_channel  # noqa: E402
+from puretor.proto.channel import Channel  # noqa: E402
+from puretor.proto.circuit import Circuit  # noqa: E402
 
 
 @pytest.fixture
@@ -20,10 +22,11 @@ def fake() -> FakeRelay:
 
 
 @pytest.fixture
-def channel(fake: FakeRelay):  # noqa: ANN201 - a puretor Channel
+def channel(fake: FakeRelay) -> Channel:
     return open_channel(fake)
 
 
 @pytest.fixture
-def circ(channel, fake: FakeRelay):  # noqa: ANN201 - a 3-hop puretor Circuit
+def circ(channel: Channel, fake: FakeRelay) -> Circuit:
+    """A 3-hop circuit, open."""
     return build_circuit(channel, fake, 3)
