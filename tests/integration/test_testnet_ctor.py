@@ -126,6 +126,12 @@ def test_fault_api_kill_restart_and_authority_stop(testnet: TestNetwork) -> None
     assert testnet.is_running("middle1")
     testnet.wait_for_log("middle1", "Bootstrapped 100%", since=since, timeout=90)
 
+    testnet.pause_node("middle1")  # SIGSTOP: hangs, connections stay open
+    try:
+        assert testnet.is_running("middle1")
+    finally:
+        testnet.resume_node("middle1")
+
     since = testnet.log_offset("auth3")
     testnet.stop_authority("auth3")
     assert not testnet.is_running("auth3")

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import dataclasses
+import signal
 import time
 from pathlib import Path
 
@@ -43,3 +44,12 @@ def test_record_json_round_trip(tmp_path: Path) -> None:
     rec = procs.spawn("true", ["true"], log=tmp_path / "log")
     assert procs.ProcRecord.from_json(rec.to_json()) == rec
     procs.stop([rec])
+
+
+def test_stop_resumes_a_paused_process(tmp_path: Path) -> None:
+    rec = procs.spawn("sleeper", ["sleep", "30"], log=tmp_path / "log")
+    procs.signal_proc(rec, signal.SIGSTOP)
+    started = time.monotonic()
+    procs.stop([rec], timeout=5)
+    assert not procs.is_alive(rec)
+    assert time.monotonic() - started < 3  # SIGTERM worked; no wait for SIGKILL

@@ -203,6 +203,13 @@ class TestNetwork:
         """SIGKILL: the relay vanishes without closing anything (a crash)."""
         self.stop_node(nickname, sig=signal.SIGKILL)
 
+    def pause_node(self, nickname: str) -> None:
+        """SIGSTOP: the process keeps its connections open but stops answering (a hang)."""
+        procs.signal_proc(self._record(nickname), signal.SIGSTOP)
+
+    def resume_node(self, nickname: str) -> None:
+        procs.signal_proc(self._record(nickname), signal.SIGCONT)
+
     def stop_authority(self, nickname: str) -> None:
         if self.plan.node(nickname).role != "authority":
             raise ValueError(f"{nickname} is not an authority")

@@ -123,7 +123,8 @@ def stop(
     """`sig` (SIGTERM by default) to each, SIGKILL to whatever is left after `timeout`."""
     records = list(records)
     for rec in records:
-        signal_proc(rec, sig)
+        if signal_proc(rec, sig) and sig != signal.SIGKILL:
+            signal_proc(rec, signal.SIGCONT)  # a SIGSTOPped process only sees SIGTERM once resumed
     for rec in wait_dead(records, timeout):
         print(
             f"puretor.testnet: {rec.name} (pid {rec.pid}) ignored signal {sig} for "
