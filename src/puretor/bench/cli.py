@@ -22,6 +22,7 @@ import os
 import platform
 import shutil
 import socket
+import statistics
 import subprocess
 import sys
 import tempfile
@@ -260,6 +261,18 @@ def main(argv: list[str] | None = None) -> int:
             else ""
         ),
     ]
+    idle = [
+        v["machine_idle"]
+        for run in bench.runs
+        for k in kinds
+        for v in run.get(k, {}).get("cpu", {}).values()
+        if v.get("machine_idle") is not None
+    ]
+    if idle:
+        header.append(
+            f"machine CPU idle during the bulk transfers: median {statistics.median(idle):.0%} "
+            f"(min {min(idle):.0%}); near 0% means the clients competed for CPU"
+        )
     if args.debug_logs:
         header.append("NOTE: both clients logged at info level (--debug-logs)")
     if args.profile:

@@ -67,3 +67,17 @@ def raise_nofile(want: int) -> tuple[int, int]:
     if soft < target:
         resource.setrlimit(resource.RLIMIT_NOFILE, (target, hard))
     return resource.getrlimit(resource.RLIMIT_NOFILE)
+
+
+def system_jiffies() -> tuple[int, int]:
+    """(idle + iowait, total) jiffies of the whole machine (/proc/stat "cpu" line)."""
+    with open("/proc/stat") as f:
+        parts = f.readline().split()[1:]
+    values = [int(x) for x in parts[:8]]  # user nice system idle iowait irq softirq steal
+    return values[3] + values[4], sum(values)
+
+
+def idle_fraction(before: tuple[int, int], after: tuple[int, int]) -> float | None:
+    """Share of the machine's CPU time that was idle between two `system_jiffies` readings."""
+    total = after[1] - before[1]
+    return (after[0] - before[0]) / total if total > 0 else None

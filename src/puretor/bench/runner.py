@@ -338,23 +338,29 @@ class Bench:
         if not await self.prime(c, [user], rows, r):
             return
         spy = self._spy(c, "single", r)
-        cpu0 = c.cpu()
+        cpu0, sys0 = c.cpu(), procstat.system_jiffies()
         try:
             res = await self.get(c, p.single, user, 900)
         finally:
-            cpu1 = c.cpu()
+            cpu1, sys1 = c.cpu(), procstat.system_jiffies()
             if spy is not None:
                 spy.stop()
+        idle = procstat.idle_fraction(sys0, sys1)
         raw["fetches"]["single"] = res.to_json()
         if not self.check(res, rows, k, r):
             return
         assert res.total is not None
         mbps = res.size / res.total / MB
         self.results.add("single_mbps", k, mbps)
-        raw.setdefault("cpu", {})["single"] = {"cpu_s": cpu1 - cpu0, "bytes": res.size}
+        raw.setdefault("cpu", {})["single"] = {
+            "cpu_s": cpu1 - cpu0,
+            "bytes": res.size,
+            "wall_s": res.total,
+            "machine_idle": idle,
+        }
         say(
             f"run {r + 1}: {c.label:7} {p.single} single stream: {mbps:.2f} MB/s "
-            f"({res.total:.2f} s, CPU {cpu1 - cpu0:.2f} s)"
+            f"({res.total:.2f} s, client CPU {cpu1 - cpu0:.2f} s, machine idle {_pct(idle)})"
         )
 
     async def _concurrent(
@@ -367,7 +373,7 @@ class Bench:
             return
         meta = self.files[p.conc]
         spy = self._spy(c, "concurrent", r)
-        cpu0 = c.cpu()
+        cpu0, sys0 = c.cpu(), procstat.system_jiffies()
         try:
             results, wall = await fetch_many(
                 c.proxy,
@@ -378,9 +384,10 @@ class Bench:
                 timeout=900,
             )
         finally:
-            cpu1 = c.cpu()
+            cpu1, sys1 = c.cpu(), procstat.system_jiffies()
             if spy is not None:
                 spy.stop()
+        idle = procstat.idle_fraction(sys0, sys1)
         raw["fetches"][scenario] = [x.to_json() for x in results]
         oks = [self.check(x, rows, k, r) for x in results]
         if not all(oks):
@@ -389,12 +396,17 @@ class Bench:
         total = sum(x.size for x in results)
         mbps = total / wall / MB
         self.results.add(row, k, mbps)
-        raw.setdefault("cpu", {})[scenario] = {"cpu_s": cpu1 - cpu0, "bytes": total}
+        raw.setdefault("cpu", {})[scenario] = {
+            "cpu_s": cpu1 - cpu0,
+            "bytes": total,
+            "wall_s": wall,
+            "machine_idle": idle,
+        }
         times = sorted(x.total or 0.0 for x in results)
         say(
             f"run {r + 1}: {c.label:7} {p.conc_n} x {p.conc} {scenario}: {mbps:.2f} MB/s "
             f"aggregate ({wall:.2f} s, streams {times[0]:.1f}-{times[-1]:.1f} s, "
-            f"CPU {cpu1 - cpu0:.2f} s)"
+            f"client CPU {cpu1 - cpu0:.2f} s, machine idle {_pct(idle)})"
         )
 
     async def shared(self, c: BenchClient, r: int, raw: dict[str, Any]) -> None:
@@ -570,6 +582,10 @@ def _loadavg() -> list[float]:
         return [round(x, 2) for x in os.getloadavg()]
     except OSError:
         return []
+
+
+def _pct(x: float | None) -> str:
+    return "?" if x is None else f"{x * 100:.0f}%"
 
 
 def _s(x: float | None) -> str:
