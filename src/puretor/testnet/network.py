@@ -119,7 +119,6 @@ class TestNetwork:
         self.detach = detach  # CLI `up`: processes outlive this Python process
         self.records: dict[str, ProcRecord] = {}
         self._info: NetworkInfo | None = None
-        self._prepared: Prepared | None = None
         self._stopped = False
         tor, gencert = find_binary("tor"), find_binary("tor-gencert")
         self.tor = tor or "tor"
@@ -313,7 +312,6 @@ class TestNetwork:
 
         progress("generating keys and configuration")
         prep = prepare(self.workdir, self.plan, tor=self.tor, gencert=self.gencert)
-        self._prepared = prep
 
         progress("starting targets, DNS and tor processes")
         self._spawn(
