@@ -50,6 +50,7 @@ __all__ = [
     "start_tor_client",
     "tor_daemon",
     "tor_daemon_factory",
+    "wait_for_exits",
 ]
 
 # C tor's bootstrap phases (control_bootstrap.c boot_to_str_tab): percent -> (tag, summary).
@@ -311,6 +312,40 @@ def client_torrc_lines(info: Mapping[str, Any]) -> list[str]:
     return out
 
 
+_exits_ready: set[str] = set()
+
+
+def wait_for_exits(info: Mapping[str, Any], timeout: float = 180.0) -> float:
+    """Wait until every exit's C tor says "Bootstrapped 100%"; returns the seconds waited.
+
+    The network counts as ready once a consensus lists every relay, but an exit that has not
+    bootstrapped itself yet ends every stream with END MISC (seen right after start-up) - C tor
+    clients paper over that by retrying elsewhere, so a fresh network still "works" for them.
+    """
+    key = str(info["workdir"])
+    if key in _exits_ready:
+        return 0.0
+    exits = {e["nickname"] for e in info["exits"]}
+    logs = {r["nickname"]: Path(r["log"]) for r in info["relays"] if r["nickname"] in exits}
+    t0 = time.monotonic()
+    while True:
+        pending = [
+            n
+            for n, log in logs.items()
+            if not log.exists() or "Bootstrapped 100%" not in log.read_text(errors="replace")
+        ]
+        if not pending:
+            _exits_ready.add(key)
+            return time.monotonic() - t0
+        if time.monotonic() - t0 > timeout:
+            tails = "\n".join(
+                f"--- {n}:\n" + "\n".join(logs[n].read_text(errors="replace").splitlines()[-10:])
+                for n in pending
+            )
+            raise PtClientError(f"exits {pending} not bootstrapped after {timeout:.0f}s\n{tails}")
+        time.sleep(0.2)
+
+
 def start_tor_client(
     info: Mapping[str, Any],
     workdir: Path | str,
@@ -325,11 +360,13 @@ def start_tor_client(
     """Write a torrc for the network in `info` and run ``tor-client -f torrc``.
 
     `socks_port` None means ``SocksPort auto`` (read back from the log: no race for a free
-    port). `extra_options` are appended to the torrc. With `wait`, returns once the log says
+    port). `extra_options` are appended to the torrc. First waits, once per network, until
+    the exits have bootstrapped (`wait_for_exits`). With `wait`, returns once the log says
     "Bootstrapped 100%"; on timeout or early exit the error carries the log's tail.
     `log_severity` defaults to info (quiet unless something fails), or $PTCLIENT_LOG_SEVERITY.
     """
     severity = log_severity or os.environ.get("PTCLIENT_LOG_SEVERITY", "info")
+    wait_for_exits(info)
     workdir = Path(workdir).resolve()
     workdir.mkdir(parents=True, exist_ok=True)
     data_dir = workdir / "data"
