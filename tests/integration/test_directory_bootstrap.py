@@ -271,7 +271,10 @@ def test_consensus_altered_by_one_byte_is_refused_by_dirstate(
         state.add_consensus(_alter_one_byte(raw), now)
     message = str(err.value)
     assert "insufficiently signed" in message, message
-    assert "bad signature: auth1, auth2, auth3" in message, message
+    bad = re.search(r"bad signature: ([\w, ]+)", message)
+    assert bad is not None and sorted(bad.group(1).split(", ")) == ["auth1", "auth2", "auth3"], (
+        message
+    )
     assert state.consensus is None
     # The genuine document from the same source is still accepted afterwards.
     assert state.add_consensus(raw, now) is True
@@ -388,7 +391,8 @@ def test_two_wrong_v3idents_client_refuses_the_consensus(
     refused = [m for m in run.log if m.startswith("Refused a consensus")]
     assert refused, run.log
     assert "insufficiently signed" in refused[0] and "of 2 needed" in refused[0], refused[0]
-    assert "not signed by: auth2, auth3" in refused[0], refused[0]
+    unsigned = re.search(r"not signed by: ([\w, ]+)", refused[0])
+    assert unsigned is not None and sorted(unsigned.group(1).split(", ")) == ["auth2", "auth3"]
     failures = _consensus_sources(run)
     assert all("insufficiently signed" in err for _, err in failures), failures
     assert len({src for src, _ in failures}) >= 2, failures
