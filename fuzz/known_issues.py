@@ -20,33 +20,10 @@ class KnownIssue:
     summary: str
 
 
-KNOWN_ISSUES: tuple[KnownIssue, ...] = (
-    KnownIssue(
-        "http",
-        r"ValueError at http\.py:\d+ \(_parse_head\)",
-        "dir/http.py: int() of a str.isdigit() status/Content-Length ('2\u00b3', 5000 digits)",
-    ),
-    KnownIssue(
-        "authcerts",
-        r"ValueError at authcert\.py:\d+ \(_parse_one\)",
-        "dir/authcert.py: int() of a str.isdigit() dir-address port",
-    ),
-    KnownIssue(
-        "onion_address",
-        r"IndexError at address\.py:\d+ \(parse_onion_address\)",
-        "hs/address.py: a 56-char label with base32 '=' padding decodes to < 35 bytes",
-    ),
-    KnownIssue(
-        "hs_descriptor",
-        r"ValueError at descriptor\.py:\d+ \((_uint|parse_inner)\)",
-        "hs/descriptor.py: int() of more than 4300 digits",
-    ),
-    KnownIssue(
-        "hs_descriptor",
-        r"(MemoryError|timeout|slow)",
-        "hs/descriptor.py: flow-control 1-10**12 builds a set of 10**12 ints (OOM/hang)",
-    ),
-)
+# Empty: everything found so far is fixed (see tests/unit/test_fuzz_regressions.py).
+# An entry looks like
+#   KnownIssue("http", r"ValueError at http\.py:\d+ \(_parse_head\)", "dir/http.py: int() of ...")
+KNOWN_ISSUES: tuple[KnownIssue, ...] = ()
 
 
 def is_known(target: str, signature: str) -> bool:

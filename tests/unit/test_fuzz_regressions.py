@@ -4,11 +4,12 @@ The contract: hostile input makes a parser raise only its documented error
 (RemoteProtocolError, CertsError, DocumentError, OnionError), never IndexError,
 ValueError from ``int()``, a third-party exception, or unbounded work.
 
-Each test holds a minimised reproducer and checks both the parser's own error
-and, where it applies, that the fuzz target the bug was found with is clean on
-it.  Bugs in modules whose owners are still at work are strict xfails: fixing
-one makes its test XPASS and fail, so the marker and the `fuzz.known_issues`
-entry come out together.
+Each test holds a minimised reproducer and checks the parser's own error (and,
+for the certs one, that the fuzz target it was found with is clean on it).  A
+bug reported to an owner who has not fixed it yet goes in as a strict
+``pytest.mark.xfail(strict=True, raises=<the escaping exception>)`` with a
+matching `fuzz.known_issues` entry; both come out with the fix.  All of the
+ones below are fixed.
 """
 
 from __future__ import annotations
@@ -44,13 +45,6 @@ from puretor.hs.descriptor import HsDescriptorOuter, parse_inner, parse_outer  #
 from puretor.proto.certs import validate_relay_certs  # noqa: E402
 
 DATA = _REPO / "tests" / "unit" / "dir" / "data"
-
-
-def _owner_bug(summary: str, raises: type[BaseException]) -> pytest.MarkDecorator:
-    """Strict xfail that only accepts the bug's own exception."""
-    return pytest.mark.xfail(
-        strict=True, raises=raises, reason=f"reported, not yet fixed: {summary}"
-    )
 
 
 # -- proto/certs.py (fixed) -----------------------------------------------------------------
