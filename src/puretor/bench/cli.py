@@ -196,6 +196,8 @@ def main(argv: list[str] | None = None) -> int:
 
     soft, hard = procstat.raise_nofile(FD_WANT)
     profile_dir = (args.profile_dir or workdir / "profiles").resolve() if args.profile else None
+    if profile_dir is not None:
+        profile_dir.mkdir(parents=True, exist_ok=True)
     results = Results()
     bench = Bench(
         info,

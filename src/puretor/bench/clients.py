@@ -144,12 +144,7 @@ class BenchClient:
         if self.kind == PURETOR:
             if self.cprofile_out is not None:
                 out = self.cprofile_out.with_suffix(f".{self.starts}.prof")
-                return [sys.executable, "-m", "cProfile", "-o", str(out)] + [
-                    "-m",
-                    "puretor.cli",
-                    "-f",
-                    torrc,
-                ]
+                return [sys.executable, "-m", "puretor.bench.cpuprof", str(out), "-f", torrc]
             return [sys.executable, "-m", "puretor.cli", "-f", torrc]
         tor = find_binary("tor")
         if tor is None:

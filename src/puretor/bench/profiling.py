@@ -3,8 +3,12 @@
 * py-spy (``--profile py-spy``): ``py-spy record --format raw`` attached to the tor-client PID
   for the duration of a scenario, stopped with SIGINT; the collapsed stacks are summarised as
   self ("own") and inclusive ("total") shares of the samples.
-* cProfile (``--profile cprofile``): tor-client runs under ``python -m cProfile -o``; the stats
-  of the whole process life are summarised by tottime and cumtime.
+  py-spy counts a thread as active while it is runnable, so on a busy machine the time a
+  process waits for a CPU after a wake-up lands in ``EpollSelector.select`` (and in socket
+  writes that wake the peer); the summary therefore also shows shares without ``select``.
+* cProfile (``--profile cprofile``): tor-client runs under `puretor.bench.cpuprof` (cProfile
+  with a CPU clock); the stats of the whole process life are summarised by tottime and
+  cumtime, with exact call counts.
 """
 
 from __future__ import annotations
@@ -94,17 +98,37 @@ def summarize_collapsed(paths: list[Path], top: int = 25) -> dict[str, Any]:
             if not stack or not count.isdigit():
                 continue
             n = int(count)
-            frames = [_frame_name(f) for f in stack.split(";")[1:] if f]  # [0] is the thread
+            parts = stack.split(";")
+            if parts and (parts[0].startswith("thread (") or parts[0].startswith("process ")):
+                parts = parts[1:]  # --threads / --subprocesses prefixes
+            frames = [_frame_name(f) for f in parts if f]
             if not frames:
                 continue
             total += n
             own[frames[-1]] += n
             for f in set(frames):
                 incl[f] += n
+    waiting = sum(n for f, n in own.items() if f.startswith("EpollSelector.select"))
+    busy = total - waiting
     return {
         "samples": total,
+        "select_share": waiting / total if total else 0.0,
+        "self_without_select": (
+            [
+                (f, n / busy)
+                for f, n in own.most_common(top + 1)
+                if not f.startswith("EpollSelector.select")
+            ][:top]
+            if busy
+            else []
+        ),
         "self": [(f, n / total) for f, n in own.most_common(top)] if total else [],
-        "inclusive": [(f, n / total) for f, n in incl.most_common(top)] if total else [],
+        # Frames on every stack (the event loop's own chain) say nothing: leave them out.
+        "inclusive": (
+            [(f, n / total) for f, n in incl.most_common() if n < 0.99 * total][:top]
+            if total
+            else []
+        ),
     }
 
 
@@ -123,11 +147,19 @@ def summarize_cprofile(paths: list[Path], top: int = 25) -> str:
 
 
 def format_summary(label: str, summary: dict[str, Any], top: int = 20) -> list[str]:
-    lines = [f"py-spy, {label}: {summary['samples']} samples (on-CPU, all threads)"]
+    lines = [
+        f"py-spy, {label}: {summary['samples']} samples while runnable (py-spy: on CPU or waiting for one)"
+    ]
     lines.append("  self (own time)                                                     share")
     for f, share in summary["self"][:top]:
         lines.append(f"    {f[:66]:<66} {share * 100:5.1f}%")
-    lines.append("  inclusive (time in the function and below)                          share")
+    lines.append(
+        f"  self, without EpollSelector.select ({summary.get('select_share', 0) * 100:.0f}% of "
+        "samples: epoll_wait incl. waiting for a CPU)"
+    )
+    for f, share in summary.get("self_without_select", [])[:top]:
+        lines.append(f"    {f[:66]:<66} {share * 100:5.1f}%")
+    lines.append("  inclusive, below the event loop (function and its callees)         share")
     for f, share in summary["inclusive"][:top]:
         lines.append(f"    {f[:66]:<66} {share * 100:5.1f}%")
     return lines

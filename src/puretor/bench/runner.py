@@ -372,7 +372,7 @@ class Bench:
         if not await self.prime(c, sorted(set(users)), rows, r):
             return
         meta = self.files[p.conc]
-        spy = self._spy(c, "concurrent", r)
+        spy = self._spy(c, f"concurrent-{scenario}", r)
         cpu0, sys0 = c.cpu(), procstat.system_jiffies()
         try:
             results, wall = await fetch_many(
