@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import hashlib
 import re
+import subprocess
 import time
 from pathlib import Path
 from typing import Any
@@ -16,6 +17,7 @@ from ptclient import BOOTSTRAP_LINE, BOOTSTRAP_PHASES, CurlError, PtClient
 
 pytestmark = pytest.mark.testnet
 tor_daemon = ptclient.tor_daemon  # the session's shared daemon (a fixture)
+tor_daemon_factory = ptclient.tor_daemon_factory
 
 
 def test_bootstrap_log_has_c_tor_phases_in_order(tor_daemon: PtClient, testnet: Any) -> None:
@@ -119,3 +121,20 @@ def _self_signed_ca_pem() -> bytes:
         .sign(key, hashes.SHA256())
     )
     return cert.public_bytes(serialization.Encoding.PEM)
+
+
+@pytest.mark.parametrize("flag", ["--socks4a", "--socks4"])
+def test_curl_socks4_and_4a(tor_daemon: PtClient, testnet_info: Any, flag: str) -> None:
+    targets = testnet_info["targets"]
+    # SOCKS4a sends the name (the exit resolves it); SOCKS4 can only carry an IPv4 address.
+    url = targets["ip_urls"]["http_host" if flag == "--socks4a" else "http_ip"]
+    argv = ["curl", "--silent", "--show-error", "--fail", "--max-time", "60"]
+    argv += [flag, tor_daemon.socks_address, url]
+    seen = subprocess.run(argv, capture_output=True, timeout=90, check=True).stdout.decode()
+    assert seen.strip() in targets["exit_addresses"]
+
+
+def test_sigterm_shuts_down_cleanly(tor_daemon_factory: Any) -> None:
+    daemon = tor_daemon_factory()
+    assert daemon.stop() == 0
+    assert "Clean shutdown finished. Exiting." in daemon.log_text()
