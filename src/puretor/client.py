@@ -230,14 +230,14 @@ class TorClient:
         if self._closed:
             return
         self._closed = True
-        task = self._bootstrap_task
-        if task is not None and not task.done():
-            task.cancel()
-            await asyncio.wait([task])
+        await _cancel_until_done(self._bootstrap_task)
         if self._onion is not None:
             await self._onion.close()
         if self._circmgr is not None:
             await self._circmgr.close()
+        # DirManager.close() cancels its refresher once and then awaits it; make sure that
+        # cancellation sticks (see _cancel_until_done), or close() would wait forever.
+        await _cancel_until_done(self._dirmgr._refresh_task)
         await self._dirmgr.close()
         self._chanmgr.close_all()
 
@@ -529,6 +529,18 @@ class TorClient:
             "open_circuits": len(self.circuits),
             "time": time.time(),
         }
+
+
+async def _cancel_until_done(task: asyncio.Task[Any] | None) -> None:
+    """Cancel ``task`` and wait until it has finished, cancelling again if needed.
+
+    On Python 3.11 `asyncio.wait_for` swallows a cancellation that arrives in the same
+    loop step as its inner task finishing (CPython gh-86296, fixed in 3.12), so a
+    single ``cancel()`` can leave a background loop running.
+    """
+    while task is not None and not task.done():
+        task.cancel()
+        await asyncio.wait([task], timeout=0.5)
 
 
 def _check_target(host: str, port: int) -> str:
