@@ -151,11 +151,10 @@ class Channel:
         n = len(buf)
         pos = 0
         view = memoryview(buf)
-        # Consecutive RELAY cells for one circuit go over as one run, so the circuit
-        # can peel each onion layer off all of them in one cipher call.
-        run = bytearray()
-        run_id = 0
-        run_circ: Circuit | None = None
+        # RELAY cells are gathered per circuit (keeping each circuit's order) and
+        # handed over as one run per circuit, so each onion layer comes off all of
+        # them in one cipher call even when the guard interleaves many circuits.
+        runs: dict[int, bytearray] = {}
         try:
             while self.state is not ChannelState.CLOSED and n - pos >= 5:
                 circ_id, cmd = _HDR4.unpack_from(buf, pos)
@@ -163,21 +162,12 @@ class Channel:
                     end = pos + _FIXED_CELL
                     if end > n:
                         break
-                    if circ_id != run_id:
-                        if run_circ is not None and run:
-                            run_circ.handle_relay_cells(run)
-                            run = bytearray()
-                        run_id = circ_id
-                        run_circ = self.circuits.get(circ_id)
-                    if run_circ is not None:
-                        run += view[pos + 5 : end]
-                    # Cells for unknown circuits (e.g. ones we just destroyed) are dropped.
+                    run = runs.get(circ_id)
+                    if run is None:
+                        run = runs[circ_id] = bytearray()
+                    run += view[pos + 5 : end]
                     pos = end
                     continue
-                if run_circ is not None and run:
-                    run_circ.handle_relay_cells(run)
-                    run = bytearray()
-                run_id, run_circ = 0, None
                 payload: bytes | bytearray
                 if cmd == 7 or cmd >= 128:
                     if n - pos < 7:
@@ -193,17 +183,28 @@ class Channel:
                         break
                     payload = buf[pos + 5 : end]
                 pos = end
+                # Anything else may change a circuit's state: deliver what came before it.
+                if runs:
+                    self._deliver_runs(runs)
                 if circ_id:
                     circ = self.circuits.get(circ_id)
                     if circ is not None:
                         circ.handle_cell(cmd, payload)
                 else:
                     self._handle_channel_cell(cmd, bytes(payload), now)
-            if run_circ is not None and run:
-                run_circ.handle_relay_cells(run)
+            if runs:
+                self._deliver_runs(runs)
         finally:
             view.release()
             del buf[:pos]
+
+    def _deliver_runs(self, runs: dict[int, bytearray]) -> None:
+        for circ_id, run in runs.items():
+            circ = self.circuits.get(circ_id)
+            # Cells for unknown circuits (e.g. ones we just destroyed) are dropped.
+            if circ is not None and self.state is not ChannelState.CLOSED:
+                circ.handle_relay_cells(run)
+        runs.clear()
 
     def _handle_channel_cell(self, cmd: int, payload: bytes, now: float) -> None:
         if cmd in (CellCommand.PADDING, CellCommand.VPADDING):

@@ -160,6 +160,7 @@ class Circuit:
         self._deliver_window: list[int] = []
         self._expected_sendme: list[deque[bytes]] = []
         self._ready: deque[Stream] = deque()
+        self._pending_data: dict[Stream, list[bytes]] = {}
         self._header = struct.pack(">IB", circ_id, _CELL_RELAY)
         self.cells_received = 0
         self.cells_sent = 0
@@ -261,6 +262,13 @@ class Circuit:
         """
         if self.state is CircuitState.CLOSED:
             return
+        try:
+            self._handle_run(block)
+        finally:
+            if self._pending_data and self.state is not CircuitState.CLOSED:
+                self._flush_stream_data()
+
+    def _handle_run(self, block: bytearray) -> None:
         crypto = self.crypto
         n_hops = len(crypto.hops)
         hop_of, states = crypto.decrypt_inbound_run(block)
@@ -349,6 +357,8 @@ class Circuit:
         self._package()
 
     def _handle_stream_message(self, stream: Stream, command: int, data: bytes) -> None:
+        if self._pending_data:
+            self._flush_stream_data()  # DATA that came before this message goes first
         if command == _CMD_SENDME:
             stream.package_window += STREAM_WINDOW_INCREMENT
             if stream.package_window > STREAM_WINDOW_START:
@@ -384,11 +394,26 @@ class Circuit:
             # As C tor (relay.c): a stream window below 0 is a protocol error that
             # kills the circuit, not just the stream (spec-map §4.1).
             raise RemoteProtocolError("relay overran the stream deliver window")
-        stream.sink.stream_data(data)
-        if not stream.delivery_paused and stream.deliver_window <= (
-            STREAM_WINDOW_START - STREAM_WINDOW_INCREMENT
-        ):
-            self._maybe_stream_sendme(stream)
+        # Delivered at the end of the run, joined: one application write per stream
+        # per run of cells instead of one per 498-byte cell.
+        pending = self._pending_data.get(stream)
+        if pending is None:
+            self._pending_data[stream] = [data]
+        else:
+            pending.append(data)
+
+    def _flush_stream_data(self) -> None:
+        """Hand buffered DATA to the sinks, then grant stream SENDMEs (if not paused)."""
+        while self._pending_data:
+            pending, self._pending_data = self._pending_data, {}
+            for stream, chunks in pending.items():
+                if stream.state is not StreamState.OPEN:
+                    continue
+                stream.sink.stream_data(chunks[0] if len(chunks) == 1 else b"".join(chunks))
+                if not stream.delivery_paused and stream.deliver_window <= (
+                    STREAM_WINDOW_START - STREAM_WINDOW_INCREMENT
+                ):
+                    self._maybe_stream_sendme(stream)
 
     def _maybe_stream_sendme(self, stream: Stream) -> None:
         if stream.state is not StreamState.OPEN:
@@ -596,6 +621,9 @@ class Circuit:
         self._closed(reason, message, remote=remote)
 
     def _closed(self, reason: int, message: str, *, remote: bool) -> None:
+        if self._pending_data and self.state is not CircuitState.CLOSED:
+            with contextlib.suppress(Exception):
+                self._flush_stream_data()
         if self.state is CircuitState.CLOSED:
             return
         self.state = CircuitState.CLOSED

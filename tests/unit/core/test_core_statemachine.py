@@ -220,6 +220,8 @@ class CoreMachine(RuleBasedStateMachine):
                 and m.stream.delivery_paused
                 and m.stream.state is StreamState.OPEN
                 and fake.stream(cid, m.stream.stream_id) is not None
+                # ...and still open at the exit (not already ended by it).
+                and m.stream.stream_id in fcirc.hops[exit_index].streams
             ]
             if not paused:
                 self.misbehaved = False
