@@ -81,6 +81,7 @@ class Run:
     cache_problems: list[str] = field(default_factory=list)
     elapsed: float = 0.0
     error: BaseException | None = None
+    survived_aclose: bool = False  # the bootstrap task still ran 5 s after aclose()
 
 
 def bootstrap(
@@ -142,6 +143,18 @@ def bootstrap(
         finally:
             run.cache_problems = list(tor._dirmgr.cache.problems)
             await tor.aclose()
+            # aclose() must stop the bootstrap task; if it does not, say so (instead of
+            # hanging in asyncio.run's shutdown) and stop it by force.
+            task = tor._bootstrap_task
+            if task is not None and not task.done():
+                await asyncio.wait({task}, timeout=5)
+                if not task.done():
+                    run.survived_aclose = True
+                    for _ in range(50):
+                        task.cancel()
+                        await asyncio.wait({task}, timeout=0.2)
+                        if task.done():
+                            break
 
     dirmgr_mod.fetch_raw = counting_fetch_raw  # type: ignore[assignment]
     try:
@@ -362,6 +375,7 @@ def test_two_wrong_v3idents_authorities_refuse_to_serve(
         until=lambda log: len(_sources_in(log)) >= 3,
     )
     assert run.error is not None, "bootstrap must not succeed"
+    assert not run.survived_aclose, "TorClient.aclose() did not stop the bootstrap task"
     assert max((s.percent for s in run.statuses), default=0) <= 25, run.statuses
     failures = _consensus_sources(run)
     assert failures, run.log
@@ -387,6 +401,7 @@ def test_two_wrong_v3idents_client_refuses_the_consensus(
         until=lambda log: len(_sources_in(log)) >= 2,
     )
     assert run.error is not None, "bootstrap must not succeed"
+    assert not run.survived_aclose, "TorClient.aclose() did not stop the bootstrap task"
     assert max((s.percent for s in run.statuses), default=0) < 45, run.statuses
     refused = [m for m in run.log if m.startswith("Refused a consensus")]
     assert refused, run.log

@@ -17,10 +17,12 @@ from typing import Any, TypeVar
 
 import pytest
 
-from puretor.aio.circuit import CircuitHandle
+from puretor.aio.circuit import CircuitHandle, HopSpec, build_circuit
+from puretor.aio.stream import TorStreamTransport
 from puretor.client import IsolationToken, TorClient
 from puretor.config import TorConfig, load_config
-from puretor.dir.netdir import NetDir
+from puretor.dir.netdir import NetDir, Relay
+from puretor.errors import CircuitError, StreamRefused
 from puretor.testnet import NetworkInfo, TestNetwork
 
 pytestmark = pytest.mark.testnet
@@ -47,7 +49,11 @@ def client_config(info: NetworkInfo, workdir: Path) -> TorConfig:
 
 
 def with_client(
-    config: TorConfig, fn: Callable[[TorClient], Awaitable[T]], timeout: float = 180
+    config: TorConfig,
+    fn: Callable[[TorClient], Awaitable[T]],
+    timeout: float = 180,
+    *,
+    probe_exits: bool = True,
 ) -> T:
     """Bootstrap a TorClient, run ``fn(tor)``, always close the client."""
 
@@ -55,11 +61,47 @@ def with_client(
         tor = TorClient(config)
         try:
             await asyncio.wait_for(tor.bootstrap(), 60)
+            if probe_exits:
+                await wait_for_exits(tor)
             return await asyncio.wait_for(fn(tor), timeout)
         finally:
             await tor.aclose()
 
     return asyncio.run(main())
+
+
+async def wait_for_exits(tor: TorClient, timeout: float = 45.0) -> None:
+    """Wait until every exit opens a stream to target.test:80 (by name): right after the
+    network reports ready, an exit has been seen answering END MISC to hostname streams for
+    ~15 s under heavy machine load.  These tests are about the client, not about that."""
+    netdir = tor._dirmgr.require_netdir()
+    r = {x.nickname: x for x in netdir.relays}
+    loop = asyncio.get_running_loop()
+    t0 = time.monotonic()
+    for name in ("exit1", "exit2"):
+        while True:
+            try:
+                handle = await build_circuit(
+                    tor._chanmgr, [_hop(r["guard1"]), _hop(r["middle1"]), _hop(r[name])], timeout=15
+                )
+                try:
+                    transport = TorStreamTransport(loop, "target.test:80")
+                    transport.stream = handle.circuit.open_stream(transport, "target.test", 80)
+                    await asyncio.wait_for(asyncio.shield(transport.connected), 15)
+                    transport.close()
+                finally:
+                    handle.close()
+                break
+            except (StreamRefused, TimeoutError, CircuitError):
+                if time.monotonic() - t0 > timeout:
+                    raise
+                await asyncio.sleep(1.0)
+
+
+def _hop(relay: Relay) -> HopSpec:
+    return HopSpec.for_relay(
+        relay.address, relay.or_port, relay.rsa_id, relay.ed_id, relay.ntor_key, relay.nickname
+    )
 
 
 async def get_ip(
