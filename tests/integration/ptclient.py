@@ -384,8 +384,9 @@ def start_tor_client(
     torrc.write_text("\n".join(lines) + "\n")
     log = workdir / "tor-client.log"
     argv = [tor_client_binary(), "-f", str(torrc)]
-    if shutil.which("setpriv"):
-        # The kernel SIGTERMs the daemon if the pytest process dies first.
+    if threading.current_thread() is threading.main_thread() and shutil.which("setpriv"):
+        # The kernel SIGTERMs the daemon if the pytest process dies first. (The parent-death
+        # signal follows the forking *thread*: only the main thread lives as long as we do.)
         argv = ["setpriv", "--pdeathsig", "TERM", *argv]
     child_env = dict(os.environ)
     child_env["PYTHONUNBUFFERED"] = "1"
