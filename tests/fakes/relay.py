@@ -183,6 +183,75 @@ def ntor_server(
     return Y + auth, keys
 
 
+NTOR3_PROTOID = b"ntor3-curve25519-sha3_256-1"
+NTOR3_VERIFICATION = b"circuit extend"  # [C-TOR] onion_crypto.c NTOR3_CIRC_VERIFICATION
+
+
+def _ntor3_encap(s: bytes) -> bytes:
+    return struct.pack(">Q", len(s)) + s
+
+
+def _ntor3_ctr(key: bytes, data: bytes) -> bytes:
+    c = Cipher(algorithms.AES(key), modes.CTR(_ZERO_IV)).encryptor()
+    return c.update(data) + c.finalize()
+
+
+def ntor3_server(
+    relay: SimRelay,
+    onionskin: bytes,
+    reply_fn: Callable[[bytes], bytes],
+    *,
+    verification: bytes = NTOR3_VERIFICATION,
+    key_len: int = 72,
+    y_private: bytes | None = None,
+    bad_auth: bool = False,
+) -> tuple[bytes, bytes]:
+    """Server side of ntor v3 (proposal 332): returns (``Y | AUTH | ENC(SM)``, keys).
+
+    ``reply_fn`` gets the decrypted client message and returns the server message.
+    """
+    p = NTOR3_PROTOID
+
+    def h(s: bytes, t: bytes) -> bytes:
+        return hashlib.sha3_256(_ntor3_encap(p + t) + s).digest()
+
+    if len(onionskin) < 128:
+        raise HandshakeFailed(f"ntor v3 onionskin is {len(onionskin)} bytes")
+    ID, B, X = onionskin[:32], onionskin[32:64], onionskin[64:96]  # noqa: N806
+    cmsg, mac = onionskin[96:-32], onionskin[-32:]
+    if relay.ed_id != ID or relay.ntor_key != B:
+        raise HandshakeFailed("ntor v3 ID/KEYID is not this relay")
+    peer = X25519PublicKey.from_public_bytes(X)
+    try:
+        xb = relay.ntor_private.exchange(peer)
+    except ValueError:
+        raise HandshakeFailed("client X is a small-order point") from None
+    phase1 = hashlib.shake_256(
+        _ntor3_encap(p + b":kdf_phase1") + xb + ID + X + B + p + _ntor3_encap(verification)
+    ).digest(64)
+    want_mac = hashlib.sha3_256(
+        _ntor3_encap(p + b":msg_mac") + _ntor3_encap(phase1[32:]) + onionskin[:-32]
+    ).digest()
+    if not hmac.compare_digest(want_mac, mac):
+        raise HandshakeFailed("ntor v3 client MAC does not verify")
+    smsg = reply_fn(_ntor3_ctr(phase1[:32], cmsg))
+    y = (
+        X25519PrivateKey.generate()
+        if y_private is None
+        else X25519PrivateKey.from_private_bytes(y_private)
+    )
+    Y = y.public_key().public_bytes_raw()  # noqa: N806
+    secret_input = y.exchange(peer) + xb + ID + B + X + Y + p + _ntor3_encap(verification)
+    key_seed = h(secret_input, b":key_seed")
+    verify = h(secret_input, b":verify")
+    stream = hashlib.shake_256(_ntor3_encap(p + b":kdf_final") + key_seed).digest(32 + key_len)
+    enc_smsg = _ntor3_ctr(stream[:32], smsg)
+    auth = h(verify + ID + B + Y + X + mac + _ntor3_encap(enc_smsg) + p + b"Server", b":auth_final")
+    if bad_auth:
+        auth = bytes(b ^ 0xFF for b in auth)
+    return Y + auth + enc_smsg, stream[32:]
+
+
 def create_fast_server(x: bytes) -> tuple[bytes, bytes]:
     """CREATE_FAST: returns (``Y | KH``, 72 bytes ``Df Db Kf Kb``) via KDF-TOR."""
     y = secrets.token_bytes(20)
