@@ -40,6 +40,8 @@ _KINDS = (
     (b"create2-formats", "hs_inner"),
     (b"desc-auth-type", "hs_layer1"),
     (b"HTTP/1.", "http"),
+    (b"router ", "routerdesc"),  # only the netdoc tokenizer reads these
+    (b"extra-info ", "extrainfo"),
 )
 
 
