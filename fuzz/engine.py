@@ -24,9 +24,8 @@ from pathlib import Path
 from types import FrameType
 from typing import Any
 
-from fuzz.harness import Harness
+from fuzz.harness import PURETOR_SRC, Harness
 
-PURETOR_SRC = str(Path(__file__).resolve().parents[1] / "src" / "puretor")
 INTERESTING = (0, 1, 0x7F, 0x80, 0xFF, 0x100, 0x7FFF, 0x8000, 0xFFFF, 0x10000, 0xFFFFFFFF)
 
 

@@ -29,6 +29,7 @@ FUZZ_DIR = Path(__file__).resolve().parent
 REPO = FUZZ_DIR.parent
 CRASH_DIR = FUZZ_DIR / "crashes"
 CORPUS_DIR = FUZZ_DIR / "corpus"
+PURETOR_SRC = str(REPO / "src" / "puretor")
 
 # One input taking longer than this is recorded as a "slow" finding (a likely
 # quadratic path or a hang-in-waiting); libFuzzer's -timeout catches real hangs.
@@ -80,7 +81,7 @@ def split_chunks(data: bytes, selector: int) -> Iterator[bytes]:
 def _signature(exc: BaseException) -> str:
     """Type and innermost project frame: two inputs with the same one are the same bug."""
     frames = traceback.extract_tb(exc.__traceback__)
-    ours = [f for f in frames if "/puretor/" in f.filename] or frames[-1:]
+    ours = [f for f in frames if f.filename.startswith(PURETOR_SRC)] or frames[-1:]
     where = ""
     if ours:
         f = ours[-1]
