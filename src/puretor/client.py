@@ -53,6 +53,12 @@ _RETRY_REASONS = frozenset(
         EndReason.TIMEOUT,
     }
 )
+# C tor retries these on another exit, a few times (MAX_RESOLVE_FAILURES = 3):
+# the exit may be the one with the problem (relay.c connection_ap_process_end_not_open).
+_RETRY_ELSEWHERE_REASONS = frozenset(
+    {EndReason.MISC, EndReason.RESOLVEFAILED, EndReason.NOROUTE, EndReason.TIMEOUT}
+)
+_MAX_RETRY_ELSEWHERE = 2
 
 
 class IsolationToken:
@@ -345,6 +351,7 @@ class TorClient:
         circmgr = self._circmgr
         excluded: set[bytes] = set()
         last: TorError | None = None
+        elsewhere = 0
         for _attempt in range(STREAM_ATTEMPTS):
             self._check_open()
             try:
@@ -352,10 +359,9 @@ class TorClient:
             except NoPathError:
                 if excluded and isinstance(last, StreamRefused):
                     # Every exit that allows the port refused this destination: report the
-                    # exits' answer (EXITPOLICY), not "no path".
+                    # exits' answer (e.g. EXITPOLICY), not "no path".
                     raise StreamRefused(
-                        f"the exit policy of every exit tried ({len(excluded)}) refuses "
-                        f"the destination ({last})",
+                        f"every exit tried ({len(excluded)}) refused the destination ({last})",
                         last.reason,
                     ) from None
                 raise
@@ -363,6 +369,10 @@ class TorClient:
                 transport = await self._attach(handle, host, port)
             except StreamRefused as exc:
                 last = exc
+                if exc.reason in _RETRY_ELSEWHERE_REASONS and elsewhere < _MAX_RETRY_ELSEWHERE:
+                    elsewhere += 1
+                    excluded.add(circmgr.exit_of(handle))
+                    continue
                 if exc.reason not in _RETRY_REASONS:
                     raise
                 if exc.reason == EndReason.EXITPOLICY:

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import dataclasses
 import logging
 import time
 from collections.abc import Callable, Hashable
@@ -193,17 +194,22 @@ class CircuitManager:
 
     async def _build_with_retries(self, slot: _Slot, req: PathRequest) -> CircuitHandle:
         last_error: Exception | None = None
+        avoid: set[bytes] = set()
         for attempt in range(BUILD_ATTEMPTS):
             selector = self._selector(self._netdir())
             if attempt:
-                # Try another exit too: the last one may be the problem.
-                with contextlib.suppress(NoPathError):
-                    slot.exit = selector.choose_exit(req)
+                # Spread the attempts out a little, and never retry through the relay
+                # that just failed: it is likely still in the consensus (C tor too).
+                await asyncio.sleep(0.25 * 2**attempt)
+                req = dataclasses.replace(req, exclude=req.exclude | frozenset(avoid))
+                if slot.exit.rsa_id in avoid or attempt >= 2:
+                    with contextlib.suppress(NoPathError):
+                        slot.exit = selector.choose_exit(req)
             try:
-                handle = await self._build_through(selector, req, slot.exit)
+                handle = await self._build_through(selector, req, slot.exit, avoid=avoid)
             except NoPathError:
                 raise
-            except (TimeoutError, ChannelError, CircuitError) as exc:
+            except (ChannelError, CircuitError, TimeoutError) as exc:
                 last_error = exc
                 self.build_failures += 1
                 log.info("circuit build attempt %d failed: %s", attempt + 1, exc)
@@ -211,12 +217,15 @@ class CircuitManager:
             slot.handle = handle
             handle.isolation = slot.isolation
             return handle
-        raise CircuitError(
-            f"could not build a circuit after {BUILD_ATTEMPTS} attempts: {last_error}"
-        )
+        raise CircuitError(f"could not build a circuit after {BUILD_ATTEMPTS} attempts: {last_error}")
 
     async def _build_through(
-        self, selector: PathSelector, req: PathRequest, last: Relay | HopSpec
+        self,
+        selector: PathSelector,
+        req: PathRequest,
+        last: Relay | HopSpec,
+        *,
+        avoid: set[bytes] | None = None,
     ) -> CircuitHandle:
         """Guard (from the guard manager, avoiding the last hop's family), middle, last."""
         if isinstance(last, HopSpec):
@@ -243,6 +252,13 @@ class CircuitManager:
             # The guard itself is unreachable: the guard manager moves on to the next.
             self.guards.record_failure(usage, time.time())
             self.on_guards_changed()
+            raise
+        except CircuitError as exc:
+            # Beyond the guard: remember which relay failed so the next attempt avoids it.
+            failed = getattr(exc, "failed_hop", None)
+            if avoid is not None and failed is not None and 0 < failed < len(hops):
+                avoid.add(hops[failed].target.rsa_id)
+            self.guards.cancel(usage)
             raise
         except BaseException:
             self.guards.cancel(usage)

@@ -152,11 +152,17 @@ async def build_circuit(
         for hop in path[1:]:
             await handle.extend(hop, max(0.1, deadline - time.monotonic()))
     except TimeoutError as exc:
+        failed = circ.hop_count  # the hop we were waiting for
         circ.destroy(0, "build timed out")
         names = " → ".join(h.target.nickname or h.target.address for h in path)
-        raise CircuitBuildTimeout(
-            f"circuit build through {names} timed out after {timeout:.0f}s"
-        ) from exc
+        err = CircuitBuildTimeout(f"circuit build through {names} timed out after {timeout:.0f}s")
+        err.failed_hop = failed  # type: ignore[attr-defined]
+        raise err from exc
+    except CircuitError as exc:
+        # Tell the caller which hop could not be reached, so a retry avoids it.
+        exc.failed_hop = circ.hop_count  # type: ignore[attr-defined]
+        circ.destroy(0, "build failed")
+        raise
     except BaseException:
         circ.destroy(0, "build failed")
         raise
