@@ -385,6 +385,17 @@ class TestNetwork:
             "onion descriptor uploads",
             logs=[nf.rend_log for nf in onions],
         )
+        # Until an exit has bootstrapped itself it answers every BEGIN with END MISC, for
+        # C tor clients and puretor alike: "ready" must mean the exits are usable.
+        exit_logs = [
+            self.workdir / "nodes" / n.nickname / "notice.log" for n in self.plan.by_role("exit")
+        ]
+        self._wait(
+            lambda: all(_logged_since(log, 0, "Bootstrapped 100%") for log in exit_logs),
+            max(1.0, deadline - time.monotonic()),
+            "the exits to bootstrap",
+            logs=exit_logs,
+        )
         self._info = build_info(
             prep,
             self.plan,
