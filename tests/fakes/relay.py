@@ -19,6 +19,11 @@ What it does:
   source, RESOLVE → RESOLVED, END;
 * circuit and stream SENDME windows on the relay side as C tor keeps them,
   v1 digests recorded and verified, ``sendme_accept_min_version``;
+* ntor v3 (HTYPE 3) with congestion control negotiation (prop 324 §10): a hop that
+  agreed sends and expects circuit SENDMEs every ``sendme_inc`` DATA cells, has no
+  stream windows (a stream SENDME is a protocol violation), sends with a Vegas-ish
+  cwnd of its own (slow start up to a cap), honours the client's XOFF/XON and sends
+  XOFF/XON itself when an echo backlog builds up and drains (C tor's exit outbuf);
 * and, as a test oracle, a *strict* check that the client never sent a DATA cell
   its package windows did not allow (see `FakeHop.sendmes_delivered`);
 * misbehaviour knobs: bad digests, window overruns, wrong/withheld SENDMEs,
@@ -283,12 +288,31 @@ class FakeStream:
     sendmes_emitted: int = 0
     sendmes_delivered: int = 0  # emitted SENDMEs the client has certainly been handed
     withheld_sendmes: int = 0
+    # Congestion control (XON/XOFF, prop 324 §4).
+    xoff_from_client: bool = False  # the client told us to stop sending
+    xoffs_received: int = 0
+    xons_received: int = 0
+    xon_rates: list[int] = field(default_factory=list)
+    xoff_sent: bool = False  # we told the client to stop
+    xoff_delivered: bool = False  # ... and it has certainly seen that
+    xoffs_sent: int = 0
+    xons_sent: int = 0
+    data_cells_after_xoff: int = 0  # DATA the client sent after it saw our XOFF
 
 
 class FakeHop:
     """One simulated relay on a circuit: relay crypto, windows and edge streams."""
 
-    def __init__(self, relay: SimRelay, keys: bytes, circwindow: int, *, hs: bool = False) -> None:
+    def __init__(
+        self,
+        relay: SimRelay,
+        keys: bytes,
+        circwindow: int,
+        *,
+        hs: bool = False,
+        cc_sendme_inc: int | None = None,
+        cc_cwnd: int = 124,
+    ) -> None:
         if hs:
             # rend-spec §5: the onion-service hop uses SHA3-256 and AES-256.
             df, db, kf, kb = keys[0:32], keys[32:64], keys[64:96], keys[96:128]
@@ -316,6 +340,17 @@ class FakeHop:
         self.sendmes_delivered = 0
         self.withheld_digests: list[bytes] = []  # circuit SENDMEs held back by a knob
         self.unhandled: list[tuple[int, int, bytes]] = []  # (command, stream id, data)
+        # Congestion control negotiated with this hop (prop 324): SENDMEs every
+        # sendme_inc cells both ways (C tor still counts the deliver window from
+        # CIRCWINDOW_START), and a cwnd instead of the package window.
+        self.cc = cc_sendme_inc is not None
+        self.sendme_inc = cc_sendme_inc or CIRCWINDOW_INCREMENT
+        if self.cc:
+            self.deliver_window = self.circwindow = CIRCWINDOW_START
+        self.cwnd = cc_cwnd
+        self.inflight = 0
+        self.max_inflight_seen = 0  # the most DATA cells the client had unacknowledged
+        self.max_cwnd = cc_cwnd
 
 
 @dataclass(eq=False)
@@ -349,6 +384,16 @@ class FakeRelayConfig:
     echo_high_water: int = 256 * 1024
     # Oracle: close the circuit if the client sends beyond its package windows.
     strict_windows: bool = True
+    # Congestion control at a hop asked for it by ntor v3 (C tor relays: cc_alg != 0).
+    cc_enabled: bool = True
+    cc_sendme_inc: int = 31  # what the hop answers (the client checks it)
+    cc_cwnd_init: int = 124
+    cc_cwnd_cap: int = 2000  # slow start stops here (our Vegas-ish sender)
+    cc_xoff_bytes: int = 500 * RELAY_DATA_LEN  # C tor's cc_xoff_exit: echo backlog limit
+    cc_ignore_xoff: bool = False  # misbehaviour: keep sending after the client's XOFF
+    cc_response: bytes | None = None  # answer this server message instead
+    # Oracle: most DATA cells the client may have unacknowledged on a CC hop.
+    cc_max_client_inflight: int = 10000
     # Misbehaviour knobs.
     certs_mutator: Callable[[list[tuple[int, bytes]]], list[tuple[int, bytes]]] | None = None
     bad_ntor_auth: bool = False
@@ -426,6 +471,7 @@ class FakeRelay:
                 hop.sendmes_delivered = hop.sendmes_emitted
                 for stream in hop.streams.values():
                     stream.sendmes_delivered = stream.sendmes_emitted
+                    stream.xoff_delivered = stream.xoff_sent
         return out
 
     def receive_data(self, data: bytes) -> None:
@@ -558,25 +604,58 @@ class FakeRelay:
         if circ_id in self.circuits:
             self._violation(f"CREATE for known circuit {circ_id:#x}")
             return
+        cc_inc: int | None = None
         try:
             if cmd == CellCommand.CREATE_FAST:
                 reply, keys = create_fast_server(payload[:20])
                 self._send_fixed(circ_id, CellCommand.CREATED_FAST, reply)
             else:
                 htype, hlen = struct.unpack_from(">HH", payload)
-                if htype != 2:
-                    raise HandshakeFailed(f"unsupported HTYPE {htype}")
-                reply, keys = ntor_server(
-                    self.sim, payload[4 : 4 + hlen], bad_auth=self.config.bad_ntor_auth
-                )
+                reply, keys, cc_inc = self._server_handshake(self.sim, htype, payload[4 : 4 + hlen])
                 self._send_fixed(circ_id, CellCommand.CREATED2, _U16.pack(len(reply)) + reply)
         except HandshakeFailed as exc:
             self._violation(f"CREATE failed: {exc}")
             self._send_fixed(circ_id, CellCommand.DESTROY, bytes((DestroyReason.PROTOCOL,)))
             return
         circ = FakeCircuit(circ_id)
-        circ.hops.append(FakeHop(self.sim, keys, self.config.circwindow))
+        circ.hops.append(self._new_hop(self.sim, keys, cc_inc))
         self.circuits[circ_id] = circ
+
+    def _new_hop(self, relay: SimRelay, keys: bytes, cc_inc: int | None) -> FakeHop:
+        cfg = self.config
+        return FakeHop(relay, keys, cfg.circwindow, cc_sendme_inc=cc_inc, cc_cwnd=cfg.cc_cwnd_init)
+
+    def _server_handshake(
+        self, relay: SimRelay, htype: int, hdata: bytes
+    ) -> tuple[bytes, bytes, int | None]:
+        """ntor (HTYPE 2) or ntor v3 (HTYPE 3); returns (reply, keys, CC sendme_inc)."""
+        cfg = self.config
+        if htype == 2:
+            reply, keys = ntor_server(relay, hdata, bad_auth=cfg.bad_ntor_auth)
+            return reply, keys, None
+        if htype != 3:
+            raise HandshakeFailed(f"unsupported HTYPE {htype}")
+        agreed: list[int] = []
+
+        def answer(cm: bytes) -> bytes:
+            # [C-TOR] a trunnel extension list with a count byte: N, then TYPE LEN DATA.
+            try:
+                n, pos, types = cm[0], 1, []
+                for _ in range(n):
+                    types.append(cm[pos])
+                    pos += 2 + cm[pos + 1]
+                if pos > len(cm):
+                    raise IndexError
+            except IndexError:
+                raise HandshakeFailed("malformed ntor v3 client message") from None
+            if 1 in types and cfg.cc_enabled:
+                agreed.append(cfg.cc_sendme_inc)
+            if cfg.cc_response is not None:
+                return cfg.cc_response
+            return bytes((1, 2, 1, cfg.cc_sendme_inc)) if agreed else b"\x00"
+
+        reply, keys = ntor3_server(relay, hdata, answer, bad_auth=cfg.bad_ntor_auth)
+        return reply, keys, (agreed[0] if agreed else None)
 
     def _relay_cell(self, circ: FakeCircuit, payload: bytes, *, early: bool) -> None:
         data = payload
@@ -626,6 +705,8 @@ class FakeRelay:
             self._resolve(circ, index, stream_id, data)
         elif command == RelayCommand.EXTEND2:
             self._extend2(circ, index, data, early)
+        elif command in (RelayCommand.XON, RelayCommand.XOFF):
+            self._xon_xoff(circ, index, command, stream_id, data)
         elif command in (RelayCommand.DROP, RelayCommand.TRUNCATE):
             pass
         else:
@@ -637,7 +718,15 @@ class FakeRelay:
         hop = circ.hops[index]
         cfg = self.config
         hop.data_cells_received += 1
-        if cfg.strict_windows and hop.data_cells_received > (
+        if hop.cc:
+            # No fixed window: the client's Vegas decides.  Oracle: never more than
+            # cc_max_client_inflight cells it has not seen a SENDME for.
+            unacked = hop.data_cells_received - hop.sendme_inc * hop.sendmes_delivered
+            hop.max_inflight_seen = max(hop.max_inflight_seen, unacked)
+            if cfg.strict_windows and unacked > cfg.cc_max_client_inflight:
+                self.close_circuit(circ, index, f"client has {unacked} DATA cells in flight")
+                return
+        elif cfg.strict_windows and hop.data_cells_received > (
             hop.circwindow + CIRCWINDOW_INCREMENT * hop.sendmes_delivered
         ):
             self.close_circuit(circ, index, "client sent DATA beyond its circuit package window")
@@ -646,16 +735,29 @@ class FakeRelay:
         if hop.deliver_window < 0:
             self.close_circuit(circ, index, "circuit deliver window below 0")
             return
-        if hop.deliver_window <= hop.circwindow - CIRCWINDOW_INCREMENT:
+        if hop.deliver_window <= hop.circwindow - hop.sendme_inc:
             if cfg.withhold_circuit_sendmes:
                 hop.withheld_digests.append(hop.fwd_digest.digest()[:20])
             else:
                 self._emit_circuit_sendme(circ, index)
-            hop.deliver_window += CIRCWINDOW_INCREMENT
+            hop.deliver_window += hop.sendme_inc
         stream = hop.streams.get(stream_id)
         if stream is None:
             return  # unknown or closed stream: counted above, then dropped
         stream.data_cells_received += 1
+        if hop.cc:
+            # Flow control instead of stream windows.
+            if stream.xoff_delivered:
+                stream.data_cells_after_xoff += 1
+                if cfg.strict_windows:
+                    self.close_circuit(circ, index, "client sent DATA after our XOFF")
+                    return
+            stream.received += data
+            if stream.behaviour == ECHO:
+                self._queue_stream_data(hop, stream, data)
+                if len(stream.outgoing) > cfg.cc_xoff_bytes and not stream.xoff_sent:
+                    self.send_xoff(circ, index, stream)
+            return
         if cfg.strict_windows and stream.data_cells_received > (
             STREAMWINDOW_START + STREAMWINDOW_INCREMENT * stream.sendmes_delivered
         ):
@@ -684,9 +786,52 @@ class FakeRelay:
         hop.sendmes_emitted += 1
         self.send_relay(circ, index, RelayCommand.SENDME, 0, body)
 
+    def send_xoff(self, circ: FakeCircuit, index: int, stream: FakeStream) -> None:
+        stream.xoff_sent = True
+        stream.xoffs_sent += 1
+        self.send_relay(circ, index, RelayCommand.XOFF, stream.stream_id, b"\x00")
+
+    def send_xon(self, circ: FakeCircuit, index: int, stream: FakeStream, kbps: int = 0) -> None:
+        stream.xoff_sent = stream.xoff_delivered = False
+        stream.xons_sent += 1
+        self.send_relay(circ, index, RelayCommand.XON, stream.stream_id, b"\x00" + _U32.pack(kbps))
+
+    def _xon_xoff(
+        self, circ: FakeCircuit, index: int, command: int, stream_id: int, data: bytes
+    ) -> None:
+        hop = circ.hops[index]
+        if not hop.cc:
+            self._violation(f"XON/XOFF ({command}) on a circuit without congestion control")
+            return
+        stream = hop.streams.get(stream_id)
+        if stream is None:
+            return
+        if not data or data[0] != 0:
+            self._violation(f"XON/XOFF with version {data[:1].hex()}")
+            return
+        if command == RelayCommand.XOFF:
+            if stream.xoff_from_client:
+                self._violation("client sent a second XOFF without XON")
+            stream.xoffs_received += 1
+            stream.xoff_from_client = True
+            return
+        if len(data) < 5:
+            self._violation("XON without kbps_ewma")
+            return
+        stream.xons_received += 1
+        stream.xon_rates.append(_U32.unpack_from(data, 1)[0])
+        stream.xoff_from_client = False
+        if stream.outgoing and stream not in hop.ready:
+            hop.ready.append(stream)
+
     def _consider_stream_sendme(self, circ: FakeCircuit, index: int, stream: FakeStream) -> None:
         """C tor's connection_edge_consider_sending_sendme, with echo backlog as outbuf."""
         if stream.closed:
+            return
+        if circ.hops[index].cc:
+            # Flow control: XON once the backlog that made us send XOFF has drained.
+            if stream.xoff_sent and not stream.outgoing:
+                self.send_xon(circ, index, stream)
             return
         if stream.behaviour == ECHO and len(stream.outgoing) >= self.config.echo_high_water:
             return  # what we received is still waiting to go back
@@ -701,6 +846,10 @@ class FakeRelay:
     def _sendme(self, circ: FakeCircuit, index: int, stream_id: int, data: bytes) -> None:
         hop = circ.hops[index]
         if stream_id:
+            if hop.cc:
+                # C tor sendme_process_stream_level: "Congestion control got stream sendme".
+                self.close_circuit(circ, index, "stream SENDME on a congestion-controlled circuit")
+                return
             stream = hop.streams.get(stream_id)
             if stream is None:
                 return
@@ -728,6 +877,13 @@ class FakeRelay:
             if data[3:23] != expected:
                 self.close_circuit(circ, index, "SENDME v1 digest mismatch")
                 return
+        if hop.cc:
+            # Vegas-ish: the ack frees sendme_inc cells; slow start grows cwnd by as
+            # much, up to a cap.
+            hop.inflight -= hop.sendme_inc
+            hop.cwnd = min(hop.cwnd + hop.sendme_inc, self.config.cc_cwnd_cap)
+            hop.max_cwnd = max(hop.max_cwnd, hop.cwnd)
+            return
         if hop.package_window + CIRCWINDOW_INCREMENT > hop.circwindow:
             self.close_circuit(circ, index, "unexpected circuit SENDME")
             return
@@ -847,15 +1003,12 @@ class FakeRelay:
         if ed is not None and ed != target.ed_id:
             self._truncated(circ, index, DestroyReason.OR_IDENTITY, "Ed25519 id mismatch")
             return
-        if htype != 2:
-            self._truncated(circ, index, DestroyReason.PROTOCOL, f"HTYPE {htype}")
-            return
         try:
-            reply, keys = ntor_server(target, hdata, bad_auth=self.config.bad_ntor_auth)
+            reply, keys, cc_inc = self._server_handshake(target, htype, hdata)
         except HandshakeFailed as exc:
             self._truncated(circ, index, DestroyReason.PROTOCOL, str(exc))
             return
-        circ.hops.append(FakeHop(target, keys, self.config.circwindow))
+        circ.hops.append(self._new_hop(target, keys, cc_inc))
         self.send_relay(circ, index, RelayCommand.EXTENDED2, 0, _U16.pack(len(reply)) + reply)
 
     def _truncated(self, circ: FakeCircuit, index: int, reason: int, message: str) -> None:
@@ -911,26 +1064,23 @@ class FakeRelay:
 
     def _pump(self, circ: FakeCircuit) -> None:
         """Package queued stream data into DATA cells while the windows allow."""
-        cfg = self.config
         for index, hop in enumerate(circ.hops):
             ready = hop.ready
             while ready and not circ.closed:
-                if hop.package_window <= 0 and not cfg.ignore_circuit_windows:
+                if not self._hop_may_send(hop):
                     break
                 stream = ready[0]
                 if stream.closed or not stream.outgoing:
                     ready.popleft()
                     self._finish_stream(circ, index, stream)
                     continue
-                if stream.package_window <= 0 and not cfg.ignore_stream_windows:
+                if not self._stream_may_send(hop, stream):
                     ready.popleft()
                     continue
                 for _ in range(16):  # a fair share, then the next stream
                     if not stream.outgoing:
                         break
-                    if stream.package_window <= 0 and not cfg.ignore_stream_windows:
-                        break
-                    if hop.package_window <= 0 and not cfg.ignore_circuit_windows:
+                    if not self._stream_may_send(hop, stream) or not self._hop_may_send(hop):
                         break
                     chunk = bytes(stream.outgoing[:RELAY_DATA_LEN])
                     del stream.outgoing[:RELAY_DATA_LEN]
@@ -940,6 +1090,13 @@ class FakeRelay:
                     stream.package_window -= 1
                     stream.data_cells_sent += 1
                     hop.data_cells_sent += 1
+                    if hop.cc:
+                        # C tor: record the digest of the cell that makes inflight a
+                        # multiple of sendme_inc (circuit_sent_cell_for_sendme).
+                        hop.inflight += 1
+                        if hop.inflight % hop.sendme_inc == 0:
+                            hop.sent_digests.append(digest)
+                        continue
                     hop.package_window -= 1
                     # C tor records the digest of each cell that takes the package
                     # window to a multiple of the increment: a SENDME must quote it.
@@ -949,6 +1106,16 @@ class FakeRelay:
                 if stream.behaviour == ECHO:
                     # Echo backlog shrank: maybe grant SENDMEs we held back.
                     self._consider_stream_sendme(circ, index, stream)
+
+    def _hop_may_send(self, hop: FakeHop) -> bool:
+        if self.config.ignore_circuit_windows:
+            return True
+        return hop.inflight < hop.cwnd if hop.cc else hop.package_window > 0
+
+    def _stream_may_send(self, hop: FakeHop, stream: FakeStream) -> bool:
+        if hop.cc:
+            return not stream.xoff_from_client or self.config.cc_ignore_xoff
+        return stream.package_window > 0 or self.config.ignore_stream_windows
 
     def _finish_stream(self, circ: FakeCircuit, index: int, stream: FakeStream) -> None:
         if stream.end_when_drained and not stream.closed and not stream.outgoing:
@@ -1157,17 +1324,27 @@ def build_circuit(
     *,
     fast: bool = False,
     mark_open: bool = True,
+    congestion_control: Any = None,
     **circuit_kwargs: int,
 ) -> Circuit:
-    """Build (and open) a ``hops``-hop circuit: CREATE_FAST/CREATE2 then EXTEND2s."""
+    """Build (and open) a ``hops``-hop circuit: CREATE_FAST/CREATE2 then EXTEND2s.
+
+    ``congestion_control`` (a `CCParams`): ask the last hop for it over ntor v3.
+    """
     circ = channel.new_circuit(**circuit_kwargs)
     if fast:
         circ.send_create_fast()
     else:
         circ.send_create2(fake.sim.rsa_id, fake.sim.ntor_key)
     transfer(channel, fake)
-    for relay in fake.relays[1:hops]:
-        circ.send_extend2(relay.link_specifiers(), relay.rsa_id, relay.ntor_key)
+    for i, relay in enumerate(fake.relays[1:hops], start=2):
+        circ.send_extend2(
+            relay.link_specifiers(),
+            relay.rsa_id,
+            relay.ntor_key,
+            ed_id=relay.ed_id,
+            congestion_control=congestion_control if i == hops else None,
+        )
         transfer(channel, fake)
     if circ.hop_count != hops:
         raise AssertionError(f"circuit has {circ.hop_count} hops, wanted {hops}: {fake.violations}")

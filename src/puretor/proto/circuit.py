@@ -1,8 +1,11 @@
 """A client circuit, sans-I/O: handshakes, relay crypto, streams, flow control.
 
-tor-spec §5 (create/extend), §6 (relay cells), §7.3–7.4 (SENDME windows) and
-proposal 289 (authenticated SENDMEs).  Cells leave through the owning
-`Channel`'s output buffer; nothing here touches a socket or a clock.
+tor-spec §5 (create/extend), §6 (relay cells), §7.3–7.4 (SENDME windows),
+proposal 289 (authenticated SENDMEs) and proposal 324 (congestion control with the
+exit: SENDMEs every ``sendme_inc`` cells, Vegas for what we send, XON/XOFF instead
+of stream SENDMEs).  Cells leave through the owning `Channel`'s output buffer;
+nothing here touches a socket, and the clock (`Circuit.clock`, used only by
+congestion control) can be replaced.
 """
 
 from __future__ import annotations
@@ -11,6 +14,7 @@ import contextlib
 import enum
 import os
 import struct
+import time
 from collections import deque
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -27,6 +31,17 @@ from puretor.proto.cells import (
     encode_create2,
     encode_create_fast,
     encode_destroy,
+)
+from puretor.proto.congestion import (
+    UNLIMITED_WINDOW,
+    CCParams,
+    StreamFlow,
+    Vegas,
+    cc_request_message,
+    decode_xon,
+    encode_xoff,
+    encode_xon,
+    parse_cc_response,
 )
 from puretor.proto.relaycrypto import HopCrypto, OnionCrypto
 from puretor.proto.relaymsg import (
@@ -72,7 +87,14 @@ _CELL_RELAY = CellCommand.RELAY.value
 _CELL_RELAY_EARLY = CellCommand.RELAY_EARLY.value
 
 _STREAM_COMMANDS = frozenset(
-    {RelayCommand.CONNECTED, RelayCommand.END, RelayCommand.RESOLVED, RelayCommand.SENDME}
+    {
+        RelayCommand.CONNECTED,
+        RelayCommand.END,
+        RelayCommand.RESOLVED,
+        RelayCommand.SENDME,
+        RelayCommand.XON,
+        RelayCommand.XOFF,
+    }
 )
 
 
@@ -156,9 +178,19 @@ class Circuit:
         self._sendme_accept_min = sendme_accept_min_version
         self._circwindow = circwindow
         # Per-hop circuit windows and the digests of cells that should be SENDMEd.
+        # On the congestion-controlled hop `_package_window` only counts cells modulo
+        # `sendme_inc` (which cell's digest to record); `cc` governs how many may go.
         self._package_window: list[int] = []
         self._deliver_window: list[int] = []
+        self._sendme_inc: list[int] = []  # cells per SENDME, each direction
+        self._sendme_at: list[int] = []  # deliver window at which we send a SENDME
         self._expected_sendme: list[deque[bytes]] = []
+        # Congestion control, negotiated with the last hop (the exit) by ntor v3.
+        self.cc: Vegas | None = None
+        self.cc_params: CCParams | None = None
+        self._cc_hop = -1
+        self._closing = False
+        self.clock: Callable[[], float] = time.monotonic
         self._ready: deque[Stream] = deque()
         self._pending_data: dict[Stream, list[bytes]] = {}
         self._header = struct.pack(">IB", circ_id, _CELL_RELAY)
@@ -184,13 +216,31 @@ class Circuit:
         )
 
     def send_extend2(
-        self, link_specifiers: list[LinkSpecifier], rsa_id: bytes, ntor_key: bytes
+        self,
+        link_specifiers: list[LinkSpecifier],
+        rsa_id: bytes,
+        ntor_key: bytes,
+        *,
+        ed_id: bytes | None = None,
+        congestion_control: CCParams | None = None,
     ) -> None:
+        """EXTEND2 to the next hop: ntor, or - with ``congestion_control`` and the
+        relay's Ed25519 ``ed_id`` - ntor v3 asking it for congestion control (what C tor
+        does for the exit of a circuit, prop 324 §10)."""
         if self.state is not CircuitState.BUILDING or not self.crypto.hops:
             raise RuntimeError("extend on a circuit that is not being built")
-        state, onionskin = handshake.ntor_client_create(rsa_id, ntor_key)
-        self._pending = ("extended2", state)
-        body = encode_extend2(link_specifiers, handshake.NTOR_HTYPE, onionskin)
+        if congestion_control is not None and congestion_control.enabled:
+            if ed_id is None:
+                raise ValueError("ntor v3 needs the relay's Ed25519 identity")
+            state3, onionskin = handshake.ntor_v3_client_create(
+                ed_id, ntor_key, cc_request_message()
+            )
+            self._pending = ("extended2", (state3, congestion_control))
+            body = encode_extend2(link_specifiers, handshake.NTOR_V3_HTYPE, onionskin)
+        else:
+            state, onionskin = handshake.ntor_client_create(rsa_id, ntor_key)
+            self._pending = ("extended2", state)
+            body = encode_extend2(link_specifiers, handshake.NTOR_HTYPE, onionskin)
         self.send_relay(RelayCommand.EXTEND2, 0, body, early=True)
 
     def add_virtual_hop(self, df: bytes, db: bytes, kf: bytes, kb: bytes) -> None:
@@ -201,10 +251,21 @@ class Circuit:
         if self.state is CircuitState.BUILDING:
             self.state = CircuitState.OPEN
 
-    def _add_hop(self, hop: HopCrypto) -> None:
+    def _add_hop(self, hop: HopCrypto, sendme_inc: int | None = None) -> None:
+        """Add a hop; ``sendme_inc``: congestion control was negotiated with it."""
         self.crypto.add_hop(hop)
-        self._package_window.append(self._circwindow)
-        self._deliver_window.append(self._circwindow)
+        if sendme_inc is None:
+            self._package_window.append(self._circwindow)
+            self._deliver_window.append(self._circwindow)
+            self._sendme_inc.append(CIRCWINDOW_INCREMENT)
+            self._sendme_at.append(self._circwindow - CIRCWINDOW_INCREMENT)
+        else:
+            # C tor keeps counting the deliver window from CIRCWINDOW_START and sends a
+            # SENDME each time it is sendme_inc below; packaging has no fixed window.
+            self._package_window.append(0)
+            self._deliver_window.append(CIRCWINDOW_START)
+            self._sendme_inc.append(sendme_inc)
+            self._sendme_at.append(CIRCWINDOW_START - sendme_inc)
         self._expected_sendme.append(deque())
 
     def _complete_handshake(self, reply_kind: str, reply: bytes | tuple[bytes, bytes]) -> None:
@@ -217,11 +278,20 @@ class Circuit:
         if pending is None or pending[0] != reply_kind:
             raise RemoteProtocolError(f"unexpected {reply_kind.upper()} reply")
         kind, state = pending
+        sendme_inc: int | None = None
         if isinstance(reply, tuple):  # CREATED_FAST: (Y, KH)
             keys = handshake.fast_client_complete(state, reply[0], reply[1])
+        elif isinstance(state, tuple):  # ntor v3 with a congestion control request
+            state3, params = state
+            keys, server_message = handshake.ntor_v3_client_complete(state3, reply)
+            sendme_inc = parse_cc_response(server_message, params)
+            if sendme_inc is not None:
+                self.cc = Vegas(params, sendme_inc)
+                self.cc_params = params
+                self._cc_hop = len(self.crypto.hops)
         else:
             keys = handshake.ntor_client_complete(state, reply)
-        self._add_hop(HopCrypto(keys.df, keys.db, keys.kf, keys.kb))
+        self._add_hop(HopCrypto(keys.df, keys.db, keys.kf, keys.kb), sendme_inc)
         self.on_event(HopAdded(self.hop_count))
 
     # -- inbound -------------------------------------------------------------
@@ -303,11 +373,12 @@ class Circuit:
             window = self._deliver_window[hop] - 1
             if window < 0:
                 raise RemoteProtocolError("relay overran the circuit deliver window")
-            if window <= self._circwindow - CIRCWINDOW_INCREMENT:
-                # The digest of the cell just absorbed authenticates this SENDME.
+            if window <= self._sendme_at[hop]:
+                # The digest of the cell just absorbed authenticates this SENDME (every
+                # 100 cells, or every sendme_inc with congestion control).
                 digest = digest_state.digest()[:20]
                 self.send_relay(RelayCommand.SENDME, 0, encode_sendme_v1(digest), hop=hop)
-                window += CIRCWINDOW_INCREMENT
+                window += self._sendme_inc[hop]
             self._deliver_window[hop] = window
             stream = self.streams.get(stream_id)
             if stream is not None and hop == len(self.crypto.hops) - 1:
@@ -350,21 +421,29 @@ class Circuit:
         want = expected.popleft()
         if version >= 1 and digest != want:
             raise RemoteProtocolError("circuit SENDME digest does not match")
-        window = self._package_window[hop] + CIRCWINDOW_INCREMENT
-        if window > self._circwindow:
-            raise RemoteProtocolError("circuit SENDME overflowed the package window")
-        self._package_window[hop] = window
+        if hop == self._cc_hop and self.cc is not None:
+            self.cc.on_sendme(int(self.clock() * 1_000_000))
+        else:
+            window = self._package_window[hop] + CIRCWINDOW_INCREMENT
+            if window > self._circwindow:
+                raise RemoteProtocolError("circuit SENDME overflowed the package window")
+            self._package_window[hop] = window
         self._package()
 
     def _handle_stream_message(self, stream: Stream, command: int, data: bytes) -> None:
         if self._pending_data:
             self._flush_stream_data()  # DATA that came before this message goes first
         if command == _CMD_SENDME:
+            if stream.flow is not None:
+                # As C tor (sendme_process_stream_level): a protocol violation.
+                raise RemoteProtocolError("stream SENDME on a congestion-controlled circuit")
             stream.package_window += STREAM_WINDOW_INCREMENT
             if stream.package_window > STREAM_WINDOW_START:
                 raise RemoteProtocolError("stream SENDME overflowed the stream window")
             if stream.send_buffer:
                 self._schedule_stream(stream)
+        elif command == RelayCommand.XOFF or command == RelayCommand.XON:
+            self._xon_xoff_received(stream, command, data)
         elif command == RelayCommand.CONNECTED:
             if stream.state is not StreamState.CONNECTING:
                 raise RemoteProtocolError("CONNECTED on a stream that is not connecting")
@@ -377,6 +456,12 @@ class Circuit:
         elif command == RelayCommand.END:
             end = decode_end(data)
             self._forget_stream(stream)
+            flow = stream.flow
+            if flow is not None and flow.held_bytes:
+                # Data held for a paused reader goes first (C tor flushes the edge
+                # connection's outbuf before closing it): END when it resumes.
+                flow.end = end
+                return
             stream.sink.stream_ended(end.reason, end, "stream ended by exit")
         elif command == RelayCommand.RESOLVED:
             if stream.state is not StreamState.RESOLVING:
@@ -394,6 +479,16 @@ class Circuit:
             # As C tor (relay.c): a stream window below 0 is a protocol error that
             # kills the circuit, not just the stream (spec-map §4.1).
             raise RemoteProtocolError("relay overran the stream deliver window")
+        flow = stream.flow
+        if flow is not None and (stream.delivery_paused or flow.held_bytes):
+            # The reader is paused (or still has held data to take first): hold it.
+            self._hold(stream, flow, data)
+            params = self.cc_params
+            if params is not None and flow.after_xoff > params.overrun_bytes:
+                raise RemoteProtocolError(
+                    f"exit sent {flow.after_xoff} bytes on a stream after our XOFF"
+                )
+            return
         # Delivered at the end of the run, joined: one application write per stream
         # per run of cells instead of one per 498-byte cell.
         pending = self._pending_data.get(stream)
@@ -409,7 +504,12 @@ class Circuit:
             for stream, chunks in pending.items():
                 if stream.state is not StreamState.OPEN:
                     continue
-                stream.sink.stream_data(chunks[0] if len(chunks) == 1 else b"".join(chunks))
+                data = chunks[0] if len(chunks) == 1 else b"".join(chunks)
+                flow = stream.flow
+                if flow is not None and (stream.delivery_paused or flow.held_bytes):
+                    self._hold(stream, flow, data)  # paused by another stream's reader
+                    continue
+                stream.sink.stream_data(data)
                 if not stream.delivery_paused and stream.deliver_window <= (
                     STREAM_WINDOW_START - STREAM_WINDOW_INCREMENT
                 ):
@@ -421,6 +521,79 @@ class Circuit:
         while stream.deliver_window <= STREAM_WINDOW_START - STREAM_WINDOW_INCREMENT:
             stream.deliver_window += STREAM_WINDOW_INCREMENT
             self.send_relay(RelayCommand.SENDME, stream.stream_id, b"")
+
+    # -- XON/XOFF (prop 324 §4; C tor congestion_control_flow.c) ----------------------
+
+    def _now_usec(self) -> int:
+        return int(self.clock() * 1_000_000)
+
+    def _hold(self, stream: Stream, flow: StreamFlow, data: bytes) -> None:
+        """Keep data for a paused reader; XOFF once too much piles up (as C tor's outbuf)."""
+        flow.hold(data)
+        if flow.xoff_sent:
+            flow.after_xoff += len(data)
+            return
+        params = self.cc_params
+        if params is None or self._closing or self.state is not CircuitState.OPEN:
+            return
+        if (
+            flow.should_send_xoff(params.xoff_client, self._now_usec())
+            # Never let the grace period (a clock that does not move) hold unbounded data.
+            or flow.held_bytes > params.max_held_bytes
+        ):
+            flow.xoff_sent = True
+            flow.after_xoff = 0
+            flow.xoffs_sent += 1
+            self.send_relay(RelayCommand.XOFF, stream.stream_id, encode_xoff())
+
+    def _resume_flow(self, stream: Stream) -> None:
+        """The reader resumed: hand it what we held; XON once it has taken all of it."""
+        flow = stream.flow
+        if flow is None:
+            return
+        end = flow.end
+        if flow.held_bytes and (stream.state is StreamState.OPEN or end is not None):
+            stream.sink.stream_data(flow.take_held())
+        if end is not None:
+            flow.end = None
+            stream.sink.stream_ended(end.reason, end, "stream ended by exit")
+            return
+        if (
+            flow.xoff_sent
+            and not flow.held_bytes
+            and not stream.delivery_paused
+            and stream.state is StreamState.OPEN
+            and self.state is CircuitState.OPEN
+            and not self._closing
+        ):
+            # C tor sends XON when its outbuf has drained; kbps_ewma 0 = no rate advice.
+            flow.xoff_sent = False
+            flow.after_xoff = 0
+            flow.xons_sent += 1
+            self.send_relay(RelayCommand.XON, stream.stream_id, encode_xon(0))
+
+    def _xon_xoff_received(self, stream: Stream, command: int, data: bytes) -> None:
+        """XOFF/XON from the exit: stop/resume packaging this stream."""
+        flow = stream.flow
+        if flow is None:
+            return  # C tor ignores them on a circuit without congestion control
+        if command == RelayCommand.XOFF:
+            if flow.xoff_received:
+                return  # C tor: "Got multiple XOFF on connection" - ignored
+            flow.xoffs_received += 1
+            flow.xoff_received = True
+            stream.package_window = 0  # `_package` skips the stream until XON
+            return
+        rate = decode_xon(data)
+        if rate is None:
+            return  # malformed XON: C tor drops it
+        flow.xons_received += 1
+        flow.rate_kbps = rate
+        if flow.xoff_received:
+            flow.xoff_received = False
+            stream.package_window = UNLIMITED_WINDOW
+            if stream.send_buffer and stream.state is StreamState.OPEN:
+                self._schedule_stream(stream)
 
     # -- outbound ------------------------------------------------------------
 
@@ -475,15 +648,19 @@ class Circuit:
         if not ready or self.state is not CircuitState.OPEN:
             return
         hop = len(self.crypto.hops) - 1
-        expected = self._expected_sendme[hop]
-        while ready and self._package_window[hop] > 0:
+        cc = self.cc if hop == self._cc_hop else None
+        while ready:
+            # With congestion control, cwnd - inflight; else the fixed package window.
+            window = self._package_window[hop] if cc is None else cc.cwnd - cc.inflight
+            if window <= 0:
+                break
             stream = ready[0]
             buf = stream.send_buffer
             # Full cells go out in one batch; then at most one short (padded) cell.
             sent = min(
                 len(buf) // RELAY_DATA_LEN,
                 stream.package_window,
-                self._package_window[hop],
+                window,
                 _FAIR_SHARE_CELLS,
             )
             if sent > 0:
@@ -492,15 +669,22 @@ class Circuit:
                 0 < len(buf) < RELAY_DATA_LEN
                 and sent < _FAIR_SHARE_CELLS
                 and stream.package_window > 0
-                and self._package_window[hop] > 0
+                and window > sent
             ):
                 digest = self.send_relay(_CMD_DATA, stream.stream_id, bytes(buf), hop=hop)
+                if stream.flow is not None:
+                    stream.flow.bytes_sent += len(buf)
                 buf.clear()
                 stream.package_window -= 1
-                window = self._package_window[hop] - 1
-                self._package_window[hop] = window
-                if window % CIRCWINDOW_INCREMENT == 0:
-                    expected.append(digest)
+                count = self._package_window[hop] - 1
+                recorded = 0
+                if count % self._sendme_inc[hop] == 0:
+                    self._expected_sendme[hop].append(digest)
+                    recorded = 1
+                if cc is not None:
+                    cc.note_sent(1, recorded, self._now_usec())
+                    count %= cc.sendme_inc
+                self._package_window[hop] = count
             if not buf or stream.package_window <= 0:
                 ready.popleft()
                 if not buf and stream.close_after_flush:
@@ -525,7 +709,9 @@ class Circuit:
         digest, layers = self.crypto.outbound_layers(hop)
         prefix = _RELAY_HEADER.pack(_CMD_DATA, 0, stream.stream_id, 0, RELAY_DATA_LEN)
         expected = self._expected_sendme[hop]
+        recorded = len(expected)
         window = self._package_window[hop]
+        inc = self._sendme_inc[hop]
         body = bytearray(RELAY_BODY_LEN)
         block = bytearray()
         src = memoryview(stream.send_buffer)
@@ -540,7 +726,7 @@ class Circuit:
                 body[5:9] = full[:4]
                 block += body
                 window -= 1
-                if window % CIRCWINDOW_INCREMENT == 0:
+                if window % inc == 0:
                     # This cell's digest is what the relay's next SENDME must quote.
                     expected.append(full[:20])
         finally:
@@ -555,6 +741,13 @@ class Circuit:
             out += header
             out += cells[o : o + RELAY_BODY_LEN]
         cells.release()
+        cc = self.cc if hop == self._cc_hop else None
+        if cc is not None:
+            # Congestion control: `window` only counts cells modulo sendme_inc.
+            cc.note_sent(count, len(expected) - recorded, self._now_usec())
+            window %= inc
+        if stream.flow is not None:
+            stream.flow.bytes_sent += count * RELAY_DATA_LEN
         self._package_window[hop] = window
         stream.package_window -= count
         self.cells_sent += count
@@ -591,6 +784,12 @@ class Circuit:
         if self.state is not CircuitState.OPEN:
             raise RuntimeError("circuit is not open")
         stream = Stream(self, self._allocate_stream_id(), sink, target)
+        if self.cc is not None and self._cc_hop == len(self.crypto.hops) - 1:
+            # Flow control replaces the stream windows (prop 324 §4): no stream SENDMEs
+            # either way; XON/XOFF limit what the exit sends and what we send.
+            stream.flow = StreamFlow()
+            stream.package_window = UNLIMITED_WINDOW
+            stream.deliver_window = UNLIMITED_WINDOW
         self.streams[stream.stream_id] = stream
         return stream
 
@@ -602,6 +801,9 @@ class Circuit:
             self._ready.remove(stream)
 
     def _end_stream(self, stream: Stream, reason: int) -> None:
+        if stream.flow is not None:
+            stream.flow.take_held()  # ended locally: nobody reads it any more
+            stream.flow.end = None
         if stream.state is StreamState.CLOSED:
             return
         resolving = stream.state is StreamState.RESOLVING
@@ -621,6 +823,7 @@ class Circuit:
         self._closed(reason, message, remote=remote)
 
     def _closed(self, reason: int, message: str, *, remote: bool) -> None:
+        self._closing = True
         if self._pending_data and self.state is not CircuitState.CLOSED:
             with contextlib.suppress(Exception):
                 self._flush_stream_data()

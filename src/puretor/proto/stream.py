@@ -16,6 +16,7 @@ from puretor.proto.relaymsg import Connected, End, ResolvedAnswer
 
 if TYPE_CHECKING:
     from puretor.proto.circuit import Circuit
+    from puretor.proto.congestion import StreamFlow
 
 STREAM_WINDOW_START = 500
 STREAM_WINDOW_INCREMENT = 50
@@ -59,6 +60,7 @@ class Stream:
         "close_after_flush",
         "blocked_writer",
         "target",
+        "flow",
     )
 
     def __init__(self, circuit: Circuit, stream_id: int, sink: StreamSink, target: str) -> None:
@@ -73,6 +75,8 @@ class Stream:
         self.close_after_flush = False
         self.blocked_writer = False
         self.target = target
+        # XON/XOFF state on a congestion-controlled circuit (prop 324 §4); None: windows.
+        self.flow: StreamFlow | None = None
 
     # -- application side -------------------------------------------------
 
@@ -102,17 +106,27 @@ class Stream:
 
     def abort(self, reason: int = 1) -> None:
         """Drop pending data and end the stream now (END reason, default MISC)."""
+        if self.flow is not None:
+            self.flow.take_held()  # data held for a paused reader, and a deferred END
+            self.flow.end = None
         if self.state is not StreamState.CLOSED:
             self.send_buffer.clear()
             self.circuit._end_stream(self, reason)
 
     def pause_delivery(self) -> None:
-        """The application is not keeping up: stop granting stream SENDMEs."""
+        """The application is not keeping up: stop granting stream SENDMEs.
+
+        On a congestion-controlled circuit, data that arrives meanwhile is held and
+        the exit gets an XOFF once too much of it piles up (prop 324 §4).
+        """
         self.delivery_paused = True
 
     def resume_delivery(self) -> None:
         self.delivery_paused = False
-        self.circuit._maybe_stream_sendme(self)
+        if self.flow is not None:
+            self.circuit._resume_flow(self)
+        else:
+            self.circuit._maybe_stream_sendme(self)
 
     @property
     def buffered(self) -> int:
