@@ -12,6 +12,7 @@ import asyncio
 import contextlib
 import dataclasses
 import logging
+import os
 import time
 from collections.abc import Callable, Hashable
 from dataclasses import dataclass, field
@@ -22,6 +23,7 @@ from puretor.dir.netdir import NetDir, Relay
 from puretor.errors import ChannelError, CircuitError, NoPathError, TorError
 from puretor.path.guards import GuardManager
 from puretor.path.select import PathRequest, PathSelector
+from puretor.proto.congestion import CCParams
 
 log = logging.getLogger("puretor.circuit")
 
@@ -29,6 +31,33 @@ BUILD_ATTEMPTS = 4
 PREEMPTIVE_PORTS = (80, 443)
 PREEMPTIVE_CLEAN_CIRCUITS = 2
 IDLE_CLEAN_LIFETIME = 3600.0
+
+
+def congestion_control_for(
+    netdir: NetDir, last: Relay | None, *, internal: bool
+) -> CCParams | None:
+    """Whether (and with which parameters) to negotiate congestion control with ``last``.
+
+    As C tor (circuit_pick_create_handshake, prop 324 §10): only on exit circuits, only
+    with a relay whose ``pr`` has ``FlowCtrl=2`` and ``Relay=4`` (ntor v3), and only while
+    the consensus ``cc_alg`` is not 0.  Onion-service/internal circuits keep fixed windows.
+    """
+    if internal or last is None or last.ed_id is None:
+        return None
+    if not (last.supports("FlowCtrl", 2) and last.supports("Relay", 4)):
+        return None
+    params = CCParams.from_consensus(netdir.param)
+    return params if params.enabled else None
+
+
+def _cc_default() -> bool:
+    # PURETOR_CONGESTION_CONTROL=0 turns negotiation off (benchmarks, diagnosis).
+    return os.environ.get("PURETOR_CONGESTION_CONTROL", "1").strip().lower() not in (
+        "0",
+        "no",
+        "false",
+        "off",
+    )
 
 
 def hop_for(relay: Relay) -> HopSpec:
@@ -65,8 +94,14 @@ class CircuitManager:
         max_dirtiness: float = 600.0,
         build_timeout: float = 60.0,
         on_guards_changed: Callable[[], None] = lambda: None,
+        congestion_control: bool | None = None,
     ) -> None:
         self.chanmgr = chanmgr
+        # Negotiate congestion control with exits that support it (None: on, unless
+        # PURETOR_CONGESTION_CONTROL=0 in the environment).
+        self.congestion_control = (
+            _cc_default() if congestion_control is None else congestion_control
+        )
         self._netdir = netdir
         self.guards = guards
         self.enforce_distinct_subnets = enforce_distinct_subnets
@@ -206,7 +241,7 @@ class CircuitManager:
                     with contextlib.suppress(NoPathError):
                         slot.exit = selector.choose_exit(req)
             try:
-                handle = await self._build_through(selector, req, slot.exit, avoid=avoid)
+                handle = await self._build_through(selector, req, slot.exit, failed=avoid)
             except NoPathError:
                 raise
             except (ChannelError, CircuitError, TimeoutError) as exc:
@@ -217,7 +252,9 @@ class CircuitManager:
             slot.handle = handle
             handle.isolation = slot.isolation
             return handle
-        raise CircuitError(f"could not build a circuit after {BUILD_ATTEMPTS} attempts: {last_error}")
+        raise CircuitError(
+            f"could not build a circuit after {BUILD_ATTEMPTS} attempts: {last_error}"
+        )
 
     async def _build_through(
         self,
@@ -225,7 +262,7 @@ class CircuitManager:
         req: PathRequest,
         last: Relay | HopSpec,
         *,
-        avoid: set[bytes] | None = None,
+        failed: set[bytes] | None = None,
     ) -> CircuitHandle:
         """Guard (from the guard manager, avoiding the last hop's family), middle, last."""
         if isinstance(last, HopSpec):
@@ -235,11 +272,15 @@ class CircuitManager:
             last_hop = last
         else:
             last_relay, last_hop = last, hop_for(last)
-        avoid = [last_relay] if last_relay is not None else []
-        guard, usage = self.guards.select_guard(time.time(), avoid=avoid)
-        middle = selector.choose_middle([guard, *avoid], req)
+        # (Not `avoid`: that is the caller's set of rsa ids that failed.)
+        avoid_relays = [last_relay] if last_relay is not None else []
+        guard, usage = self.guards.select_guard(time.time(), avoid=avoid_relays)
+        middle = selector.choose_middle([guard, *avoid_relays], req)
         hops = [hop_for(guard), hop_for(middle), last_hop]
         netdir = self._netdir()
+        cc = None
+        if self.congestion_control:
+            cc = congestion_control_for(netdir, last_relay, internal=req.internal)
         try:
             handle = await build_circuit(
                 self.chanmgr,
@@ -247,6 +288,7 @@ class CircuitManager:
                 timeout=self.build_timeout,
                 sendme_accept_min_version=netdir.param("sendme_accept_min_version", 0, 0, 255),
                 circwindow=netdir.param("circwindow", 1000, 100, 1000),
+                congestion_control=cc,
             )
         except ChannelError:
             # The guard itself is unreachable: the guard manager moves on to the next.
@@ -255,9 +297,9 @@ class CircuitManager:
             raise
         except CircuitError as exc:
             # Beyond the guard: remember which relay failed so the next attempt avoids it.
-            failed = getattr(exc, "failed_hop", None)
-            if avoid is not None and failed is not None and 0 < failed < len(hops):
-                avoid.add(hops[failed].target.rsa_id)
+            index = getattr(exc, "failed_hop", None)
+            if failed is not None and index is not None and 0 < index < len(hops):
+                failed.add(hops[index].target.rsa_id)
             self.guards.cancel(usage)
             raise
         except BaseException:

@@ -18,6 +18,7 @@ from puretor.proto.circuit import (
     ControlCell,
     HopAdded,
 )
+from puretor.proto.congestion import CCParams
 from puretor.proto.relaymsg import LinkSpecifier, ls_ed_id, ls_ipv4, ls_rsa_id
 
 
@@ -93,12 +94,26 @@ class CircuitHandle:
         finally:
             self._hop_waiter = None
 
-    async def extend(self, hop: HopSpec, timeout: float) -> None:
+    async def extend(
+        self, hop: HopSpec, timeout: float, *, congestion_control: CCParams | None = None
+    ) -> None:
+        """EXTEND2 to ``hop``; ``congestion_control``: negotiate it (ntor v3) with this hop."""
         if hop.ntor_key is None:
             raise CircuitError(f"no ntor key for {hop.target.describe()}")
-        self.circuit.send_extend2(list(hop.link_specifiers), hop.target.rsa_id, hop.ntor_key)
+        self.circuit.send_extend2(
+            list(hop.link_specifiers),
+            hop.target.rsa_id,
+            hop.ntor_key,
+            ed_id=hop.target.ed_id,
+            congestion_control=congestion_control if hop.target.ed_id is not None else None,
+        )
         await self._wait_hop(timeout)
         self.path = self.path + (hop,)
+
+    @property
+    def congestion_controlled(self) -> bool:
+        """Congestion control (prop 324) was negotiated with the last hop."""
+        return self.circuit.cc is not None
 
     async def next_control_cell(self, timeout: float) -> ControlCell:
         if self._control is None:
@@ -134,8 +149,14 @@ async def build_circuit(
     timeout: float = 60.0,
     sendme_accept_min_version: int = 0,
     circwindow: int = 1000,
+    congestion_control: CCParams | None = None,
 ) -> CircuitHandle:
-    """Build a circuit hop by hop (CREATE2/CREATE_FAST, then EXTEND2s)."""
+    """Build a circuit hop by hop (CREATE2/CREATE_FAST, then EXTEND2s).
+
+    ``congestion_control``: ask the last hop for it (ntor v3, as C tor does with exits
+    that support it); if it declines, the circuit keeps the fixed windows.  Ignored for
+    one-hop circuits and for a last hop without a known Ed25519 identity.
+    """
     deadline = time.monotonic() + timeout
     first = path[0]
     channel = await asyncio.wait_for(chanmgr.get_channel(first.target), timeout)
@@ -149,8 +170,12 @@ async def build_circuit(
         else:
             circ.send_create2(first.target.rsa_id, first.ntor_key)
         await handle._wait_hop(max(0.1, deadline - time.monotonic()))
-        for hop in path[1:]:
-            await handle.extend(hop, max(0.1, deadline - time.monotonic()))
+        for i, hop in enumerate(path[1:], start=2):
+            await handle.extend(
+                hop,
+                max(0.1, deadline - time.monotonic()),
+                congestion_control=congestion_control if i == len(path) else None,
+            )
     except TimeoutError as exc:
         failed = circ.hop_count  # the hop we were waiting for
         circ.destroy(0, "build timed out")

@@ -220,6 +220,7 @@ class Vegas:
         "bdp",
         "clock_broken",
         "sendmes_received",
+        "max_inflight",
         "_sent_times",
     )
 
@@ -239,6 +240,7 @@ class Vegas:
         self.bdp = 0
         self.clock_broken = False
         self.sendmes_received = 0
+        self.max_inflight = 0  # statistics: the most DATA cells ever in flight
         self._sent_times: deque[int] = deque()
 
     def __repr__(self) -> str:
@@ -261,6 +263,8 @@ class Vegas:
         the exit will send a SENDME; the RTT is measured against it.)
         """
         self.inflight += cells
+        if self.inflight > self.max_inflight:
+            self.max_inflight = self.inflight
         for _ in range(sendme_cells):
             self._sent_times.append(now_usec)
 

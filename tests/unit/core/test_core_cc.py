@@ -11,6 +11,7 @@ import hashlib
 import itertools
 import os
 from collections.abc import Callable
+from typing import Any
 
 import pytest
 
@@ -618,3 +619,39 @@ def test_stream_flow_grace_period() -> None:
     assert f.should_send_xoff(50, 6_001)
     f.take_held()
     assert not f.should_send_xoff(50, 7_000) and f.grace_start_usec == 0
+
+
+# -- the decision (aio.circmgr) ----------------------------------------------------------------
+
+
+def test_negotiation_decision_follows_c_tor() -> None:
+    from puretor.aio.circmgr import congestion_control_for
+    from puretor.dir.netdir import Relay
+
+    class Dir:
+        def __init__(self, params: dict[str, int]) -> None:
+            self.params = params
+
+        def param(self, name: str, default: int, lo: int = -(2**31), hi: int = 2**31 - 1) -> int:
+            return min(max(self.params.get(name, default), lo), hi)
+
+    def relay(pr: dict[str, frozenset[int]], ed: bool = True) -> Relay:
+        return Relay(
+            "x", bytes(20), "10.0.0.1", 9001, 0, frozenset(), 0, protocols=pr,
+            ed_id=bytes(32) if ed else None,
+        )  # fmt: skip
+
+    good = relay({"FlowCtrl": frozenset({1, 2}), "Relay": frozenset({1, 2, 3, 4})})
+    nd: Any = Dir({"cc_alg": 2, "cc_sendme_inc": 30})
+    params = congestion_control_for(nd, good, internal=False)
+    assert params is not None and params.sendme_inc == 30
+    assert congestion_control_for(nd, good, internal=True) is None  # onion/internal circuits
+    assert congestion_control_for(nd, None, internal=False) is None
+    assert congestion_control_for(Dir({"cc_alg": 0}), good, internal=False) is None  # type: ignore[arg-type]
+    for pr in (
+        {"FlowCtrl": frozenset({1}), "Relay": frozenset({1, 2, 3, 4})},
+        {"FlowCtrl": frozenset({1, 2}), "Relay": frozenset({1, 2, 3})},
+        {},
+    ):
+        assert congestion_control_for(nd, relay(pr), internal=False) is None
+    assert congestion_control_for(nd, relay(good.protocols, ed=False), internal=False) is None
