@@ -126,11 +126,11 @@ class _ResponseStream(httpx.AsyncByteStream):
             async for part in self._stream:
                 yield part
         except httpcore.ReadTimeout as exc:
-            raise httpx.ReadTimeout(str(exc)) from exc
+            raise httpx.ReadTimeout(str(exc)) from _root_cause(exc)
         except httpcore.ReadError as exc:
-            raise httpx.ReadError(str(exc)) from exc
+            raise httpx.ReadError(str(exc)) from _root_cause(exc)
         except httpcore.RemoteProtocolError as exc:
-            raise httpx.RemoteProtocolError(str(exc)) from exc
+            raise httpx.RemoteProtocolError(str(exc)) from _root_cause(exc)
 
     async def aclose(self) -> None:
         aclose = getattr(self._stream, "aclose", None)
