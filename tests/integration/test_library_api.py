@@ -105,9 +105,8 @@ async def http_get(
     return int(head.split(b" ", 2)[1]), body, writer
 
 
-@pytest.fixture(autouse=True)
-def no_local_dns(monkeypatch: pytest.MonkeyPatch) -> Iterator[list[str]]:
-    """Fail any local lookup of a name: every name must be resolved by an exit."""
+def forbid_local_dns(monkeypatch: pytest.MonkeyPatch) -> list[str]:
+    """Make any local lookup of a name fail (and record it): names must go to an exit."""
     asked: list[str] = []
     real = socket.getaddrinfo
 
@@ -122,6 +121,13 @@ def no_local_dns(monkeypatch: pytest.MonkeyPatch) -> Iterator[list[str]]:
         return real(host, *args, **kwargs)
 
     monkeypatch.setattr(socket, "getaddrinfo", guarded)
+    return asked
+
+
+@pytest.fixture(autouse=True)
+def no_local_dns(monkeypatch: pytest.MonkeyPatch) -> Iterator[list[str]]:
+    """Fail any local lookup of a name: every name must be resolved by an exit."""
+    asked = forbid_local_dns(monkeypatch)
     yield asked
     assert not asked, f"names resolved locally: {asked}"
 

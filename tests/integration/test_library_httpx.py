@@ -17,7 +17,7 @@ import httpx
 import pytest
 from test_library_api import exits_ready, net_config, no_local_dns, run
 
-from puretor import EndReason, IsolationToken, StreamRefused, TorClient
+from puretor import EndReason, IsolationToken, StreamError, StreamRefused, TorClient
 from puretor.httpx_transport import TorTransport
 from puretor.testnet.targets import read_source_log
 
@@ -122,3 +122,30 @@ def test_httpx_onion_service(testnet: Any, tmp_path: Path) -> None:
             assert again.text == onion["index_text"]
 
     run(main())
+
+
+def test_httpx_stream_dying_mid_body_is_a_read_error(testnet: Any, tmp_path: Path) -> None:
+    info = testnet.info
+    big = info["targets"]["files"]["10MiB"]
+
+    async def main() -> BaseException | None:
+        tor = TorClient(net_config(info, tmp_path / "data"))
+        await tor.bootstrap()
+        try:
+            async with (
+                httpx.AsyncClient(transport=TorTransport(tor), timeout=60) as http,
+                http.stream("GET", big["urls"]["http_host"]) as response,
+            ):
+                received = 0
+                with pytest.raises(httpx.ReadError) as died:
+                    async for chunk in response.aiter_raw():
+                        received += len(chunk)
+                        if received > 1 << 20:
+                            await tor.aclose()  # every circuit goes, mid-body
+                assert received < big["size"]
+                return died.value.__cause__
+        finally:
+            await tor.aclose()
+
+    cause = run(main())
+    assert isinstance(cause, StreamError), repr(cause)
