@@ -17,8 +17,8 @@ op%8  what
 4     deliver the wire bytes so far (``Channel.receive_data``)
 5     an honest circuit SENDME (v1, the digest the client expects)
 6     an application action: write, close, abort, pause/resume, new stream, destroy
-7     a *valid* CREATED_FAST / EXTENDED2 reply (``Y(20)`` from the input), so
-      newly added hops get used too
+7     a *valid* CREATED_FAST / CREATED2 / EXTENDED2 reply (CREATED_FAST takes
+      ``Y(20)`` from the input), so newly added hops get used too
 ====  ==========================================================================
 
 ``(op >> 3) % 5`` picks the circuit for ops 1, 5, 6, 7.  Mode (first byte, bit 0): an
