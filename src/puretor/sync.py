@@ -61,9 +61,10 @@ T = TypeVar("T")
 class TorClient:
     """A blocking Tor client: the asyncio `puretor.TorClient` on a background event loop.
 
-    ``with TorClient(config) as tor:`` starts the loop thread and bootstraps; leaving the
-    block closes everything.  ``config`` and ``bootstrap_timeout`` are those of the
-    asyncio client.  Thread-safe.
+    Creating one starts its loop thread (nothing touches the network yet);
+    ``with TorClient(config) as tor:`` bootstraps, and leaving the block closes the
+    client and stops the thread (or call `bootstrap` and `close` yourself).  ``config``
+    and ``bootstrap_timeout`` are those of the asyncio client.  Thread-safe.
     """
 
     def __init__(
