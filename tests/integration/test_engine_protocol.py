@@ -518,11 +518,6 @@ def client_config(info: NetworkInfo, data_dir: Any) -> Any:
     return load_config(["-f", str(torrc)])
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="BUG (client.py _attach / aio/stream.py): DATA that arrives between CONNECTED and "
-    "the protocol being attached is dropped, so server-first banners get lost",
-)
 def test_server_first_banner_is_not_lost(testnet: TestNetwork, tmp_path: Any) -> None:
     """SMTP/SSH/FTP-style servers speak first: their banner can arrive right behind CONNECTED."""
     import socket

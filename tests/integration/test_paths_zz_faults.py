@@ -419,11 +419,6 @@ def test_relay_that_stops_answering_mid_build_stalls_no_other_build(
     )
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="GAP (aio/circmgr.py): a fixed 60 s build timeout (no learned CBT, no parallel "
-    "launch) makes a stream whose new circuit picked the stopped relay wait 60 s or more",
-)
 def test_client_streams_keep_opening_while_a_middle_is_stopped(
     stalled_middle: dict[str, Any],
 ) -> None:

@@ -20,7 +20,8 @@ from dataclasses import dataclass, field
 from puretor.aio.channel import ChannelManager
 from puretor.aio.circuit import CircuitHandle, HopSpec, build_circuit
 from puretor.dir.netdir import NetDir, Relay
-from puretor.errors import ChannelError, CircuitError, NoPathError, TorError
+from puretor.errors import ChannelError, CircuitBuildTimeout, CircuitError, NoPathError, TorError
+from puretor.path.cbt import BuildTimeout
 from puretor.path.guards import GuardManager
 from puretor.path.select import PathRequest, PathSelector
 from puretor.proto.congestion import CCParams
@@ -28,6 +29,8 @@ from puretor.proto.congestion import CCParams
 log = logging.getLogger("puretor.circuit")
 
 BUILD_ATTEMPTS = 4
+# Before enough builds are timed to learn a timeout, hedge a build after this long.
+HEDGE_DELAY_UNLEARNED = 5.0
 PREEMPTIVE_PORTS = (80, 443)
 PREEMPTIVE_CLEAN_CIRCUITS = 2
 IDLE_CLEAN_LIFETIME = 3600.0
@@ -95,6 +98,7 @@ class CircuitManager:
         build_timeout: float = 60.0,
         on_guards_changed: Callable[[], None] = lambda: None,
         congestion_control: bool | None = None,
+        learn_build_timeout: bool = True,
     ) -> None:
         self.chanmgr = chanmgr
         # Negotiate congestion control with exits that support it (None: on, unless
@@ -113,6 +117,9 @@ class CircuitManager:
         self._ports_used: dict[int, float] = {p: time.monotonic() for p in PREEMPTIVE_PORTS}
         self._maintenance: asyncio.Task[None] | None = None
         self._selector_cache: PathSelector | None = None
+        # Learned build timeout (path-spec §2.4); `build_timeout` is its ceiling.
+        self.cbt = BuildTimeout(max_timeout=build_timeout)
+        self.learn_build_timeout = learn_build_timeout
         self.circuits_built = 0
         self.build_failures = 0
 
@@ -148,12 +155,41 @@ class CircuitManager:
             slot.isolation, slot.claimed = isolation, True
         elif not slot.claimed:
             slot.isolation, slot.claimed = isolation, True
-        handle = await self._wait_slot(slot)
-        slot.last_used = time.monotonic()
+        handle, used = await self._wait_hedged(slot, PathRequest(exit_port=port, exclude=exclude))
+        used.last_used = time.monotonic()
+        handle.isolation = isolation
         if handle.dirty_since is None:
             handle.dirty_since = time.monotonic()
         self._top_up_soon()
         return handle
+
+    async def _wait_hedged(self, slot: _Slot, req: PathRequest) -> tuple[CircuitHandle, _Slot]:
+        """Wait for ``slot``; if its build outlasts the expected build time, also launch a
+        second build and take whichever finishes first (a stuck relay costs seconds)."""
+        if slot.handle is not None:
+            return slot.handle, slot
+        delay = self.cbt.timeout() if self.cbt.learned else HEDGE_DELAY_UNLEARNED
+        try:
+            return await asyncio.wait_for(self._wait_slot(slot), delay), slot
+        except TimeoutError:
+            pass
+        backup = self._launch(req)
+        backup.isolation, backup.claimed = slot.isolation, slot.claimed
+        waiters = {asyncio.ensure_future(self._wait_slot(s)): s for s in (slot, backup)}
+        last_error: BaseException | None = None
+        try:
+            while waiters:
+                done, _ = await asyncio.wait(waiters, return_when=asyncio.FIRST_COMPLETED)
+                for waiter in done:
+                    won = waiters.pop(waiter)
+                    if waiter.exception() is None:
+                        return waiter.result(), won
+                    last_error = waiter.exception()
+        finally:
+            for waiter in waiters:
+                waiter.cancel()  # only the waiting: the other build goes on, as a spare
+        assert last_error is not None
+        raise last_error
 
     async def build_internal_circuit(self, last: Relay | HopSpec | None = None) -> CircuitHandle:
         """A 3-hop circuit for onion-service/directory use, ending at ``last`` if given."""
@@ -281,11 +317,13 @@ class CircuitManager:
         cc = None
         if self.congestion_control:
             cc = congestion_control_for(netdir, last_relay, internal=req.internal)
+        started = time.monotonic()
+        timeout = self.cbt.timeout() if self.learn_build_timeout else self.build_timeout
         try:
             handle = await build_circuit(
                 self.chanmgr,
                 hops,
-                timeout=self.build_timeout,
+                timeout=timeout,
                 sendme_accept_min_version=netdir.param("sendme_accept_min_version", 0, 0, 255),
                 circwindow=netdir.param("circwindow", 1000, 100, 1000),
                 congestion_control=cc,
@@ -296,6 +334,8 @@ class CircuitManager:
             self.on_guards_changed()
             raise
         except CircuitError as exc:
+            if isinstance(exc, CircuitBuildTimeout):
+                self.cbt.record_timeout()
             # Beyond the guard: remember which relay failed so the next attempt avoids it.
             index = getattr(exc, "failed_hop", None)
             if failed is not None and index is not None and 0 < index < len(hops):
@@ -305,6 +345,7 @@ class CircuitManager:
         except BaseException:
             self.guards.cancel(usage)
             raise
+        self.cbt.record_success(time.monotonic() - started)
         self.guards.record_success(usage, time.time())
         self.on_guards_changed()
         self.circuits_built += 1

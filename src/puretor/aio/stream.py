@@ -31,6 +31,8 @@ class TorStreamTransport(asyncio.Transport):
         self._lost = False
         self._extra: dict[str, Any] = {}
         self._write_paused = False
+        self._early: list[bytes] = []
+        self._end_before_attach: tuple[int, End | None, Exception] | None = None
 
     # -- StreamSink --------------------------------------------------------------
 
@@ -43,6 +45,11 @@ class TorStreamTransport(asyncio.Transport):
         proto = self.protocol
         if proto is not None:
             proto.data_received(data)  # type: ignore[attr-defined]
+        else:
+            # CONNECTED and the server's first bytes (a banner) can arrive in one run,
+            # before the caller attaches its protocol: keep them (bounded by the
+            # stream window) and hand them over in attach().
+            self._early.append(data)
 
     def stream_resolved(self, answers: list[ResolvedAnswer]) -> None:
         if not self.resolved.done():
@@ -57,7 +64,9 @@ class TorStreamTransport(asyncio.Transport):
             if not fut.done():
                 fut.set_exception(exc)
                 fut.exception()  # mark retrieved: the other future may be unused
-        if self.protocol is not None and not self._lost:
+        if self.protocol is None:
+            self._end_before_attach = (reason, end, exc)  # replayed by attach()
+        elif not self._lost:
             if reason == EndReason.DONE and end is not None:
                 # A clean end from the exit: the peer closed its side.
                 keep_open = self.protocol.eof_received()  # type: ignore[attr-defined]
@@ -76,6 +85,13 @@ class TorStreamTransport(asyncio.Transport):
     def attach(self, protocol: asyncio.BaseProtocol) -> None:
         self.protocol = protocol
         protocol.connection_made(self)
+        if self._early:
+            early, self._early = b"".join(self._early), []
+            protocol.data_received(early)  # type: ignore[attr-defined]
+        if self._end_before_attach is not None:
+            reason, end, _exc = self._end_before_attach
+            self._end_before_attach = None
+            self.stream_ended(reason, end, "stream ended by exit")
 
     def write(self, data: bytes | bytearray | memoryview) -> None:
         if self._closing or self.stream is None:

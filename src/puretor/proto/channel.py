@@ -14,7 +14,7 @@ import secrets
 import struct
 from collections.abc import Callable
 
-from puretor.errors import CertsError, ProtocolError, RemoteProtocolError
+from puretor.errors import CertsError, ChannelError, ProtocolError, RemoteProtocolError
 from puretor.proto.cells import (
     CellCommand,
     decode_certs,
@@ -95,7 +95,8 @@ class Channel:
 
     def new_circuit(self, **kwargs: int) -> Circuit:
         if self.state is not ChannelState.OPEN:
-            raise RuntimeError("channel is not open")
+            # It may have closed since the caller got it: a channel failure, retryable.
+            raise ChannelError(f"channel is not open ({self.close_reason or self.state.value})")
         while True:
             circ_id = 0x80000000 | secrets.randbits(31)
             if circ_id not in self.circuits and circ_id != 0x80000000:

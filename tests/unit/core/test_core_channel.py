@@ -8,6 +8,7 @@ import certgen
 import pytest
 
 from fakes.relay import FakeRelay, FakeRelayConfig, open_channel, transfer
+from puretor.errors import ChannelError
 from puretor.proto.cells import CellCommand
 from puretor.proto.channel import Channel, ChannelState
 
@@ -77,7 +78,7 @@ def test_wrong_rsa_id_refused(fake: FakeRelay) -> None:
     assert ch.close_reason is not None and ch.close_reason.startswith("CertsError")
     assert "RSA identity" in ch.close_reason
     assert closed == [ch.close_reason]
-    with pytest.raises(RuntimeError):
+    with pytest.raises(ChannelError):
         ch.new_circuit()
 
 
@@ -200,7 +201,7 @@ def test_circuit_ids_have_high_bit(channel: Channel) -> None:
 def test_no_cells_before_netinfo(fake: FakeRelay) -> None:
     """The client must not send anything but VERSIONS until the handshake finishes."""
     ch = _new_channel(fake)
-    with pytest.raises(RuntimeError):
+    with pytest.raises(ChannelError):
         ch.new_circuit()
     transfer(ch, fake)
     assert fake.violations == []

@@ -1,0 +1,73 @@
+"""Learned circuit build timeout (path-spec §2.4), sans-I/O.
+
+C tor records how long circuits take to build, fits a Pareto distribution to
+the times and abandons builds that take longer than its `cbtquantile` (80 %)
+point.  A stuck relay then costs a second or two instead of the 60 s initial
+timeout.  We follow the same fit: Xm from the histogram's most frequent bins,
+alpha by maximum likelihood, timeout = Xm / (1 - q)^(1/alpha).
+
+Differences from C tor, on purpose: we start fitting after fewer builds
+(`min_builds`, default 20, where C tor waits for `cbtmincircs` = 100) and keep
+a floor (`min_timeout`) well above loopback build times, so a busy machine's
+scheduling jitter does not turn into spurious timeouts.
+"""
+
+from __future__ import annotations
+
+import math
+from collections import Counter, deque
+
+INITIAL_TIMEOUT = 60.0  # cbtinitialtimeout
+BIN_WIDTH = 0.010  # C tor's CBT_BIN_WIDTH: 10 ms
+N_MODES = 10  # cbtnummodes
+QUANTILE = 0.80  # cbtquantile
+MAX_RECORDED = 1000  # cbtrecentcount-ish window of build times kept
+
+
+class BuildTimeout:
+    def __init__(
+        self,
+        *,
+        min_builds: int = 20,
+        min_timeout: float = 2.0,
+        max_timeout: float = INITIAL_TIMEOUT,
+        quantile: float = QUANTILE,
+    ) -> None:
+        self.min_builds = min_builds
+        self.min_timeout = min_timeout
+        self.max_timeout = max_timeout
+        self.quantile = quantile
+        self._times: deque[float] = deque(maxlen=MAX_RECORDED)
+        self._timeout = max_timeout
+        self.timeouts = 0  # builds abandoned at the learned timeout
+
+    def record_success(self, seconds: float) -> None:
+        """A circuit completed after ``seconds``."""
+        self._times.append(max(seconds, BIN_WIDTH / 2))
+        if len(self._times) >= self.min_builds:
+            self._timeout = self._fit()
+
+    def record_timeout(self) -> None:
+        self.timeouts += 1
+
+    def timeout(self) -> float:
+        """How long a new build may take before it is abandoned."""
+        return self._timeout
+
+    @property
+    def learned(self) -> bool:
+        return len(self._times) >= self.min_builds
+
+    def _fit(self) -> float:
+        times = list(self._times)
+        bins = Counter(int(t / BIN_WIDTH) for t in times)
+        # Xm: the weighted average of the most frequent bins' midpoints (C tor).
+        modes = bins.most_common(N_MODES)
+        total = sum(count for _, count in modes)
+        xm = sum((b + 0.5) * BIN_WIDTH * count for b, count in modes) / total
+        logs = sum(math.log(t / xm) for t in times if t > xm)
+        if logs <= 0:
+            return self.min_timeout
+        alpha = len(times) / logs
+        fitted = xm / (1.0 - self.quantile) ** (1.0 / alpha)
+        return min(max(fitted, self.min_timeout), self.max_timeout)
