@@ -68,13 +68,6 @@ def setup_logging(specs: Any, stream: TextIO = sys.stdout) -> None:
         root.removeHandler(h)
     root.propagate = False
     formatter = CTorFormatter()
-    levels = {
-        "debug": logging.DEBUG,
-        "info": logging.INFO,
-        "notice": NOTICE,
-        "warn": logging.WARNING,
-        "err": logging.ERROR,
-    }
     handlers: list[logging.Handler] = []
     lowest = logging.CRITICAL
     for spec in specs or ():
@@ -182,7 +175,7 @@ async def serve(config: Any, argv: list[str]) -> int:
             await tor.aclose()
             return 1
         servers.append(server)
-        bound = server.sockets[0].getsockname()
+        bound = server.sockets[0].getsockname()  # type: ignore[attr-defined]
         log.log(NOTICE, "Opened Socks listener connection (ready) on %s:%d", bound[0], bound[1])
         if port_cfg.address not in ("127.0.0.1", "::1", "localhost"):
             log.warning(
@@ -195,8 +188,7 @@ async def serve(config: Any, argv: list[str]) -> int:
     done, _ = await asyncio.wait({bootstrap, stop_wait}, return_when=asyncio.FIRST_COMPLETED)
     rc = 0
     if bootstrap in done and bootstrap.exception() is not None:
-        exc = bootstrap.exception()
-        log.error("Bootstrap failed: %s", exc)
+        log.error("Bootstrap failed: %s", bootstrap.exception())
         rc = 1
     else:
         await stop_wait

@@ -23,6 +23,7 @@ from puretor.aio.channel import ChannelTarget
 from puretor.aio.circuit import CircuitHandle, HopSpec
 from puretor.aio.dirclient import fetch_raw
 from puretor.dir.http import HttpResponseParser, build_request
+from puretor.dir.netdir import Relay
 from puretor.errors import (
     ChannelError,
     CircuitError,
@@ -41,7 +42,12 @@ from puretor.hs.client import (
 )
 from puretor.hs.clientauth import load_client_auth_dir
 from puretor.hs.descriptor import HsDescriptor, IntroPoint
-from puretor.hs.ntor import build_introduce1, complete_rendezvous, parse_introduce_ack
+from puretor.hs.ntor import (
+    HsNtorClientState,
+    build_introduce1,
+    complete_rendezvous,
+    parse_introduce_ack,
+)
 from puretor.path.select import PathRequest
 from puretor.proto.relaymsg import RelayCommand
 
@@ -236,9 +242,9 @@ class OnionClient:
         desc: HsDescriptor,
         plan: DescriptorFetchPlan,
         cookie: bytes,
-        rp: object,
+        rp: Relay,
         tried: set[bytes],
-    ) -> object:
+    ) -> HsNtorClientState:
         netdir = self.dirmgr.require_netdir()
         errors: list[str] = []
         timed_out = False
@@ -250,8 +256,8 @@ class OnionClient:
                 ip.enc_key,
                 plan.subcredential,
                 cookie,
-                rp.ntor_key,  # type: ignore[attr-defined]
-                rp_link_specifiers(rp),  # type: ignore[arg-type]
+                rp.ntor_key or b"",
+                rp_link_specifiers(rp),
                 extensions=introduce1_extensions(desc, netdir, congestion_control=False),
             )
             intro: CircuitHandle | None = None

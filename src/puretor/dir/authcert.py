@@ -134,7 +134,11 @@ def _parse_one(data: bytes, items: list[Item], what: str) -> AuthCert:
     if "dir-address" in found:
         addr_item = found["dir-address"]
         host, _, port = addr_item.arg(0).rpartition(":")
-        if not host or not (port.isascii() and port.isdigit() and len(port) <= 5) or not 0 < int(port) < 65536:
+        if (
+            not host
+            or not (port.isascii() and port.isdigit() and len(port) <= 5)
+            or not 0 < int(port) < 65536
+        ):
             raise addr_item.error(f"bad IP:port {addr_item.args[0]!r}")
         dir_address = (host, int(port))
 

@@ -218,7 +218,11 @@ class HttpResponseParser:
     def _parse_head(self, head: bytes) -> tuple[int, str, dict[str, str]]:
         lines = head.decode("latin-1").replace("\r\n", "\n").split("\n")
         parts = lines[0].split(None, 2)
-        if len(parts) < 2 or not parts[0].startswith("HTTP/1.") or not (parts[1].isascii() and parts[1].isdigit() and len(parts[1]) == 3):
+        if (
+            len(parts) < 2
+            or not parts[0].startswith("HTTP/1.")
+            or not (parts[1].isascii() and parts[1].isdigit() and len(parts[1]) == 3)
+        ):
             raise RemoteProtocolError(f"bad HTTP status line {lines[0][:80]!r}")
         status = int(parts[1])
         reason = parts[2] if len(parts) > 2 else ""

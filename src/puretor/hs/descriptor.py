@@ -479,9 +479,7 @@ def parse_inner(
     header = items[: starts[0]] if starts else items
     if not header or header[0].keyword != "create2-formats":
         raise _invalid(f"{where} does not start with 'create2-formats'")
-    formats = tuple(
-        int(a) for a in header[0].args if a.isascii() and a.isdigit() and len(a) <= 5
-    )
+    formats = tuple(int(a) for a in header[0].args if a.isascii() and a.isdigit() and len(a) <= 5)
     if HTYPE_NTOR not in formats:
         raise _invalid("create2-formats does not include ntor (2)")
     auth_item = _opt(header, "intro-auth-required", where)
