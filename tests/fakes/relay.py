@@ -79,6 +79,10 @@ CIRCWINDOW_INCREMENT = 100
 STREAMWINDOW_START = 500
 STREAMWINDOW_INCREMENT = 50
 MAX_RELAY_EARLY = 8
+# Flow control relay commands as C tor numbers them (or.h; the 2023 tor-spec.txt table
+# swaps them).
+XOFF = 43
+XON = 44
 
 _HDR4 = struct.Struct(">IB")
 _VAR4 = struct.Struct(">IBH")
@@ -705,7 +709,7 @@ class FakeRelay:
             self._resolve(circ, index, stream_id, data)
         elif command == RelayCommand.EXTEND2:
             self._extend2(circ, index, data, early)
-        elif command in (RelayCommand.XON, RelayCommand.XOFF):
+        elif command in (XON, XOFF):
             self._xon_xoff(circ, index, command, stream_id, data)
         elif command in (RelayCommand.DROP, RelayCommand.TRUNCATE):
             pass
@@ -789,12 +793,12 @@ class FakeRelay:
     def send_xoff(self, circ: FakeCircuit, index: int, stream: FakeStream) -> None:
         stream.xoff_sent = True
         stream.xoffs_sent += 1
-        self.send_relay(circ, index, RelayCommand.XOFF, stream.stream_id, b"\x00")
+        self.send_relay(circ, index, XOFF, stream.stream_id, b"\x00")
 
     def send_xon(self, circ: FakeCircuit, index: int, stream: FakeStream, kbps: int = 0) -> None:
         stream.xoff_sent = stream.xoff_delivered = False
         stream.xons_sent += 1
-        self.send_relay(circ, index, RelayCommand.XON, stream.stream_id, b"\x00" + _U32.pack(kbps))
+        self.send_relay(circ, index, XON, stream.stream_id, b"\x00" + _U32.pack(kbps))
 
     def _xon_xoff(
         self, circ: FakeCircuit, index: int, command: int, stream_id: int, data: bytes
@@ -809,7 +813,7 @@ class FakeRelay:
         if not data or data[0] != 0:
             self._violation(f"XON/XOFF with version {data[:1].hex()}")
             return
-        if command == RelayCommand.XOFF:
+        if command == XOFF:
             if stream.xoff_from_client:
                 self._violation("client sent a second XOFF without XON")
             stream.xoffs_received += 1

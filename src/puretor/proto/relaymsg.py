@@ -82,8 +82,10 @@ class RelayCommand(enum.IntEnum):
     INTRODUCE_ACK = 40
     PADDING_NEGOTIATE = 41
     PADDING_NEGOTIATED = 42
-    XON = 43
-    XOFF = 44
+    # [C-TOR] 43 is XOFF and 44 XON (or.h; arti agrees): the 2023 tor-spec.txt table
+    # has them the other way round.
+    XOFF = 43
+    XON = 44
 
 
 class EndReason(enum.IntEnum):

@@ -655,3 +655,9 @@ def test_negotiation_decision_follows_c_tor() -> None:
     ):
         assert congestion_control_for(nd, relay(pr), internal=False) is None
     assert congestion_control_for(nd, relay(good.protocols, ed=False), internal=False) is None
+
+
+def test_flow_control_command_numbers_are_c_tors() -> None:
+    # or.h: RELAY_COMMAND_XOFF 43, RELAY_COMMAND_XON 44 (the 2023 tor-spec.txt swaps them;
+    # with the swapped numbers a real exit took our XOFF for an XON and never stopped).
+    assert (RelayCommand.XOFF, RelayCommand.XON) == (43, 44)

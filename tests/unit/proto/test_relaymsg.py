@@ -54,7 +54,8 @@ def h(s: str) -> bytes:
 def test_constants_and_numbers() -> None:
     assert (RELAY_BODY_LEN, RELAY_HEADER_LEN, RELAY_DATA_LEN) == (509, 11, 498)
     assert RelayCommand.BEGIN_DIR == 13 and RelayCommand.EXTENDED2 == 15
-    assert RelayCommand.INTRODUCE_ACK == 40 and RelayCommand.XOFF == 44
+    # [C-TOR] or.h: XOFF 43, XON 44 (the 2023 tor-spec.txt table swaps them).
+    assert RelayCommand.INTRODUCE_ACK == 40 and RelayCommand.XOFF == 43
     assert [r.value for r in EndReason] == list(range(1, 15))
 
 
