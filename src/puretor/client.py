@@ -17,7 +17,7 @@ import time
 from collections.abc import Awaitable, Callable, Hashable
 from typing import Any, TypeVar
 
-from puretor.aio.channel import ChannelManager
+from puretor.aio.channel import ChannelManager, ChannelTarget
 from puretor.aio.circmgr import CircuitManager
 from puretor.aio.circuit import CircuitHandle
 from puretor.aio.dirmgr import BootstrapStatus, DirManager
@@ -104,13 +104,40 @@ class TorClient:
         self.config = config if config is not None else TorConfig()
         self.bootstrap_timeout = bootstrap_timeout
         self._streams_opened = 0
-        self._chanmgr = ChannelManager()
+        self._chanmgr = ChannelManager(allow=self._channel_allowed)
         self._dirmgr = DirManager(self.config, self._chanmgr)
         self._circmgr: CircuitManager | None = None
         self._guards: GuardManager | None = None
         self._bootstrap_task: asyncio.Task[None] | None = None
         self._onion: Any = None
         self._closed = False
+
+    def _channel_allowed(self, target: ChannelTarget) -> str | None:
+        """Fail closed at the channel layer: connect only to a configured authority or
+        fallback, or to a relay listed (at that address and ORPort) in the current,
+        reasonably live consensus.  Returns why not, or None.
+
+        Every hop after the first (exits, intro and rendezvous points) is reached by
+        EXTEND2 through the circuit, never by a connection of ours, so these are all the
+        targets a client ever needs.
+        """
+        where = (target.address, target.or_port)
+        for auth in self._dirmgr.authorities:
+            if auth.rsa_id == target.rsa_id and where in ((auth.address, auth.or_port), auth.ipv6):
+                return None
+        for fb in self._dirmgr.fallbacks:
+            if fb.rsa_id == target.rsa_id and where in ((fb.address, fb.or_port), fb.ipv6):
+                return None
+        state = self._dirmgr.state
+        netdir = state.netdir(time.time()) if state is not None else None
+        if netdir is None:
+            return "not a configured directory authority or fallback, and no usable consensus"
+        relay = netdir.by_rsa_id(target.rsa_id)
+        if relay is None:
+            return "not a configured directory source nor a relay in the current consensus"
+        if where not in ((relay.address, relay.or_port), relay.ipv6):
+            return "the consensus lists that relay at another address"
+        return None
 
     # -- lifecycle ---------------------------------------------------------------
 

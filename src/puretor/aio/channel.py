@@ -4,6 +4,12 @@
 to a relay, reusing one per relay identity.  Every connection goes to an
 address taken from a `ChannelTarget` — a relay from the consensus or a
 configured authority/fallback — never to a stream's destination.
+
+That is also checked at run time: a `ChannelManager` given an ``allow`` callback
+(`TorClient` always gives one) asks it before every new connection and refuses
+targets it does not vouch for with a `ChannelError`.  Each connection attempt is
+also announced as the audit event ``puretor.channel.connect`` (address, port,
+hex identity), so an embedder or a test can watch them with `sys.addaudithook`.
 """
 
 from __future__ import annotations
@@ -11,7 +17,9 @@ from __future__ import annotations
 import asyncio
 import logging
 import ssl
+import sys
 import time
+from collections.abc import Callable
 from dataclasses import dataclass
 
 from puretor.errors import ChannelError
@@ -111,10 +119,13 @@ class ChannelProtocol(asyncio.Protocol):
 class ChannelManager:
     """One open channel per relay identity, opened on demand."""
 
-    def __init__(self) -> None:
+    def __init__(self, allow: Callable[[ChannelTarget], str | None] | None = None) -> None:
         self._channels: dict[bytes, Channel] = {}
         self._pending: dict[bytes, asyncio.Task[Channel]] = {}
         self.connects = 0  # channels opened (for tests and stats)
+        # allow(target) -> None to connect, or why not. None: every target (tests, tools).
+        self.allow = allow
+        self.refused = 0  # connections refused by `allow`
 
     async def get_channel(self, target: ChannelTarget) -> Channel:
         chan = self._channels.get(target.rsa_id)
@@ -128,6 +139,7 @@ class ChannelManager:
         return await asyncio.shield(task)
 
     async def _open(self, target: ChannelTarget) -> Channel:
+        self._check_allowed(target)  # right before the one connect: nothing bypasses it
         loop = asyncio.get_running_loop()
         channel = Channel(
             peer_address=target.address,
@@ -135,6 +147,7 @@ class ChannelManager:
             expected_ed_id=target.ed_id,
         )
         proto = ChannelProtocol(channel, loop)
+        sys.audit("puretor.channel.connect", target.address, target.or_port, target.rsa_id.hex())
         try:
             await asyncio.wait_for(
                 loop.create_connection(
@@ -159,6 +172,19 @@ class ChannelManager:
         self._channels[target.rsa_id] = channel
         log.debug("channel open to %s (link protocol %d)", target.describe(), channel.link_protocol)
         return channel
+
+    def _check_allowed(self, target: ChannelTarget) -> None:
+        """Fail closed: refuse a target the ``allow`` callback does not vouch for."""
+        if self.allow is None:
+            return
+        try:
+            why = self.allow(target)
+        except Exception as exc:  # a broken check refuses; it never lets through
+            why = f"the connection check failed: {exc!r}"
+        if why is not None:
+            self.refused += 1
+            log.warning("Refusing to connect to %s: %s", target.describe(), why)
+            raise ChannelError(f"refusing to connect to {target.describe()}: {why}")
 
     def drop(self, rsa_id: bytes) -> None:
         chan = self._channels.pop(rsa_id, None)
