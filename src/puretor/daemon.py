@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+import os
 import signal
 import sys
 import time
@@ -30,8 +31,8 @@ through a 3-hop Tor circuit.  Options are C tor's torrc options, e.g.:
   --verify-config         check the configuration and exit
   --version, --help
 
-Signals: SIGINT/SIGTERM shut down, SIGHUP reloads the torrc, SIGUSR2 (NEWNYM)
-switches to new circuits for new connections.
+Signals: SIGINT/SIGTERM shut down, SIGHUP reloads the torrc, SIGUSR1 logs
+statistics, SIGUSR2 (NEWNYM) switches to new circuits for new connections.
 """
 
 
@@ -126,6 +127,7 @@ async def serve(config: Any, argv: list[str]) -> int:
     loop = asyncio.get_running_loop()
     stop = asyncio.Event()
     servers: list[asyncio.AbstractServer] = []
+    socks_stats: list[Any] = []
 
     def on_signal(name: str) -> None:
         if name in ("SIGINT", "SIGTERM"):
@@ -137,8 +139,10 @@ async def serve(config: Any, argv: list[str]) -> int:
         elif name == "SIGHUP":
             log.log(NOTICE, "Received reload signal (hup). Reloading config.")
             _reload(tor, argv)
+        elif name == "SIGUSR1":
+            log.log(NOTICE, "%s", _statistics(tor, socks_stats))
 
-    for name in ("SIGINT", "SIGTERM", "SIGHUP", "SIGUSR2"):
+    for name in ("SIGINT", "SIGTERM", "SIGHUP", "SIGUSR1", "SIGUSR2"):
         with contextlib.suppress(NotImplementedError, AttributeError):
             loop.add_signal_handler(getattr(signal, name), on_signal, name)
 
@@ -162,7 +166,7 @@ async def serve(config: Any, argv: list[str]) -> int:
         )
         port = 0 if port_cfg.port == "auto" else port_cfg.port
         try:
-            server, _stats = await start_socks_listener(tor, port_cfg.address, port, policy)
+            server, stats = await start_socks_listener(tor, port_cfg.address, port, policy)
         except OSError as exc:
             log.error(
                 "Could not bind to %s:%s: %s. Is Tor already running?",
@@ -175,9 +179,10 @@ async def serve(config: Any, argv: list[str]) -> int:
             await tor.aclose()
             return 1
         servers.append(server)
+        socks_stats.append(stats)
         bound = server.sockets[0].getsockname()  # type: ignore[attr-defined]
         log.log(NOTICE, "Opened Socks listener connection (ready) on %s:%d", bound[0], bound[1])
-        if port_cfg.address not in ("127.0.0.1", "::1", "localhost"):
+        if not port_cfg.is_loopback:
             log.warning(
                 "You specified a public address '%s' for SocksPort. Other people on "
                 "the Internet might find your computer and use it as an open proxy.",
@@ -200,6 +205,33 @@ async def serve(config: Any, argv: list[str]) -> int:
     return rc
 
 
+def _statistics(tor: Any, socks_stats: list[Any]) -> str:
+    """One line for SIGUSR1 (C tor dumps its statistics then): connections, circuits,
+    and the process's own resources, to spot leaks under load."""
+    stats = tor.stats()
+    fds: int | str = "?"
+    rss: int | str = "?"
+    with contextlib.suppress(OSError):
+        fds = len(os.listdir("/proc/self/fd")) - 1  # minus the listdir's own
+    with (
+        contextlib.suppress(OSError, ValueError, IndexError, StopIteration),
+        open("/proc/self/status", encoding="ascii") as fh,
+    ):
+        rss = next(int(line.split()[1]) for line in fh if line.startswith("VmRSS:"))
+    return (
+        "Statistics: "
+        f"socks_active={sum(s.active for s in socks_stats)} "
+        f"socks_total={sum(s.total for s in socks_stats)} "
+        f"socks_refused={sum(s.refused for s in socks_stats)} "
+        f"streams_opened={stats['streams_opened']} "
+        f"open_circuits={stats['open_circuits']} "
+        f"circuits_built={stats['circuits_built']} "
+        f"channels_opened={stats['channels_opened']} "
+        f"asyncio_tasks={len(asyncio.all_tasks())} "
+        f"open_fds={fds} rss_kib={rss}"
+    )
+
+
 def _reload(tor: Any, argv: list[str]) -> None:
     from puretor.config import load_config
 
@@ -214,6 +246,7 @@ def _reload(tor: Any, argv: list[str]) -> None:
 
 def run_daemon(argv: list[str], *, version: str) -> int:
     from puretor.config import load_config
+    from puretor.dir.cache import DirCache
 
     if "-h" in argv or "--help" in argv:
         sys.stdout.write(USAGE)
@@ -231,7 +264,9 @@ def run_daemon(argv: list[str], *, version: str) -> int:
         return 0
     setup_logging(getattr(config, "logs", ()))
     try:
-        Path(config.data_directory).expanduser()
+        # An unusable DataDirectory (a file in its place, read-only) stops start-up here,
+        # before any listener opens, with a one-line error.
+        DirCache(Path(config.data_directory).expanduser(), ()).ensure_dir(probe=True)
         return asyncio.run(serve(config, argv))
     except KeyboardInterrupt:
         return 130

@@ -347,12 +347,15 @@ class DirManager:
             self.data_dir.mkdir(mode=0o700, parents=True, exist_ok=True)
             fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
             with os.fdopen(fd, "w", encoding="utf-8") as fh:
+                os.fchmod(fh.fileno(), 0o600)  # a leftover temporary file keeps its mode
                 json.dump(self.guards.to_json(), fh)
                 fh.flush()
                 os.fsync(fh.fileno())
             os.replace(tmp, path)
         except OSError as exc:
-            log.warning("Could not save guard state to %s: %s", path, exc)
+            log.warning("Could not save guard state to %s: %s", path, exc.strerror or exc)
+            with contextlib.suppress(OSError):
+                tmp.unlink()  # a full disk must not keep a half-written file
 
     async def close(self) -> None:
         if self._refresh_task is not None:

@@ -62,8 +62,14 @@ class DirCache:
 
     # -- directory and files ------------------------------------------------
 
-    def ensure_dir(self) -> None:
-        """Create the directory 0700, or tighten an existing one we own (as C tor does)."""
+    def ensure_dir(self, *, probe: bool = False) -> None:
+        """Create the directory 0700, or tighten an existing one we own (as C tor does).
+
+        With ``probe``, also check that files can be created in it (a read-only
+        directory would silently lose the guard state: refuse it instead).
+        """
+        if self.path.exists() and not self.path.is_dir():
+            raise DirectoryError(f"cannot use {self.path} as the DataDirectory: not a directory")
         try:
             self.path.mkdir(mode=0o700, parents=True, exist_ok=True)
             st = self.path.stat()
@@ -75,6 +81,16 @@ class DirCache:
             raise DirectoryError(
                 f"cannot use {self.path} as the directory cache: {e.strerror or e}"
             ) from e
+        if probe:
+            try:
+                fd, name = tempfile.mkstemp(prefix=".write-test.", dir=self.path)
+                os.close(fd)
+                os.unlink(name)
+            except OSError as e:
+                raise DirectoryError(
+                    f"cannot use {self.path} as the DataDirectory: cannot create files in it "
+                    f"({e.strerror or e})"
+                ) from e
 
     def _read(self, name: str) -> bytes | None:
         path = self.path / name
@@ -121,7 +137,7 @@ class DirCache:
     def load(self, now: float) -> DirState:
         """A `DirState` holding whatever cached documents still verify at ``now``."""
         self.problems.clear()
-        self.ensure_dir()
+        self.ensure_dir(probe=True)
         state = DirState(self.authorities, **self.state_options)
         certs = self._read(CERTS_FILE)
         if certs:
