@@ -43,14 +43,19 @@ def parse_auth_private(text: str, *, source: str = "<string>") -> tuple[bytes, b
             f"found {len(fields)} ':'-separated fields"
         )
     address, auth_type, key_type, key_b32 = fields
+    # Messages never echo a field that could be the private key (fields in the wrong
+    # order): the error may end up in a log.
     if auth_type != "descriptor":
-        raise ConfigError(f"{source}: unsupported auth type {auth_type!r} (only 'descriptor')")
+        raise ConfigError(
+            f"{source}: unsupported auth type {_shown(auth_type)} (only 'descriptor')"
+        )
     if key_type != "x25519":
-        raise ConfigError(f"{source}: unsupported key type {key_type!r} (only 'x25519')")
+        raise ConfigError(f"{source}: unsupported key type {_shown(key_type)} (only 'x25519')")
     try:
         identity = parse_onion_address(address)
     except OnionError as e:
-        raise ConfigError(f"{source}: {e}") from None
+        reason = str(e).replace(address, "<first field>") if address else str(e)
+        raise ConfigError(f"{source}: {reason}") from None
     if len(key_b32) != _KEY_B32_LEN:
         raise ConfigError(
             f"{source}: private key is {len(key_b32)} base32 characters, expected {_KEY_B32_LEN}"
@@ -64,6 +69,11 @@ def parse_auth_private(text: str, *, source: str = "<string>") -> tuple[bytes, b
     if not any(key):
         raise ConfigError(f"{source}: private key is all zeros")
     return identity, key
+
+
+def _shown(value: str) -> str:
+    """A field for an error message: short names as they are, anything else by length."""
+    return repr(value) if len(value) <= 12 else f"({len(value)} characters, not shown)"
 
 
 def load_client_auth_dir(path: str | Path) -> dict[bytes, bytes]:
