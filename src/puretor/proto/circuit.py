@@ -552,7 +552,9 @@ class Circuit:
         if flow is None:
             return
         end = flow.end
-        if flow.held_bytes and (stream.state is StreamState.OPEN or end is not None):
+        if flow.held_bytes:
+            # Also after the stream ended (exit's END deferred, or our own close): it
+            # arrived before the END.
             stream.sink.stream_data(flow.take_held())
         if end is not None:
             flow.end = None
@@ -801,9 +803,8 @@ class Circuit:
             self._ready.remove(stream)
 
     def _end_stream(self, stream: Stream, reason: int) -> None:
-        if stream.flow is not None:
-            stream.flow.take_held()  # ended locally: nobody reads it any more
-            stream.flow.end = None
+        # (Data held for a paused reader stays: it arrived before our END, as it would
+        # have reached the reader without congestion control.  `Stream.abort` drops it.)
         if stream.state is StreamState.CLOSED:
             return
         resolving = stream.state is StreamState.RESOLVING
@@ -842,5 +843,7 @@ class Circuit:
         for stream in streams:
             stream.state = StreamState.CLOSED
             stream.send_buffer.clear()  # the application may keep the Stream around
+            if stream.flow is not None:
+                stream.flow.take_held()  # the stream failed: no data after its end
             stream.sink.stream_ended(EndReason.DESTROY, None, text)
         self.on_event(event)

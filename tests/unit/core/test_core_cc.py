@@ -526,6 +526,26 @@ def test_abort_drops_held_data_and_deferred_end() -> None:
     assert sink.data == b"" and sink.ended == [] and stream.flow.held_bytes == 0
 
 
+def test_local_close_keeps_held_data_destroy_drops_it() -> None:
+    fake, channel, circ = _setup(
+        FakeRelayConfig(source_ports={80: 100 * KB, 81: 100 * KB}, end_after_source=False)
+    )
+    sink, sink2 = RecordingSink(), RecordingSink()
+    stream = circ.open_stream(sink, "x.example", 80)
+    stream2 = circ.open_stream(sink2, "y.example", 81)
+    stream.pause_delivery()
+    stream2.pause_delivery()
+    transfer(channel, fake)
+    assert stream.flow is not None and stream2.flow is not None
+    stream.close()  # our END: what arrived before it still reaches the reader
+    transfer(channel, fake)
+    stream.resume_delivery()
+    assert bytes(sink.data) == source_content("x.example", 80, 100 * KB) and sink.ended == []
+    circ.destroy()  # a failed stream gets no data after its end
+    stream2.resume_delivery()
+    assert sink2.data == b"" and sink2.end_reason == EndReason.DESTROY
+
+
 def test_streams_opened_after_cc_all_use_flow_control() -> None:
     fake, channel, circ = _setup(FakeRelayConfig(source_ports={80: 300 * KB}))
     sinks = [RecordingSink() for _ in range(20)]
