@@ -12,6 +12,7 @@ from __future__ import annotations
 import asyncio
 import ipaddress
 import logging
+import re
 from collections.abc import Callable, Hashable
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
@@ -210,7 +211,9 @@ class SocksConnection(asyncio.Protocol):
         except asyncio.CancelledError:
             raise
         except Exception as exc:  # never let one client take the daemon down
-            log.warning("SOCKS request from %s failed unexpectedly: %r", self._who(), exc)
+            log.warning(
+                "SOCKS request from %s failed unexpectedly: %s", self._who(), self._why(exc, req)
+            )
             self._reply_error(SocksReply.GENERAL_FAILURE)
 
     async def _connect(self, req: SocksRequest) -> None:
@@ -233,12 +236,12 @@ class SocksConnection(asyncio.Protocol):
                 timeout=self.policy.connect_timeout,
             )
         except OnionError as exc:
-            log.info("onion request from %s failed: %s", self._who(), exc)
+            log.info("onion request from %s failed: %s", self._who(), self._why(exc, req))
             # Without ExtendedErrors C tor answers "host unreachable" (RESOLVEFAILED).
             self._reply_error(exc.socks_code, fallback=SocksReply.HOST_UNREACHABLE)
             return
         except StreamRefused as exc:
-            log.info("stream to %s refused: %s", self._dest(req), exc)
+            log.info("stream to %s refused: %s", self._dest(req), self._why(exc, req))
             self._reply_error(socks5_reply_for_end_reason(exc.reason))
             return
         except (TimeoutError, StreamTimeout):
@@ -246,11 +249,11 @@ class SocksConnection(asyncio.Protocol):
             self._reply_error(SocksReply.TTL_EXPIRED)
             return
         except NoPathError as exc:
-            log.warning("no path for %s: %s", self._dest(req), exc)
+            log.warning("no path for %s: %s", self._dest(req), self._why(exc, req))
             self._reply_error(SocksReply.NOT_ALLOWED)
             return
         except TorError as exc:
-            log.info("stream to %s failed: %s", self._dest(req), exc)
+            log.info("stream to %s failed: %s", self._dest(req), self._why(exc, req))
             self._reply_error(SocksReply.GENERAL_FAILURE)
             return
         assert isinstance(transport, asyncio.Transport)
@@ -277,7 +280,7 @@ class SocksConnection(asyncio.Protocol):
             self._reply_error(socks5_reply_for_end_reason(exc.reason))
             return
         except (TimeoutError, TorError, IndexError) as exc:
-            log.info("resolve of %s failed: %s", self._dest(req), exc)
+            log.info("resolve of %s failed: %s", self._dest(req), self._why(exc, req))
             self._reply_error(SocksReply.HOST_UNREACHABLE)
             return
         if self.client is not None and not self.client.is_closing():
@@ -324,6 +327,18 @@ class SocksConnection(asyncio.Protocol):
 
     def _dest(self, req: SocksRequest) -> str:
         return "[scrubbed]" if self.policy.safe_logging else f"{req.host}:{req.port}"
+
+    def _why(self, exc: BaseException, req: SocksRequest) -> str:
+        """An error for the log: with SafeLogging, without the destination (errors name
+        it, e.g. "invalid onion address 'x.onion'") nor the SOCKS credentials."""
+        text = str(exc) if isinstance(exc, TorError) else repr(exc)
+        if not self.policy.safe_logging:
+            return text
+        secrets = [req.host, req.host.removesuffix(".onion")]
+        secrets += [v.decode(errors="replace") for v in (req.username, req.password) if v]
+        for secret in sorted((x for x in secrets if x), key=len, reverse=True):
+            text = re.sub(re.escape(secret), "[scrubbed]", text, flags=re.IGNORECASE)
+        return text
 
 
 def _pick_address(addrs: list[str], version: int) -> str:
