@@ -228,3 +228,69 @@ def test_client_auth_errors_never_show_the_key(line: str, tmp_path: Path) -> Non
 def test_client_auth_good_line_still_parses() -> None:
     identity, key = parse_auth_private(f"{ONION}:descriptor:x25519:{KEY}")
     assert len(identity) == 32 and len(key) == 32
+
+
+# --------------------------------------------------------------------------- SafeLogging
+
+
+class _FailingTor:
+    """A TorClient stand-in whose every stream fails with an error naming the target."""
+
+    def __init__(self, error: Exception) -> None:
+        self.error = error
+
+    async def create_connection(self, factory: Any, host: str, port: int, **kw: Any) -> Any:
+        raise self.error
+
+
+async def _socks_request(port: int, host: str, user: bytes, password: bytes) -> bytes:
+    reader, writer = await asyncio.open_connection("127.0.0.1", port)
+    try:
+        writer.write(b"\x05\x01\x02")
+        await reader.readexactly(2)
+        writer.write(bytes([1, len(user)]) + user + bytes([len(password)]) + password)
+        await reader.readexactly(2)
+        h = host.encode()
+        writer.write(b"\x05\x01\x00\x03" + bytes([len(h)]) + h + b"\x00\x50")
+        return await asyncio.wait_for(reader.read(), 10)
+    finally:
+        writer.close()
+
+
+@pytest.mark.parametrize("safe", [True, False])
+@pytest.mark.parametrize("kind", ["onion", "refused", "other", "unexpected"])
+def test_socks_errors_are_logged_without_destination_or_credentials(
+    kind: str, safe: bool, caplog: pytest.LogCaptureFixture
+) -> None:
+    from puretor.aio.socks_server import start_socks_listener
+    from puretor.errors import OnionError, StreamRefused, TorError
+
+    host = "Secret-Destination.example" if kind != "onion" else f"{ONION}.onion"
+    user, password = b"isolation-user-x1", b"isolation-pass-y2"
+    error: Exception = {
+        "onion": OnionError(f"invalid onion address {host.lower()!r}: bad", socks_code=0xF6),
+        "refused": StreamRefused(f"stream ended: {host.lower()}:80 (CONNECTREFUSED)", 3),
+        "other": TorError(f"circuit for {host.lower()} with {user.decode()} failed"),
+        "unexpected": RuntimeError(f"bug with {host.lower()} and {password.decode()}"),
+    }[kind]
+
+    async def main() -> bytes:
+        policy = ListenerPolicy(listener_id=0, safe_logging=safe)
+        server, _ = await start_socks_listener(_FailingTor(error), "127.0.0.1", 0, policy)  # type: ignore[arg-type]
+        try:
+            port = server.sockets[0].getsockname()[1]
+            return await _socks_request(port, host, user, password)
+        finally:
+            server.close()
+
+    with caplog.at_level(logging.DEBUG, logger="puretor"):
+        reply = asyncio.run(main())
+    assert reply[:2] != b"\x05\x00"  # an error reply
+    text = "\n".join(r.getMessage() for r in caplog.records).lower()
+    assert text, "nothing was logged"
+    fragments = [host.lower(), ONION[:16], user.decode(), password.decode()]
+    if safe:
+        assert not [f for f in fragments if f in text], text
+        assert "[scrubbed]" in text
+    else:
+        assert host.lower()[:16] in text or ONION[:16] in text
