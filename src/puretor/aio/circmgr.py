@@ -31,6 +31,7 @@ log = logging.getLogger("puretor.circuit")
 BUILD_ATTEMPTS = 4
 # Before enough builds are timed to learn a timeout, hedge a build after this long.
 HEDGE_DELAY_UNLEARNED = 5.0
+MAX_HEDGES = 3
 PREEMPTIVE_PORTS = (80, 443)
 PREEMPTIVE_CLEAN_CIRCUITS = 2
 IDLE_CLEAN_LIFETIME = 3600.0
@@ -81,6 +82,8 @@ class _Slot:
     generation: int = 0
     created: float = field(default_factory=time.monotonic)
     last_used: float = field(default_factory=time.monotonic)
+    # RSA ids beyond the guard of the build in progress (a hedge avoids them).
+    building_through: frozenset[bytes] = frozenset()
 
     def allows(self, port: int) -> bool:
         return self.exit.policy.allows(port)
@@ -164,30 +167,43 @@ class CircuitManager:
         return handle
 
     async def _wait_hedged(self, slot: _Slot, req: PathRequest) -> tuple[CircuitHandle, _Slot]:
-        """Wait for ``slot``; if its build outlasts the expected build time, also launch a
-        second build and take whichever finishes first (a stuck relay costs seconds)."""
+        """Wait for ``slot``; each time the builds in progress outlast the expected build
+        time, launch another one that avoids their relays, and take whichever finishes
+        first: a stuck relay then costs seconds, not the 60 s build timeout."""
         if slot.handle is not None:
             return slot.handle, slot
         delay = self.cbt.timeout() if self.cbt.learned else HEDGE_DELAY_UNLEARNED
-        try:
-            return await asyncio.wait_for(self._wait_slot(slot), delay), slot
-        except TimeoutError:
-            pass
-        backup = self._launch(req)
-        backup.isolation, backup.claimed = slot.isolation, slot.claimed
-        waiters = {asyncio.ensure_future(self._wait_slot(s)): s for s in (slot, backup)}
+        waiters = {asyncio.ensure_future(self._wait_slot(slot)): slot}
         last_error: BaseException | None = None
+        hedges = 0
         try:
             while waiters:
-                done, _ = await asyncio.wait(waiters, return_when=asyncio.FIRST_COMPLETED)
+                done, _ = await asyncio.wait(
+                    waiters,
+                    timeout=delay if hedges < MAX_HEDGES else None,
+                    return_when=asyncio.FIRST_COMPLETED,
+                )
                 for waiter in done:
                     won = waiters.pop(waiter)
                     if waiter.exception() is None:
                         return waiter.result(), won
                     last_error = waiter.exception()
+                if done and waiters:
+                    continue
+                if hedges >= MAX_HEDGES and not waiters:
+                    break
+                if not done or not waiters:
+                    hedges += 1
+                    stuck = frozenset().union(*(s.building_through for s in waiters.values()))
+                    try:
+                        backup = self._launch(dataclasses.replace(req, exclude=req.exclude | stuck))
+                    except NoPathError:
+                        backup = self._launch(req)
+                    backup.isolation, backup.claimed = slot.isolation, slot.claimed
+                    waiters[asyncio.ensure_future(self._wait_slot(backup))] = backup
         finally:
             for waiter in waiters:
-                waiter.cancel()  # only the waiting: the other build goes on, as a spare
+                waiter.cancel()  # only the waiting: the other builds go on, as spares
         assert last_error is not None
         raise last_error
 
@@ -277,7 +293,9 @@ class CircuitManager:
                     with contextlib.suppress(NoPathError):
                         slot.exit = selector.choose_exit(req)
             try:
-                handle = await self._build_through(selector, req, slot.exit, failed=avoid)
+                handle = await self._build_through(
+                    selector, req, slot.exit, failed=avoid, slot=slot
+                )
             except NoPathError:
                 raise
             except (ChannelError, CircuitError, TimeoutError) as exc:
@@ -299,6 +317,7 @@ class CircuitManager:
         last: Relay | HopSpec,
         *,
         failed: set[bytes] | None = None,
+        slot: _Slot | None = None,
     ) -> CircuitHandle:
         """Guard (from the guard manager, avoiding the last hop's family), middle, last."""
         if isinstance(last, HopSpec):
@@ -313,6 +332,8 @@ class CircuitManager:
         guard, usage = self.guards.select_guard(time.time(), avoid=avoid_relays)
         middle = selector.choose_middle([guard, *avoid_relays], req)
         hops = [hop_for(guard), hop_for(middle), last_hop]
+        if slot is not None:
+            slot.building_through = frozenset(h.target.rsa_id for h in hops[1:])
         netdir = self._netdir()
         cc = None
         if self.congestion_control:
