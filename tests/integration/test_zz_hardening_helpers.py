@@ -6,9 +6,11 @@
   ``socket.connect``, every name lookup (``socket.getaddrinfo`` & co.), every program start and
   every ``puretor.channel.connect`` event to a JSON-lines file. `audit_problems` then checks
   that each connect went to a relay's ORPort listed in network.json and nothing was resolved.
-* `AUDIT` records the same events for *this* process (the pytest process): installed when
-  this module is imported, i.e. at collection, it sees every in-process puretor channel of the
-  session from then on. `test_zz_hardening_zz_session.py` checks it last.
+* `AUDIT` records the ``puretor.channel.connect`` events of *this* process (the pytest
+  process): installed when this module is imported, i.e. at collection, it sees every
+  in-process puretor channel of the session, and notes whether the TorClient making it had
+  that target as a configured directory source. `test_zz_hardening_zz_session.py` checks it
+  last.
 """
 
 from __future__ import annotations
@@ -71,20 +73,42 @@ sys.exit(main(sys.argv[2:]))
 
 
 class _ProcessAudit:
-    """Every puretor channel connect, and every socket.connect, of the pytest process."""
+    """Every puretor channel connect of the pytest process, with what vouched for it."""
 
     def __init__(self) -> None:
-        self.channels: list[tuple[str, int, str, str]] = []  # address, port, id hex, test
-        self.connects: list[tuple[Any, str]] = []
+        # (address, port, identity hex, test, configured): `configured` is True when the
+        # TorClient that made it has that address, port and identity as a configured
+        # DirAuthority/FallbackDir (its allow-check vouched for it as such).
+        self.channels: list[tuple[str, int, str, str, bool]] = []
         self.allowed_extra: set[tuple[str, int]] = set()  # deliberate non-relay targets
         self.installed_at = time.time()
         self._lock = threading.Lock()
 
     def hook(self, event: str, args: tuple[Any, ...]) -> None:
-        if event == "puretor.channel.connect":
-            test = os.environ.get("PYTEST_CURRENT_TEST", "?").split(" ")[0]
-            with self._lock:
-                self.channels.append((str(args[0]), int(args[1]), str(args[2]), test))
+        if event != "puretor.channel.connect":
+            return
+        address, port, ident = str(args[0]), int(args[1]), str(args[2])
+        test = os.environ.get("PYTEST_CURRENT_TEST", "?").split(" ")[0]
+        configured = _configured_source(sys._getframe(1), address, port, ident)
+        with self._lock:
+            self.channels.append((address, port, ident, test, configured))
+
+
+def _configured_source(frame: Any, address: str, port: int, ident: str) -> bool:
+    """Whether the ChannelManager connecting (``self`` of the ``_open`` frame) belongs to a
+    TorClient configured with this directory source."""
+    while frame is not None and frame.f_code.co_name != "_open":
+        frame = frame.f_back
+    mgr = frame.f_locals.get("self") if frame is not None else None
+    client = getattr(getattr(mgr, "allow", None), "__self__", None)
+    dirmgr = getattr(client, "_dirmgr", None)
+    if dirmgr is None:
+        return False
+    sources = [*dirmgr.authorities, *dirmgr.fallbacks]
+    return any(
+        s.rsa_id.hex() == ident and (address, port) in ((s.address, s.or_port), s.ipv6)
+        for s in sources
+    )
 
 
 AUDIT = _ProcessAudit()
