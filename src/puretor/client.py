@@ -254,9 +254,11 @@ class TorClient:
         )
         self._dirmgr.guards = self._guards
         self._dirmgr.circmgr = self._circmgr
+        # Refresh from now on: a cached consensus that is only "reasonably live" gets
+        # replaced while the first circuit is being built (C tor does the same).
+        self._dirmgr.start_refresh()
         await self._dirmgr.finish_bootstrap(self._circmgr)
         self._circmgr.start()
-        self._dirmgr.start_refresh()
 
     async def aclose(self) -> None:
         """Close every circuit and channel and save state; idempotent.
