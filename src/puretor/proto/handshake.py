@@ -120,6 +120,16 @@ class NtorClientState:
         return f"<NtorClientState node_id={self._node_id.hex()}>"
 
 
+def _ephemeral(private_key: bytes | None) -> tuple[X25519PrivateKey, bytes]:
+    """A fresh X25519 key pair (or a fixed one, for test vectors): (x, X)."""
+    x = (
+        X25519PrivateKey.generate()
+        if private_key is None
+        else X25519PrivateKey.from_private_bytes(private_key)
+    )
+    return x, x.public_key().public_bytes_raw()
+
+
 def ntor_client_create(
     node_id: bytes, ntor_key: bytes, *, private_key: bytes | None = None
 ) -> tuple[NtorClientState, bytes]:
@@ -132,12 +142,7 @@ def ntor_client_create(
         raise ValueError("ntor NODEID must be the 20-byte RSA identity digest")
     if len(ntor_key) != 32:
         raise ValueError("ntor onion key must be 32 bytes")
-    x = (
-        X25519PrivateKey.generate()
-        if private_key is None
-        else X25519PrivateKey.from_private_bytes(private_key)
-    )
-    X = x.public_key().public_bytes_raw()  # spec names
+    x, X = _ephemeral(private_key)  # spec names
     node_id, ntor_key = bytes(node_id), bytes(ntor_key)
     return NtorClientState(node_id, ntor_key, x, X), node_id + ntor_key + X
 
@@ -256,12 +261,7 @@ def ntor_v3_client_create(
         raise ValueError("ntor v3 ID must be the 32-byte Ed25519 identity")
     if len(ntor_key) != 32:
         raise ValueError("ntor onion key must be 32 bytes")
-    x = (
-        X25519PrivateKey.generate()
-        if private_key is None
-        else X25519PrivateKey.from_private_bytes(private_key)
-    )
-    X = x.public_key().public_bytes_raw()  # spec names
+    x, X = _ephemeral(private_key)  # spec names
     ID, B = bytes(ed_id), bytes(ntor_key)
     Bx = _exp(x, B)
     phase1 = _kdf3(Bx + ID + X + B + NTOR3_PROTOID + _encap(verification), _T3_MSGKDF, 64)
