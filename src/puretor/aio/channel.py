@@ -56,8 +56,15 @@ def _tls_context() -> ssl.SSLContext:
     return ctx
 
 
-class ChannelProtocol(asyncio.Protocol):
-    """Moves bytes between a TLS transport and a sans-I/O `Channel`."""
+class ChannelProtocol(asyncio.BufferedProtocol):
+    """Moves bytes between a TLS transport and a sans-I/O `Channel`.
+
+    A buffered protocol: asyncio's TLS layer then decrypts straight into one
+    buffer kept for the channel's life, instead of allocating a fresh
+    ``max_size`` bytes object per TLS record and joining them per socket read.
+    """
+
+    _READ_BUFFER = 256 * 1024  # asyncio's own read size for TLS transports
 
     def __init__(self, channel: Channel, loop: asyncio.AbstractEventLoop) -> None:
         self.channel = channel
@@ -65,6 +72,8 @@ class ChannelProtocol(asyncio.Protocol):
         self.transport: asyncio.Transport | None = None
         self.opened: asyncio.Future[None] = loop.create_future()
         self._flush_scheduled = False
+        self._read_buffer = bytearray(self._READ_BUFFER)
+        self._read_view = memoryview(self._read_buffer)
         channel.on_flush_needed = self._schedule_flush
         channel.on_open = self._on_open
         channel.on_closed = self._on_closed
@@ -78,7 +87,13 @@ class ChannelProtocol(asyncio.Protocol):
         self.channel.tls_cert_der = der
         self.channel.start()
 
-    def data_received(self, data: bytes) -> None:
+    def get_buffer(self, sizehint: int) -> memoryview:
+        return self._read_view
+
+    def buffer_updated(self, nbytes: int) -> None:
+        self.data_received(self._read_view[:nbytes])
+
+    def data_received(self, data: bytes | memoryview) -> None:
         self.channel.receive_data(data, time.time())
         # Flush in the same loop iteration: SENDMEs and replies go out batched.
         if self.channel.outbuf:

@@ -81,6 +81,9 @@ MAX_RELAY_EARLY = 8
 _FAIR_SHARE_CELLS = 32
 
 _RELAY_HEADER = struct.Struct(">BHHIH")  # command, recognized, stream id, digest, length
+_RELAY_HEADER_SHORT = struct.Struct(">B2xH4xH")  # command, stream id, length
+_DATA_BYTE = bytes([RelayCommand.DATA.value])
+_FULL_LEN_HI, _FULL_LEN_LO = (bytes([b]) for b in RELAY_DATA_LEN.to_bytes(2, "big"))
 _CMD_DATA = RelayCommand.DATA.value
 _CMD_SENDME = RelayCommand.SENDME.value
 _CELL_RELAY = CellCommand.RELAY.value
@@ -192,7 +195,7 @@ class Circuit:
         self._closing = False
         self.clock: Callable[[], float] = time.monotonic
         self._ready: deque[Stream] = deque()
-        self._pending_data: dict[Stream, list[bytes]] = {}
+        self._pending_data: dict[Stream, list[bytes | bytearray]] = {}
         self._header = struct.pack(">IB", circ_id, _CELL_RELAY)
         self.cells_received = 0
         self.cells_sent = 0
@@ -341,28 +344,145 @@ class Circuit:
     def _handle_run(self, block: bytearray) -> None:
         crypto = self.crypto
         n_hops = len(crypto.hops)
-        hop_of, states = crypto.decrypt_inbound_run(block)
-        for i, hop in enumerate(hop_of):
-            if self.state is CircuitState.CLOSED:
-                return  # a cell (or a callback) closed the circuit: drop the rest
-            o = i * RELAY_BODY_LEN
-            body = block[o : o + RELAY_BODY_LEN]
+        hop_of, digests = crypto.decrypt_inbound_run(block)
+        if not n_hops:
+            self._handle_rest(block, 0, hop_of, digests, 0)
+            return
+        last = n_hops - 1
+        # The DATA fast path below does inline, for a cell from the last hop that
+        # neither triggers a circuit SENDME nor goes to a paused or closing stream,
+        # exactly what `_handle_relay_body` and `_stream_data` do; every other cell
+        # goes through them.  The circuit window and cell count live in locals
+        # while the fast path runs and are written back around the general path.
+        deliver_window = self._deliver_window
+        window = deliver_window[last]
+        fast_above = max(self._sendme_at[last], -1) + 1  # cells must leave window > this
+        streams = self.streams
+        pending = self._pending_data
+        open_state = StreamState.OPEN
+        data_cmd = _CMD_DATA
+        body_len = RELAY_BODY_LEN
+        fast = 0
+        cached_id = -1  # stream ID of `stream`, an open stream taking data
+        stream: Any = None
+        chunks: Any = None
+        header = _RELAY_HEADER_SHORT.unpack_from
+        count = len(hop_of)
+        # Stretches of full DATA cells for one stream are taken whole: their headers
+        # are checked with strided compares and their data joined in one call.
+        bulk = True  # cleared once a stretch check fails, so the checks stay O(run)
+        mv = memoryview(block)
+        i = 0
+        while i < count:
+            hop = hop_of[i]
+            o = i * body_len
+            if hop == last and window > fast_above:
+                command, stream_id, length = header(block, o)
+                if command == data_cmd and length <= RELAY_DATA_LEN:
+                    if stream_id != cached_id:
+                        stream = streams.get(stream_id)
+                        if stream is None:
+                            window -= 1  # DATA for a stream we closed still counts
+                            fast += 1
+                            i += 1
+                            continue
+                        flow = stream.flow
+                        if stream.state is not open_state or (
+                            flow is not None and (stream.delivery_paused or flow.held_bytes)
+                        ):
+                            stream = None  # the general path
+                        else:
+                            cached_id = stream_id
+                            chunks = pending.get(stream)
+                            if chunks is None:
+                                chunks = pending[stream] = []
+                    if stream is not None and stream.deliver_window > 0:
+                        m = min(count - i, window - fast_above, stream.deliver_window)
+                        if bulk and m > 1 and length == RELAY_DATA_LEN:
+                            hi = o + m * body_len
+                            if (
+                                hop_of[i : i + m].count(last) == m
+                                and block[o:hi:body_len] == _DATA_BYTE * m
+                                and block[o + 3 : hi : body_len] == block[o + 3 : o + 4] * m
+                                and block[o + 4 : hi : body_len] == block[o + 4 : o + 5] * m
+                                and block[o + 9 : hi : body_len] == _FULL_LEN_HI * m
+                                and block[o + 10 : hi : body_len] == _FULL_LEN_LO * m
+                            ):
+                                chunks.append(
+                                    b"".join(
+                                        [
+                                            mv[p : p + RELAY_DATA_LEN]
+                                            for p in range(o + 11, hi, body_len)
+                                        ]
+                                    )
+                                )
+                                stream.deliver_window -= m
+                                window -= m
+                                fast += m
+                                i += m
+                                continue
+                            bulk = False
+                        stream.deliver_window -= 1
+                        chunks.append(block[o + 11 : o + 11 + length])
+                        window -= 1
+                        fast += 1
+                        i += 1
+                        continue
+            # The general path, which may change anything the fast path cached.
+            deliver_window[last] = window
+            self.cells_received += fast
+            fast = 0
+            cached_id = -1
+            body = block[o : o + body_len]
             try:
                 if hop < 0:
                     # No hop we had when the run arrived knew this cell.  A hop added
                     # since (EXTENDED2 earlier in the run) gets its turn, as it would
                     # have cell by cell; otherwise this raises.
                     hop, body = crypto.decrypt_inbound(body, first_hop=n_hops)
-                    state = crypto.hops[hop].bwd_digest
+                    digest = crypto.hops[hop].bwd_digest.digest()[:20]
                 else:
-                    state = states[i]
-                self._handle_relay_body(hop, body, state)
+                    digest = digests[i]
+                self._handle_relay_body(hop, body, digest)
             except RemoteProtocolError as exc:
                 self.destroy(1, f"protocol violation: {exc}")
                 return
+            if self.state is CircuitState.CLOSED:
+                return  # a cell (or a callback) closed the circuit: drop the rest
+            if len(crypto.hops) != n_hops:
+                # EXTENDED2 added a hop: the fast path's idea of the last hop is stale.
+                self._handle_rest(block, i + 1, hop_of, digests, n_hops)
+                return
+            window = deliver_window[last]
+            i += 1
+        deliver_window[last] = window
+        self.cells_received += fast
 
-    def _handle_relay_body(self, hop: int, body: bytearray, digest_state: Any) -> None:
-        """One decrypted relay cell from ``hop``; ``digest_state``: that hop's digest after it."""
+    def _handle_rest(
+        self, block: bytearray, start: int, hop_of: list[int], digests: list[Any], n_hops: int
+    ) -> None:
+        """The cells of a run after one that added a hop, each the general way."""
+        crypto = self.crypto
+        for i in range(start, len(hop_of)):
+            o = i * RELAY_BODY_LEN
+            body = block[o : o + RELAY_BODY_LEN]
+            hop = hop_of[i]
+            try:
+                if hop < 0:
+                    hop, body = crypto.decrypt_inbound(body, first_hop=n_hops)
+                    digest = crypto.hops[hop].bwd_digest.digest()[:20]
+                else:
+                    digest = digests[i]
+                self._handle_relay_body(hop, body, digest)
+            except RemoteProtocolError as exc:
+                self.destroy(1, f"protocol violation: {exc}")
+                return
+            if self.state is CircuitState.CLOSED:
+                return
+
+    def _handle_relay_body(self, hop: int, body: bytearray, digest: bytes) -> None:
+        """One decrypted relay cell from ``hop``; ``digest``: that hop's digest after it
+        (a SENDME quotes its first 20 bytes)."""
         command, _rec, stream_id, _digest, length = _RELAY_HEADER.unpack_from(body)
         if length > RELAY_DATA_LEN:
             raise RemoteProtocolError(f"relay cell length {length} > {RELAY_DATA_LEN}")
@@ -376,8 +496,7 @@ class Circuit:
             if window <= self._sendme_at[hop]:
                 # The digest of the cell just absorbed authenticates this SENDME (every
                 # 100 cells, or every sendme_inc with congestion control).
-                digest = digest_state.digest()[:20]
-                self.send_relay(RelayCommand.SENDME, 0, encode_sendme_v1(digest), hop=hop)
+                self.send_relay(RelayCommand.SENDME, 0, encode_sendme_v1(digest[:20]), hop=hop)
                 window += self._sendme_inc[hop]
             self._deliver_window[hop] = window
             stream = self.streams.get(stream_id)
@@ -499,12 +618,15 @@ class Circuit:
 
     def _flush_stream_data(self) -> None:
         """Hand buffered DATA to the sinks, then grant stream SENDMEs (if not paused)."""
-        while self._pending_data:
-            pending, self._pending_data = self._pending_data, {}
-            for stream, chunks in pending.items():
+        # The dict keeps its identity: `_handle_run` holds it across calls to here.
+        pending_data = self._pending_data
+        while pending_data:
+            pending = list(pending_data.items())
+            pending_data.clear()
+            for stream, chunks in pending:
                 if stream.state is not StreamState.OPEN:
                     continue
-                data = chunks[0] if len(chunks) == 1 else b"".join(chunks)
+                data = bytes(chunks[0]) if len(chunks) == 1 else b"".join(chunks)
                 flow = stream.flow
                 if flow is not None and (stream.delivery_paused or flow.held_bytes):
                     self._hold(stream, flow, data)  # paused by another stream's reader

@@ -12,7 +12,7 @@ running digest in both cases; authenticated SENDMEs carry its first 20 bytes.
 from __future__ import annotations
 
 import hashlib
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from typing import Any
 
 from cryptography.hazmat.primitives.ciphers import Cipher, algorithms, modes
@@ -22,20 +22,6 @@ from puretor.errors import RemoteProtocolError
 _ZERO_IV = b"\0" * 16
 _ZERO4 = b"\0\0\0\0"
 _BODY_LEN = 509
-
-
-def _zero_positions(row: bytearray, alive: list[int], contiguous: bool) -> Iterator[int]:
-    """The cells in ``alive`` whose byte in ``row`` is zero, in order."""
-    if contiguous:
-        hi = alive[-1] + 1
-        i = row.find(0, alive[0], hi)
-        while i >= 0:
-            yield i
-            i = row.find(0, i + 1, hi)
-    else:
-        for i in alive:
-            if not row[i]:
-                yield i
 
 
 class HopCrypto:
@@ -133,13 +119,15 @@ class OnionCrypto:
         their Recognized field is zero (found with ``bytearray.find``).
 
         Returns, per cell, the recognising hop (-1: none of the current hops) and
-        that hop's backward digest state right after absorbing the cell — what a
-        SENDME triggered by it must quote, even though later cells of the run have
-        been absorbed since.  Recognised bodies have their Digest field zeroed.
+        that hop's backward digest right after absorbing the cell (the whole hash,
+        of which a SENDME quotes the first 20 bytes; None for cells no hop
+        recognised) - what a SENDME triggered by it must quote,
+        even though later cells of the run have been absorbed since.  Recognised
+        bodies have their Digest field zeroed.
         """
         count = len(block) // _BODY_LEN
         hop_of = [-1] * count
-        states: list[Any] = [None] * count
+        digests: list[Any] = [None] * count
         alive = list(range(count))  # cells no hop has recognised yet, in order
         mv = memoryview(block)
         try:
@@ -157,32 +145,119 @@ class OnionCrypto:
                         seg = mv[i * _BODY_LEN : (i + 1) * _BODY_LEN]
                         update(seg, seg)
                         seg.release()
-                recognized_hi = block[1::_BODY_LEN]  # byte 1 of every cell
-                d = hop.bwd_digest
-                found = 0
-                for i in _zero_positions(recognized_hi, alive, contiguous):
-                    o = i * _BODY_LEN
-                    if block[o + 2]:
-                        continue
-                    tag = block[o + 5 : o + 9]
-                    block[o + 5 : o + 9] = _ZERO4
-                    trial = d.copy()
-                    trial.update(mv[o : o + _BODY_LEN])
-                    if trial.digest()[:4] == tag:
-                        d = trial
-                        hop_of[i] = index
-                        states[i] = trial
-                        found += 1
-                    else:
-                        block[o + 5 : o + 9] = tag
-                hop.bwd_digest = d
+                if contiguous and self._recognise_all(
+                    index, hop, block, mv, alive, hop_of, digests
+                ):
+                    break  # every remaining cell was for this hop
+                found = self._recognise(index, hop, block, mv, alive, contiguous, hop_of, digests)
                 if found == len(alive):
                     alive = []
                 elif found:
                     alive = [i for i in alive if hop_of[i] < 0]
         finally:
             mv.release()
-        return hop_of, states
+        return hop_of, digests
+
+    @staticmethod
+    def _recognise_all(
+        index: int,
+        hop: HopCrypto,
+        block: bytearray,
+        mv: memoryview,
+        alive: list[int],
+        hop_of: list[int],
+        digests: list[Any],
+    ) -> bool:
+        """The usual case at the last hop: is every cell of the stretch ``alive`` for ``hop``?
+
+        When every Recognized field is zero, all Digest fields are taken out and
+        zeroed with strided slices, the running digest absorbs the cells one after
+        another, and the first four bytes of every resulting digest are compared
+        with the taken-out fields at once.  On any mismatch nothing has changed
+        (fields and digest restored) and False sends the stretch the careful way.
+        """
+        lo, hi = alive[0] * _BODY_LEN, (alive[-1] + 1) * _BODY_LEN
+        count = len(alive)
+        zeros = bytes(count)
+        if block[lo + 1 : hi : _BODY_LEN] != zeros or block[lo + 2 : hi : _BODY_LEN] != zeros:
+            return False
+        tags = [block[lo + j : hi : _BODY_LEN] for j in range(5, 9)]
+        for j in range(5, 9):
+            block[lo + j : hi : _BODY_LEN] = zeros
+        d = hop.bwd_digest
+        saved = d.copy()
+        update, digest = d.update, d.digest
+        fulls: list[bytes] = []
+        append = fulls.append
+        for o in range(lo, hi, _BODY_LEN):
+            update(mv[o : o + _BODY_LEN])
+            append(digest())
+        joined = b"".join(fulls)
+        size = d.digest_size
+        if all(joined[j::size] == tags[j] for j in range(4)):
+            first = alive[0]
+            hop_of[first : first + count] = [index] * count
+            digests[first : first + count] = fulls
+            return True
+        for j in range(5, 9):
+            block[lo + j : hi : _BODY_LEN] = tags[j - 5]
+        hop.bwd_digest = saved
+        return False
+
+    @staticmethod
+    def _recognise(
+        index: int,
+        hop: HopCrypto,
+        block: bytearray,
+        mv: memoryview,
+        alive: list[int],
+        contiguous: bool,
+        hop_of: list[int],
+        digests: list[Any],
+    ) -> int:
+        """Digest-check the cells in ``alive`` whose Recognized field is zero at ``hop``.
+
+        The running digest absorbs each candidate directly (no per-cell copy); a
+        saved state lets a mismatch - a cell that only looked recognised - roll the
+        digest back (replaying the cells this hop recognised since), as the spec's
+        "check a copy, commit on match" requires.  Mismatches are rare (1 in 65,536
+        cells per earlier hop, or a broken relay), so the rollback is too.
+        """
+        d = hop.bwd_digest
+        saved = None
+        saved_at = 0  # first cell absorbed after `saved` was taken
+        if contiguous:
+            recognized_hi = block[1::_BODY_LEN]  # byte 1 of every cell
+            hi = alive[-1] + 1
+            candidates: Any = []
+            i = recognized_hi.find(0, alive[0], hi)
+            while i >= 0:
+                candidates.append(i)
+                i = recognized_hi.find(0, i + 1, hi)
+        else:
+            candidates = [i for i in alive if not block[i * _BODY_LEN + 1]]
+        for i in candidates:
+            o = i * _BODY_LEN
+            if block[o + 2]:
+                continue
+            if saved is None:
+                saved, saved_at = d.copy(), i
+            tag = block[o + 5 : o + 9]
+            block[o + 5 : o + 9] = _ZERO4
+            d.update(mv[o : o + _BODY_LEN])
+            full = d.digest()
+            if full[:4] == tag:
+                hop_of[i] = index
+                digests[i] = full
+            else:
+                block[o + 5 : o + 9] = tag
+                d = saved.copy()
+                for j in range(saved_at, i):
+                    if hop_of[j] == index:
+                        d.update(mv[j * _BODY_LEN : (j + 1) * _BODY_LEN])
+                saved = None
+        hop.bwd_digest = d
+        return hop_of.count(index)
 
     def last_backward_digest(self, hop_index: int) -> bytes:
         """The hop's current backward digest, truncated to 20 bytes (proposal 289)."""
