@@ -82,8 +82,6 @@ _FAIR_SHARE_CELLS = 32
 
 _RELAY_HEADER = struct.Struct(">BHHIH")  # command, recognized, stream id, digest, length
 _RELAY_HEADER_SHORT = struct.Struct(">B2xH4xH")  # command, stream id, length
-_DATA_BYTE = bytes([RelayCommand.DATA.value])
-_FULL_LEN_HI, _FULL_LEN_LO = (bytes([b]) for b in RELAY_DATA_LEN.to_bytes(2, "big"))
 _CMD_DATA = RelayCommand.DATA.value
 _CMD_SENDME = RelayCommand.SENDME.value
 _CELL_RELAY = CellCommand.RELAY.value
@@ -369,8 +367,7 @@ class Circuit:
         header = _RELAY_HEADER_SHORT.unpack_from
         count = len(hop_of)
         # Stretches of full DATA cells for one stream are taken whole: their headers
-        # are checked with strided compares and their data joined in one call.
-        bulk = True  # cleared once a stretch check fails, so the checks stay O(run)
+        # are checked with strided slices and their data joined in one call.
         mv = memoryview(block)
         i = 0
         while i < count:
@@ -397,17 +394,21 @@ class Circuit:
                             if chunks is None:
                                 chunks = pending[stream] = []
                     if stream is not None and stream.deliver_window > 0:
-                        m = min(count - i, window - fast_above, stream.deliver_window)
-                        if bulk and m > 1 and length == RELAY_DATA_LEN:
+                        m = min(count - i, window - fast_above, stream.deliver_window, 64)
+                        if (
+                            m > 1
+                            and length == RELAY_DATA_LEN
+                            and block[o + body_len + 3 : o + body_len + 5] == block[o + 3 : o + 5]
+                        ):
+                            # How many cells from here repeat this one's command, stream
+                            # ID and full length: the shortest run of equal leading bytes
+                            # of each header field (strided slices, `lstrip` in C).
                             hi = o + m * body_len
-                            if (
-                                hop_of[i : i + m].count(last) == m
-                                and block[o:hi:body_len] == _DATA_BYTE * m
-                                and block[o + 3 : hi : body_len] == block[o + 3 : o + 4] * m
-                                and block[o + 4 : hi : body_len] == block[o + 4 : o + 5] * m
-                                and block[o + 9 : hi : body_len] == _FULL_LEN_HI * m
-                                and block[o + 10 : hi : body_len] == _FULL_LEN_LO * m
-                            ):
+                            for field in (0, 3, 4, 9, 10):
+                                column = block[o + field : hi : body_len]
+                                m = min(m, len(column) - len(column.lstrip(column[:1])))
+                                hi = o + m * body_len
+                            if m > 1 and hop_of[i : i + m].count(last) == m:
                                 chunks.append(
                                     b"".join(
                                         [
@@ -421,7 +422,6 @@ class Circuit:
                                 fast += m
                                 i += m
                                 continue
-                            bulk = False
                         stream.deliver_window -= 1
                         chunks.append(block[o + 11 : o + 11 + length])
                         window -= 1
