@@ -145,10 +145,18 @@ class OnionCrypto:
                         seg = mv[i * _BODY_LEN : (i + 1) * _BODY_LEN]
                         update(seg, seg)
                         seg.release()
-                if contiguous and self._recognise_all(
-                    index, hop, block, mv, alive, hop_of, digests
-                ):
-                    break  # every remaining cell was for this hop
+                if contiguous:
+                    # Byte 1 of the Recognized field of each cell, in one strided slice:
+                    # none zero (the usual case before the last hop) - nothing here is
+                    # for this hop; all zero - probably all of it is.
+                    lo, hi = alive[0] * _BODY_LEN, (alive[-1] + 1) * _BODY_LEN
+                    zeros = block[lo + 1 : hi : _BODY_LEN].count(0)
+                    if not zeros:
+                        continue
+                    if zeros == len(alive) and self._recognise_all(
+                        index, hop, block, mv, alive, hop_of, digests
+                    ):
+                        break  # every remaining cell was for this hop
                 found = self._recognise(index, hop, block, mv, alive, contiguous, hop_of, digests)
                 if found == len(alive):
                     alive = []
@@ -170,7 +178,7 @@ class OnionCrypto:
     ) -> bool:
         """The usual case at the last hop: is every cell of the stretch ``alive`` for ``hop``?
 
-        When every Recognized field is zero, all Digest fields are taken out and
+        Called when byte 1 of every Recognized field is zero.  When byte 2 is too, all Digest fields are taken out and
         zeroed with strided slices, the running digest absorbs the cells one after
         another, and the first four bytes of every resulting digest are compared
         with the taken-out fields at once.  On any mismatch nothing has changed
@@ -179,7 +187,7 @@ class OnionCrypto:
         lo, hi = alive[0] * _BODY_LEN, (alive[-1] + 1) * _BODY_LEN
         count = len(alive)
         zeros = bytes(count)
-        if block[lo + 1 : hi : _BODY_LEN] != zeros or block[lo + 2 : hi : _BODY_LEN] != zeros:
+        if block[lo + 2 : hi : _BODY_LEN] != zeros:  # (the caller checked byte 1)
             return False
         tags = [block[lo + j : hi : _BODY_LEN] for j in range(5, 9)]
         for j in range(5, 9):
