@@ -179,12 +179,14 @@ class Channel:
                             buf[pos + j : stop : _FIXED_CELL] == header[j : j + 1] * count
                             for j in range(5)
                         ):
-                            run += b"".join(
-                                [
-                                    view[p : p + _RELAY_BODY]
-                                    for p in range(pos + 5, stop, _FIXED_CELL)
-                                ]
-                            )
+                            bodies = [
+                                view[p : p + _RELAY_BODY] for p in range(pos + 5, stop, _FIXED_CELL)
+                            ]
+                            if run:
+                                run += b"".join(bodies)
+                            else:  # the usual case: one copy, straight into the run
+                                runs[circ_id] = bytearray().join(bodies)
+                            del bodies  # its views of `buf` would block the resize below
                             pos = stop
                             continue
                         mixed = True
