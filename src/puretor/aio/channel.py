@@ -94,8 +94,13 @@ class ChannelProtocol(asyncio.BufferedProtocol):
         self.data_received(self._read_view[:nbytes])
 
     def data_received(self, data: bytes | memoryview) -> None:
-        self.channel.receive_data(data, time.time())
-        # Flush in the same loop iteration: SENDMEs and replies go out batched.
+        # Flush in the same loop iteration: SENDMEs and replies go out batched, and
+        # no flush callback is scheduled for cells queued meanwhile.
+        scheduled, self._flush_scheduled = self._flush_scheduled, True
+        try:
+            self.channel.receive_data(data, time.time())
+        finally:
+            self._flush_scheduled = scheduled
         if self.channel.outbuf:
             self._flush()
 
