@@ -57,17 +57,14 @@ def _tls_context() -> ssl.SSLContext:
 
 
 class ChannelProtocol(asyncio.BufferedProtocol):
-    """TLS over a plain TCP connection (`ssl.MemoryBIO`), feeding a sans-I/O `Channel`.
+    """Moves bytes between a TLS transport and a sans-I/O `Channel`.
 
-    TLS runs here rather than in asyncio's own TLS transport: a channel moves
-    tens of MB/s in TLS records of a few KB, and asyncio's TLS layer costs tens
-    of microseconds of Python per socket read.  Here a socket read goes into one
-    buffer, every record it completes is decrypted into a second one with
-    ``SSLObject.read(n, buffer)``, and the plaintext is handed to the channel in
-    one call; what the channel queues meanwhile is encrypted and written once.
+    A buffered protocol: asyncio's TLS layer then decrypts straight into one
+    buffer kept for the channel's life, instead of allocating a fresh
+    ``max_size`` bytes object per TLS record and joining them per socket read.
     """
 
-    _READ_BUFFER = 256 * 1024
+    _READ_BUFFER = 256 * 1024  # asyncio's own read size for TLS transports
 
     def __init__(self, channel: Channel, loop: asyncio.AbstractEventLoop) -> None:
         self.channel = channel
@@ -75,32 +72,37 @@ class ChannelProtocol(asyncio.BufferedProtocol):
         self.transport: asyncio.Transport | None = None
         self.opened: asyncio.Future[None] = loop.create_future()
         self._flush_scheduled = False
-        self._incoming = ssl.MemoryBIO()
-        self._outgoing = ssl.MemoryBIO()
-        self._tls = _tls_context().wrap_bio(self._incoming, self._outgoing, server_side=False)
-        self._handshaking = True
-        self._recv_view = memoryview(bytearray(self._READ_BUFFER))
-        self._plain_view = memoryview(bytearray(self._READ_BUFFER))
+        self._read_buffer = bytearray(self._READ_BUFFER)
+        self._read_view = memoryview(self._read_buffer)
         channel.on_flush_needed = self._schedule_flush
         channel.on_open = self._on_open
         channel.on_closed = self._on_closed
 
-    # asyncio.BufferedProtocol
+    # asyncio.Protocol
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
         assert isinstance(transport, asyncio.Transport)
         self.transport = transport
-        self._handshake()
+        ssl_object = transport.get_extra_info("ssl_object")
+        der = ssl_object.getpeercert(binary_form=True) if ssl_object is not None else None
+        self.channel.tls_cert_der = der
+        self.channel.start()
 
     def get_buffer(self, sizehint: int) -> memoryview:
-        return self._recv_view
+        return self._read_view
 
     def buffer_updated(self, nbytes: int) -> None:
-        self._incoming.write(self._recv_view[:nbytes])
-        if self._handshaking:
-            self._handshake()
-            if self._handshaking:
-                return
-        self._read_records()
+        self.data_received(self._read_view[:nbytes])
+
+    def data_received(self, data: bytes | memoryview) -> None:
+        # Flush in the same loop iteration: SENDMEs and replies go out batched, and
+        # no flush callback is scheduled for cells queued meanwhile.
+        scheduled, self._flush_scheduled = self._flush_scheduled, True
+        try:
+            self.channel.receive_data(data, time.time())
+        finally:
+            self._flush_scheduled = scheduled
+        if self.channel.outbuf:
+            self._flush()
 
     def eof_received(self) -> bool | None:
         self.channel.close("relay closed the connection")
@@ -108,77 +110,6 @@ class ChannelProtocol(asyncio.BufferedProtocol):
 
     def connection_lost(self, exc: Exception | None) -> None:
         self.channel.close(f"connection lost: {exc}" if exc else "connection closed")
-
-    # TLS
-    def _handshake(self) -> None:
-        try:
-            self._tls.do_handshake()
-        except ssl.SSLWantReadError:
-            self._send_tls_output()
-            return
-        except (ssl.SSLError, ValueError) as exc:
-            self._tls_failed(f"TLS handshake failed: {exc}")
-            return
-        self._handshaking = False
-        self._send_tls_output()
-        self.channel.tls_cert_der = self._tls.getpeercert(binary_form=True)
-        self.channel.start()  # our VERSIONS (queued, flushed below)
-        self._read_records()  # the relay may have sent cells with its last flight
-
-    def _read_records(self) -> None:
-        """Decrypt every complete record received; hand the plaintext over in one call."""
-        view = self._plain_view
-        size = len(view)
-        read = self._tls.read
-        filled = 0
-        eof = False
-        try:
-            while True:
-                # With a buffer, read() returns a count (typeshed says bytes).
-                n: int = read(size - filled, view[filled:])  # type: ignore[assignment]
-                if not n:
-                    eof = True
-                    break
-                filled += n
-                if filled == size:
-                    self._deliver(view[:filled])
-                    filled = 0
-        except ssl.SSLWantReadError:
-            pass
-        except ssl.SSLZeroReturnError:
-            eof = True
-        except ssl.SSLError as exc:
-            if filled:
-                self._deliver(view[:filled])
-            self._tls_failed(f"TLS error: {exc}")
-            return
-        if filled:
-            self._deliver(view[:filled])
-        if eof:
-            self.channel.close("relay closed the TLS session")
-        elif self.channel.outbuf:
-            self._flush()
-        elif self._outgoing.pending:
-            self._send_tls_output()  # e.g. a TLS 1.3 key update answer
-
-    def _deliver(self, plaintext: memoryview) -> None:
-        # Cells the channel queues meanwhile (SENDMEs, replies) go out in one write
-        # when the read is done, with no flush callback scheduled for them.
-        scheduled, self._flush_scheduled = self._flush_scheduled, True
-        try:
-            self.channel.receive_data(plaintext, time.time())
-        finally:
-            self._flush_scheduled = scheduled
-
-    def _send_tls_output(self) -> None:
-        data = self._outgoing.read()
-        if data and self.transport is not None and not self.transport.is_closing():
-            self.transport.write(data)
-
-    def _tls_failed(self, reason: str) -> None:
-        self.channel.close(reason)
-        if self.transport is not None:
-            self.transport.abort()
 
     # channel callbacks
     def _schedule_flush(self) -> None:
@@ -189,16 +120,9 @@ class ChannelProtocol(asyncio.BufferedProtocol):
     def _flush(self) -> None:
         self._flush_scheduled = False
         out = self.channel.outbuf
-        if out and not self._handshaking and self.transport is not None:
-            if not self.transport.is_closing():
-                try:
-                    self._tls.write(out)
-                except ssl.SSLError as exc:
-                    out.clear()
-                    self._tls_failed(f"TLS error: {exc}")
-                    return
-                self._send_tls_output()
-            out.clear()
+        if out and self.transport is not None and not self.transport.is_closing():
+            self.transport.write(bytes(out))
+        out.clear()
 
     def _on_open(self) -> None:
         if not self.opened.done():
@@ -246,7 +170,13 @@ class ChannelManager:
         sys.audit("puretor.channel.connect", target.address, target.or_port, target.rsa_id.hex())
         try:
             await asyncio.wait_for(
-                loop.create_connection(lambda: proto, target.address, target.or_port),
+                loop.create_connection(
+                    lambda: proto,
+                    target.address,
+                    target.or_port,
+                    ssl=_tls_context(),
+                    server_hostname="",
+                ),
                 CONNECT_TIMEOUT,
             )
         except (TimeoutError, OSError) as exc:
