@@ -34,6 +34,7 @@ from puretor.errors import (
     TorError,
 )
 from puretor.path.guards import GuardManager
+from puretor.proto.conflux import UX_BY_NAME
 from puretor.proto.relaymsg import EndReason
 
 log = logging.getLogger("puretor")
@@ -251,6 +252,8 @@ class TorClient:
             build_timeout=cfg.circuit_build_timeout or 60.0,
             learn_build_timeout=cfg.learn_circuit_build_timeout
             and cfg.circuit_build_timeout is None,
+            conflux=cfg.conflux_enabled,
+            conflux_ux=UX_BY_NAME[cfg.conflux_client_ux],
         )
         self._dirmgr.guards = self._guards
         self._dirmgr.circmgr = self._circmgr

@@ -75,6 +75,9 @@ _OPTIONS: dict[str, str] = {
     "ClientRejectInternalAddresses": "bool",
     "ClientDNSRejectInternalAddresses": "bool",
     "ClientOnionAuthDir": "path",
+    "PidFile": "path",
+    "ConfluxEnabled": "autobool",
+    "ConfluxClientUX": "confluxux",
 }
 OPTION_NAMES = tuple(_OPTIONS)  # for --list-torrc-options
 _LIST_OPTIONS = frozenset(name for name, kind in _OPTIONS.items() if kind == "list")
@@ -105,7 +108,7 @@ _UNSUPPORTED_WORDS = (
     "HiddenServiceDir HiddenServicePort HiddenServiceVersion HTTPSProxy "
     "HTTPSProxyAuthenticator HTTPTunnelPort KeepalivePeriod KeyDirectory LogMessageDomains "
     "LongLivedPorts MapAddress MetricsPort MyFamily NATDPort Nickname NumDirectoryGuards "
-    "ORPort PathsNeededToBuildCircuits PidFile ProtocolWarnings ReachableAddresses "
+    "ORPort PathsNeededToBuildCircuits ProtocolWarnings ReachableAddresses "
     "ReducedCircuitPadding ReducedConnectionPadding RejectPlaintextPorts RelayBandwidthBurst "
     "RelayBandwidthRate RunAsDaemon SafeSocks Sandbox Socks4Proxy Socks5Proxy "
     "Socks5ProxyPassword Socks5ProxyUsername SocksPolicy StrictNodes SyslogIdentityTag "
@@ -604,6 +607,9 @@ class TorConfig:
     client_reject_internal_addresses: bool | None = None  # None: on unless TestingTorNetwork
     client_dns_reject_internal_addresses: bool | None = None  # likewise
     client_onion_auth_dir: Path | None = None
+    pid_file: Path | None = None  # tor-client writes its PID here while it runs
+    conflux_enabled: bool | None = None  # None: auto, as the consensus says (cfx_enabled)
+    conflux_client_ux: str = "throughput"  # what a conflux exit should optimise for us
 
     # Resolved views of the "None = depends on TestingTorNetwork" options.
     @property
@@ -745,7 +751,17 @@ _KIND_PARSERS: dict[str, Callable[[str], Any]] = {
     "msec": lambda text: parse_interval(text, msec=True) / 1000,
     "autobool": lambda text: None if text == "auto" else _parse_bool(text),
     "safelogging": lambda text: "relay" if text.lower() == "relay" else _parse_bool(text),
+    "confluxux": lambda text: _parse_conflux_ux(text),
 }
+
+CONFLUX_UX_NAMES = ("throughput", "latency", "throughput_lowmem", "latency_lowmem")
+
+
+def _parse_conflux_ux(text: str) -> str:
+    if text not in CONFLUX_UX_NAMES:
+        raise ValueError(f"must be one of {', '.join(CONFLUX_UX_NAMES)}")
+    return text
+
 
 # Option -> (TorConfig field, extra check returning an error message or None).
 _SINGLETONS: dict[str, tuple[str, Callable[[Any], str | None] | None]] = {
@@ -782,6 +798,9 @@ _SINGLETONS: dict[str, tuple[str, Callable[[Any], str | None] | None]] = {
     "ClientRejectInternalAddresses": ("client_reject_internal_addresses", None),
     "ClientDNSRejectInternalAddresses": ("client_dns_reject_internal_addresses", None),
     "ClientOnionAuthDir": ("client_onion_auth_dir", None),
+    "PidFile": ("pid_file", None),
+    "ConfluxEnabled": ("conflux_enabled", None),
+    "ConfluxClientUX": ("conflux_client_ux", None),
 }
 
 

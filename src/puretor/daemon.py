@@ -188,6 +188,7 @@ async def serve(config: Any, argv: list[str]) -> int:
                 "the Internet might find your computer and use it as an open proxy.",
                 port_cfg.address,
             )
+    pid_file = _write_pid_file(config.pid_file)
     bootstrap = asyncio.ensure_future(tor.bootstrap())
     stop_wait = asyncio.ensure_future(stop.wait())
     done, _ = await asyncio.wait({bootstrap, stop_wait}, return_when=asyncio.FIRST_COMPLETED)
@@ -201,8 +202,33 @@ async def serve(config: Any, argv: list[str]) -> int:
     for s in servers:
         s.close()
     await tor.aclose()
+    _remove_pid_file(pid_file)
     log.log(NOTICE, "Clean shutdown finished. Exiting.")
     return rc
+
+
+def _write_pid_file(path: Any) -> Path | None:
+    """PidFile: our PID, for scripts that stop us (C tor writes it at start-up too)."""
+    if path is None:
+        return None
+    target = Path(path).expanduser()
+    try:
+        tmp = target.with_name(target.name + ".tmp")
+        tmp.write_text(f"{os.getpid()}\n")
+        tmp.replace(target)
+    except OSError as exc:
+        log.warning("Unable to write PidFile %s: %s", target, exc.strerror or exc)
+        return None
+    return target
+
+
+def _remove_pid_file(path: Path | None) -> None:
+    """Remove the PidFile if it still names us (another tor-client may have taken it)."""
+    if path is None:
+        return
+    with contextlib.suppress(OSError, ValueError):
+        if int(path.read_text().strip()) == os.getpid():
+            path.unlink()
 
 
 def _statistics(tor: Any, socks_stats: list[Any]) -> str:

@@ -447,6 +447,9 @@ class FakeRelay:
         self.destroys_received: list[tuple[int, int]] = []  # (circ id, reason)
         self.client_netinfo: bytes | None = None
         self.corrupt_next_digest = False
+        # A `tests.fakes.conflux.FakeConfluxExit` that links this relay's exit circuits
+        # with circuits of other fake relays (prop 329), if any.
+        self.conflux: Any = None
 
     # -- I/O ------------------------------------------------------------------------------
 
@@ -685,12 +688,22 @@ class FakeRelay:
     # -- relay messages at a hop ------------------------------------------------------------
 
     def _handle_relay_at(self, circ: FakeCircuit, index: int, body: bytes, early: bool) -> None:
-        hop = circ.hops[index]
         command, _rec, stream_id, _digest, length = _RELAY_HDR.unpack_from(body)
         if length > RELAY_DATA_LEN:
             self.close_circuit(circ, index, f"relay length {length}")
             return
         data = body[RELAY_HEADER_LEN : RELAY_HEADER_LEN + length]
+        if self.conflux is not None and self.conflux.intercept(
+            self, circ, index, command, stream_id, bytes(data)
+        ):
+            return
+        self.dispatch(circ, index, command, stream_id, data, early)
+
+    def dispatch(
+        self, circ: FakeCircuit, index: int, command: int, stream_id: int, data: bytes, early: bool
+    ) -> None:
+        """A relay message at hop ``index``, in order (after any conflux sequencing)."""
+        hop = circ.hops[index]
         if command == RelayCommand.DATA:
             self._data(circ, index, stream_id, data)
         elif command == RelayCommand.SENDME:
@@ -719,6 +732,12 @@ class FakeRelay:
             self._pump(circ)
 
     def _data(self, circ: FakeCircuit, index: int, stream_id: int, data: bytes) -> None:
+        if self.count_circuit_data(circ, index):
+            self.stream_data(circ, index, stream_id, data)
+
+    def count_circuit_data(self, circ: FakeCircuit, index: int) -> bool:
+        """A DATA cell arrived at hop ``index``: circuit windows and SENDMEs (False: the
+        circuit was closed).  Conflux does this as cells arrive, before sequencing."""
         hop = circ.hops[index]
         cfg = self.config
         hop.data_cells_received += 1
@@ -729,22 +748,28 @@ class FakeRelay:
             hop.max_inflight_seen = max(hop.max_inflight_seen, unacked)
             if cfg.strict_windows and unacked > cfg.cc_max_client_inflight:
                 self.close_circuit(circ, index, f"client has {unacked} DATA cells in flight")
-                return
+                return False
         elif cfg.strict_windows and hop.data_cells_received > (
             hop.circwindow + CIRCWINDOW_INCREMENT * hop.sendmes_delivered
         ):
             self.close_circuit(circ, index, "client sent DATA beyond its circuit package window")
-            return
+            return False
         hop.deliver_window -= 1
         if hop.deliver_window < 0:
             self.close_circuit(circ, index, "circuit deliver window below 0")
-            return
+            return False
         if hop.deliver_window <= hop.circwindow - hop.sendme_inc:
             if cfg.withhold_circuit_sendmes:
                 hop.withheld_digests.append(hop.fwd_digest.digest()[:20])
             else:
                 self._emit_circuit_sendme(circ, index)
             hop.deliver_window += hop.sendme_inc
+        return True
+
+    def stream_data(self, circ: FakeCircuit, index: int, stream_id: int, data: bytes) -> None:
+        """The stream's part of a DATA cell, in order."""
+        hop = circ.hops[index]
+        cfg = self.config
         stream = hop.streams.get(stream_id)
         if stream is None:
             return  # unknown or closed stream: counted above, then dropped
@@ -1032,7 +1057,35 @@ class FakeRelay:
         cell_command: int = CellCommand.RELAY,
         corrupt_digest: bool = False,
     ) -> bytes:
-        """Originate a relay cell at hop ``index``; returns that hop's 20-byte digest."""
+        """Originate a relay cell at hop ``index``; returns that hop's 20-byte digest.
+
+        On a linked conflux leg, multiplexed commands from the exit go out on whichever
+        leg the fake conflux exit's scheduler picks.
+        """
+        if self.conflux is not None and self.conflux.routes(self, circ, index, command):
+            return bytes(self.conflux.send(self, circ, command, stream_id, data))
+        return self.send_relay_here(
+            circ,
+            index,
+            command,
+            stream_id,
+            data,
+            cell_command=cell_command,
+            corrupt_digest=corrupt_digest,
+        )
+
+    def send_relay_here(
+        self,
+        circ: FakeCircuit,
+        index: int,
+        command: int,
+        stream_id: int,
+        data: bytes = b"",
+        *,
+        cell_command: int = CellCommand.RELAY,
+        corrupt_digest: bool = False,
+    ) -> bytes:
+        """`send_relay` on exactly this circuit."""
         if len(data) > RELAY_DATA_LEN:
             raise ValueError("relay data too long")
         body = bytearray(_RELAY_HDR.pack(command, 0, stream_id, 0, len(data)))
@@ -1068,6 +1121,8 @@ class FakeRelay:
 
     def _pump(self, circ: FakeCircuit) -> None:
         """Package queued stream data into DATA cells while the windows allow."""
+        if self.conflux is not None and self.conflux.pump_for(self, circ):
+            return
         for index, hop in enumerate(circ.hops):
             ready = hop.ready
             while ready and not circ.closed:

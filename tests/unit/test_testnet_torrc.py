@@ -55,7 +55,8 @@ def test_common_options_everywhere(tmp_path: Path) -> None:
     for text in texts:
         assert _values(text, "TestingTorNetwork") == ["1"]
         assert _values(text, "UseDefaultFallbackDirs") == ["0"]
-        assert _values(text, "ShutdownWaitLength") == ["2"]
+        # (Clients have no use for ShutdownWaitLength; tor-client refuses it.)
+        assert _values(text, "ShutdownWaitLength") == ([] if text is texts[3] else ["2"])
         assert _values(text, "DataDirectory") == [str(tmp_path)]
         assert _values(text, "PidFile") and _values(text, "Log")
         assert len(_values(text, "DirAuthority")) == 2  # ours only
@@ -163,3 +164,15 @@ def test_tor_accepts_the_torrc(tmp_path: Path, nickname: str) -> None:
         timeout=60,
     )
     assert proc.returncode == 0, proc.stdout + proc.stderr
+
+
+def test_client_torrc_runs_under_tor_client(tmp_path: Path) -> None:
+    """The network's client.torrc is what the README runs with ``tor-client -f``."""
+    from puretor.config import TorConfig
+
+    text = torrc.client_torrc(tmp_path, AUTHS, socks_port=9050)
+    path = tmp_path / "client.torrc"
+    path.write_text(text)
+    cfg = TorConfig.from_torrc(path)
+    assert cfg.testing_tor_network and len(cfg.dir_authorities) == 2
+    assert cfg.pid_file == tmp_path / "tor.pid"

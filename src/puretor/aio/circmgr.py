@@ -18,12 +18,13 @@ from collections.abc import Callable, Hashable
 from dataclasses import dataclass, field
 
 from puretor.aio.channel import ChannelManager
-from puretor.aio.circuit import CircuitHandle, HopSpec, build_circuit
+from puretor.aio.circuit import CircuitHandle, HopSpec, build_circuit, link_conflux
 from puretor.dir.netdir import NetDir, Relay
 from puretor.errors import ChannelError, CircuitBuildTimeout, CircuitError, NoPathError, TorError
 from puretor.path.cbt import BuildTimeout
-from puretor.path.guards import GuardManager
-from puretor.path.select import PathRequest, PathSelector
+from puretor.path.guards import GuardManager, GuardUsage
+from puretor.path.select import PathRequest, PathSelector, supports_conflux
+from puretor.proto.conflux import DesiredUx
 from puretor.proto.congestion import CCParams
 
 log = logging.getLogger("puretor.circuit")
@@ -52,6 +53,22 @@ def congestion_control_for(
         return None
     params = CCParams.from_consensus(netdir.param)
     return params if params.enabled else None
+
+
+def conflux_prebuilt_sets(netdir: NetDir) -> int:
+    """How many linked conflux sets to keep ready (C tor conflux_params_get_max_prebuilt):
+    ``cfx_max_prebuilt_set``, only 1 while fewer than ``cfx_low_exit_threshold``/10000 of
+    the exits can do conflux, none without such exits or with ``cfx_enabled=0``."""
+    if not netdir.param("cfx_enabled", 1, 0, 1):
+        return 0
+    exits = [r for r in netdir.relays if "Exit" in r.flags]
+    capable = sum(1 for r in exits if supports_conflux(r))
+    if not capable:
+        return 0
+    threshold = netdir.param("cfx_low_exit_threshold", 6000, 0, 10000) / 10000
+    if capable / len(exits) < threshold:
+        return 1
+    return netdir.param("cfx_max_prebuilt_set", 3, 0, 255)
 
 
 def _cc_default() -> bool:
@@ -86,6 +103,7 @@ class _Slot:
     last_used: float = field(default_factory=time.monotonic)
     # RSA ids beyond the guard of the build in progress (a hedge avoids them).
     building_through: frozenset[bytes] = frozenset()
+    conflux: bool = False  # a conflux set (prop 329), or being built as one
 
     def allows(self, port: int) -> bool:
         return self.exit.policy.allows(port)
@@ -104,6 +122,8 @@ class CircuitManager:
         on_guards_changed: Callable[[], None] = lambda: None,
         congestion_control: bool | None = None,
         learn_build_timeout: bool = True,
+        conflux: bool | None = None,
+        conflux_ux: int = DesiredUx.HIGH_THROUGHPUT,
     ) -> None:
         self.chanmgr = chanmgr
         # Negotiate congestion control with exits that support it (None: on, unless
@@ -127,6 +147,12 @@ class CircuitManager:
         self.learn_build_timeout = learn_build_timeout
         self.circuits_built = 0
         self.build_failures = 0
+        # Conflux (prop 329): keep linked sets ready for exit streams (None: as the
+        # consensus says, cfx_enabled), asking the exit's scheduler for ``conflux_ux``.
+        self.conflux = conflux
+        self.conflux_ux = conflux_ux
+        self.conflux_sets_linked = 0
+        self.conflux_failures = 0
 
     # -- public ------------------------------------------------------------------
 
@@ -257,19 +283,118 @@ class CircuitManager:
                     continue
             elif slot.task is None or slot.task.done():
                 continue
-            rank = (0 if slot.claimed else 2) + (0 if handle is not None else 1)
+            # (C tor prefers a linked conflux set to any other clean circuit.)
+            rank = 2 * ((0 if slot.claimed else 2) + (0 if handle is not None else 1))
+            rank += 0 if slot.conflux else 1
             if rank < best_rank:
                 best, best_rank = slot, rank
         return best
 
-    def _launch(self, req: PathRequest) -> _Slot:
+    def _launch(self, req: PathRequest, *, conflux: bool = False) -> _Slot:
         netdir = self._netdir()
-        exit_relay = self._selector(netdir).choose_exit(req)
-        slot = _Slot(exit=exit_relay, generation=self._generation)
-        slot.task = asyncio.ensure_future(self._build_with_retries(slot, req))
+        selector = self._selector(netdir)
+        exit_relay: Relay | None = None
+        if conflux:
+            # C tor builds conflux legs with CIRCLAUNCH_NEED_UPTIME | NEED_CONFLUX.
+            with contextlib.suppress(NoPathError):
+                exit_relay = selector.choose_exit(self._conflux_request(req))
+        slot = _Slot(
+            exit=exit_relay or selector.choose_exit(req),
+            generation=self._generation,
+            conflux=exit_relay is not None,
+        )
+        build = (
+            self._build_conflux(slot, req) if slot.conflux else self._build_with_retries(slot, req)
+        )
+        slot.task = asyncio.ensure_future(build)
         slot.task.add_done_callback(lambda t: t.cancelled() or t.exception())
         self._slots.append(slot)
         return slot
+
+    @staticmethod
+    def _conflux_request(req: PathRequest) -> PathRequest:
+        return dataclasses.replace(req, need_conflux=True, need_stable=True)
+
+    def _conflux_wanted(self, netdir: NetDir) -> bool:
+        """Conflux needs congestion control; ``self.conflux`` None defers to cfx_enabled."""
+        if self.conflux is False or not CCParams.from_consensus(netdir.param).enabled:
+            return False
+        return self.conflux is True or bool(netdir.param("cfx_enabled", 1, 0, 1))
+
+    async def _build_conflux(self, slot: _Slot, req: PathRequest) -> CircuitHandle:
+        """Build ``cfx_num_legs_set`` legs to ``slot.exit`` and link them (prop 329 §2.2).
+
+        The legs share no guard and no middle (prop 329 §2.2, prop 354); each has
+        congestion control.  A leg that fails is rebuilt through other relays, at most
+        ``cfx_max_unlinked_leg_retry`` times in all.  If the set cannot be made, the
+        slot gets an ordinary circuit instead, so a stream waiting for it still gets one.
+        """
+        netdir = self._netdir()
+        n_legs = netdir.param("cfx_num_legs_set", 2, 2, 8)
+        retries = netdir.param("cfx_max_unlinked_leg_retry", 3, 0, 255)
+        leg_req = self._conflux_request(req)
+        exit_relay = slot.exit
+        cc = congestion_control_for(netdir, exit_relay, internal=False)
+        legs: list[CircuitHandle] = []
+        used: set[bytes] = set()  # guards and middles of the legs so far
+        avoid_guards: list[Relay] = []
+        try:
+            if cc is None:
+                raise CircuitError(f"exit {exit_relay.nickname} cannot do congestion control")
+            while len(legs) < n_legs:
+                want = n_legs - len(legs)
+                plans = []
+                selector = self._selector(self._netdir())
+                for _ in range(want):
+                    hops, usage = self._choose_hops(
+                        selector,
+                        dataclasses.replace(leg_req, exclude=leg_req.exclude | frozenset(used)),
+                        exit_relay,
+                        avoid_guards=avoid_guards,
+                    )
+                    used.update(h.target.rsa_id for h in hops[:2])
+                    if (guard := selector.netdir.by_rsa_id(hops[0].target.rsa_id)) is not None:
+                        avoid_guards.append(guard)
+                    plans.append((hops, usage))
+                slot.building_through = frozenset(used)
+                results = await asyncio.gather(
+                    *(
+                        self._build_hops(hops, usage, congestion_control=cc)
+                        for hops, usage in plans
+                    ),
+                    return_exceptions=True,
+                )
+                for result in results:
+                    if isinstance(result, CircuitHandle):
+                        legs.append(result)
+                    elif isinstance(result, (ChannelError, CircuitError, TimeoutError)):
+                        self.build_failures += 1
+                        if retries <= 0:
+                            raise result
+                        retries -= 1
+                    else:
+                        raise result
+            timeout = self.cbt.timeout() if self.learn_build_timeout else self.build_timeout
+            handle = await link_conflux(legs, timeout=timeout, desired_ux=self.conflux_ux)
+        except NoPathError as exc:
+            log.info("no conflux set: %s", exc)
+        except (ChannelError, CircuitError, TimeoutError) as exc:
+            self.conflux_failures += 1
+            log.info("conflux set through %s failed: %s", exit_relay.nickname, exc)
+        except BaseException:
+            for leg in legs:
+                leg.close()
+            raise
+        else:
+            self.conflux_sets_linked += 1
+            log.info("linked a conflux set of %d legs to %s", len(legs), exit_relay.nickname)
+            slot.handle = handle
+            handle.isolation = slot.isolation
+            return handle
+        for leg in legs:
+            leg.close()
+        slot.conflux = False
+        return await self._build_with_retries(slot, req)
 
     async def _wait_slot(self, slot: _Slot) -> CircuitHandle:
         if slot.handle is not None:
@@ -322,6 +447,25 @@ class CircuitManager:
         slot: _Slot | None = None,
     ) -> CircuitHandle:
         """Guard (from the guard manager, avoiding the last hop's family), middle, last."""
+        hops, usage = self._choose_hops(selector, req, last)
+        if slot is not None:
+            slot.building_through = frozenset(h.target.rsa_id for h in hops[1:])
+        last_relay = selector.netdir.by_rsa_id(hops[-1].target.rsa_id)
+        cc = None
+        if self.congestion_control:
+            cc = congestion_control_for(self._netdir(), last_relay, internal=req.internal)
+        return await self._build_hops(hops, usage, failed=failed, congestion_control=cc)
+
+    def _choose_hops(
+        self,
+        selector: PathSelector,
+        req: PathRequest,
+        last: Relay | HopSpec,
+        *,
+        avoid_guards: list[Relay] | None = None,
+    ) -> tuple[list[HopSpec], GuardUsage]:
+        """Guard (from the guard manager, avoiding the last hop's family and the relays
+        in ``avoid_guards``), middle (avoiding ``req.exclude`` too), last."""
         if isinstance(last, HopSpec):
             # A hop named by link specifiers (an introduction point): avoid its
             # family when we know the relay, and extend to it as described.
@@ -329,17 +473,28 @@ class CircuitManager:
             last_hop = last
         else:
             last_relay, last_hop = last, hop_for(last)
-        # (Not `avoid`: that is the caller's set of rsa ids that failed.)
         avoid_relays = [last_relay] if last_relay is not None else []
-        guard, usage = self.guards.select_guard(time.time(), avoid=avoid_relays)
-        middle = selector.choose_middle([guard, *avoid_relays], req)
-        hops = [hop_for(guard), hop_for(middle), last_hop]
-        if slot is not None:
-            slot.building_through = frozenset(h.target.rsa_id for h in hops[1:])
+        guard, usage = self.guards.select_guard(
+            time.time(), avoid=[*avoid_relays, *(avoid_guards or ())]
+        )
+        try:
+            middle = selector.choose_middle([guard, *avoid_relays], req)
+        except NoPathError:
+            self.guards.cancel(usage)
+            raise
+        return [hop_for(guard), hop_for(middle), last_hop], usage
+
+    async def _build_hops(
+        self,
+        hops: list[HopSpec],
+        usage: GuardUsage,
+        *,
+        failed: set[bytes] | None = None,
+        congestion_control: CCParams | None = None,
+    ) -> CircuitHandle:
+        """Build the circuit ``hops`` and report the outcome to the guard manager."""
         netdir = self._netdir()
-        cc = None
-        if self.congestion_control:
-            cc = congestion_control_for(netdir, last_relay, internal=req.internal)
+        cc = congestion_control
         started = time.monotonic()
         timeout = self.cbt.timeout() if self.learn_build_timeout else self.build_timeout
         try:
@@ -393,8 +548,23 @@ class CircuitManager:
         asyncio.get_running_loop().call_soon(self._top_up)
 
     def _top_up(self) -> None:
-        """Keep clean circuits ready for the ports used recently (path-spec §2.1.1)."""
+        """Keep clean circuits ready for the ports used recently (path-spec §2.1.1).
+
+        Up to `conflux_prebuilt_sets` of them are conflux sets, as C tor prebuilds them.
+        """
         now = time.monotonic()
+        netdir = self._netdir()
+        conflux_room = 0
+        if self._conflux_wanted(netdir):
+            clean_sets = sum(
+                1
+                for s in self._slots
+                if s.conflux
+                and not s.claimed
+                and s.generation == self._generation
+                and (s.handle is None or s.handle.is_open)
+            )
+            conflux_room = conflux_prebuilt_sets(netdir) - clean_sets
         for port, last in list(self._ports_used.items()):
             if now - last > 3600 and port not in PREEMPTIVE_PORTS:
                 del self._ports_used[port]
@@ -407,11 +577,13 @@ class CircuitManager:
                 and s.allows(port)
                 and (s.handle is None or s.handle.is_open)
             )
-            if clean < PREEMPTIVE_CLEAN_CIRCUITS:
+            for _ in range(PREEMPTIVE_CLEAN_CIRCUITS - clean):
                 try:
-                    self._launch(PathRequest(exit_port=port))
+                    slot = self._launch(PathRequest(exit_port=port), conflux=conflux_room > 0)
                 except TorError as exc:
                     log.debug("no preemptive circuit for port %d: %s", port, exc)
+                    break
+                conflux_room -= slot.conflux
 
     async def _maintain(self) -> None:
         while True:

@@ -15,11 +15,13 @@ from puretor.proto.circuit import (
     CircuitClosed,
     CircuitEvent,
     CircuitState,
+    ConfluxLinked,
     ControlCell,
     HopAdded,
 )
+from puretor.proto.conflux import ConfluxSet, DesiredUx
 from puretor.proto.congestion import CCParams
-from puretor.proto.relaymsg import LinkSpecifier, ls_ed_id, ls_ipv4, ls_rsa_id
+from puretor.proto.relaymsg import LinkSpecifier, RelayCommand, ls_ed_id, ls_ipv4, ls_rsa_id
 
 
 @dataclass(frozen=True, slots=True)
@@ -59,6 +61,9 @@ class CircuitHandle:
     _hop_waiter: asyncio.Future[int] | None = None
     _control: asyncio.Queue[ControlCell] | None = None
     closed: asyncio.Event = field(default_factory=asyncio.Event)
+    # A conflux set's handle is its owner leg's, listing every leg (itself included).
+    conflux_legs: tuple[CircuitHandle, ...] = ()
+    _link_waiter: asyncio.Future[int] | None = None
 
     def __post_init__(self) -> None:
         self.circuit.on_event = self._on_event
@@ -73,14 +78,18 @@ class CircuitHandle:
                 self._hop_waiter.set_result(event.hops)
         elif isinstance(event, CircuitClosed):
             self.closed.set()
-            if self._hop_waiter is not None and not self._hop_waiter.done():
-                self._hop_waiter.set_exception(
-                    CircuitDestroyed(
-                        f"circuit closed while building: {event.message} "
-                        f"({DestroyReason.describe(event.reason)})",
-                        event.reason,
+            for waiter in (self._hop_waiter, self._link_waiter):
+                if waiter is not None and not waiter.done():
+                    waiter.set_exception(
+                        CircuitDestroyed(
+                            f"circuit closed while building: {event.message} "
+                            f"({DestroyReason.describe(event.reason)})",
+                            event.reason,
+                        )
                     )
-                )
+        elif isinstance(event, ConfluxLinked):
+            if self._link_waiter is not None and not self._link_waiter.done():
+                self._link_waiter.set_result(event.rtt_usec)
         elif isinstance(event, ControlCell):
             if self._control is None:
                 self._control = asyncio.Queue()
@@ -138,8 +147,63 @@ class CircuitHandle:
             )
         raise CircuitBuildTimeout("timed out waiting for a reply on the circuit")
 
+    @property
+    def conflux(self) -> ConfluxSet | None:
+        """The conflux set this handle carries streams over, if it is one."""
+        cfx = self.circuit.conflux
+        return cfx if cfx is not None and cfx.finalized else None
+
     def close(self) -> None:
+        # (On a conflux set, closing one leg closes them all.)
         self.circuit.destroy(0, "closed by client")
+
+
+async def link_conflux(
+    legs: Sequence[CircuitHandle],
+    *,
+    timeout: float,
+    desired_ux: int = DesiredUx.HIGH_THROUGHPUT,
+) -> CircuitHandle:
+    """Link built circuits to one exit into a conflux set (prop 329 §2.2).
+
+    Every leg must have congestion control with its exit.  LINK goes out on each; once
+    each has answered LINKED (and got LINKED_ACK) the set is finalized and the handle
+    of its owner leg - the one streams are opened on - is returned.  If a leg does not
+    link within ``timeout`` (C tor uses the circuit build timeout), every leg is closed
+    and `CircuitError` raised: an unlinked leg cannot be used on its own.
+    """
+    if not legs:
+        raise ValueError("no legs to link")
+    loop = asyncio.get_running_loop()
+    cfx = ConfluxSet(desired_ux=desired_ux)
+    try:
+        for handle in legs:
+            if not handle.is_open or not handle.congestion_controlled:
+                raise CircuitError("a conflux leg needs an open circuit with congestion control")
+            leg = cfx.add_leg(handle.circuit)
+            handle._link_waiter = loop.create_future()
+            body = cfx.link_message(leg, handle.circuit._now_usec())
+            handle.circuit.send_relay(RelayCommand.CONFLUX_LINK, 0, body)
+        waiters = [h._link_waiter for h in legs if h._link_waiter is not None]
+        await asyncio.wait_for(asyncio.gather(*waiters), timeout)
+    except (TimeoutError, CircuitError, RuntimeError) as exc:
+        for handle in legs:
+            handle.circuit.destroy(0, "conflux linking failed")
+        if isinstance(exc, TimeoutError):
+            raise CircuitBuildTimeout(f"conflux legs did not link within {timeout:.1f}s") from exc
+        raise CircuitError(f"conflux linking failed: {exc}") from exc
+    finally:
+        for handle in legs:
+            waiter, handle._link_waiter = handle._link_waiter, None
+            if waiter is not None:
+                if waiter.done():
+                    waiter.cancelled() or waiter.exception()  # retrieved: no warning
+                else:
+                    waiter.cancel()
+    owner = cfx.finalize()
+    owner_handle = next(h for h in legs if h.circuit is owner)
+    owner_handle.conflux_legs = tuple(legs)
+    return owner_handle
 
 
 async def build_circuit(

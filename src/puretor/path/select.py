@@ -97,7 +97,9 @@ class PathRequest:
     decides.  ``internal``: no exit needed (onion-service, HSDir and directory circuits).
     ``exclude``: RSA ids never to use in the exit or middle position (e.g. exits that answered
     END EXITPOLICY for this destination, path-spec §2.5).  ``need_fast`` may be turned off for
-    low-bandwidth uses such as introduction circuits.
+    low-bandwidth uses such as introduction circuits.  ``need_conflux``: the exit must be
+    able to link conflux legs (prop 329: ``Conflux=1``) with congestion control on each
+    (``FlowCtrl=2`` and ntor v3, ``Relay=4``), as C tor's CIRCLAUNCH_NEED_CONFLUX.
     """
 
     exit_port: int | None = None
@@ -106,10 +108,21 @@ class PathRequest:
     internal: bool = False
     exclude: frozenset[bytes] = frozenset()
     need_fast: bool = True
+    need_conflux: bool = False
 
     @property
     def stable(self) -> bool:
         return self.need_stable or self.exit_port in LONG_LIVED_PORTS
+
+
+def supports_conflux(relay: Relay) -> bool:
+    """Whether ``relay`` can be the exit of a conflux set (with congestion control)."""
+    return (
+        relay.ed_id is not None
+        and relay.supports("Conflux", 1)
+        and relay.supports("FlowCtrl", 2)
+        and relay.supports("Relay", 4)
+    )
 
 
 @dataclass(frozen=True, slots=True)
@@ -129,7 +142,7 @@ class _Info:
     subnets: tuple[int | None, int | None]
 
 
-_TableKey = tuple[Position, bool, bool, bool, tuple[int | None, bool] | None]
+_TableKey = tuple[Position, bool, bool, bool, tuple[int | None, bool, bool] | None]
 
 
 class PathSelector:
@@ -244,6 +257,8 @@ class PathSelector:
                 return False
             if self.require_exit_flag and "Exit" not in flags:
                 return False
+            if req.need_conflux and not supports_conflux(relay):
+                return False
             policy = relay.policy6 if req.ipv6 else relay.policy
             if req.exit_port is None:
                 return policy.allows_any  # path-spec §2.2: not equivalent to "reject *:*"
@@ -260,7 +275,9 @@ class PathSelector:
         return info
 
     def _table(self, position: Position, req: PathRequest) -> _Table:
-        port_key = (req.exit_port, req.ipv6) if position is Position.EXIT else None
+        port_key = (
+            (req.exit_port, req.ipv6, req.need_conflux) if position is Position.EXIT else None
+        )
         if position is Position.DIRECTORY:
             key: _TableKey = (position, False, False, False, None)
         else:
@@ -322,6 +339,7 @@ class PathSelector:
     def _no_exit_msg(req: PathRequest) -> str:
         family = " over IPv6" if req.ipv6 else ""
         stable = " (Stable relays only)" if req.stable else ""
+        conflux = " and supports conflux" if req.need_conflux else ""
         if req.exit_port is None:
-            return f"no exit allows any port{family}{stable}"
-        return f"no exit allows port {req.exit_port}{family}{stable}"
+            return f"no exit allows any port{family}{conflux}{stable}"
+        return f"no exit allows port {req.exit_port}{family}{conflux}{stable}"

@@ -32,6 +32,7 @@ from puretor.proto.cells import (
     encode_create_fast,
     encode_destroy,
 )
+from puretor.proto.conflux import MULTIPLEXED, NEEDS_STREAM, LegState, encode_switch
 from puretor.proto.congestion import (
     UNLIMITED_WINDOW,
     CCParams,
@@ -73,6 +74,7 @@ from puretor.proto.stream import (
 
 if TYPE_CHECKING:
     from puretor.proto.channel import Channel
+    from puretor.proto.conflux import ConfluxLeg, ConfluxSet
 
 CIRCWINDOW_START = 1000
 CIRCWINDOW_INCREMENT = 100
@@ -84,6 +86,7 @@ _RELAY_HEADER = struct.Struct(">BHHIH")  # command, recognized, stream id, diges
 _RELAY_HEADER_SHORT = struct.Struct(">B2xH4xH")  # command, stream id, length
 _CMD_DATA = RelayCommand.DATA.value
 _CMD_SENDME = RelayCommand.SENDME.value
+_CMD_SWITCH = RelayCommand.CONFLUX_SWITCH.value
 _CELL_RELAY = CellCommand.RELAY.value
 _CELL_RELAY_EARLY = CellCommand.RELAY_EARLY.value
 
@@ -131,7 +134,14 @@ class ControlCell:
     hop: int
 
 
-CircuitEvent = HopAdded | CircuitClosed | ControlCell
+@dataclass(frozen=True, slots=True)
+class ConfluxLinked:
+    """CONFLUX_LINKED arrived (and LINKED_ACK went back): this leg is linked."""
+
+    rtt_usec: int
+
+
+CircuitEvent = HopAdded | CircuitClosed | ControlCell | ConfluxLinked
 
 
 class _PaddingPool:
@@ -153,6 +163,35 @@ class _PaddingPool:
 
 
 _padding = _PaddingPool()
+
+
+def _full_data_stretch(
+    block: bytearray, o: int, m: int, hop_of: list[int], i: int, last: int
+) -> int:
+    """How many cells from offset ``o`` (at most ``m``) are full DATA cells for the same
+    stream as the first (which the caller checked) and from hop ``last``; 1 if only it.
+
+    The shortest run of equal leading bytes of each header field decides (command,
+    stream ID, length: strided slices, `lstrip` in C).
+    """
+    body_len = RELAY_BODY_LEN
+    if block[o + body_len + 3 : o + body_len + 5] != block[o + 3 : o + 5]:
+        return 1
+    hi = o + m * body_len
+    for field in (0, 3, 4, 9, 10):
+        column = block[o + field : hi : body_len]
+        m = min(m, len(column) - len(column.lstrip(column[:1])))
+        hi = o + m * body_len
+    if m > 1 and hop_of[i : i + m].count(last) == m:
+        return m
+    return 1
+
+
+def _join_data(mv: memoryview, o: int, m: int) -> bytes:
+    """The data of ``m`` full DATA cells from offset ``o``, joined."""
+    return b"".join(
+        [mv[p : p + RELAY_DATA_LEN] for p in range(o + 11, o + m * RELAY_BODY_LEN, RELAY_BODY_LEN)]
+    )
 
 
 class Circuit:
@@ -197,6 +236,9 @@ class Circuit:
         self._header = struct.pack(">IB", circ_id, _CELL_RELAY)
         self.cells_received = 0
         self.cells_sent = 0
+        # Conflux (prop 329): the set this circuit is a leg of, if any.
+        self.conflux: ConfluxSet | None = None
+        self.conflux_leg: ConfluxLeg | None = None
 
     # -- building ------------------------------------------------------------
 
@@ -251,6 +293,27 @@ class Circuit:
     def mark_open(self) -> None:
         if self.state is CircuitState.BUILDING:
             self.state = CircuitState.OPEN
+
+    @property
+    def is_usable(self) -> bool:
+        """Open and not being torn down: cells may still be sent on it."""
+        return self.state is CircuitState.OPEN and not self._closing
+
+    @property
+    def stream_owner(self) -> Circuit:
+        """The circuit whose streams this one carries: itself, or its conflux set's owner."""
+        cfx = self.conflux
+        if cfx is not None and cfx.owner is not None:
+            return cfx.owner
+        return self
+
+    def _conflux_linked(self) -> ConfluxSet | None:
+        """The set, once streams may use it and this leg is linked (else None)."""
+        cfx = self.conflux
+        if cfx is None or not cfx.finalized:
+            return None
+        leg = self.conflux_leg
+        return cfx if leg is not None and leg.state is LegState.LINKED else None
 
     def _add_hop(self, hop: HopCrypto, sendme_inc: int | None = None) -> None:
         """Add a hop; ``sendme_inc``: congestion control was negotiated with it."""
@@ -333,6 +396,16 @@ class Circuit:
         """
         if self.state is CircuitState.CLOSED:
             return
+        cfx = self._conflux_linked()
+        if cfx is not None:
+            owner = cfx.owner
+            assert owner is not None
+            try:
+                self._handle_run_conflux(block, cfx, owner)
+            finally:
+                if owner._pending_data and owner.state is not CircuitState.CLOSED:
+                    owner._flush_stream_data()
+            return
         try:
             self._handle_run(block)
         finally:
@@ -395,28 +468,10 @@ class Circuit:
                                 chunks = pending[stream] = []
                     if stream is not None and stream.deliver_window > 0:
                         m = min(count - i, window - fast_above, stream.deliver_window, 64)
-                        if (
-                            m > 1
-                            and length == RELAY_DATA_LEN
-                            and block[o + body_len + 3 : o + body_len + 5] == block[o + 3 : o + 5]
-                        ):
-                            # How many cells from here repeat this one's command, stream
-                            # ID and full length: the shortest run of equal leading bytes
-                            # of each header field (strided slices, `lstrip` in C).
-                            hi = o + m * body_len
-                            for field in (0, 3, 4, 9, 10):
-                                column = block[o + field : hi : body_len]
-                                m = min(m, len(column) - len(column.lstrip(column[:1])))
-                                hi = o + m * body_len
-                            if m > 1 and hop_of[i : i + m].count(last) == m:
-                                chunks.append(
-                                    b"".join(
-                                        [
-                                            mv[p : p + RELAY_DATA_LEN]
-                                            for p in range(o + 11, hi, body_len)
-                                        ]
-                                    )
-                                )
+                        if m > 1 and length == RELAY_DATA_LEN:
+                            m = _full_data_stretch(block, o, m, hop_of, i, last)
+                            if m > 1:
+                                chunks.append(_join_data(mv, o, m))
                                 stream.deliver_window -= m
                                 window -= m
                                 fast += m
@@ -488,17 +543,7 @@ class Circuit:
             raise RemoteProtocolError(f"relay cell length {length} > {RELAY_DATA_LEN}")
         self.cells_received += 1
         if command == _CMD_DATA:
-            # Every DATA cell counts against the circuit window, even for
-            # streams we already closed (tor-spec §7.3).
-            window = self._deliver_window[hop] - 1
-            if window < 0:
-                raise RemoteProtocolError("relay overran the circuit deliver window")
-            if window <= self._sendme_at[hop]:
-                # The digest of the cell just absorbed authenticates this SENDME (every
-                # 100 cells, or every sendme_inc with congestion control).
-                self.send_relay(RelayCommand.SENDME, 0, encode_sendme_v1(digest[:20]), hop=hop)
-                window += self._sendme_inc[hop]
-            self._deliver_window[hop] = window
+            self._count_data_cell(hop, digest)
             stream = self.streams.get(stream_id)
             if stream is not None and hop == len(self.crypto.hops) - 1:
                 self._stream_data(stream, bytes(body[11 : 11 + length]))
@@ -514,6 +559,113 @@ class Circuit:
                 self._handle_stream_message(stream, command, data)
         # A recognised cell with an unknown command is dropped (tor-spec §6.1).
 
+    def _count_data_cell(self, hop: int, digest: bytes) -> None:
+        """A DATA cell from ``hop`` counts against the circuit window, even for a stream
+        we already closed (tor-spec §7.3); SENDME when it is due."""
+        window = self._deliver_window[hop] - 1
+        if window < 0:
+            raise RemoteProtocolError("relay overran the circuit deliver window")
+        if window <= self._sendme_at[hop]:
+            # The digest of the cell just absorbed authenticates this SENDME (every
+            # 100 cells, or every sendme_inc with congestion control).
+            self._seal_relay(RelayCommand.SENDME, 0, encode_sendme_v1(digest[:20]), hop=hop)
+            window += self._sendme_inc[hop]
+        self._deliver_window[hop] = window
+
+    def _handle_run_conflux(self, block: bytearray, cfx: ConfluxSet, owner: Circuit) -> None:
+        """`_handle_run` for a linked conflux leg.
+
+        Multiplexed cells from the exit (the join point) go through the set's sequencing
+        and, in order, to the owner's streams - a stretch of full DATA cells for one
+        stream as one joined piece; every other cell is this leg's own business (its
+        SENDMEs, SWITCH, DROP ...), handled as on any circuit.  Circuit-level flow
+        control counts cells as they arrive, whatever their order (prop 329 §2.5).
+        """
+        crypto = self.crypto
+        n_hops = len(crypto.hops)
+        hop_of, digests = crypto.decrypt_inbound_run(block)
+        leg = self.conflux_leg
+        assert leg is not None
+        last = n_hops - 1
+        header = _RELAY_HEADER_SHORT.unpack_from
+        body_len = RELAY_BODY_LEN
+        count = len(hop_of)
+        mv = memoryview(block)
+        i = 0
+        while i < count:
+            hop = hop_of[i]
+            o = i * body_len
+            if hop == last:
+                command, stream_id, length = header(block, o)
+                # (C tor drops BEGIN/CONNECTED/END/RESOLVE(D) without a stream unsequenced.)
+                if command in MULTIPLEXED and (stream_id or command not in NEEDS_STREAM):
+                    m = 1
+                    try:
+                        if length > RELAY_DATA_LEN:
+                            raise RemoteProtocolError(
+                                f"relay cell length {length} > {RELAY_DATA_LEN}"
+                            )
+                        if command == _CMD_DATA:
+                            # Cells that leave the window above the SENDME mark go as one
+                            # stretch; the one that is due a SENDME goes alone.
+                            room = self._deliver_window[last] - self._sendme_at[last] - 1
+                            if room > 1 and length == RELAY_DATA_LEN and count - i > 1:
+                                m = _full_data_stretch(
+                                    block, o, min(count - i, room, 64), hop_of, i, last
+                                )
+                            if m > 1:
+                                self._deliver_window[last] -= m
+                                data = _join_data(mv, o, m)
+                            else:
+                                self._count_data_cell(last, digests[i])
+                                data = bytes(block[o + 11 : o + 11 + length])
+                        else:
+                            data = bytes(block[o + 11 : o + 11 + length])
+                        self.cells_received += m
+                        if cfx.arrive(leg, m):
+                            owner._deliver_multiplexed(command, stream_id, data, m)
+                            while owner.state is CircuitState.OPEN:
+                                held = cfx.next_in_order()
+                                if held is None:
+                                    break
+                                owner._deliver_multiplexed(
+                                    held.command, held.stream_id, held.data, held.cells
+                                )
+                        else:
+                            cfx.hold(leg, m, command, stream_id, data)
+                    except RemoteProtocolError as exc:
+                        self.destroy(1, f"protocol violation: {exc}")
+                        return
+                    if self.state is CircuitState.CLOSED:
+                        return
+                    i += m
+                    continue
+            body = block[o : o + body_len]
+            try:
+                if hop < 0:
+                    hop, body = crypto.decrypt_inbound(body, first_hop=n_hops)
+                    digest = crypto.hops[hop].bwd_digest.digest()[:20]
+                else:
+                    digest = digests[i]
+                self._handle_relay_body(hop, body, digest)
+            except RemoteProtocolError as exc:
+                self.destroy(1, f"protocol violation: {exc}")
+                return
+            if self.state is CircuitState.CLOSED:
+                return
+            i += 1
+
+    def _deliver_multiplexed(self, command: int, stream_id: int, data: bytes, cells: int) -> None:
+        """A multiplexed message from a conflux leg, in sequence order (on the owner)."""
+        stream = self.streams.get(stream_id)
+        if stream is None:
+            return  # a stream we closed (its DATA still counted), or a bogus one
+        if command == _CMD_DATA:
+            self._stream_data(stream, data, cells)
+        elif command in _STREAM_COMMANDS:
+            self._handle_stream_message(stream, command, data)
+        # BEGIN/RESOLVE from the exit: dropped (tor-spec §6.1).
+
     def _handle_circuit_message(self, command: int, data: bytes, hop: int) -> None:
         if command == _CMD_SENDME:
             self._circuit_sendme_received(hop, data)
@@ -527,8 +679,26 @@ class Circuit:
             self.destroy(reason, "circuit truncated by relay", remote=True)
         elif command == RelayCommand.DROP:
             pass
+        elif RelayCommand.CONFLUX_LINK <= command <= RelayCommand.CONFLUX_SWITCH:
+            self._conflux_message(command, data, hop)
         else:
             self.on_event(ControlCell(command, bytes(data), hop))
+
+    def _conflux_message(self, command: int, data: bytes, hop: int) -> None:
+        """LINKED and SWITCH, from the exit of a conflux leg only (prop 329 §4.2.1)."""
+        cfx, leg = self.conflux, self.conflux_leg
+        if cfx is None or leg is None:
+            raise RemoteProtocolError(f"conflux message {command} on a circuit without conflux")
+        if hop != len(self.crypto.hops) - 1:
+            raise RemoteProtocolError("conflux message from a hop that is not the exit")
+        if command == RelayCommand.CONFLUX_LINKED:
+            cfx.linked(leg, data, self._now_usec())
+            self._seal_relay(RelayCommand.CONFLUX_LINKED_ACK, 0, b"")
+            self.on_event(ConfluxLinked(leg.link_rtt_usec))
+        elif command == RelayCommand.CONFLUX_SWITCH:
+            cfx.switch_received(leg, data)
+        else:
+            raise RemoteProtocolError(f"conflux message {command} is not for a client")
 
     def _circuit_sendme_received(self, hop: int, data: bytes) -> None:
         version, digest = decode_sendme(data)
@@ -547,7 +717,7 @@ class Circuit:
             if window > self._circwindow:
                 raise RemoteProtocolError("circuit SENDME overflowed the package window")
             self._package_window[hop] = window
-        self._package()
+        self.stream_owner._package()
 
     def _handle_stream_message(self, stream: Stream, command: int, data: bytes) -> None:
         if self._pending_data:
@@ -588,12 +758,12 @@ class Circuit:
             self._forget_stream(stream)
             stream.sink.stream_resolved(decode_resolved(data))
 
-    def _stream_data(self, stream: Stream, data: bytes) -> None:
+    def _stream_data(self, stream: Stream, data: bytes, cells: int = 1) -> None:
         if stream.state is not StreamState.OPEN:
             if stream.state is StreamState.CONNECTING:
                 raise RemoteProtocolError("DATA before CONNECTED")
             return
-        stream.deliver_window -= 1
+        stream.deliver_window -= cells
         if stream.deliver_window < 0:
             # As C tor (relay.c): a stream window below 0 is a protocol error that
             # kills the circuit, not just the stream (spec-map §4.1).
@@ -730,7 +900,45 @@ class Circuit:
         hop: int = -1,
         early: bool = False,
     ) -> bytes:
-        """Seal and queue one relay cell; returns the hop's running digest (20 bytes)."""
+        """Seal and queue one relay cell; returns the hop's running digest (20 bytes).
+
+        On a linked conflux set, a multiplexed command for the exit goes on the leg the
+        set's scheduler picks (after a SWITCH if that is another leg than last time).
+        """
+        cfx = self._conflux_linked()
+        if (
+            cfx is not None
+            and command in MULTIPLEXED
+            and (hop == -1 or hop == len(self.crypto.hops) - 1)
+        ):
+            if self.state is CircuitState.CLOSED:
+                raise RuntimeError("circuit is closed")
+            leg = cfx.choose_send_leg(data=command == _CMD_DATA)
+            if leg is None:
+                raise RuntimeError("no conflux leg can take DATA now")
+            target = leg.circuit
+            target._conflux_switch(cfx, leg)
+            digest = target._seal_relay(command, stream_id, data)
+            cfx.note_sent(leg, 1)
+            return digest
+        return self._seal_relay(command, stream_id, data, hop=hop, early=early)
+
+    def _conflux_switch(self, cfx: ConfluxSet, leg: ConfluxLeg) -> None:
+        """About to send multiplexed cells on this leg: SWITCH first if it is new."""
+        relative = cfx.switch_to(leg)
+        if relative:
+            self._seal_relay(_CMD_SWITCH, 0, encode_switch(relative))
+
+    def _seal_relay(
+        self,
+        command: int,
+        stream_id: int,
+        data: bytes = b"",
+        *,
+        hop: int = -1,
+        early: bool = False,
+    ) -> bytes:
+        """`send_relay` on this very circuit, whatever its conflux set would choose."""
         if self.state is CircuitState.CLOSED:
             raise RuntimeError("circuit is closed")
         length = len(data)
@@ -767,15 +975,27 @@ class Circuit:
         self._package()
 
     def _package(self) -> None:
-        """Turn buffered stream data into DATA cells while the windows allow."""
+        """Turn buffered stream data into DATA cells while the windows allow.
+
+        On a conflux set each batch goes on the leg the scheduler picks, within that
+        leg's congestion window.
+        """
         ready = self._ready
         if not ready or self.state is not CircuitState.OPEN:
             return
-        hop = len(self.crypto.hops) - 1
-        cc = self.cc if hop == self._cc_hop else None
+        cfx = self._conflux_linked()
+        target = self
+        leg: ConfluxLeg | None = None
         while ready:
+            if cfx is not None:
+                leg = cfx.choose_send_leg(data=True)
+                if leg is None:
+                    break
+                target = leg.circuit
+            hop = len(target.crypto.hops) - 1
+            cc = target.cc if hop == target._cc_hop else None
             # With congestion control, cwnd - inflight; else the fixed package window.
-            window = self._package_window[hop] if cc is None else cc.cwnd - cc.inflight
+            window = target._package_window[hop] if cc is None else cc.cwnd - cc.inflight
             if window <= 0:
                 break
             stream = ready[0]
@@ -787,28 +1007,20 @@ class Circuit:
                 window,
                 _FAIR_SHARE_CELLS,
             )
-            if sent > 0:
-                self._send_full_data_cells(stream, sent, hop)
-            if (
-                0 < len(buf) < RELAY_DATA_LEN
+            short = (
+                0 < len(buf) - sent * RELAY_DATA_LEN < RELAY_DATA_LEN
                 and sent < _FAIR_SHARE_CELLS
-                and stream.package_window > 0
+                and stream.package_window > sent
                 and window > sent
-            ):
-                digest = self.send_relay(_CMD_DATA, stream.stream_id, bytes(buf), hop=hop)
-                if stream.flow is not None:
-                    stream.flow.bytes_sent += len(buf)
-                buf.clear()
-                stream.package_window -= 1
-                count = self._package_window[hop] - 1
-                recorded = 0
-                if count % self._sendme_inc[hop] == 0:
-                    self._expected_sendme[hop].append(digest)
-                    recorded = 1
-                if cc is not None:
-                    cc.note_sent(1, recorded, self._now_usec())
-                    count %= cc.sendme_inc
-                self._package_window[hop] = count
+            )
+            if leg is not None and (sent or short):
+                assert cfx is not None
+                target._conflux_switch(cfx, leg)
+                cfx.note_sent(leg, sent + short)
+            if sent > 0:
+                target._send_full_data_cells(stream, sent, hop)
+            if short:
+                target._send_short_data_cell(stream, hop)
             if not buf or stream.package_window <= 0:
                 ready.popleft()
                 if not buf and stream.close_after_flush:
@@ -818,6 +1030,26 @@ class Circuit:
             if stream.blocked_writer and len(buf) < SEND_BUFFER_HIGH_WATER // 2:
                 stream.blocked_writer = False
                 stream.sink.stream_writable()
+
+    def _send_short_data_cell(self, stream: Stream, hop: int) -> None:
+        """The whole (short) send buffer as one padded DATA cell; the caller checked the
+        windows."""
+        buf = stream.send_buffer
+        digest = self._seal_relay(_CMD_DATA, stream.stream_id, bytes(buf), hop=hop)
+        if stream.flow is not None:
+            stream.flow.bytes_sent += len(buf)
+        buf.clear()
+        stream.package_window -= 1
+        count = self._package_window[hop] - 1
+        recorded = 0
+        if count % self._sendme_inc[hop] == 0:
+            self._expected_sendme[hop].append(digest)
+            recorded = 1
+        cc = self.cc if hop == self._cc_hop else None
+        if cc is not None:
+            cc.note_sent(1, recorded, self._now_usec())
+            count %= cc.sendme_inc
+        self._package_window[hop] = count
 
     def _send_full_data_cells(self, stream: Stream, count: int, hop: int) -> None:
         """Seal and queue ``count`` full DATA cells from the front of the send buffer.
@@ -894,6 +1126,8 @@ class Circuit:
         return stream
 
     def open_dir_stream(self, sink: StreamSink) -> Stream:
+        if self.conflux is not None:
+            raise RuntimeError("no directory streams on a conflux set")
         stream = self._new_stream(sink, "directory")
         self.send_relay(RelayCommand.BEGIN_DIR, stream.stream_id, b"")
         return stream
@@ -969,3 +1203,5 @@ class Circuit:
                 stream.flow.take_held()  # the stream failed: no data after its end
             stream.sink.stream_ended(EndReason.DESTROY, None, text)
         self.on_event(event)
+        if self.conflux is not None:
+            self.conflux.leg_closed(self, message)

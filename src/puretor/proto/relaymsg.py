@@ -54,7 +54,7 @@ RELAY_DATA_LEN = RELAY_BODY_LEN - RELAY_HEADER_LEN  # 498
 
 
 class RelayCommand(enum.IntEnum):
-    """Relay commands (tor-spec §6.1, rend-spec §0.5, prop 324)."""
+    """Relay commands (tor-spec §6.1, rend-spec §0.5, prop 324, prop 329)."""
 
     BEGIN = 1
     DATA = 2
@@ -71,6 +71,11 @@ class RelayCommand(enum.IntEnum):
     BEGIN_DIR = 13
     EXTEND2 = 14
     EXTENDED2 = 15
+    # Conflux (proposal 329).
+    CONFLUX_LINK = 19
+    CONFLUX_LINKED = 20
+    CONFLUX_LINKED_ACK = 21
+    CONFLUX_SWITCH = 22
     ESTABLISH_INTRO = 32
     ESTABLISH_RENDEZVOUS = 33
     INTRODUCE1 = 34

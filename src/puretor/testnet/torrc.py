@@ -172,9 +172,16 @@ def client_torrc(
     nickname: str = "client",
     extra: Sequence[str] = (),
 ) -> str:
-    """A C tor client of this network (default microdescriptor mode)."""
+    """A client of this network (default microdescriptor mode): C tor and ``tor-client``
+    both run it as it is, so it leaves out the relay-only options (Nickname,
+    ShutdownWaitLength) that ``tor-client`` refuses."""
+    relay_only = ("Nickname ", "ShutdownWaitLength ")
     lines = [
-        *common_lines(nickname, data_dir, authorities),
+        *(
+            line
+            for line in common_lines(nickname, data_dir, authorities)
+            if not line.startswith(relay_only)
+        ),
         f"SocksPort 127.0.0.1:{socks_port}",
     ]
     if onion_auth_dir is not None:
