@@ -564,8 +564,9 @@ class TorClient:
 
     def stats(self) -> dict[str, Any]:
         """Counters: ``channels_opened``, ``circuits_built``, ``circuit_build_failures``,
-        ``open_circuits``, ``streams_opened`` (connected streams, onion ones included),
-        and ``time`` (a `time.time()` timestamp)."""
+        ``open_circuits`` (a conflux set counts once), ``conflux_sets_linked``,
+        ``conflux_failures``, ``streams_opened`` (connected streams, onion ones
+        included), and ``time`` (a `time.time()` timestamp)."""
         cm = self._circmgr
         return {
             "channels_opened": self._chanmgr.connects,
@@ -573,6 +574,8 @@ class TorClient:
             "circuits_built": cm.circuits_built if cm else 0,
             "circuit_build_failures": cm.build_failures if cm else 0,
             "open_circuits": len(self.circuits),
+            "conflux_sets_linked": cm.conflux_sets_linked if cm else 0,
+            "conflux_failures": cm.conflux_failures if cm else 0,
             "time": time.time(),
         }
 

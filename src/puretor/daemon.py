@@ -252,6 +252,7 @@ def _statistics(tor: Any, socks_stats: list[Any]) -> str:
         f"streams_opened={stats['streams_opened']} "
         f"open_circuits={stats['open_circuits']} "
         f"circuits_built={stats['circuits_built']} "
+        f"conflux_sets_linked={stats['conflux_sets_linked']} "
         f"channels_opened={stats['channels_opened']} "
         f"asyncio_tasks={len(asyncio.all_tasks())} "
         f"open_fds={fds} rss_kib={rss}"

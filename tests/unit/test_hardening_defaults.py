@@ -179,6 +179,7 @@ def test_sigusr1_statistics_line() -> None:
                 "streams_opened": 3,
                 "open_circuits": 2,
                 "circuits_built": 4,
+                "conflux_sets_linked": 1,
                 "channels_opened": 1,
             }
 
@@ -192,6 +193,7 @@ def test_sigusr1_statistics_line() -> None:
     fields = dict(kv.split("=") for kv in line.removeprefix("Statistics: ").split())
     assert fields["socks_active"] == "3" and fields["socks_total"] == "6"
     assert fields["socks_refused"] == "7" and fields["open_circuits"] == "2"
+    assert fields["conflux_sets_linked"] == "1"
     assert int(fields["asyncio_tasks"]) >= 1
     assert int(fields["open_fds"]) > 2 and int(fields["rss_kib"]) > 1000
 

@@ -356,7 +356,10 @@ class CircuitManager:
                     if (guard := selector.netdir.by_rsa_id(hops[0].target.rsa_id)) is not None:
                         avoid_guards.append(guard)
                     plans.append((hops, usage))
-                slot.building_through = frozenset(used)
+                # (What a hedge avoids: the middles and the exit, as for one circuit.)
+                slot.building_through = frozenset(
+                    h.target.rsa_id for hops, _ in plans for h in hops[1:]
+                )
                 results = await asyncio.gather(
                     *(
                         self._build_hops(hops, usage, congestion_control=cc)
