@@ -81,6 +81,8 @@ CIRCWINDOW_INCREMENT = 100
 MAX_RELAY_EARLY = 8
 # Cells one stream may package before the next stream with data gets a turn.
 _FAIR_SHARE_CELLS = 32
+# Most full DATA cells for one stream delivered as one joined piece.
+_MAX_STRETCH = 256
 
 _RELAY_HEADER = struct.Struct(">BHHIH")  # command, recognized, stream id, digest, length
 _RELAY_HEADER_SHORT = struct.Struct(">B2xH4xH")  # command, stream id, length
@@ -446,43 +448,51 @@ class Circuit:
         while i < count:
             hop = hop_of[i]
             o = i * body_len
-            if hop == last and window > fast_above:
+            if hop == last:
                 command, stream_id, length = header(block, o)
                 if command == data_cmd and length <= RELAY_DATA_LEN:
                     if stream_id != cached_id:
                         stream = streams.get(stream_id)
                         if stream is None:
-                            window -= 1  # DATA for a stream we closed still counts
-                            fast += 1
-                            i += 1
-                            continue
-                        flow = stream.flow
-                        if stream.state is not open_state or (
-                            flow is not None and (stream.delivery_paused or flow.held_bytes)
-                        ):
-                            stream = None  # the general path
+                            if window > fast_above:
+                                window -= 1  # DATA for a stream we closed still counts
+                                fast += 1
+                                i += 1
+                                continue
                         else:
-                            cached_id = stream_id
-                            chunks = pending.get(stream)
-                            if chunks is None:
-                                chunks = pending[stream] = []
+                            flow = stream.flow
+                            if stream.state is not open_state or (
+                                flow is not None and (stream.delivery_paused or flow.held_bytes)
+                            ):
+                                stream = None  # the general path
+                            else:
+                                cached_id = stream_id
+                                chunks = pending.get(stream)
+                                if chunks is None:
+                                    chunks = pending[stream] = []
                     if stream is not None and stream.deliver_window > 0:
-                        m = min(count - i, window - fast_above, stream.deliver_window, 64)
+                        m = min(count - i, stream.deliver_window, _MAX_STRETCH)
                         if m > 1 and length == RELAY_DATA_LEN:
                             m = _full_data_stretch(block, o, m, hop_of, i, last)
                             if m > 1:
                                 chunks.append(_join_data(mv, o, m))
                                 stream.deliver_window -= m
-                                window -= m
+                                if window - m >= fast_above:
+                                    window -= m
+                                else:  # circuit SENDMEs are due within the stretch
+                                    deliver_window[last] = window
+                                    self._count_data_cells(last, digests, i, m)
+                                    window = deliver_window[last]
                                 fast += m
                                 i += m
                                 continue
-                        stream.deliver_window -= 1
-                        chunks.append(block[o + 11 : o + 11 + length])
-                        window -= 1
-                        fast += 1
-                        i += 1
-                        continue
+                        if window > fast_above:
+                            stream.deliver_window -= 1
+                            chunks.append(block[o + 11 : o + 11 + length])
+                            window -= 1
+                            fast += 1
+                            i += 1
+                            continue
             # The general path, which may change anything the fast path cached.
             deliver_window[last] = window
             self.cells_received += fast
@@ -572,6 +582,18 @@ class Circuit:
             window += self._sendme_inc[hop]
         self._deliver_window[hop] = window
 
+    def _count_data_cells(self, hop: int, digests: list[Any], first: int, cells: int) -> None:
+        """`_count_data_cell` for the cells ``first .. first + cells - 1`` of a run, at
+        once: each SENDME that falls due quotes the digest after its own cell."""
+        window = self._deliver_window[hop]
+        at = self._sendme_at[hop]
+        j, end = first, first + cells
+        while j + max(window - at, 1) <= end:
+            j += max(window - at, 1)  # cell j - 1 takes the window down to the mark
+            window = at + self._sendme_inc[hop]
+            self._seal_relay(RelayCommand.SENDME, 0, encode_sendme_v1(digests[j - 1][:20]), hop=hop)
+        self._deliver_window[hop] = window - (end - j)
+
     def _handle_run_conflux(self, block: bytearray, cfx: ConfluxSet, owner: Circuit) -> None:
         """`_handle_run` for a linked conflux leg.
 
@@ -606,15 +628,13 @@ class Circuit:
                                 f"relay cell length {length} > {RELAY_DATA_LEN}"
                             )
                         if command == _CMD_DATA:
-                            # Cells that leave the window above the SENDME mark go as one
-                            # stretch; the one that is due a SENDME goes alone.
-                            room = self._deliver_window[last] - self._sendme_at[last] - 1
-                            if room > 1 and length == RELAY_DATA_LEN and count - i > 1:
+                            # A stretch of full DATA cells for one stream goes as one.
+                            if length == RELAY_DATA_LEN and count - i > 1:
                                 m = _full_data_stretch(
-                                    block, o, min(count - i, room, 64), hop_of, i, last
+                                    block, o, min(count - i, _MAX_STRETCH), hop_of, i, last
                                 )
                             if m > 1:
-                                self._deliver_window[last] -= m
+                                self._count_data_cells(last, digests, i, m)
                                 data = _join_data(mv, o, m)
                             else:
                                 self._count_data_cell(last, digests[i])
