@@ -56,8 +56,10 @@ GB = 1_000_000_000
 class Plan:
     runs: int = 3
     small: str = "1MiB"
-    cold_n: int = 3
-    warm_n: int = 3
+    # Latencies vary a lot from fetch to fetch on this network (a 40 ms Nagle/delayed-ACK
+    # stall between relays hits C tor and puretor alike): enough samples for a median.
+    cold_n: int = 5
+    warm_n: int = 9
     single: str = "100MiB"
     conc_n: int = 20
     conc: str = "10MiB"

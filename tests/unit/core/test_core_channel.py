@@ -2,15 +2,18 @@
 
 from __future__ import annotations
 
+import struct
 import time
 
 import certgen
 import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 from fakes.relay import FakeRelay, FakeRelayConfig, open_channel, transfer
 from puretor.errors import ChannelError
 from puretor.proto.cells import CellCommand
-from puretor.proto.channel import Channel, ChannelState
+from puretor.proto.channel import Channel, ChannelState, _group_runs
 
 
 def _new_channel(fake: FakeRelay, **kwargs: object) -> Channel:
@@ -205,3 +208,42 @@ def test_no_cells_before_netinfo(fake: FakeRelay) -> None:
         ch.new_circuit()
     transfer(ch, fake)
     assert fake.violations == []
+
+
+# -- sorting interleaved RELAY cells into per-circuit runs ---------------------------------
+
+
+@settings(max_examples=200, deadline=None)
+@given(
+    circ_ids=st.lists(
+        st.sampled_from([0x80000001, 0x80000002, 0x00000102, 0x01000000, 0xFFFFFFFF]),
+        min_size=1,
+        max_size=60,
+    ),
+    prefix=st.integers(0, 3),
+    existing=st.booleans(),
+)
+def test_group_runs_matches_cell_by_cell(circ_ids: list[int], prefix: int, existing: bool) -> None:
+    """`_group_runs` gives each circuit exactly the bodies a cell-by-cell split would, in
+    arrival order, also appended to a run already started."""
+    cells = [
+        struct.pack(">IB", cid, CellCommand.RELAY) + bytes([i % 256]) * 509
+        for i, cid in enumerate(circ_ids)
+    ]
+    buf = bytearray(b"x" * prefix + b"".join(cells))
+    runs: dict[int, bytearray] = {circ_ids[0]: bytearray(b"old")} if existing else {}
+    expected: dict[int, bytearray] = {k: bytearray(v) for k, v in runs.items()}
+    for cell in cells:
+        expected.setdefault(struct.unpack(">I", cell[:4])[0], bytearray()).extend(cell[5:])
+    view = memoryview(buf)
+    assert _group_runs(view, buf, prefix, len(cells), runs)
+    view.release()
+    assert runs == expected
+
+
+def test_group_runs_refuses_circuit_zero() -> None:
+    cells = [struct.pack(">IB", cid, CellCommand.RELAY) + bytes(509) for cid in (5, 0, 5)]
+    buf = bytearray(b"".join(cells))
+    runs: dict[int, bytearray] = {}
+    assert not _group_runs(memoryview(buf), buf, 0, 3, runs)
+    assert runs == {}
