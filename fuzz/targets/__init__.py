@@ -17,6 +17,7 @@ TARGETS: dict[str, str] = {
     "relaymsg": "fuzz.targets.relaymsg",
     "certs": "fuzz.targets.certs",
     "channel": "fuzz.targets.channel",
+    "conflux": "fuzz.targets.conflux",
     "netdoc": "fuzz.targets.netdoc",
     "consensus": "fuzz.targets.consensus",
     "authcerts": "fuzz.targets.authcerts",

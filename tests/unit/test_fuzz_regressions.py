@@ -43,6 +43,7 @@ from puretor.errors import (  # noqa: E402
 from puretor.hs.address import parse_onion_address  # noqa: E402
 from puretor.hs.descriptor import HsDescriptorOuter, parse_inner, parse_outer  # noqa: E402
 from puretor.proto.certs import validate_relay_certs  # noqa: E402
+from puretor.proto.relaymsg import RelayCommand  # noqa: E402
 
 DATA = _REPO / "tests" / "unit" / "dir" / "data"
 
@@ -150,3 +151,34 @@ def test_hs_inner_flow_control_huge_range() -> None:
         pytest.fail("parse_inner ran for 20 s on one flow-control line")
     if proc.returncode != 0:
         pytest.fail(f"parse_inner failed on one flow-control line:\n{proc.stderr[-1500:]}")
+
+
+# -- proto/conflux.py (fixed) ---------------------------------------------------------------
+
+
+def test_conflux_sequence_numbers_overlapping_across_legs() -> None:
+    """Found by the ``conflux`` target: a SWITCH put leg 1's cells at 5-7 while leg 0
+    went on to deliver 4-6.  Leg 1's cells could then never be delivered - the set
+    stalled quietly with them held.  Now the overlap is a protocol violation that
+    closes the set."""
+    from fuzz.targets import conflux
+
+    c = conflux
+    data = RelayCommand.DATA
+    program = (
+        c._cell(0, RelayCommand.CONNECTED, 1, b"")
+        + c._cell(0, data, 1, b"a")
+        + c._deliver_op(0)  # delivered: 1-2
+        + c._switch(1, 4)
+        + c._cell(1, data, 1, b"", full=True) * 3
+        + c._deliver_op(1)  # leg 1: 5-7, held
+        + c._cell(0, data, 1, b"b")
+        + c._cell(0, data, 1, b"", full=True) * 3
+        + c._deliver_op(0)  # leg 0: 3, then 4-6 - overlapping 5-7
+    )
+    world = conflux._setup()
+    conflux.run_program(world, program)
+    reasons = [leg.circ.closed_reason for leg in world.legs]
+    assert all(r is not None for r in reasons)
+    assert "overlap across legs" in (reasons[0] or reasons[1]).message  # type: ignore[union-attr]
+    assert world.cfx.queued_cells == 0

@@ -336,14 +336,26 @@ class ConfluxSet:
     def next_in_order(self) -> _Held | None:
         """The held cells whose turn has come, if any (each leg's queue is in order)."""
         want = self.delivered + 1
+        found = None
         for leg in self.legs:
             held = leg.held
-            if held and held[0].seq == want:
-                entry = held.popleft()
-                self.delivered += entry.cells
-                self.queued_cells -= entry.cells
-                return entry
-        return None
+            if held:
+                seq = held[0].seq
+                if seq < want:
+                    # Two legs claimed the same sequence numbers: the one held here could
+                    # never be delivered (the set would just stall).
+                    raise RemoteProtocolError(
+                        f"conflux sequence numbers overlap across legs (held {seq}, "
+                        f"delivered {self.delivered})"
+                    )
+                if seq == want:
+                    found = leg
+        if found is None:
+            return None
+        entry = found.held.popleft()
+        self.delivered += entry.cells
+        self.queued_cells -= entry.cells
+        return entry
 
     # -- sending -------------------------------------------------------------------------
 
@@ -407,6 +419,9 @@ class ConfluxSet:
         if not self.finalized or self.closed:
             return
         self.closed = True
+        for each in self.legs:
+            each.held.clear()  # nothing will be delivered any more
+        self.queued_cells = 0
         for other in self.legs:
             if other is not leg and other.state is not LegState.CLOSED:
                 other.circuit.destroy(0, f"another conflux leg closed: {message}")
