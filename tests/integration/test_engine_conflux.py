@@ -255,3 +255,71 @@ def test_tor_client_carries_new_streams_on_prebuilt_sets(
     assert r["linked"] >= 2 and r["failures"] == 0, r
     assert r["conflux"] and r["legs"] == 2, r
     assert r["sha256"] == f["sha256"]
+
+
+def test_tor_client_falls_back_when_sets_cannot_link(
+    testnet: TestNetwork, tmp_path: Any, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """An exit that never answers LINK (here: linking made to time out) costs nothing
+    but the attempt: the slot gets an ordinary circuit and streams go through."""
+    from onion_helpers import make_config
+
+    from puretor.aio import circmgr as circmgr_module
+    from puretor.errors import CircuitBuildTimeout
+
+    async def never_links(legs: Any, **_: Any) -> CircuitHandle:
+        for leg in legs:
+            leg.close()
+        raise CircuitBuildTimeout("test: conflux legs did not link")
+
+    monkeypatch.setattr(circmgr_module, "link_conflux", never_links)
+
+    async def go() -> dict[str, Any]:
+        async with TorClient(make_config(testnet.info, tmp_path)) as tor:
+            await tor.bootstrap()
+            circmgr = tor._circmgr
+            assert circmgr is not None
+            deadline = time.monotonic() + 30
+            while circmgr.conflux_failures < 3 and time.monotonic() < deadline:
+                await asyncio.sleep(0.1)
+            reader, writer = await tor.open_connection("target.test", 80, isolation="plain")
+            writer.write(b"GET /ip HTTP/1.0\r\nHost: target.test\r\n\r\n")
+            status = (await reader.read()).split(b" ", 2)[1]
+            handle = writer.get_extra_info("circuit")
+            writer.close()
+            return {
+                "failures": circmgr.conflux_failures,
+                "linked": circmgr.conflux_sets_linked,
+                "status": status,
+                "conflux": handle.conflux is not None,
+            }
+
+    r = asyncio.run(go())
+    # The three prebuilt sets failed at once; then a pause before the next attempt.
+    assert r["failures"] == 3 and r["linked"] == 0, r
+    assert r["status"] == b"200" and not r["conflux"]
+
+
+def test_conflux_enabled_0_builds_no_sets(testnet: TestNetwork, tmp_path: Any) -> None:
+    from onion_helpers import make_config
+
+    async def go() -> dict[str, Any]:
+        config = make_config(testnet.info, tmp_path, "--ConfluxEnabled", "0")
+        async with TorClient(config) as tor:
+            await tor.bootstrap()
+            reader, writer = await tor.open_connection("target.test", 80, isolation="x")
+            writer.write(b"GET /ip HTTP/1.0\r\nHost: target.test\r\n\r\n")
+            await reader.read()
+            handle = writer.get_extra_info("circuit")
+            writer.close()
+            await asyncio.sleep(1.0)  # time for preemptive circuits
+            circmgr = tor._circmgr
+            assert circmgr is not None
+            return {
+                "linked": circmgr.conflux_sets_linked,
+                "conflux": handle.conflux is not None,
+                "slots": [s.conflux for s in circmgr._slots],
+            }
+
+    r = asyncio.run(go())
+    assert r["linked"] == 0 and not r["conflux"] and not any(r["slots"]), r

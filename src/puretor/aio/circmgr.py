@@ -153,6 +153,9 @@ class CircuitManager:
         self.conflux_ux = conflux_ux
         self.conflux_sets_linked = 0
         self.conflux_failures = 0
+        # After failed sets, wait before prebuilding more (5 s, doubling, at most 10 min).
+        self._conflux_failed_in_a_row = 0
+        self._conflux_retry_at = 0.0
 
     # -- public ------------------------------------------------------------------
 
@@ -345,17 +348,23 @@ class CircuitManager:
                 want = n_legs - len(legs)
                 plans = []
                 selector = self._selector(self._netdir())
-                for _ in range(want):
-                    hops, usage = self._choose_hops(
-                        selector,
-                        dataclasses.replace(leg_req, exclude=leg_req.exclude | frozenset(used)),
-                        exit_relay,
-                        avoid_guards=avoid_guards,
-                    )
-                    used.update(h.target.rsa_id for h in hops[:2])
-                    if (guard := selector.netdir.by_rsa_id(hops[0].target.rsa_id)) is not None:
-                        avoid_guards.append(guard)
-                    plans.append((hops, usage))
+                try:
+                    for _ in range(want):
+                        hops, usage = self._choose_hops(
+                            selector,
+                            dataclasses.replace(leg_req, exclude=leg_req.exclude | frozenset(used)),
+                            exit_relay,
+                            avoid_guards=avoid_guards,
+                        )
+                        plans.append((hops, usage))
+                        used.update(h.target.rsa_id for h in hops[:2])
+                        guard = selector.netdir.by_rsa_id(hops[0].target.rsa_id)
+                        if guard is not None:
+                            avoid_guards.append(guard)
+                except NoPathError:
+                    for _, usage in plans:
+                        self.guards.cancel(usage)
+                    raise
                 # (What a hedge avoids: the middles and the exit, as for one circuit.)
                 slot.building_through = frozenset(
                     h.target.rsa_id for hops, _ in plans for h in hops[1:]
@@ -383,13 +392,22 @@ class CircuitManager:
             log.info("no conflux set: %s", exc)
         except (ChannelError, CircuitError, TimeoutError) as exc:
             self.conflux_failures += 1
-            log.info("conflux set through %s failed: %s", exit_relay.nickname, exc)
+            self._conflux_failed_in_a_row += 1
+            wait = min(600.0, 5.0 * 2 ** (self._conflux_failed_in_a_row - 1))
+            self._conflux_retry_at = time.monotonic() + wait
+            log.info(
+                "conflux set through %s failed (%s); next attempt in %.0f s",
+                exit_relay.nickname,
+                exc,
+                wait,
+            )
         except BaseException:
             for leg in legs:
                 leg.close()
             raise
         else:
             self.conflux_sets_linked += 1
+            self._conflux_failed_in_a_row = 0
             log.info("linked a conflux set of %d legs to %s", len(legs), exit_relay.nickname)
             slot.handle = handle
             handle.isolation = slot.isolation
@@ -551,14 +569,17 @@ class CircuitManager:
         asyncio.get_running_loop().call_soon(self._top_up)
 
     def _top_up(self) -> None:
-        """Keep clean circuits ready for the ports used recently (path-spec §2.1.1).
-
-        Up to `conflux_prebuilt_sets` of them are conflux sets, as C tor prebuilds them.
-        """
+        """Keep clean circuits ready for the ports used recently (path-spec §2.1.1),
+        and `conflux_prebuilt_sets` linked conflux sets besides, as C tor does
+        (conflux_predict_new); a clean set counts for every port its exit allows."""
         now = time.monotonic()
+        for port, last in list(self._ports_used.items()):
+            if now - last > 3600 and port not in PREEMPTIVE_PORTS:
+                del self._ports_used[port]
+        if not self._ports_used:
+            return
         netdir = self._netdir()
-        conflux_room = 0
-        if self._conflux_wanted(netdir):
+        if self._conflux_wanted(netdir) and now >= self._conflux_retry_at:
             clean_sets = sum(
                 1
                 for s in self._slots
@@ -567,11 +588,15 @@ class CircuitManager:
                 and s.generation == self._generation
                 and (s.handle is None or s.handle.is_open)
             )
-            conflux_room = conflux_prebuilt_sets(netdir) - clean_sets
-        for port, last in list(self._ports_used.items()):
-            if now - last > 3600 and port not in PREEMPTIVE_PORTS:
-                del self._ports_used[port]
-                continue
+            port = max(self._ports_used, key=self._ports_used.__getitem__)
+            for _ in range(conflux_prebuilt_sets(netdir) - clean_sets):
+                try:
+                    if not self._launch(PathRequest(exit_port=port), conflux=True).conflux:
+                        break  # no exit can do it
+                except TorError as exc:
+                    log.debug("no conflux set for port %d: %s", port, exc)
+                    break
+        for port in list(self._ports_used):
             clean = sum(
                 1
                 for s in self._slots
@@ -582,11 +607,10 @@ class CircuitManager:
             )
             for _ in range(PREEMPTIVE_CLEAN_CIRCUITS - clean):
                 try:
-                    slot = self._launch(PathRequest(exit_port=port), conflux=conflux_room > 0)
+                    self._launch(PathRequest(exit_port=port))
                 except TorError as exc:
                     log.debug("no preemptive circuit for port %d: %s", port, exc)
                     break
-                conflux_room -= slot.conflux
 
     async def _maintain(self) -> None:
         while True:
