@@ -475,7 +475,14 @@ class Circuit:
                         if m > 1 and length == RELAY_DATA_LEN:
                             m = _full_data_stretch(block, o, m, hop_of, i, last)
                             if m > 1:
-                                chunks.append(_join_data(mv, o, m))
+                                # Views into the run: `_flush_stream_data` joins them
+                                # with the rest of the stream's data in one copy.
+                                chunks.extend(
+                                    [
+                                        mv[p : p + RELAY_DATA_LEN]
+                                        for p in range(o + 11, o + m * body_len, body_len)
+                                    ]
+                                )
                                 stream.deliver_window -= m
                                 if window - m >= fast_above:
                                     window -= m
