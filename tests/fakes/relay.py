@@ -1240,15 +1240,27 @@ class FakeRelay:
                         self.send_relay(circ, index, RelayCommand.SENDME, stream.stream_id, b"")
                     stream.withheld_sendmes = 0
 
-    def add_virtual_hop(self, circ_id: int, keys: bytes) -> SimRelay:
+    def add_virtual_hop(
+        self, circ_id: int, keys: bytes, *, cc_sendme_inc: int | None = None
+    ) -> SimRelay:
         """Append an onion-service hop (128 bytes ``Df Db Kf Kb``) behind the last hop.
 
         The client adds the same keys with ``Circuit.add_virtual_hop``; the service
-        behind it accepts BEGIN (as ``:port``) like an exit.
+        behind it accepts BEGIN (as ``:port``) like an exit.  ``cc_sendme_inc``: the
+        client asked for congestion control in INTRODUCE1 and the service runs it.
         """
         service = SimRelay.generate("service", "10.9.0.1")
         circ = self.circuits[circ_id]
-        circ.hops.append(FakeHop(service, keys, self.config.circwindow, hs=True))
+        circ.hops.append(
+            FakeHop(
+                service,
+                keys,
+                self.config.circwindow,
+                hs=True,
+                cc_sendme_inc=cc_sendme_inc,
+                cc_cwnd=self.config.cc_cwnd_init,
+            )
+        )
         return service
 
     def pump(self, circ_id: int) -> None:

@@ -54,6 +54,18 @@ def test_onion_page_10mib_and_rendezvous_reuse(testnet: Any, tmp_path: Path) -> 
 
             status, body = await http_get(tor, onion["address"], "/files/10MiB")
             assert status == 200 and sha256(body) == want
+
+            # The service's descriptor offers congestion control (flow-control 1-2 31) and
+            # the consensus has cc_alg=2, so INTRODUCE1 asked for it (as C tor clients
+            # do): the virtual hop runs prop 324 - SENDMEs every 31 cells, flow control
+            # instead of stream windows - and the 10 MiB above went that way.
+            reader, writer = await tor.open_connection(onion["address"], 80)
+            circ = writer.get_extra_info("circuit").circuit
+            assert circ.cc is not None and circ._cc_hop == 3 == circ.hop_count - 1
+            assert circ._sendme_inc[3] == 31
+            stream = next(iter(circ.streams.values()))
+            assert stream.flow is not None
+            writer.close()
             return cold, warm
 
     cold, warm = run(main())

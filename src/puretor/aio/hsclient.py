@@ -49,6 +49,7 @@ from puretor.hs.ntor import (
     parse_introduce_ack,
 )
 from puretor.path.select import PathRequest
+from puretor.proto.congestion import CCParams
 from puretor.proto.relaymsg import RelayCommand
 
 if TYPE_CHECKING:
@@ -229,13 +230,32 @@ class OnionClient:
                 F3_REND_FAILED,
             )
             keys = complete_rendezvous(state, body)
-            rend.circuit.add_virtual_hop(keys.df, keys.db, keys.kf, keys.kb)
+            cc = self._congestion_control(desc)
+            rend.circuit.add_virtual_hop(
+                keys.df,
+                keys.db,
+                keys.kf,
+                keys.kb,
+                congestion_control=cc,
+                sendme_inc=desc.flow_control.sendme_inc if desc.flow_control else 0,
+            )
             rend.purpose = "rendezvous"
             ok = True
             return rend
         finally:
             if not ok:
                 rend.close()
+
+    def _congestion_control(self, desc: HsDescriptor) -> CCParams | None:
+        """C tor's choice for a rendezvous circuit (setup_rendezvous_circ_congestion_control):
+        congestion control when the descriptor offers it and the consensus has it on,
+        with the onion-service parameters (a single onion service's are the exit's)."""
+        netdir = self.dirmgr.require_netdir()
+        if not desc.supports_congestion_control:
+            return None
+        path = "exit" if desc.single_onion_service else "onion"
+        params = CCParams.from_consensus(netdir.param, path)
+        return params if params.enabled else None
 
     async def _introduce(
         self,
@@ -258,7 +278,9 @@ class OnionClient:
                 cookie,
                 rp.ntor_key or b"",
                 rp_link_specifiers(rp),
-                extensions=introduce1_extensions(desc, netdir, congestion_control=False),
+                extensions=introduce1_extensions(
+                    desc, netdir, congestion_control=self._congestion_control(desc) is not None
+                ),
             )
             intro: CircuitHandle | None = None
             try:

@@ -163,8 +163,7 @@ def introduce1_extensions(
     congestion control: the descriptor's flow-control line includes FlowCtrl=2
     and the consensus ``cc_alg`` is not 0 (hs_circuit.c).  Sending it commits
     the virtual hop to prop 324 flow control (no stream SENDMEs, ``sendme_inc``
-    from the descriptor), so pass ``congestion_control=False`` until the
-    circuit layer implements that.
+    from the descriptor): `Circuit.add_virtual_hop` with ``congestion_control``.
     """
     if (
         congestion_control

@@ -288,9 +288,28 @@ class Circuit:
             body = encode_extend2(link_specifiers, handshake.NTOR_HTYPE, onionskin)
         self.send_relay(RelayCommand.EXTEND2, 0, body, early=True)
 
-    def add_virtual_hop(self, df: bytes, db: bytes, kf: bytes, kb: bytes) -> None:
-        """Append the onion-service hop (rend-spec §4.2.1: SHA3-256, AES-256)."""
-        self._add_hop(HopCrypto(df, db, kf, kb, hs=True))
+    def add_virtual_hop(
+        self,
+        df: bytes,
+        db: bytes,
+        kf: bytes,
+        kb: bytes,
+        *,
+        congestion_control: CCParams | None = None,
+        sendme_inc: int = 0,
+    ) -> None:
+        """Append the onion-service hop (rend-spec §4.2.1: SHA3-256, AES-256).
+
+        ``congestion_control``: INTRODUCE1 asked the service for it (the descriptor's
+        flow-control line offered it, with ``sendme_inc``), so the service now runs
+        prop 324 with us on this hop, as an exit would.
+        """
+        cc = congestion_control if congestion_control is not None and sendme_inc > 0 else None
+        self._add_hop(HopCrypto(df, db, kf, kb, hs=True), sendme_inc if cc else None)
+        if cc is not None:
+            self.cc = Vegas(cc, sendme_inc)
+            self.cc_params = cc
+            self._cc_hop = len(self.crypto.hops) - 1
 
     def mark_open(self) -> None:
         if self.state is CircuitState.BUILDING:

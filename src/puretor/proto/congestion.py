@@ -106,10 +106,17 @@ class CCParams:
         return self.xoff_client + self.overrun_bytes
 
     @classmethod
-    def from_consensus(cls, param: GetParam) -> CCParams:
+    def from_consensus(cls, param: GetParam, path: str = "exit") -> CCParams:
         """Read the parameters with C tor's defaults and ranges; ``param(name, default,
-        lo, hi)`` clamps (``NetDir.param``)."""
-        d = cls()
+        lo, hi)`` clamps (``NetDir.param``).
+
+        ``path``: ``"exit"`` (also single onion services), or ``"onion"`` for the
+        virtual hop of a rendezvous circuit, which has its own Vegas parameters and
+        slow-start cap (C tor congestion_control_vegas_set_params, CC_PATH_ONION).
+        """
+        if path not in ("exit", "onion"):
+            raise ValueError(f"unknown congestion control path {path!r}")
+        d = cls() if path == "exit" else _ONION_DEFAULTS
         alg = param("cc_alg", d.cc_alg, 0, 2)
         if alg not in (CC_ALG_SENDME, CC_ALG_VEGAS):
             alg = CC_ALG_VEGAS  # C tor: unsupported algorithms fall back to the default
@@ -123,12 +130,12 @@ class CCParams:
             cwnd_inc=param("cc_cwnd_inc", d.cwnd_inc, 1, 1000),
             cwnd_inc_pct_ss=param("cc_cwnd_inc_pct_ss", d.cwnd_inc_pct_ss, 1, 500),
             cwnd_inc_rate=param("cc_cwnd_inc_rate", d.cwnd_inc_rate, 1, 250),
-            ss_cwnd_cap=param("cc_sscap_exit", d.ss_cwnd_cap, 100, _INT32_MAX),
+            ss_cwnd_cap=param(f"cc_sscap_{path}", d.ss_cwnd_cap, 100, _INT32_MAX),
             ss_cwnd_max=ss_max,
-            alpha=param("cc_vegas_alpha_exit", d.alpha, 0, 1000),
-            beta=param("cc_vegas_beta_exit", d.beta, 0, 1000),
-            gamma=param("cc_vegas_gamma_exit", d.gamma, 0, 1000),
-            delta=param("cc_vegas_delta_exit", d.delta, 0, _INT32_MAX),
+            alpha=param(f"cc_vegas_alpha_{path}", d.alpha, 0, 1000),
+            beta=param(f"cc_vegas_beta_{path}", d.beta, 0, 1000),
+            gamma=param(f"cc_vegas_gamma_{path}", d.gamma, 0, 1000),
+            delta=param(f"cc_vegas_delta_{path}", d.delta, 0, _INT32_MAX),
             cwnd_full_gap=param("cc_cwnd_full_gap", d.cwnd_full_gap, 0, 2**15 - 1),
             cwnd_full_minpct=param("cc_cwnd_full_minpct", d.cwnd_full_minpct, 0, 100),
             cwnd_full_per_cwnd=param("cc_cwnd_full_per_cwnd", d.cwnd_full_per_cwnd, 0, 1),
@@ -146,6 +153,16 @@ class CCParams:
         values = {f.name: getattr(self, f.name) for f in fields(self)}
         values.update(changes)
         return CCParams(**values)
+
+
+# C tor's defaults for onion-service paths (VEGAS_*_ONION_DFLT).
+_ONION_DEFAULTS = CCParams(
+    alpha=3 * _OUTBUF_CELLS,
+    beta=7 * _OUTBUF_CELLS,
+    gamma=5 * _OUTBUF_CELLS,
+    delta=9 * _OUTBUF_CELLS,
+    ss_cwnd_cap=600,
+)
 
 
 # -- negotiation (prop 324 §10, C tor congestion_control_common.c) -------------------------

@@ -17,6 +17,7 @@ from fakes.relay import (
 from fakes.sink import RecordingSink
 from puretor.proto.channel import ChannelState
 from puretor.proto.circuit import Circuit, CircuitState
+from puretor.proto.congestion import CCParams
 from puretor.proto.relaymsg import EndReason, RelayCommand
 from puretor.proto.stream import SEND_BUFFER_HIGH_WATER, StreamState
 
@@ -453,6 +454,58 @@ def test_virtual_hop_streams_and_sendmes() -> None:
     # SENDMEs both ways quoted 20-byte prefixes of SHA3-256 digests, and matched.
     assert service.sendmes_received >= 20 and service.sendmes_emitted >= 10
     assert fake.violations == [] and circ.state is CircuitState.OPEN
+
+
+def test_virtual_hop_with_congestion_control() -> None:
+    """INTRODUCE1 asked the service for congestion control: the virtual hop runs it
+    (SENDMEs every sendme_inc cells, flow control instead of stream windows) with the
+    onion-service Vegas parameters."""
+    fake, channel, circ = _setup(
+        FakeRelayConfig(source_ports={80: 900 * KB}), sendme_accept_min_version=1
+    )
+    keys = os.urandom(128)
+    params = CCParams.from_consensus(lambda name, default, lo, hi: default, "onion")
+    circ.add_virtual_hop(
+        keys[0:32], keys[32:64], keys[64:96], keys[96:128], congestion_control=params, sendme_inc=31
+    )
+    fake.add_virtual_hop(circ.circ_id, keys, cc_sendme_inc=31)
+    assert circ.cc is not None and circ._cc_hop == 3 and circ.cc_params is params
+    down, up = RecordingSink(), RecordingSink()
+    down_stream = circ.open_stream(down, "", 80)
+    st = circ.open_stream(up, "", 7)
+    assert down_stream.flow is not None and st.flow is not None
+    payload = os.urandom(600 * KB)
+    st.write(payload)
+    transfer(channel, fake, chunk_size=16 * KB)
+    assert bytes(down.data) == source_content("", 80, 900 * KB)
+    assert bytes(up.data) == payload
+    service = fake.circuit(circ.circ_id).hops[3]
+    assert service.cc and service.sendmes_received >= (900 * KB // 498) // 31 - 1
+    assert service.max_inflight_seen > 0 and circ.cc.sendmes_received > 0
+    # No stream-level SENDMEs on a congestion-controlled hop (the fake closes on one).
+    assert fake.violations == [] and circ.state is CircuitState.OPEN
+
+
+def test_onion_congestion_control_parameters() -> None:
+    """cc_*_onion names and C tor's VEGAS_*_ONION_DFLT defaults (62-cell outbufs)."""
+    seen: list[str] = []
+
+    def param(name: str, default: int, lo: int, hi: int) -> int:
+        seen.append(name)
+        return default
+
+    onion = CCParams.from_consensus(param, "onion")
+    assert (onion.alpha, onion.beta, onion.gamma, onion.delta) == (186, 434, 310, 558)
+    assert onion.ss_cwnd_cap == 600
+    assert {"cc_vegas_alpha_onion", "cc_sscap_onion"} <= set(seen)
+    exit_ = CCParams.from_consensus(lambda name, default, lo, hi: default)
+    assert (exit_.alpha, exit_.beta, exit_.gamma, exit_.delta) == (186, 248, 186, 310)
+    live = CCParams.from_consensus(
+        lambda name, default, lo, hi: {"cc_vegas_beta_onion": 372}.get(name, default), "onion"
+    )
+    assert live.beta == 372
+    with pytest.raises(ValueError):
+        CCParams.from_consensus(param, "sbws")
 
 
 # -- re-entrant callbacks ------------------------------------------------------------------
