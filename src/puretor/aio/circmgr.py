@@ -485,8 +485,9 @@ class CircuitManager:
         *,
         avoid_guards: list[Relay] | None = None,
     ) -> tuple[list[HopSpec], GuardUsage]:
-        """Guard (from the guard manager, avoiding the last hop's family and the relays
-        in ``avoid_guards``), middle (avoiding ``req.exclude`` too), last."""
+        """Guard (from the guard manager, avoiding the last hop's family, and not one of
+        ``avoid_guards``: the other legs' of a conflux set), middle (avoiding
+        ``req.exclude`` too), last."""
         if isinstance(last, HopSpec):
             # A hop named by link specifiers (an introduction point): avoid its
             # family when we know the relay, and extend to it as described.
@@ -496,7 +497,7 @@ class CircuitManager:
             last_relay, last_hop = last, hop_for(last)
         avoid_relays = [last_relay] if last_relay is not None else []
         guard, usage = self.guards.select_guard(
-            time.time(), avoid=[*avoid_relays, *(avoid_guards or ())]
+            time.time(), avoid=avoid_relays, exclude=avoid_guards or ()
         )
         try:
             middle = selector.choose_middle([guard, *avoid_relays], req)

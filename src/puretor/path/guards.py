@@ -230,10 +230,13 @@ class GuardManager:
         now: float,
         *,
         avoid: Sequence[Relay] = (),
+        exclude: Sequence[Relay] = (),
         purpose: GuardPurpose = GuardPurpose.TRAFFIC,
     ) -> tuple[Relay, GuardUsage]:
         """A guard for a new circuit (guard-spec §4.6), never one related to a relay in
-        ``avoid`` (pass the chosen exit: C tor's exit restriction)."""
+        ``avoid`` (pass the chosen exit: C tor's exit restriction), nor one of the guards
+        in ``exclude`` (the other legs of a conflux set, prop 354: another of the primary
+        guards in use if there is one, only then the next primary)."""
         netdir = self._require_netdir()
         if not self._primary_up_to_date:
             self._update_primary(now)
@@ -263,6 +266,19 @@ class GuardManager:
                 usable.append((g, relay))
                 if len(usable) >= n_use:
                     break
+        if exclude:
+            excluded = {r.rsa_id for r in exclude}
+            window = len(usable)
+            usable = [(g, r) for g, r in usable if g.rsa_id not in excluded]
+            if not usable:  # every guard in use is taken: the next primaries, as C tor
+                for g in self._primary:
+                    if g.rsa_id in excluded or g.reachable is Reachable.NO:
+                        continue
+                    relay = relay_if_usable(g)
+                    if relay is not None:
+                        usable.append((g, relay))
+                        if len(usable) >= max(1, n_use - window + 1):
+                            break
         if usable:
             g, relay = self.rng.choice(usable)
             g.last_tried = now

@@ -165,6 +165,26 @@ def test_guard_avoids_the_exit_and_its_family() -> None:
     assert mgr.select_guard(T0)[0].rsa_id == first
 
 
+def test_conflux_legs_take_the_other_primary_guard_in_use() -> None:
+    """prop 354: a conflux leg excludes the other legs' guards; it takes another of the
+    primary guards in use (guard-n-primary-guards-to-use), and only when they are all
+    taken the next primary."""
+    netdir = guard_net(50, params={"guard-n-primary-guards-to-use": 2})
+    mgr = manager(netdir)
+    first, second, third = (netdir.by_rsa_id(i) for i in mgr.primary_guards(T0)[:3])
+    assert first is not None and second is not None and third is not None
+    for _ in range(20):
+        relay, usage = mgr.select_guard(T0, exclude=[first])
+        assert relay.rsa_id == second.rsa_id
+        mgr.cancel(usage)
+        relay, usage = mgr.select_guard(T0, exclude=[second])
+        assert relay.rsa_id == first.rsa_id
+        mgr.cancel(usage)
+    relay, usage = mgr.select_guard(T0, exclude=[first, second])
+    assert relay.rsa_id == third.rsa_id
+    assert usage.state is CircGuardState.USABLE_ON_COMPLETION
+
+
 def test_directory_guards_use_the_first_three_primaries_and_need_no_md() -> None:
     netdir = guard_net(60)
     mgr = manager(netdir)
