@@ -1247,7 +1247,11 @@ class Circuit:
             stream.send_buffer.clear()  # the application may keep the Stream around
             if stream.flow is not None:
                 stream.flow.take_held()  # the stream failed: no data after its end
-            stream.sink.stream_ended(EndReason.DESTROY, None, text)
-        self.on_event(event)
-        if self.conflux is not None:
-            self.conflux.leg_closed(self, message)
+        try:
+            for stream in streams:
+                stream.sink.stream_ended(EndReason.DESTROY, None, text)
+            self.on_event(event)
+        finally:
+            # Even if a callback raised: the rest of a conflux set goes down with this leg.
+            if self.conflux is not None:
+                self.conflux.leg_closed(self, message)

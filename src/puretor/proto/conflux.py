@@ -368,7 +368,9 @@ class ConfluxSet:
         than DATA are not congestion controlled and stay on the current leg when no
         leg has room (C tor conflux_decide_circ_for_send).
         """
-        legs = [leg for leg in self.legs if leg.state is LegState.LINKED]
+        # (A leg whose circuit is being torn down is out already: its streams' end
+        # callbacks may send on the set.)
+        legs = [leg for leg in self.legs if leg.state is LegState.LINKED and leg.circuit.is_usable]
         if not legs:
             return None
         if self.send_ux in (DesiredUx.HIGH_THROUGHPUT, DesiredUx.NO_OPINION):
@@ -380,7 +382,7 @@ class ConfluxSet:
                 best = None
         if best is None and not data:
             current = self.current
-            if current is not None and current.state is LegState.LINKED:
+            if current is not None and current in legs:
                 return current
             return min(legs, key=lambda x: x.rtt_usec)
         return best
@@ -388,17 +390,18 @@ class ConfluxSet:
     def switch_to(self, leg: ConfluxLeg) -> int:
         """Make ``leg`` the sending leg; returns the SWITCH to send on it first (0: none).
 
-        The current leg always has the highest ``last_seq_sent``; the new one jumps to
-        it.  A jump of 0 (nothing sent since) needs no SWITCH.
+        The new leg's count jumps to the highest ``last_seq_sent`` of the set (the one
+        of the leg sent on last).  A jump of 0 (nothing sent since) needs no SWITCH.
         """
         current = self.current
         if current is leg:
             return 0
         self.current = leg
-        if current is None:
-            return 0
-        relative = current.last_seq_sent - leg.last_seq_sent
-        leg.last_seq_sent = current.last_seq_sent
+        # (The current leg has the highest count; the maximum stays right even if the
+        # leg we last sent on is gone.)
+        top = max(x.last_seq_sent for x in self.legs)
+        relative = top - leg.last_seq_sent
+        leg.last_seq_sent = top
         if relative:
             self.switches_sent += 1
         return relative

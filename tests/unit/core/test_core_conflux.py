@@ -496,3 +496,31 @@ def test_channel_loss_of_one_leg_ends_streams() -> None:
     assert net.channels[1].state is ChannelState.CLOSED
     assert all(c.state is CircuitState.CLOSED for c in net.circs)
     assert sink.end_reason == EndReason.DESTROY
+
+
+def test_stream_callbacks_during_teardown_do_not_send_on_the_dying_leg() -> None:
+    """A leg closes; a stream's end callback opens a new stream on the set.  It must not
+    be sent on the leg being torn down (that raised out of the teardown)."""
+    net = Net(config=lambda: FakeRelayConfig(source_ports={80: 2000 * KB}))
+    owner = net.link()
+    opened: list[object] = []
+
+    class Reopener(RecordingSink):
+        def stream_ended(self, reason: int, end: object, message: str) -> None:
+            super().stream_ended(reason, end, message)  # type: ignore[arg-type]
+            try:
+                opened.append(owner.open_stream(RecordingSink(), "again.example", 80))
+            except RuntimeError as exc:  # the set is going down: refused, cleanly
+                opened.append(exc)
+
+    sink = Reopener()
+    owner.open_stream(sink, "dl.example", 80)
+    net.pump(lambda: len(sink.data) > 10 * KB)
+    other = next(c for c in net.circs if c is not owner)
+    net.cfx.current = other.conflux_leg  # the leg about to die was the last one used
+    net.fakes[net.circs.index(other)].inject_destroy(other.circ_id)
+    net.pump()
+    assert all(c.state is CircuitState.CLOSED for c in net.circs)
+    assert sink.end_reason == EndReason.DESTROY and len(opened) == 1
+    # BEGIN went out on the owner's leg (still up at that moment), not on the dying one.
+    assert not isinstance(opened[0], RuntimeError), opened
