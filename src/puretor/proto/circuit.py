@@ -524,21 +524,7 @@ class Circuit:
             self.cells_received += fast
             fast = 0
             cached_id = -1
-            body = block[o : o + body_len]
-            try:
-                if hop < 0:
-                    # No hop we had when the run arrived knew this cell.  A hop added
-                    # since (EXTENDED2 earlier in the run) gets its turn, as it would
-                    # have cell by cell; otherwise this raises.
-                    hop, body = crypto.decrypt_inbound(body, first_hop=n_hops)
-                    digest = crypto.hops[hop].bwd_digest.digest()[:20]
-                else:
-                    digest = digests[i]
-                self._handle_relay_body(hop, body, digest)
-            except RemoteProtocolError as exc:
-                self.destroy(1, f"protocol violation: {exc}")
-                return
-            if self.state is CircuitState.CLOSED:
+            if not self._general_cell(block, i, hop, digests, n_hops):
                 return  # a cell (or a callback) closed the circuit: drop the rest
             if len(crypto.hops) != n_hops:
                 # EXTENDED2 added a hop: the fast path's idea of the last hop is stale.
@@ -553,23 +539,30 @@ class Circuit:
         self, block: bytearray, start: int, hop_of: list[int], digests: list[Any], n_hops: int
     ) -> None:
         """The cells of a run after one that added a hop, each the general way."""
-        crypto = self.crypto
         for i in range(start, len(hop_of)):
-            o = i * RELAY_BODY_LEN
-            body = block[o : o + RELAY_BODY_LEN]
-            hop = hop_of[i]
-            try:
-                if hop < 0:
-                    hop, body = crypto.decrypt_inbound(body, first_hop=n_hops)
-                    digest = crypto.hops[hop].bwd_digest.digest()[:20]
-                else:
-                    digest = digests[i]
-                self._handle_relay_body(hop, body, digest)
-            except RemoteProtocolError as exc:
-                self.destroy(1, f"protocol violation: {exc}")
+            if not self._general_cell(block, i, hop_of[i], digests, n_hops):
                 return
-            if self.state is CircuitState.CLOSED:
-                return
+
+    def _general_cell(
+        self, block: bytearray, i: int, hop: int, digests: list[Any], n_hops: int
+    ) -> bool:
+        """Cell ``i`` of a run, one at a time; False once the circuit is closed."""
+        o = i * RELAY_BODY_LEN
+        body = block[o : o + RELAY_BODY_LEN]
+        try:
+            if hop < 0:
+                # No hop we had when the run arrived knew this cell.  A hop added since
+                # (EXTENDED2 earlier in the run) gets its turn, as it would have cell by
+                # cell; otherwise this raises.
+                hop, body = self.crypto.decrypt_inbound(body, first_hop=n_hops)
+                digest = self.crypto.hops[hop].bwd_digest.digest()[:20]
+            else:
+                digest = digests[i]
+            self._handle_relay_body(hop, body, digest)
+        except RemoteProtocolError as exc:
+            self.destroy(1, f"protocol violation: {exc}")
+            return False
+        return self.state is not CircuitState.CLOSED
 
     def _handle_relay_body(self, hop: int, body: bytearray, digest: bytes) -> None:
         """One decrypted relay cell from ``hop``; ``digest``: that hop's digest after it
@@ -686,18 +679,7 @@ class Circuit:
                         return
                     i += m
                     continue
-            body = block[o : o + body_len]
-            try:
-                if hop < 0:
-                    hop, body = crypto.decrypt_inbound(body, first_hop=n_hops)
-                    digest = crypto.hops[hop].bwd_digest.digest()[:20]
-                else:
-                    digest = digests[i]
-                self._handle_relay_body(hop, body, digest)
-            except RemoteProtocolError as exc:
-                self.destroy(1, f"protocol violation: {exc}")
-                return
-            if self.state is CircuitState.CLOSED:
+            if not self._general_cell(block, i, hop, digests, n_hops):
                 return
             i += 1
 
