@@ -48,6 +48,26 @@ def check(condition: bool, message: str) -> None:
         raise InvariantViolation(message)
 
 
+class CheckingSink:
+    """A StreamSink for targets that drive circuits: it only checks what it is given."""
+
+    def stream_connected(self, connected: object) -> None:
+        pass
+
+    def stream_data(self, data: bytes) -> None:
+        # (The circuit may join the DATA of several cells into one call.)
+        check(isinstance(data, bytes | bytearray | memoryview), f"stream got {type(data)}")
+
+    def stream_resolved(self, answers: object) -> None:
+        pass
+
+    def stream_ended(self, reason: int, end: object, message: str) -> None:
+        pass
+
+    def stream_writable(self) -> None:
+        pass
+
+
 @dataclass(frozen=True)
 class Target:
     name: str

@@ -46,7 +46,7 @@ from typing import Any
 from cryptography.hazmat.primitives.asymmetric.x25519 import X25519PrivateKey, X25519PublicKey
 from cryptography.hazmat.primitives.ciphers import Cipher, algorithms, modes
 
-from fuzz.harness import NOW, Target, check
+from fuzz.harness import NOW, CheckingSink, Target, check
 from fuzz.seeds import certs_payload
 from puretor.proto import handshake
 from puretor.proto.cells import CellCommand, encode_cell, encode_netinfo
@@ -82,26 +82,6 @@ def _hop_keys(circ_id: int, hop: int, hs: bool = False) -> tuple[bytes, bytes, b
     return k[0:20], k[20:40], k[40:56], k[56:72]
 
 
-class _Sink:
-    """A StreamSink that only checks what it is given."""
-
-    def stream_connected(self, connected: Any) -> None:
-        pass
-
-    def stream_data(self, data: bytes) -> None:
-        # (The circuit may join the DATA of several cells into one call.)
-        check(isinstance(data, bytes | bytearray | memoryview), f"stream got {type(data)}")
-
-    def stream_resolved(self, answers: Any) -> None:
-        pass
-
-    def stream_ended(self, reason: int, end: Any, message: str) -> None:
-        pass
-
-    def stream_writable(self) -> None:
-        pass
-
-
 @dataclass
 class _RelayHop:
     cipher: Any  # AES-CTR with Kb: the relay's backward layer
@@ -134,7 +114,7 @@ class _RelaySide:
 class _World:
     channel: Channel
     relay: dict[int, _RelaySide]
-    sink: _Sink
+    sink: CheckingSink
     handshake: bool
 
 
@@ -150,7 +130,7 @@ def _add_hop(world: _World, circ: Circuit, index: int, hs: bool = False) -> None
 def _setup(handshake_mode: bool) -> _World:
     ch = Channel(peer_address="192.0.2.1", expected_rsa_id=None)
     ch.tls_cert_der = FAKE_TLS_DER
-    world = _World(ch, {c: _RelaySide() for c in CIRCUITS}, _Sink(), handshake_mode)
+    world = _World(ch, {c: _RelaySide() for c in CIRCUITS}, CheckingSink(), handshake_mode)
     if handshake_mode:
         ch.start()
         ch.take_output()

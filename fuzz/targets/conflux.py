@@ -35,7 +35,7 @@ from typing import Any
 
 from cryptography.hazmat.primitives.ciphers import Cipher, algorithms, modes
 
-from fuzz.harness import NOW, Target, check
+from fuzz.harness import NOW, CheckingSink, Target, check
 from puretor.proto.cells import CellCommand
 from puretor.proto.channel import Channel, ChannelState
 from puretor.proto.circuit import Circuit, CircuitState
@@ -73,23 +73,6 @@ def _keys(circ_id: int, hop: int) -> tuple[bytes, bytes, bytes, bytes]:
     return k[0:20], k[20:40], k[40:56], k[56:72]
 
 
-class _Sink:
-    def stream_connected(self, connected: Any) -> None:
-        pass
-
-    def stream_data(self, data: bytes) -> None:
-        check(isinstance(data, bytes | bytearray | memoryview), f"stream got {type(data)}")
-
-    def stream_resolved(self, answers: Any) -> None:
-        pass
-
-    def stream_ended(self, reason: int, end: Any, message: str) -> None:
-        pass
-
-    def stream_writable(self) -> None:
-        pass
-
-
 @dataclass
 class _Leg:
     channel: Channel
@@ -116,7 +99,7 @@ class _World:
     legs: list[_Leg]
     cfx: ConfluxSet
     owner: Circuit
-    sink: _Sink
+    sink: CheckingSink
     delivered: int = 0
 
 
@@ -150,7 +133,7 @@ def _setup() -> _World:
         leg.channel.receive_data(bytes(leg.wire), NOW)
         leg.wire.clear()
     owner = cfx.finalize()
-    sink = _Sink()
+    sink = CheckingSink()
     world = _World(legs, cfx, owner, sink)
     owner.open_stream(sink, "example.com", 80)  # 1: connecting
     s2 = owner.open_stream(sink, "example.org", 443)  # 2: open, with data to send
