@@ -339,28 +339,31 @@ class CircuitManager:
         exit_relay = slot.exit
         cc = congestion_control_for(netdir, exit_relay, internal=False)
         legs: list[CircuitHandle] = []
-        used: set[bytes] = set()  # guards and middles of the legs so far
-        avoid_guards: list[Relay] = []
+        used: set[bytes] = set()  # middles (and guards) any leg has used: not middles again
         try:
             if cc is None:
                 raise CircuitError(f"exit {exit_relay.nickname} cannot do congestion control")
             while len(legs) < n_legs:
                 want = n_legs - len(legs)
-                plans = []
+                plans: list[tuple[list[HopSpec], GuardUsage]] = []
                 selector = self._selector(self._netdir())
                 try:
                     for _ in range(want):
+                        # Not the guard of a leg that is built or being built (prop 354); a
+                        # failed leg's guard is fair game again, as in C tor.
+                        in_use = [leg.path[0] for leg in legs] + [p[0][0] for p in plans]
                         hops, usage = self._choose_hops(
                             selector,
                             dataclasses.replace(leg_req, exclude=leg_req.exclude | frozenset(used)),
                             exit_relay,
-                            avoid_guards=avoid_guards,
+                            avoid_guards=[
+                                r
+                                for h in in_use
+                                if (r := selector.netdir.by_rsa_id(h.target.rsa_id)) is not None
+                            ],
                         )
                         plans.append((hops, usage))
                         used.update(h.target.rsa_id for h in hops[:2])
-                        guard = selector.netdir.by_rsa_id(hops[0].target.rsa_id)
-                        if guard is not None:
-                            avoid_guards.append(guard)
                 except NoPathError:
                     for _, usage in plans:
                         self.guards.cancel(usage)

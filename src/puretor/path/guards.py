@@ -285,20 +285,25 @@ class GuardManager:
             return relay, self._usage(g, purpose, CircGuardState.USABLE_ON_COMPLETION, now, avoid)
 
         # 2. A confirmed, non-primary, non-pending usable guard; 3. the next one in the sample.
+        excluded_ids = {r.rsa_id for r in exclude}
         for g in self._confirmed_in_sample_order():
-            if g.primary or g.pending:
+            if g.primary or g.pending or g.rsa_id in excluded_ids:
                 continue
             self._consider_retry(g, now)
             if self._usable_filtered(g) and (relay := relay_if_usable(g)) is not None:
                 return self._try_nonprimary(g, relay, purpose, now, avoid)
         self._expand_sample(now)
         for g in self._sampled:
-            if g.primary or g.pending or g.confirmed_idx is not None:
+            if g.primary or g.pending or g.confirmed_idx is not None or g.rsa_id in excluded_ids:
                 continue
             self._consider_retry(g, now)
             if self._usable_filtered(g) and (relay := relay_if_usable(g)) is not None:
                 return self._try_nonprimary(g, relay, purpose, now, avoid)
 
+        if exclude:
+            # Nothing left besides the guards the other legs use: that says nothing about
+            # whether guards are down, so no reset (a dead guard would be retried at once).
+            raise NoPathError("no usable entry guard that the other conflux legs do not use")
         # 4. Everything is down: retry them all next time (guard-spec §4.6, last bullet).
         for g in self._sampled:
             if g.reachable is Reachable.NO:

@@ -185,6 +185,26 @@ def test_conflux_legs_take_the_other_primary_guard_in_use() -> None:
     assert usage.state is CircGuardState.USABLE_ON_COMPLETION
 
 
+def test_excluding_every_live_guard_does_not_reset_a_dead_one() -> None:
+    """When only the other conflux legs' guards are left, that is no news about dead guards:
+    NoPathError, and a guard known to be down stays down (the guard-spec §4.6 "all down,
+    retry them all" reset would send the next circuit to it)."""
+    netdir = guard_net(3, params={"guard-n-primary-guards-to-use": 2})
+    mgr = manager(netdir)
+    ids = mgr.primary_guards(T0)
+    dead, a, b = (netdir.by_rsa_id(i) for i in ids)
+    assert dead is not None and a is not None and b is not None
+    relay, usage = mgr.select_guard(T0)
+    while relay.rsa_id != dead.rsa_id:
+        mgr.cancel(usage)
+        relay, usage = mgr.select_guard(T0)
+    mgr.record_failure(usage, T0)
+    assert mgr.reachability(dead.rsa_id) is Reachable.NO
+    with pytest.raises(NoPathError, match="other conflux legs"):
+        mgr.select_guard(T0 + 1, exclude=[a, b])
+    assert mgr.reachability(dead.rsa_id) is Reachable.NO
+
+
 def test_directory_guards_use_the_first_three_primaries_and_need_no_md() -> None:
     netdir = guard_net(60)
     mgr = manager(netdir)
