@@ -58,10 +58,9 @@ def congestion_control_for(
 def conflux_prebuilt_sets(netdir: NetDir) -> int:
     """How many linked conflux sets to keep ready (C tor conflux_params_get_max_prebuilt):
     ``cfx_max_prebuilt_set``, only 1 while fewer than ``cfx_low_exit_threshold``/10000 of
-    the exits can do conflux, none without such exits or with ``cfx_enabled=0``."""
-    if not netdir.param("cfx_enabled", 1, 0, 1):
-        return 0
-    exits = [r for r in netdir.relays if "Exit" in r.flags]
+    the exits (BadExits aside) can do conflux, none without such exits.  Whether to use
+    conflux at all (``cfx_enabled``, or ConfluxEnabled over it) is `_conflux_wanted`'s."""
+    exits = [r for r in netdir.relays if "Exit" in r.flags and "BadExit" not in r.flags]
     capable = sum(1 for r in exits if supports_conflux(r))
     if not capable:
         return 0
