@@ -24,6 +24,10 @@ import traceback
 from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import TYPE_CHECKING
+
+if TYPE_CHECKING:  # (puretor itself is imported by the targets, after instrumentation)
+    from puretor.proto.stream import Stream
 
 FUZZ_DIR = Path(__file__).resolve().parent
 REPO = FUZZ_DIR.parent
@@ -66,6 +70,24 @@ class CheckingSink:
 
     def stream_writable(self) -> None:
         pass
+
+
+STREAM_ACTIONS = 4  # the action kinds below 4 are `stream_action`'s
+
+
+def stream_action(stream: Stream, kind: int, arg: int) -> None:
+    """What an application does to an open stream, for the targets that drive circuits:
+    write (1-8 cells' worth), close, abort, or pause/resume delivery."""
+    if kind == 0:
+        stream.write(bytes(498 * (arg % 8 + 1)))
+    elif kind == 1:
+        stream.close()
+    elif kind == 2:
+        stream.abort()
+    elif stream.delivery_paused:
+        stream.resume_delivery()
+    else:
+        stream.pause_delivery()
 
 
 @dataclass(frozen=True)

@@ -46,7 +46,7 @@ from typing import Any
 from cryptography.hazmat.primitives.asymmetric.x25519 import X25519PrivateKey, X25519PublicKey
 from cryptography.hazmat.primitives.ciphers import Cipher, algorithms, modes
 
-from fuzz.harness import NOW, CheckingSink, Target, check
+from fuzz.harness import NOW, STREAM_ACTIONS, CheckingSink, Target, check, stream_action
 from fuzz.seeds import certs_payload
 from puretor.proto import handshake
 from puretor.proto.cells import CellCommand, encode_cell, encode_netinfo
@@ -294,17 +294,9 @@ def _app_action(world: _World, r: _Reader, op: int) -> None:
         return
     stream = circ.streams.get(arg % 5)
     kind = action % 8
-    if kind == 0 and stream is not None:
-        stream.write(bytes(498 * (arg % 8 + 1)))
-    elif kind == 1 and stream is not None:
-        stream.close()
-    elif kind == 2 and stream is not None:
-        stream.abort()
-    elif kind == 3 and stream is not None:
-        if stream.delivery_paused:
-            stream.resume_delivery()
-        else:
-            stream.pause_delivery()
+    if kind < STREAM_ACTIONS:
+        if stream is not None:
+            stream_action(stream, kind, arg)
     elif kind == 4 and circ.state is CircuitState.OPEN:
         circ.open_stream(world.sink, "example.com", 1 + arg)
     elif kind == 5 and circ.state is CircuitState.OPEN:

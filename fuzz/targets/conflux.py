@@ -35,7 +35,7 @@ from typing import Any
 
 from cryptography.hazmat.primitives.ciphers import Cipher, algorithms, modes
 
-from fuzz.harness import NOW, CheckingSink, Target, check
+from fuzz.harness import NOW, STREAM_ACTIONS, CheckingSink, Target, check, stream_action
 from puretor.proto.cells import CellCommand
 from puretor.proto.channel import Channel, ChannelState
 from puretor.proto.circuit import Circuit, CircuitState
@@ -188,17 +188,9 @@ def _app_action(world: _World, action: int, arg: int) -> None:
         return
     stream = owner.streams.get(arg % 5)
     kind = action % 6
-    if kind == 0 and stream is not None:
-        stream.write(bytes(498 * (arg % 8 + 1)))
-    elif kind == 1 and stream is not None:
-        stream.close()
-    elif kind == 2 and stream is not None:
-        stream.abort()
-    elif kind == 3 and stream is not None:
-        if stream.delivery_paused:
-            stream.resume_delivery()
-        else:
-            stream.pause_delivery()
+    if kind < STREAM_ACTIONS:
+        if stream is not None:
+            stream_action(stream, kind, arg)
     elif kind == 4:
         owner.open_stream(world.sink, "example.com", 1 + arg)
     elif kind == 5:

@@ -26,6 +26,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any, Literal, NamedTuple, TypeVar
 
 from puretor.errors import ConfigError
+from puretor.proto.conflux import UX_BY_NAME
 
 if TYPE_CHECKING:  # imported lazily at run time: it pulls in the directory layer
     from puretor.dir.authorities import Authority, FallbackDir
@@ -754,12 +755,10 @@ _KIND_PARSERS: dict[str, Callable[[str], Any]] = {
     "confluxux": lambda text: _parse_conflux_ux(text),
 }
 
-CONFLUX_UX_NAMES = ("throughput", "latency", "throughput_lowmem", "latency_lowmem")
-
 
 def _parse_conflux_ux(text: str) -> str:
-    if text not in CONFLUX_UX_NAMES:
-        raise ValueError(f"must be one of {', '.join(CONFLUX_UX_NAMES)}")
+    if text not in UX_BY_NAME:
+        raise ValueError(f"must be one of {', '.join(UX_BY_NAME)}")
     return text
 
 

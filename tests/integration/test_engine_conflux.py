@@ -15,7 +15,7 @@ import time
 from typing import Any
 
 import pytest
-from engine_helpers import RelayNet, open_tcp, read_http_head, relay_net, run
+from engine_helpers import RelayNet, http_get_sha256, open_tcp, read_http_head, relay_net, run
 
 from puretor import TorClient
 from puretor.aio.channel import ChannelManager
@@ -42,16 +42,7 @@ async def linked_set(chanmgr: ChannelManager, net: RelayNet, legs: Any = LEGS) -
 
 
 async def get_file(handle: CircuitHandle, path: str) -> tuple[int, str, int]:
-    reader, writer, _ = await open_tcp(handle, "target.test", 80)
-    writer.write(f"GET {path} HTTP/1.0\r\nHost: target.test\r\n\r\n".encode())
-    status = await read_http_head(reader)
-    digest = hashlib.sha256()
-    size = 0
-    while chunk := await reader.read(1 << 18):
-        digest.update(chunk)
-        size += len(chunk)
-    writer.close()
-    return status, digest.hexdigest(), size
+    return await http_get_sha256(handle, "target.test", path)
 
 
 def test_exits_support_conflux(net: RelayNet) -> None:
@@ -149,7 +140,7 @@ def test_upload_10mib_over_conflux_echoes_hash(net: RelayNet) -> None:
         for i in range(0, len(body), 1 << 16):
             writer.write(view[i : i + (1 << 16)])
             await writer.drain()
-        status = await read_http_head(reader)
+        status, _ = await read_http_head(reader)
         answer = (await reader.read()).decode().strip()
         writer.close()
         out = {
@@ -203,7 +194,7 @@ def test_losing_a_leg_ends_the_streams_cleanly(testnet: TestNetwork, net: RelayN
                 pass
         except (ConnectionError, asyncio.IncompleteReadError) as exc:
             error = exc
-        out = {
+        out: dict[str, Any] = {
             "error": error,
             "closed": handle.closed.is_set(),
             "states": [leg.circuit.state for leg in cfx.legs],

@@ -11,22 +11,30 @@ import asyncio
 import base64
 import hashlib
 import time
-from collections.abc import Awaitable, Callable
-from typing import Any, TypeVar
+from typing import Any
 
 import pytest
+from engine_helpers import (
+    RelayNet,
+    authorities,
+    dir_get,
+    fast_hop,
+    fetch_netdir,
+    http_get_sha256,
+    open_tcp,
+    read_http_head,
+    run,
+    wait_for_exits,
+)
 
 from puretor.aio.channel import ChannelManager, ChannelTarget
-from puretor.aio.circuit import CircuitHandle, HopSpec, build_circuit
-from puretor.aio.dirclient import fetch_raw
+from puretor.aio.circuit import build_circuit
 from puretor.aio.stream import TorStreamTransport
-from puretor.dir.authorities import Authority, parse_dir_authority_line
 from puretor.dir.consensus import parse_consensus
-from puretor.dir.http import HttpResponseParser, build_request
-from puretor.dir.netdir import NetDir, Relay
+from puretor.dir.netdir import NetDir
 from puretor.dir.state import DirState
 from puretor.dir.verify import verify_consensus
-from puretor.errors import ChannelError, CircuitError, StreamRefused
+from puretor.errors import ChannelError, StreamRefused
 from puretor.proto.channel import ChannelState
 from puretor.proto.circuit import CircuitState
 from puretor.proto.relaymsg import EndReason
@@ -34,30 +42,7 @@ from puretor.testnet import NetworkInfo, TestNetwork
 
 pytestmark = pytest.mark.testnet
 
-T = TypeVar("T")
-
-
 # --------------------------------------------------------------------------- helpers
-
-
-def run(coro_fn: Callable[[ChannelManager], Awaitable[T]], timeout: float = 120.0) -> T:
-    """Run ``coro_fn(chanmgr)`` on a fresh event loop; every channel is closed afterwards."""
-
-    async def main() -> T:
-        chanmgr = ChannelManager()
-        try:
-            return await asyncio.wait_for(coro_fn(chanmgr), timeout)
-        finally:
-            chanmgr.close_all()
-            await asyncio.sleep(0)  # let the transports close
-
-    return asyncio.run(main())
-
-
-def authorities(info: NetworkInfo) -> list[Authority]:
-    return [
-        parse_dir_authority_line(line.split(None, 1)[1]) for line in info["dir_authority_lines"]
-    ]
 
 
 def ed_id(b64: str | None) -> bytes | None:
@@ -66,161 +51,18 @@ def ed_id(b64: str | None) -> bytes | None:
     return base64.b64decode(b64 + "=" * (-len(b64) % 4))
 
 
-def fast_hop(auth: Authority) -> HopSpec:
-    """A CREATE_FAST first hop to an authority (no onion key needed)."""
-    return HopSpec(
-        ChannelTarget(auth.address, auth.or_port, auth.rsa_id, None, auth.nickname), None
-    )
-
-
-def hop(relay: Relay) -> HopSpec:
-    return HopSpec.for_relay(
-        relay.address, relay.or_port, relay.rsa_id, relay.ed_id, relay.ntor_key, relay.nickname
-    )
-
-
-async def dir_get(handle: CircuitHandle, path: str) -> bytes:
-    raw = await fetch_raw(handle, build_request(path), timeout=60, max_size=64 << 20)
-    parser = HttpResponseParser()
-    parser.feed(raw)
-    resp = parser.finish()
-    assert resp.status == 200, f"{path}: HTTP {resp.status} {resp.reason}"
-    return resp.body
-
-
-async def fetch_directory(chanmgr: ChannelManager, info: NetworkInfo) -> DirState:
-    """Bootstrap a DirState over BEGIN_DIR on one CREATE_FAST circuit to auth1."""
-    auths = authorities(info)
-    state = DirState(auths)
-    handle = await build_circuit(chanmgr, [fast_hop(auths[0])], timeout=30)
-    deadline = time.monotonic() + 60
-    while not state.have_enough_dir_info(time.time()):
-        assert time.monotonic() < deadline, f"directory incomplete: {state.last_error}"
-        reqs = state.next_requests(time.time())
-        if not reqs:
-            await asyncio.sleep(0.2)
-            continue
-        for req in reqs:
-            body = await dir_get(handle, req.path)
-            if req.kind == "consensus":
-                state.add_consensus(body, time.time())
-            elif req.kind == "certs":
-                state.add_certs(body, time.time(), req.digests)
-            else:
-                state.add_microdescs(body, req.digests, time.time())
-    handle.close()
-    return state
-
-
-class Path3:
-    """Relays of the network by nickname, from a verified NetDir."""
-
-    def __init__(self, netdir: NetDir) -> None:
-        self.netdir = netdir
-        self.by_name = {r.nickname: r for r in netdir.relays}
-
-    def hops(self, *names: str) -> list[HopSpec]:
-        return [hop(self.by_name[n]) for n in names]
-
-    async def build(
-        self, chanmgr: ChannelManager, *names: str, timeout: float = 30
-    ) -> CircuitHandle:
-        return await build_circuit(
-            chanmgr,
-            self.hops(*names),
-            timeout=timeout,
-            sendme_accept_min_version=self.netdir.param("sendme_accept_min_version", 0, 0, 255),
-            circwindow=self.netdir.param("circwindow", 1000, 100, 1000),
-        )
-
-
-async def open_tcp(
-    handle: CircuitHandle, host: str, port: int, timeout: float = 30
-) -> tuple[asyncio.StreamReader, asyncio.StreamWriter, TorStreamTransport]:
-    """A stream on ``handle`` as asyncio reader/writer (what TorClient does, minus retries)."""
-    loop = asyncio.get_running_loop()
-    reader = asyncio.StreamReader(limit=1 << 16)
-    protocol = asyncio.StreamReaderProtocol(reader)
-    transport = TorStreamTransport(loop, f"{host}:{port}")
-    transport.stream = handle.circuit.open_stream(transport, host, port)
-    # Attach before CONNECTED so that no DATA can arrive without a protocol.
-    transport.attach(protocol)
-    await asyncio.wait_for(asyncio.shield(transport.connected), timeout)
-    writer = asyncio.StreamWriter(transport, protocol, reader, loop)
-    return reader, writer, transport
-
-
-async def read_http_head(reader: asyncio.StreamReader) -> tuple[int, dict[str, str]]:
-    head = await reader.readuntil(b"\r\n\r\n")
-    lines = head.decode("latin-1").split("\r\n")
-    status = int(lines[0].split()[1])
-    headers = {}
-    for line in lines[1:]:
-        if ":" in line:
-            k, v = line.split(":", 1)
-            headers[k.strip().lower()] = v.strip()
-    return status, headers
-
-
-async def http_get_sha256(
-    handle: CircuitHandle, host: str, path: str, port: int = 80
-) -> tuple[int, str, int]:
-    """(status, sha256 hex of the body, body length), hashing as the body streams in."""
-    reader, writer, _ = await open_tcp(handle, host, port)
-    try:
-        writer.write(f"GET {path} HTTP/1.0\r\nHost: {host}\r\n\r\n".encode())
-        status, _headers = await read_http_head(reader)
-        digest = hashlib.sha256()
-        size = 0
-        while chunk := await reader.read(1 << 18):
-            digest.update(chunk)
-            size += len(chunk)
-        return status, digest.hexdigest(), size
-    finally:
-        writer.close()
-
-
 @pytest.fixture(scope="module")
 def netdir(testnet: TestNetwork) -> NetDir:
-    state = run(lambda cm: fetch_directory(cm, testnet.info))
-    nd = state.netdir(time.time())
-    assert nd is not None
-    return nd
-
-
-async def wait_for_exits(
-    chanmgr: ChannelManager, relays: Path3, timeout: float = 45.0
-) -> dict[str, float]:
-    """Wait until every exit opens a stream to target.test:80 (by name).  Right after the
-    network reports ready, an exit has been seen answering END MISC to every hostname stream
-    for ~15 s (under heavy machine load); the tests here are about the client, not that."""
-    waited: dict[str, float] = {}
-    t0 = time.monotonic()
-    for name in ("exit1", "exit2"):
-        while True:
-            try:
-                handle = await relays.build(chanmgr, "guard1", "middle1", name, timeout=15)
-                try:
-                    _, writer, _ = await open_tcp(handle, "target.test", 80, timeout=15)
-                    writer.close()
-                finally:
-                    handle.close()
-                break
-            except (StreamRefused, TimeoutError, CircuitError):
-                if time.monotonic() - t0 > timeout:
-                    raise
-                await asyncio.sleep(1.0)
-        waited[name] = time.monotonic() - t0
-    return waited
+    return fetch_netdir(testnet.info)
 
 
 @pytest.fixture(scope="module")
-def relays(netdir: NetDir) -> Path3:
-    path3 = Path3(netdir)
-    waited = run(lambda cm: wait_for_exits(cm, path3))
+def relays(netdir: NetDir) -> RelayNet:
+    net = RelayNet(netdir, cc=False)
+    waited = run(lambda cm: wait_for_exits(cm, net))
     if max(waited.values()) > 2.0:
         print(f"NOTE: exits became usable only after {waited}")
-    return path3
+    return net
 
 
 # --------------------------------------------------------------------------- channels
@@ -314,7 +156,7 @@ def test_create_fast_begin_dir_consensus_from_each_authority(testnet: TestNetwor
 # --------------------------------------------------------------------------- circuits and streams
 
 
-def test_three_hop_circuit_through_chosen_relays(testnet: TestNetwork, relays: Path3) -> None:
+def test_three_hop_circuit_through_chosen_relays(testnet: TestNetwork, relays: RelayNet) -> None:
     targets = testnet.info["targets"]
 
     async def go(chanmgr: ChannelManager) -> list[tuple[list[str], int, str]]:
@@ -338,7 +180,7 @@ def test_three_hop_circuit_through_chosen_relays(testnet: TestNetwork, relays: P
         assert seen == by_name[names[-1]]["address"], (names, seen)
 
 
-def test_download_100mib_with_authenticated_sendmes(testnet: TestNetwork, relays: Path3) -> None:
+def test_download_100mib_with_authenticated_sendmes(testnet: TestNetwork, relays: RelayNet) -> None:
     f = testnet.info["targets"]["files"]["100MiB"]
     # The relays run with sendme_accept_min_version=1: a v0 (unauthenticated) SENDME from us
     # would make the exit close the circuit long before 100 MiB got through.
@@ -362,7 +204,7 @@ def test_download_100mib_with_authenticated_sendmes(testnet: TestNetwork, relays
     print(f"100 MiB in {elapsed:.1f}s ({f['size'] / elapsed / 1e6:.1f} MB/s)")
 
 
-def test_fifty_concurrent_streams_on_one_circuit(testnet: TestNetwork, relays: Path3) -> None:
+def test_fifty_concurrent_streams_on_one_circuit(testnet: TestNetwork, relays: RelayNet) -> None:
     files = testnet.info["targets"]["files"]
     # Mostly 1 MiB, some 10 MiB and some small /bytes/ ranges: 50 streams, one circuit.
     plan = []
@@ -396,7 +238,7 @@ def test_fifty_concurrent_streams_on_one_circuit(testnet: TestNetwork, relays: P
         assert digest == want, path
 
 
-def test_upload_10mib_echoes_hash(testnet: TestNetwork, relays: Path3) -> None:
+def test_upload_10mib_echoes_hash(testnet: TestNetwork, relays: RelayNet) -> None:
     # Uploading needs the exit's SENDMEs; we accept only authenticated (v1) ones whose digest
     # matches the cell they acknowledge (sendme_accept_min_version=1 from the consensus).
     body = hashlib.shake_256(b"puretor engine upload").digest(10 << 20)
@@ -436,7 +278,7 @@ def _policy_ports(info: NetworkInfo) -> tuple[int, int]:
 
 @pytest.mark.parametrize("exit_name", ["exit1", "exit2"])
 def test_closed_port_gives_connectrefused_and_circuit_survives(
-    testnet: TestNetwork, relays: Path3, exit_name: str
+    testnet: TestNetwork, relays: RelayNet, exit_name: str
 ) -> None:
     _, closed = _policy_ports(testnet.info)
     f = testnet.info["targets"]["files"]["1MiB"]
@@ -461,7 +303,7 @@ def test_closed_port_gives_connectrefused_and_circuit_survives(
 
 
 def test_exit_policy_reject_gives_exitpolicy_and_circuit_survives(
-    testnet: TestNetwork, relays: Path3
+    testnet: TestNetwork, relays: RelayNet
 ) -> None:
     rejected, _ = _policy_ports(testnet.info)
     f = testnet.info["targets"]["files"]["1MiB"]
@@ -482,7 +324,7 @@ def test_exit_policy_reject_gives_exitpolicy_and_circuit_survives(
     assert status == 200 and digest == f["sha256"]
 
 
-def test_circuit_state_after_close(testnet: TestNetwork, relays: Path3) -> None:
+def test_circuit_state_after_close(testnet: TestNetwork, relays: RelayNet) -> None:
     """A closed circuit refuses new streams instead of hanging (sanity for the tests above)."""
 
     async def go(chanmgr: ChannelManager) -> CircuitState:

@@ -266,13 +266,13 @@ class GuardManager:
                 usable.append((g, relay))
                 if len(usable) >= n_use:
                     break
-        if exclude:
-            excluded = {r.rsa_id for r in exclude}
+        excluded_ids = {r.rsa_id for r in exclude}
+        if excluded_ids:
             window = len(usable)
-            usable = [(g, r) for g, r in usable if g.rsa_id not in excluded]
+            usable = [(g, r) for g, r in usable if g.rsa_id not in excluded_ids]
             if not usable:  # every guard in use is taken: the next primaries, as C tor
                 for g in self._primary:
-                    if g.rsa_id in excluded or g.reachable is Reachable.NO:
+                    if g.rsa_id in excluded_ids or g.reachable is Reachable.NO:
                         continue
                     relay = relay_if_usable(g)
                     if relay is not None:
@@ -285,7 +285,6 @@ class GuardManager:
             return relay, self._usage(g, purpose, CircGuardState.USABLE_ON_COMPLETION, now, avoid)
 
         # 2. A confirmed, non-primary, non-pending usable guard; 3. the next one in the sample.
-        excluded_ids = {r.rsa_id for r in exclude}
         for g in self._confirmed_in_sample_order():
             if g.primary or g.pending or g.rsa_id in excluded_ids:
                 continue
@@ -300,7 +299,7 @@ class GuardManager:
             if self._usable_filtered(g) and (relay := relay_if_usable(g)) is not None:
                 return self._try_nonprimary(g, relay, purpose, now, avoid)
 
-        if exclude:
+        if excluded_ids:
             # Nothing left besides the guards the other legs use: that says nothing about
             # whether guards are down, so no reset (a dead guard would be retried at once).
             raise NoPathError("no usable entry guard that the other conflux legs do not use")
