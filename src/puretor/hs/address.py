@@ -119,10 +119,20 @@ def parse_onion_address(host: str) -> bytes:
     return pubkey
 
 
+# The order of the prime-order subgroup (RFC 8032 "L").
+_GROUP_ORDER = 2**252 + 27742317777372353535851937790883648493
+_L_MINUS_1 = (_GROUP_ORDER - 1).to_bytes(32, "little")
+_IDENTITY = (1).to_bytes(32, "little")
+
+
 def _is_valid_identity_key(pubkey: bytes) -> bool:
-    # libsodium's is_valid_point rejects non-canonical encodings, small-order
-    # points and points outside the prime-order subgroup (spec-map §8.1).
+    # libsodium's is_valid_point rejects non-canonical encodings and small-order
+    # points; the libsodium that PyNaCl 1.5 bundles lets points with a torsion
+    # component through, so check [L]P == identity as well (as [L-1]P + P).
     try:
-        return bool(nacl.bindings.crypto_core_ed25519_is_valid_point(pubkey))
+        if not nacl.bindings.crypto_core_ed25519_is_valid_point(pubkey):
+            return False
+        times = nacl.bindings.crypto_scalarmult_ed25519_noclamp(_L_MINUS_1, pubkey)
+        return bool(nacl.bindings.crypto_core_ed25519_add(times, pubkey) == _IDENTITY)
     except (nacl.exceptions.RuntimeError, nacl.exceptions.TypeError, ValueError):
         return False

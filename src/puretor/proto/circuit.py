@@ -413,7 +413,7 @@ class Circuit:
         The channel hands over each run of consecutive RELAY cells for one circuit
         at once, so `OnionCrypto.decrypt_inbound_run` can peel every layer off the
         whole run in one cipher call.  The cells are then handled one by one,
-        exactly as they would be singly.  ``block`` is decrypted in place.
+        exactly as they would be singly.  ``block`` is consumed.
         """
         if self.state is CircuitState.CLOSED:
             return
@@ -436,7 +436,7 @@ class Circuit:
     def _handle_run(self, block: bytearray) -> None:
         crypto = self.crypto
         n_hops = len(crypto.hops)
-        hop_of, digests = crypto.decrypt_inbound_run(block)
+        hop_of, digests, block = crypto.decrypt_inbound_run(block)
         if not n_hops:
             self._handle_rest(block, 0, hop_of, digests, 0)
             return
@@ -624,7 +624,7 @@ class Circuit:
         """
         crypto = self.crypto
         n_hops = len(crypto.hops)
-        hop_of, digests = crypto.decrypt_inbound_run(block)
+        hop_of, digests, block = crypto.decrypt_inbound_run(block)
         leg = self.conflux_leg
         assert leg is not None
         last = n_hops - 1
@@ -1090,7 +1090,7 @@ class Circuit:
         calls.  The caller has checked both windows.  Full cells carry no padding,
         so the cells are exactly what `send_relay` would have made.
         """
-        digest, layers = self.crypto.outbound_layers(hop)
+        digest = self.crypto.outbound_digest(hop)
         prefix = _RELAY_HEADER.pack(_CMD_DATA, 0, stream.stream_id, 0, RELAY_DATA_LEN)
         expected = self._expected_sendme[hop]
         recorded = len(expected)
@@ -1116,8 +1116,7 @@ class Circuit:
         finally:
             src.release()
         del stream.send_buffer[:pos]
-        for encrypt in layers:
-            encrypt(block, block)
+        block = self.crypto.seal_layers(block, hop)
         header = self._header
         out = self.channel.outbuf
         cells = memoryview(block)

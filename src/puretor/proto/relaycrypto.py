@@ -7,12 +7,16 @@ keystream position and the digest state carry over from cell to cell.
 Ordinary hops use "tor1" (AES-128, SHA-1); the onion-service virtual hop uses
 AES-256 and SHA3-256 (rend-spec §5).  The 4-byte digest field is a prefix of the
 running digest in both cases; authenticated SENDMEs carry its first 20 bytes.
+
+Layers are never applied in place: since cryptography 51 every ``*_into`` method
+refuses overlapping input and output buffers.  Each layer writes from one buffer
+into another and the next layer writes back ("ping-pong"), which costs no more
+than in place did; whichever buffer holds the result is handed back.
 """
 
 from __future__ import annotations
 
 import hashlib
-from collections.abc import Callable
 from typing import Any
 
 from cryptography.hazmat.primitives.ciphers import Cipher, algorithms, modes
@@ -41,42 +45,53 @@ class HopCrypto:
 class OnionCrypto:
     """Layered crypto of a whole circuit: hop 0 is the first hop (the guard)."""
 
-    __slots__ = ("hops",)
+    __slots__ = ("hops", "_spare")
 
     def __init__(self) -> None:
         self.hops: list[HopCrypto] = []
+        self._spare = bytearray(_BODY_LEN)  # the other buffer of encrypt_outbound's ping-pong
 
     def add_hop(self, hop: HopCrypto) -> None:
         self.hops.append(hop)
 
     def encrypt_outbound(self, body: bytearray, hop_index: int) -> tuple[bytearray, bytes]:
-        """Seal a 509-byte relay body for ``hop_index``, in place.
+        """Seal a 509-byte relay body for ``hop_index``.
 
         ``body`` must have Recognized and Digest zeroed and its padding filled: the
-        digest covers all 509 bytes.  Returns (``body``, now onion-encrypted; the
+        digest covers all 509 bytes.  Returns (the onion-encrypted body - ``body``
+        itself or a buffer this object reuses, so copy it before the next call; the
         hop's running digest after this cell, 20 bytes — what a v1 SENDME quotes).
+        ``body``'s contents are undefined afterwards.
         """
         hops = self.hops
         d = hops[hop_index].fwd_digest
         d.update(body)
         full = d.digest()
         body[5:9] = full[:4]
+        src, dst = body, self._spare
         for i in range(hop_index, -1, -1):
-            hops[i]._fwd_cipher.update_into(body, body)
-        return body, full[:20]
+            hops[i]._fwd_cipher.update_into(src, dst)
+            src, dst = dst, src
+        return src, full[:20]
 
-    def outbound_layers(self, hop_index: int) -> tuple[Any, tuple[Callable[..., int], ...]]:
-        """For sealing a batch of cells to ``hop_index`` (Circuit's DATA fast path).
+    def outbound_digest(self, hop_index: int) -> Any:
+        """The forward running digest of ``hop_index`` (for sealing a batch by hand)."""
+        return self.hops[hop_index].fwd_digest
 
-        Returns the hop's forward running digest and the in-place encrypt
-        functions (``update_into(buf, buf)``), target hop first.  The caller
-        absorbs each body into the digest as :meth:`encrypt_outbound` does, then
-        runs each function once over the whole batch: CTR keystreams carry over
-        between calls, so that equals one call per cell.
+    def seal_layers(self, block: bytearray, hop_index: int) -> bytearray:
+        """Onion-encrypt ``block`` - one or more digested bodies - for ``hop_index``.
+
+        One cipher call per layer over the whole block: CTR keystreams carry over
+        between calls, so a batch of cells gives the bytes one call per cell would.
+        Returns the buffer that holds the result (``block`` or a new one of its
+        size); ``block``'s contents are undefined afterwards.
         """
         hops = self.hops
-        layers = tuple(hops[i]._fwd_cipher.update_into for i in range(hop_index, -1, -1))
-        return hops[hop_index].fwd_digest, layers
+        src, dst = block, bytearray(len(block))
+        for i in range(hop_index, -1, -1):
+            hops[i]._fwd_cipher.update_into(src, dst)
+            src, dst = dst, src
+        return src
 
     def decrypt_inbound(
         self, payload: bytes | bytearray | memoryview, first_hop: int = 0
@@ -86,16 +101,18 @@ class OnionCrypto:
         Recognition = Recognized field zero *and* the digest matches a copy of that
         hop's backward digest; only then is the copy committed (tor-spec §5.5.3).
 
-        A ``bytearray`` payload is decrypted in place; anything else is copied
-        first.  The returned body has its Digest field zeroed.  ``first_hop`` > 0
-        continues a cell whose earlier layers are already off (see
-        :meth:`decrypt_inbound_run`).
+        The returned body is a new buffer with its Digest field zeroed; the
+        payload is not changed.  ``first_hop`` > 0 continues a cell whose earlier
+        layers are already off (see :meth:`decrypt_inbound_run`).
         """
-        body = payload if type(payload) is bytearray else bytearray(payload)
+        buffers = (bytearray(len(payload)), bytearray(len(payload)))
+        src: Any = payload
         hops = self.hops
         for index in range(first_hop, len(hops)):
             hop = hops[index]
-            hop._bwd_cipher.update_into(body, body)
+            body = buffers[index & 1]
+            hop._bwd_cipher.update_into(src, body)
+            src = body
             if body[1] == 0 and body[2] == 0:
                 # The digest covers the body with the Digest field zeroed: zero it in
                 # place for the check, and put it back if this hop is not the one.
@@ -109,8 +126,8 @@ class OnionCrypto:
                 body[5:9] = tag
         raise RemoteProtocolError("relay cell not recognised by any hop (digest mismatch)")
 
-    def decrypt_inbound_run(self, block: bytearray) -> tuple[list[int], list[Any]]:
-        """Peel a run of back-to-back 509-byte payloads in ``block``, in place.
+    def decrypt_inbound_run(self, block: bytearray) -> tuple[list[int], list[Any], bytearray]:
+        """Peel a run of back-to-back 509-byte payloads in ``block``.
 
         The same as :meth:`decrypt_inbound` on each cell in turn, but each hop's
         layer comes off every cell that reaches it in one cipher call (the CTR
@@ -122,49 +139,62 @@ class OnionCrypto:
         that hop's backward digest right after absorbing the cell (the whole hash,
         of which a SENDME quotes the first 20 bytes; None for cells no hop
         recognised) - what a SENDME triggered by it must quote,
-        even though later cells of the run have been absorbed since.  Recognised
-        bodies have their Digest field zeroed.
+        even though later cells of the run have been absorbed since - and the
+        buffer that now holds the run (``block`` or a new one of its size; the
+        other's contents are undefined).  Recognised bodies have their Digest
+        field zeroed; unrecognised ones have every current layer off.
         """
         count = len(block) // _BODY_LEN
         hop_of = [-1] * count
         digests: list[Any] = [None] * count
         alive = list(range(count))  # cells no hop has recognised yet, in order
-        mv = memoryview(block)
+        buffers = (block, bytearray(len(block)))
+        views = (memoryview(block), memoryview(buffers[1]))
+        applied = 0  # layers taken off; the run is in buffers[applied & 1]
         try:
             for index, hop in enumerate(self.hops):
                 if not alive:
                     break
+                src, dst_mv = views[index & 1], views[(index + 1) & 1]
+                dst = buffers[(index + 1) & 1]
                 contiguous = alive[-1] - alive[0] + 1 == len(alive)
                 update = hop._bwd_cipher.update_into
                 if contiguous:
-                    seg = mv[alive[0] * _BODY_LEN : (alive[-1] + 1) * _BODY_LEN]
-                    update(seg, seg)
-                    seg.release()
+                    lo, hi = alive[0] * _BODY_LEN, (alive[-1] + 1) * _BODY_LEN
+                    update(src[lo:hi], dst_mv[lo:hi])
                 else:
                     for i in alive:
-                        seg = mv[i * _BODY_LEN : (i + 1) * _BODY_LEN]
-                        update(seg, seg)
-                        seg.release()
+                        o = i * _BODY_LEN
+                        update(src[o : o + _BODY_LEN], dst_mv[o : o + _BODY_LEN])
+                applied = index + 1
                 if contiguous:
                     # Byte 1 of the Recognized field of each cell, in one strided slice:
                     # none zero (the usual case before the last hop) - nothing here is
                     # for this hop; all zero - probably all of it is.
-                    lo, hi = alive[0] * _BODY_LEN, (alive[-1] + 1) * _BODY_LEN
-                    zeros = block[lo + 1 : hi : _BODY_LEN].count(0)
+                    zeros = dst[lo + 1 : hi : _BODY_LEN].count(0)
                     if not zeros:
                         continue
                     if zeros == len(alive) and self._recognise_all(
-                        index, hop, block, mv, alive, hop_of, digests
+                        index, hop, dst, dst_mv, alive, hop_of, digests
                     ):
                         break  # every remaining cell was for this hop
-                found = self._recognise(index, hop, block, mv, alive, contiguous, hop_of, digests)
+                found = self._recognise(index, hop, dst, dst_mv, alive, contiguous, hop_of, digests)
                 if found == len(alive):
                     alive = []
                 elif found:
                     alive = [i for i in alive if hop_of[i] < 0]
+            result = buffers[applied & 1]
+            if applied > 1 and hop_of.count(applied - 1) != count:
+                # Cells an earlier hop recognised were left in the other buffer.
+                other = views[(applied + 1) & 1]
+                for i, hop_index in enumerate(hop_of):
+                    if hop_index >= 0 and (hop_index + 1) & 1 != applied & 1:
+                        o = i * _BODY_LEN
+                        result[o : o + _BODY_LEN] = other[o : o + _BODY_LEN]
         finally:
-            mv.release()
-        return hop_of, digests
+            views[0].release()
+            views[1].release()
+        return hop_of, digests, result
 
     @staticmethod
     def _recognise_all(

@@ -87,7 +87,7 @@ def test_run_equals_cell_by_cell(runs: list[list[tuple[int, bytes]]]) -> None:
     for run in runs:
         cells = [relay.seal(hop, data) for hop, data in run]
         block = bytearray(b"".join(cells))
-        hop_of, digests = batched.decrypt_inbound_run(block)
+        hop_of, digests, block = batched.decrypt_inbound_run(block)
         assert (hop_of, digests) == _one_by_one(single, cells)
         for i, (hop, data) in enumerate(run):
             assert hop_of[i] == hop
@@ -113,7 +113,7 @@ def test_a_lookalike_cell_between_good_ones_rolls_the_digest_back() -> None:
     cells = [relay.seal(0, b"a"), relay.seal(2, b"lookalike"), relay.seal(0, b"c")]
     cells += [relay.seal(h, os.urandom(100)) for h in (0, 2, 1, 0, 2)]
     block = bytearray(b"".join(cells))
-    hop_of, digests = batched.decrypt_inbound_run(block)
+    hop_of, digests, block = batched.decrypt_inbound_run(block)
     assert hop_of == [0, 2, 0, 0, 2, 1, 0, 2]
     assert block[BODY + 11 : BODY + 20] == b"lookalike"
     assert (hop_of, digests) == _one_by_one(single, cells)
@@ -125,7 +125,7 @@ def test_a_lookalike_cell_between_good_ones_rolls_the_digest_back() -> None:
 def test_long_runs_of_one_hop(hops: int) -> None:
     batched, single, relay = _pair(hops)
     cells = [relay.seal(hops - 1, os.urandom(498)) for _ in range(300)]
-    hop_of, digests = batched.decrypt_inbound_run(bytearray(b"".join(cells)))
+    hop_of, digests, block = batched.decrypt_inbound_run(bytearray(b"".join(cells)))
     assert hop_of == [hops - 1] * 300
     assert (hop_of, digests) == _one_by_one(single, cells)
 
@@ -138,7 +138,7 @@ def test_a_corrupted_digest_in_a_run_of_one_hop(bad: int) -> None:
     cells = [bytearray(relay.seal(0, os.urandom(200))) for _ in range(10)]
     cells[bad][6] ^= 0x40  # CTR: flips the same bit of the plaintext Digest field
     block = bytearray(b"".join(cells))
-    hop_of, digests = batched.decrypt_inbound_run(block)
+    hop_of, digests, block = batched.decrypt_inbound_run(block)
     assert hop_of == [0] * bad + [-1] * (10 - bad)
     assert (hop_of, digests) == _one_by_one(single, [bytes(c) for c in cells])
     assert batched.hops[0].bwd_digest.digest() == single.hops[0].bwd_digest.digest()
