@@ -34,15 +34,18 @@ from puretor.errors import (
     TorError,
 )
 from puretor.path.guards import GuardManager
+from puretor.path.isolation import DEFAULT_TOKEN
+from puretor.path.isolation import IsolationToken as IsolationToken
+from puretor.path.reachable import is_internal_address, is_local_hostname
 from puretor.proto.conflux import UX_BY_NAME
 from puretor.proto.relaymsg import EndReason
+from puretor.ratelimit import RateLimit
 
 log = logging.getLogger("puretor")
 
 P = TypeVar("P", bound=asyncio.BaseProtocol)
 T = TypeVar("T")
 
-STREAM_ATTACH_TIMEOUT = 15.0  # C tor: 10-15 s before trying another circuit
 STREAM_ATTEMPTS = 4
 STREAM_TOTAL_TIMEOUT = 120.0  # C tor's SocksTimeout
 _RETRY_REASONS = frozenset(
@@ -60,31 +63,11 @@ _RETRY_ELSEWHERE_REASONS = frozenset(
     {EndReason.MISC, EndReason.RESOLVEFAILED, EndReason.NOROUTE, EndReason.TIMEOUT}
 )
 _MAX_RETRY_ELSEWHERE = 2
+# C tor warns about requests for private addresses at most every 5 minutes.
+_private_address_warnings = RateLimit(300.0)
 
 
-class IsolationToken:
-    """Streams opened with different tokens never share a circuit.
-
-    Pass one as ``isolation=`` to `TorClient.open_connection`, `TorClient.resolve`,
-    `TorTransport`...  Streams with the same token may share circuits (and so appear
-    to come from the same exit); a fresh token gets circuits no other token has used.
-    Tokens compare by identity; ``name`` only shows in ``repr``.  Any hashable value
-    works as an isolation key too (equal values share circuits); ``None`` means the
-    client's default key.
-    """
-
-    __slots__ = ("_name",)
-
-    def __init__(self, name: str = "") -> None:
-        self._name = name
-
-    def __repr__(self) -> str:
-        return (
-            f"IsolationToken({self._name!r})" if self._name else f"<IsolationToken {id(self):#x}>"
-        )
-
-
-_DEFAULT_ISOLATION = IsolationToken("default")
+_DEFAULT_ISOLATION = DEFAULT_TOKEN
 
 
 class TorClient:
@@ -238,6 +221,11 @@ class TorClient:
             raise
 
     async def _bootstrap(self) -> None:
+        # A broken crypto library must give one clear error here, naming it, not an
+        # exception deep inside a circuit (DependencyError).
+        from puretor.selftest import verify_dependencies
+
+        verify_dependencies()
         await self._dirmgr.bootstrap()
         self._guards = self._dirmgr.load_guards()
         cfg = self.config
@@ -254,6 +242,10 @@ class TorClient:
             and cfg.circuit_build_timeout is None,
             conflux=cfg.conflux_enabled,
             conflux_ux=UX_BY_NAME[cfg.conflux_client_ux],
+            families=self._dirmgr.families,
+            use_entry_guards=cfg.use_entry_guards,
+            max_pending=cfg.max_client_circuits_pending,
+            new_circuit_period=cfg.new_circuit_period,
         )
         self._dirmgr.guards = self._guards
         self._dirmgr.circmgr = self._circmgr
@@ -325,6 +317,19 @@ class TorClient:
         """
         self._check_open()
         host = _check_target(host, port)
+        if self.config.reject_internal_addresses and (
+            is_internal_address(host) or is_local_hostname(host)
+        ):
+            # ClientRejectInternalAddresses: an exit would connect to *its* local network.
+            if _private_address_warnings.allow(time.monotonic()):
+                log.warning(
+                    "Rejecting request for anonymous connection to private address %s.",
+                    "[scrubbed]" if self.config.safe_logging else host,
+                )
+            raise StreamRefused(
+                "refusing to ask an exit for an internal address (ClientRejectInternalAddresses)",
+                EndReason.TORPROTOCOL,
+            )
         await self.bootstrap()
         if host.endswith(".onion"):
             from puretor.hs.address import parse_onion_address
@@ -380,6 +385,9 @@ class TorClient:
 
         return await asyncio.wait_for(connect(), timeout)
 
+    def _rejects_answer(self, address: str) -> bool:
+        return self.config.dns_reject_internal_addresses and is_internal_address(address)
+
     async def _connect_with_retries(
         self, protocol_factory: Callable[[], P], host: str, port: int, key: Hashable
     ) -> tuple[asyncio.Transport, P]:
@@ -388,7 +396,7 @@ class TorClient:
         excluded: set[bytes] = set()
         last: TorError | None = None
         elsewhere = 0
-        for _attempt in range(STREAM_ATTEMPTS):
+        for attempt in range(STREAM_ATTEMPTS):
             self._check_open()
             try:
                 handle = await circmgr.get_exit_circuit(port, key, exclude=frozenset(excluded))
@@ -402,7 +410,7 @@ class TorClient:
                     ) from None
                 raise
             try:
-                transport = await self._attach(handle, host, port)
+                transport = await self._attach(handle, host, port, attempt=attempt)
             except StreamRefused as exc:
                 last = exc
                 if exc.reason in _RETRY_ELSEWHERE_REASONS and elsewhere < _MAX_RETRY_ELSEWHERE:
@@ -424,8 +432,22 @@ class TorClient:
         assert last is not None
         raise last
 
+    def _stream_timeout(self, attempt: int) -> float:
+        """How long to wait for the exit's answer before trying another circuit: C tor's
+        compute_retry_timeout (10 s for the first two tries, then 15 s), unless
+        CircuitStreamTimeout says otherwise."""
+        if self.config.circuit_stream_timeout:
+            return self.config.circuit_stream_timeout
+        return 10.0 if attempt < 2 else 15.0
+
     async def _attach(
-        self, handle: CircuitHandle, host: str, port: int, *, target: str | None = None
+        self,
+        handle: CircuitHandle,
+        host: str,
+        port: int,
+        *,
+        target: str | None = None,
+        attempt: int = 0,
     ) -> TorStreamTransport:
         loop = asyncio.get_running_loop()
         transport = TorStreamTransport(loop, target or f"{host}:{port}")
@@ -436,15 +458,19 @@ class TorClient:
             transport.stream = handle.circuit.open_stream(transport, host, port, flags)
         except RuntimeError as exc:  # circuit closed under us
             raise StreamRefused(f"circuit unusable: {exc}", EndReason.DESTROY) from exc
+        timeout = self._stream_timeout(attempt)
         try:
-            connected = await asyncio.wait_for(
-                asyncio.shield(transport.connected), STREAM_ATTACH_TIMEOUT
-            )
+            connected = await asyncio.wait_for(asyncio.shield(transport.connected), timeout)
         except TimeoutError as exc:
             transport.stream.abort()
-            raise StreamTimeout(
-                f"no answer from the exit within {STREAM_ATTACH_TIMEOUT:.0f}s"
-            ) from exc
+            raise StreamTimeout(f"no answer from the exit within {timeout:g}s") from exc
+        if connected.address and self._rejects_answer(str(connected.address)):
+            # ClientDNSRejectInternalAddresses: an exit that says it connected to an
+            # internal address is lying or misconfigured (C tor closes the stream too).
+            transport.stream.abort()
+            raise StreamRefused(
+                "the exit claims the destination is an internal address", EndReason.TORPROTOCOL
+            )
         transport._extra.update(
             peername=(connected.address, port) if connected.address else None,
             circuit=handle,
@@ -533,19 +559,29 @@ class TorClient:
         assert self._circmgr is not None
         key = _DEFAULT_ISOLATION if isolation is None else isolation
         last: Exception | None = None
-        for _attempt in range(3):
+        for attempt in range(3):
             self._check_open()
             handle = await self._circmgr.get_exit_circuit(80, key)
             transport = TorStreamTransport(asyncio.get_running_loop(), name)
             try:
                 transport.stream = handle.circuit.resolve(transport, name)
                 answers = await asyncio.wait_for(
-                    asyncio.shield(transport.resolved), STREAM_ATTACH_TIMEOUT
+                    asyncio.shield(transport.resolved), self._stream_timeout(attempt)
                 )
             except (TimeoutError, RuntimeError, StreamRefused) as exc:
                 last = exc
                 self._circmgr.circuit_failed(handle)
                 continue
+            # ClientDNSRejectInternalAddresses: drop answers that point inside (C tor).
+            kept = [
+                a for a in answers if a.type not in (4, 6) or not self._rejects_answer(str(a.value))
+            ]
+            if answers and not kept:
+                raise StreamRefused(
+                    "the exit resolved the name only to internal addresses",
+                    EndReason.RESOLVEFAILED,
+                )
+            answers = kept
             errors = [a for a in answers if a.type in (0xF0, 0xF1)]
             if errors and len(errors) == len(answers):
                 raise StreamRefused(

@@ -29,6 +29,8 @@ through a 3-hop Tor circuit.  Options are C tor's torrc options, e.g.:
   --TestingTorNetwork 1   test-network timings (needs DirAuthority lines)
   --Log "notice stdout"   logging (severity and destination)
   --verify-config         check the configuration and exit
+  --verify-install        check the installed crypto libraries against known answers
+  --list-torrc-options    the torrc options puretor implements
   --version, --help
 
 Signals: SIGINT/SIGTERM shut down, SIGHUP reloads the torrc, SIGUSR1 logs
@@ -37,7 +39,15 @@ statistics, SIGUSR2 (NEWNYM) switches to new circuits for new connections.
 
 
 class CTorFormatter(logging.Formatter):
-    """C tor's log line shape: ``Nov 25 01:04:17.123 [notice] message``."""
+    """C tor's log line shape: ``Nov 25 01:04:17.123 [notice] message``.
+
+    ``granularity`` is LogTimeGranularity in seconds: timestamps are rounded down to
+    it, as C tor's log_prefix_ does (1 second, the default, prints ``.000``).
+    """
+
+    def __init__(self, granularity: float = 1.0) -> None:
+        super().__init__()
+        self.granularity_ms = max(1, round(granularity * 1000))
 
     LEVELS = {
         logging.DEBUG: "debug",
@@ -49,8 +59,13 @@ class CTorFormatter(logging.Formatter):
     }
 
     def format(self, record: logging.LogRecord) -> str:
-        stamp = time.strftime("%b %d %H:%M:%S", time.localtime(record.created))
-        ms = int(record.msecs)
+        seconds, ms = int(record.created), int(record.msecs)
+        if self.granularity_ms >= 1000:
+            seconds -= seconds % (self.granularity_ms // 1000)
+            ms = 0
+        else:
+            ms -= ms % self.granularity_ms
+        stamp = time.strftime("%b %d %H:%M:%S", time.localtime(seconds))
         level = self.LEVELS.get(record.levelno, record.levelname.lower())
         text = record.getMessage()
         if record.exc_info and record.levelno >= logging.ERROR:
@@ -62,13 +77,33 @@ NOTICE = 25
 logging.addLevelName(NOTICE, "NOTICE")
 
 
-def setup_logging(specs: Any, stream: TextIO = sys.stdout) -> None:
-    """Configure logging from the config's Log lines (default: notice to stdout)."""
+class StartupConsole(logging.StreamHandler):  # type: ignore[type-arg,unused-ignore]
+    """Until bootstrap is done, warnings, errors and "Bootstrapped" lines also go to
+    stderr, whatever the Log lines say: a port in use or an unreachable network must
+    show on the terminal, not only in a log file (C tor prints its start-up on the
+    console too)."""
+
+    def __init__(self) -> None:
+        super().__init__(sys.stderr)
+        self.setLevel(NOTICE)
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        return record.levelno >= logging.WARNING or record.getMessage().startswith("Bootstrapped ")
+
+
+def setup_logging(
+    specs: Any, stream: TextIO = sys.stdout, *, granularity: float = 1.0
+) -> StartupConsole | None:
+    """Configure logging from the config's Log lines (default: notice to stdout).
+
+    Returns the start-up console handler when no Log line writes to the console
+    (`end_startup_console` removes it once bootstrapped), else None.
+    """
     root = logging.getLogger("puretor")
     for h in list(root.handlers):
         root.removeHandler(h)
     root.propagate = False
-    formatter = CTorFormatter()
+    formatter = CTorFormatter(granularity)
     handlers: list[logging.Handler] = []
     lowest = logging.CRITICAL
     for spec in specs or ():
@@ -89,10 +124,21 @@ def setup_logging(specs: Any, stream: TextIO = sys.stdout) -> None:
         handler.setLevel(NOTICE)
         handlers.append(handler)
         lowest = NOTICE
+    console: StartupConsole | None = None
+    if not any(spec.destination in ("stdout", "stderr") for spec in specs or ()) and specs:
+        console = StartupConsole()
+        handlers.append(console)
+        lowest = min(lowest, NOTICE)
     for handler in handlers:
         handler.setFormatter(formatter)
         root.addHandler(handler)
     root.setLevel(lowest)
+    return console
+
+
+def end_startup_console(console: StartupConsole | None) -> None:
+    if console is not None:
+        logging.getLogger("puretor").removeHandler(console)
 
 
 class _ProgressBar:
@@ -113,21 +159,48 @@ class _ProgressBar:
         sys.stderr.flush()
 
 
-async def serve(config: Any, argv: list[str]) -> int:
-    from puretor.aio.socks_server import (
-        HANDSHAKE_TIMEOUT,
-        ListenerPolicy,
-        start_socks_listener,
+def listener_policy(config: Any, index: int) -> Any:
+    """The SocksPort ``index``'s policy: its isolation flags and the SOCKS options."""
+    from puretor.aio.socks_server import HANDSHAKE_TIMEOUT, ListenerPolicy
+    from puretor.path.isolation import ListenerFlags
+
+    port_cfg = config.socks_ports[index]
+    return ListenerPolicy(
+        listener_id=index,
+        flags=ListenerFlags(
+            isolate_socks_auth=port_cfg.isolate_socks_auth,
+            isolate_client_addr=port_cfg.isolate_client_addr,
+            isolate_dest_addr=port_cfg.isolate_dest_addr,
+            isolate_dest_port=port_cfg.isolate_dest_port,
+            isolate_client_protocol=port_cfg.isolate_client_protocol,
+            session_group=port_cfg.session_group,
+        ),
+        extended_errors=port_cfg.extended_errors,
+        safe_logging=bool(config.safe_logging),
+        safe_socks=config.safe_socks,
+        test_socks=config.test_socks,
+        socks_policy=config.socks_policy,
+        handshake_timeout=min(HANDSHAKE_TIMEOUT, config.socks_timeout),
+        connect_timeout=config.socks_timeout,
     )
+
+
+async def serve(config: Any, argv: list[str], console: StartupConsole | None = None) -> int:
+    from puretor.aio.socks_server import SocksListener, start_socks_listener
     from puretor.client import TorClient
 
     tor = TorClient(config)
     bar = _ProgressBar()
-    tor.add_bootstrap_listener(lambda st: bar.update(st.percent, st.summary))
+
+    def on_progress(status: Any) -> None:
+        bar.update(status.percent, status.summary)
+        if status.percent >= 100:
+            end_startup_console(console)
+
+    tor.add_bootstrap_listener(on_progress)
     loop = asyncio.get_running_loop()
     stop = asyncio.Event()
-    servers: list[asyncio.AbstractServer] = []
-    socks_stats: list[Any] = []
+    listeners: list[SocksListener] = []
 
     def on_signal(name: str) -> None:
         if name in ("SIGINT", "SIGTERM"):
@@ -138,9 +211,9 @@ async def serve(config: Any, argv: list[str]) -> int:
             asyncio.ensure_future(tor.new_identity())
         elif name == "SIGHUP":
             log.log(NOTICE, "Received reload signal (hup). Reloading config.")
-            _reload(tor, argv)
+            _reload(tor, argv, listeners)
         elif name == "SIGUSR1":
-            log.log(NOTICE, "%s", _statistics(tor, socks_stats))
+            log.log(NOTICE, "%s", _statistics(tor, listeners))
 
     for name in ("SIGINT", "SIGTERM", "SIGHUP", "SIGUSR1", "SIGUSR2"):
         with contextlib.suppress(NotImplementedError, AttributeError):
@@ -153,35 +226,25 @@ async def serve(config: Any, argv: list[str]) -> int:
     )
     # Listen first: a port in use is a start-up error, reported before bootstrapping.
     for index, port_cfg in enumerate(config.socks_ports):
-        policy = ListenerPolicy(
-            listener_id=index,
-            isolate_socks_auth=port_cfg.isolate_socks_auth,
-            isolate_client_addr=port_cfg.isolate_client_addr,
-            isolate_dest_addr=port_cfg.isolate_dest_addr,
-            isolate_dest_port=port_cfg.isolate_dest_port,
-            extended_errors=port_cfg.extended_errors,
-            safe_logging=bool(config.safe_logging),
-            handshake_timeout=min(HANDSHAKE_TIMEOUT, config.socks_timeout),
-            connect_timeout=config.socks_timeout,
-        )
         port = 0 if port_cfg.port == "auto" else port_cfg.port
         try:
-            server, stats = await start_socks_listener(tor, port_cfg.address, port, policy)
+            listener = await start_socks_listener(
+                tor, port_cfg.address, port, listener_policy(config, index)
+            )
         except OSError as exc:
             log.error(
                 "Could not bind to %s:%s: %s. Is Tor already running?",
                 port_cfg.address,
                 port,
-                exc.strerror or exc,
+                os.strerror(exc.errno) if exc.errno else exc,
             )
-            for s in servers:
-                s.close()
+            for other in listeners:
+                other.close()
             await tor.aclose()
             return 1
-        servers.append(server)
-        socks_stats.append(stats)
-        bound = server.sockets[0].getsockname()  # type: ignore[attr-defined]
-        log.log(NOTICE, "Opened Socks listener connection (ready) on %s:%d", bound[0], bound[1])
+        listeners.append(listener)
+        host, bound = listener.address
+        log.log(NOTICE, "Opened Socks listener connection (ready) on %s:%d", host, bound)
         if not port_cfg.is_loopback:
             log.warning(
                 "You specified a public address '%s' for SocksPort. Other people on "
@@ -199,8 +262,8 @@ async def serve(config: Any, argv: list[str]) -> int:
     else:
         await stop_wait
     bootstrap.cancel()
-    for s in servers:
-        s.close()
+    for listener in listeners:
+        listener.close()
     await tor.aclose()
     _remove_pid_file(pid_file)
     log.log(NOTICE, "Clean shutdown finished. Exiting.")
@@ -231,7 +294,7 @@ def _remove_pid_file(path: Path | None) -> None:
             path.unlink()
 
 
-def _statistics(tor: Any, socks_stats: list[Any]) -> str:
+def _statistics(tor: Any, listeners: list[Any]) -> str:
     """One line for SIGUSR1 (C tor dumps its statistics then): connections, circuits,
     and the process's own resources, to spot leaks under load."""
     stats = tor.stats()
@@ -246,9 +309,9 @@ def _statistics(tor: Any, socks_stats: list[Any]) -> str:
         rss = next(int(line.split()[1]) for line in fh if line.startswith("VmRSS:"))
     return (
         "Statistics: "
-        f"socks_active={sum(s.active for s in socks_stats)} "
-        f"socks_total={sum(s.total for s in socks_stats)} "
-        f"socks_refused={sum(s.refused for s in socks_stats)} "
+        f"socks_active={sum(lst.stats.active for lst in listeners)} "
+        f"socks_total={sum(lst.stats.total for lst in listeners)} "
+        f"socks_refused={sum(lst.stats.refused for lst in listeners)} "
         f"streams_opened={stats['streams_opened']} "
         f"open_circuits={stats['open_circuits']} "
         f"circuits_built={stats['circuits_built']} "
@@ -259,7 +322,9 @@ def _statistics(tor: Any, socks_stats: list[Any]) -> str:
     )
 
 
-def _reload(tor: Any, argv: list[str]) -> None:
+def _reload(tor: Any, argv: list[str], listeners: list[Any]) -> None:
+    """SIGHUP: read the torrc again.  As in C tor, logging and the SOCKS options apply
+    at once; listeners and the DataDirectory only change with a restart."""
     from puretor.config import load_config
 
     try:
@@ -267,6 +332,10 @@ def _reload(tor: Any, argv: list[str]) -> None:
     except ConfigError as exc:
         log.warning("Reload failed, keeping the old configuration: %s", exc)
         return
+    if len(new.socks_ports) == len(listeners):
+        for index, listener in enumerate(listeners):
+            listener.policy = listener_policy(new, index)
+    setup_logging(new.logs, granularity=new.log_time_granularity)
     tor.config = new
     log.log(NOTICE, "Configuration reloaded (listeners and data directory changes need a restart).")
 
@@ -281,6 +350,15 @@ def run_daemon(argv: list[str], *, version: str) -> int:
     if "--version" in argv:
         sys.stdout.write(f"puretor {version} (tor-client)\n")
         return 0
+    if "--verify-install" in argv:
+        from puretor.selftest import main as verify_install
+
+        return verify_install()
+    if "--list-torrc-options" in argv:
+        from puretor.config import OPTION_NAMES
+
+        sys.stdout.write("".join(f"{name}\n" for name in OPTION_NAMES))
+        return 0
     try:
         config = load_config(argv)
     except ConfigError as exc:
@@ -289,12 +367,12 @@ def run_daemon(argv: list[str], *, version: str) -> int:
     if "--verify-config" in argv:
         sys.stdout.write("Configuration was valid\n")
         return 0
-    setup_logging(getattr(config, "logs", ()))
+    console = setup_logging(config.logs, granularity=config.log_time_granularity)
     try:
-        # An unusable DataDirectory (a file in its place, read-only) stops start-up here,
-        # before any listener opens, with a one-line error.
+        # An unusable DataDirectory (a file in its place, read-only, someone else's)
+        # stops start-up here, before any listener opens, with a one-line error.
         DirCache(Path(config.data_directory).expanduser(), ()).ensure_dir(probe=True)
-        return asyncio.run(serve(config, argv))
+        return asyncio.run(serve(config, argv, console))
     except KeyboardInterrupt:
         return 130
     except TorError as exc:

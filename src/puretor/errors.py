@@ -8,6 +8,7 @@
     ├── DirectoryError              no usable, verified directory information
     │   └── DocumentError           a directory document is malformed or badly signed
     ├── BootstrapError              bootstrap could not complete (or not within its timeout)
+    │   └── DependencyError         an installed crypto library fails puretor's self-test
     ├── ClientClosedError           the TorClient was closed (before or during the call)
     ├── ChannelError                TLS/link failure to a relay (also OSError-compatible)
     ├── CircuitError                a circuit failed to build or was destroyed
@@ -30,6 +31,8 @@ docs/errors.md for what each operation raises.
 """
 
 from __future__ import annotations
+
+from typing import Any
 
 
 class TorError(Exception):
@@ -68,12 +71,40 @@ class BootstrapError(TorError):
     """
 
 
+class DependencyError(BootstrapError):
+    """An installed dependency (cryptography, PyNaCl, hashlib's OpenSSL) fails the self-test.
+
+    Bootstrap checks the primitives puretor needs against known answers first
+    (`puretor.selftest`, ``tor-client --verify-install``).  The message names the
+    dependency, its version and what puretor needs from it; ``report`` is the whole
+    `puretor.selftest.SelfTestReport`.
+    """
+
+    def __init__(self, message: str, report: Any = None) -> None:
+        super().__init__(message)
+        self.report = report
+
+
 class ClientClosedError(TorError):
     """The `TorClient` was closed before or while the call ran."""
 
 
 class ChannelError(TorError, OSError):
-    """A TLS/link failure to a relay (also an `OSError`)."""
+    """A TLS/link failure to a relay (also an `OSError`).
+
+    ``reason`` is C tor's name for why the connection ended (``NOROUTE``,
+    ``CONNECTREFUSED``, ``TIMEOUT``, ``TLS_ERROR``, ``IDENTITY``, ``MISC``...);
+    ``warning`` a short human-readable cause ("Network is unreachable"); ``state``
+    where the connection was when it failed ("connect()ing", "handshaking").
+    """
+
+    def __init__(
+        self, message: str, reason: str = "MISC", *, warning: str = "", state: str = ""
+    ) -> None:
+        super().__init__(message)
+        self.reason = reason
+        self.warning = warning or message
+        self.state = state
 
 
 class CircuitError(TorError):
@@ -153,6 +184,7 @@ __all__ = [
     "DirectoryError",
     "DocumentError",
     "BootstrapError",
+    "DependencyError",
     "ClientClosedError",
     "ChannelError",
     "CircuitError",

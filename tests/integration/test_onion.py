@@ -156,10 +156,10 @@ def test_onion_over_socks_extended_errors(testnet: Any, tmp_path: Path) -> None:
 
     async def main() -> None:
         async with TorClient(make_config(info, tmp_path / "data")) as tor:
-            server, _ = await start_socks_listener(
+            server = await start_socks_listener(
                 tor, "127.0.0.1", 0, ListenerPolicy(listener_id=0, extended_errors=True)
             )
-            port = server.sockets[0].getsockname()[1]
+            port = server.address[1]
             try:
                 assert await socks_connect(port, "x" * 56 + ".onion") == 0xF6
                 assert await socks_connect(port, nowhere) in (0xF6, 0xF0)

@@ -186,8 +186,12 @@ def test_sigusr1_statistics_line() -> None:
     s1, s2 = SocksServerStats(), SocksServerStats()
     s1.active, s1.total, s2.active, s2.total, s2.refused = 2, 5, 1, 1, 7
 
+    class Listener:
+        def __init__(self, stats: SocksServerStats) -> None:
+            self.stats = stats
+
     async def main() -> str:
-        return _statistics(Tor(), [s1, s2])
+        return _statistics(Tor(), [Listener(s1), Listener(s2)])
 
     line = asyncio.run(main())
     fields = dict(kv.split("=") for kv in line.removeprefix("Statistics: ").split())
@@ -278,9 +282,9 @@ def test_socks_errors_are_logged_without_destination_or_credentials(
 
     async def main() -> bytes:
         policy = ListenerPolicy(listener_id=0, safe_logging=safe)
-        server, _ = await start_socks_listener(_FailingTor(error), "127.0.0.1", 0, policy)  # type: ignore[arg-type]
+        server = await start_socks_listener(_FailingTor(error), "127.0.0.1", 0, policy)  # type: ignore[arg-type]
         try:
-            port = server.sockets[0].getsockname()[1]
+            port = server.address[1]
             return await _socks_request(port, host, user, password)
         finally:
             server.close()

@@ -2,8 +2,8 @@
 
 from __future__ import annotations
 
+import importlib.util
 import os
-import shutil
 import subprocess
 import sys
 from pathlib import Path
@@ -15,7 +15,7 @@ CODE = ["src", "tests", "fuzz", "bench", "scripts"]
 
 
 def _tool(name: str) -> list[str]:
-    if shutil.which(name) is None and not os.environ.get("CI"):
+    if importlib.util.find_spec(name) is None and not os.environ.get("CI"):
         pytest.skip(f"{name} is not installed")
     return [sys.executable, "-m", name]
 

@@ -26,7 +26,9 @@ PUBLIC_MODULES = [
     "src/puretor/sync.py",
     "src/puretor/httpx_transport.py",
     "src/puretor/errors.py",
-    "src/puretor/config.py",
+    "src/puretor/config/__init__.py",
+    "src/puretor/config/options.py",
+    "src/puretor/config/values.py",
 ]
 
 EXPECTED_ALL = {

@@ -15,7 +15,9 @@ hex identity), so an embedder or a test can watch them with `sys.addaudithook`.
 from __future__ import annotations
 
 import asyncio
+import errno
 import logging
+import os
 import ssl
 import sys
 import time
@@ -54,6 +56,30 @@ def _tls_context() -> ssl.SSLContext:
     ctx.verify_mode = ssl.CERT_NONE
     ctx.minimum_version = ssl.TLSVersion.TLSv1_2
     return ctx
+
+
+# errno -> C tor's orconn end reason (reasons.c errno_to_orconn_end_reason).
+_ERRNO_REASONS = {
+    errno.ENETUNREACH: "NOROUTE",
+    errno.EHOSTUNREACH: "NOROUTE",
+    errno.ECONNREFUSED: "CONNECTREFUSED",
+    errno.ECONNRESET: "CONNECTRESET",
+    errno.ETIMEDOUT: "TIMEOUT",
+    errno.ENOBUFS: "RESOURCELIMIT",
+    errno.EMFILE: "RESOURCELIMIT",
+    errno.ENFILE: "RESOURCELIMIT",
+}
+
+
+def _connect_failure(exc: BaseException) -> tuple[str, str]:
+    """(C tor reason, human-readable cause) for a failed connect."""
+    if isinstance(exc, TimeoutError) and not getattr(exc, "errno", None):
+        return "TIMEOUT", "Connection timed out"
+    if isinstance(exc, ssl.SSLError):
+        return "TLS_ERROR", exc.reason or str(exc)
+    if isinstance(exc, OSError) and exc.errno is not None:
+        return _ERRNO_REASONS.get(exc.errno, "IOERROR"), os.strerror(exc.errno)
+    return "MISC", str(exc) or type(exc).__name__
 
 
 class ChannelProtocol(asyncio.BufferedProtocol):
@@ -180,14 +206,36 @@ class ChannelManager:
                 CONNECT_TIMEOUT,
             )
         except (TimeoutError, OSError) as exc:
-            raise ChannelError(f"cannot connect to {target.describe()}: {exc!r}") from exc
+            reason, warning = _connect_failure(exc)
+            state = (
+                "handshaking (TLS) with SSL state (unknown)"
+                if isinstance(exc, ssl.SSLError)
+                else "connect()ing with SSL state (No SSL object)"
+            )
+            raise ChannelError(
+                f"cannot connect to {target.describe()}: {exc!r}",
+                reason,
+                warning=warning,
+                state=state,
+            ) from exc
         try:
             await asyncio.wait_for(asyncio.shield(proto.opened), HANDSHAKE_TIMEOUT)
         except TimeoutError as exc:
             channel.close("link handshake timed out")
-            raise ChannelError(f"link handshake with {target.describe()} timed out") from exc
+            raise ChannelError(
+                f"link handshake with {target.describe()} timed out",
+                "TIMEOUT",
+                warning="Connection timed out",
+                state="handshaking (Tor, v3 handshake)",
+            ) from exc
         except ChannelError as exc:
-            raise ChannelError(f"link handshake with {target.describe()} failed: {exc}") from exc
+            identity = "identity" in str(exc).lower() or "certs" in str(exc).lower()
+            raise ChannelError(
+                f"link handshake with {target.describe()} failed: {exc}",
+                "IDENTITY" if identity else "MISC",
+                warning=str(exc),
+                state="handshaking (Tor, v3 handshake)",
+            ) from exc
         self.connects += 1
         self._channels[target.rsa_id] = channel
         log.debug("channel open to %s (link protocol %d)", target.describe(), channel.link_protocol)
@@ -204,7 +252,11 @@ class ChannelManager:
         if why is not None:
             self.refused += 1
             log.warning("Refusing to connect to %s: %s", target.describe(), why)
-            raise ChannelError(f"refusing to connect to {target.describe()}: {why}")
+            raise ChannelError(
+                f"refusing to connect to {target.describe()}: {why}",
+                "MISC",
+                warning=f"refused by our own connection check: {why}",
+            )
 
     def drop(self, rsa_id: bytes) -> None:
         chan = self._channels.pop(rsa_id, None)

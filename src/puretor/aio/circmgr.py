@@ -18,11 +18,12 @@ from collections.abc import Callable, Hashable
 from dataclasses import dataclass, field
 
 from puretor.aio.channel import ChannelManager
-from puretor.aio.circuit import CircuitHandle, HopSpec, build_circuit, link_conflux
+from puretor.aio.circuit import CircuitHandle, HopSpec, build_circuit, hop_for, link_conflux
 from puretor.dir.netdir import NetDir, Relay
 from puretor.errors import ChannelError, CircuitBuildTimeout, CircuitError, NoPathError, TorError
 from puretor.path.cbt import BuildTimeout
 from puretor.path.guards import GuardManager, GuardUsage
+from puretor.path.reachable import AddressFamilies
 from puretor.path.select import PathRequest, PathSelector, supports_conflux
 from puretor.proto.conflux import DesiredUx
 from puretor.proto.congestion import CCParams
@@ -82,12 +83,6 @@ def _cc_default() -> bool:
     )
 
 
-def hop_for(relay: Relay) -> HopSpec:
-    return HopSpec.for_relay(
-        relay.address, relay.or_port, relay.rsa_id, relay.ed_id, relay.ntor_key, relay.nickname
-    )
-
-
 @dataclass(eq=False)
 class _Slot:
     """A built or building exit circuit and who may use it."""
@@ -123,8 +118,23 @@ class CircuitManager:
         learn_build_timeout: bool = True,
         conflux: bool | None = None,
         conflux_ux: int = DesiredUx.HIGH_THROUGHPUT,
+        families: AddressFamilies | None = None,
+        use_entry_guards: bool = True,
+        max_pending: int = 32,
+        new_circuit_period: float = 30.0,
     ) -> None:
         self.chanmgr = chanmgr
+        # First hops: ClientUseIPv4/IPv6 (which address) and UseEntryGuards (from the guard
+        # manager, or a fresh Guard-flagged relay per circuit).
+        self.families = families or AddressFamilies()
+        self.use_entry_guards = use_entry_guards
+        # MaxClientCircuitsPending: at most this many exit circuits being built at once;
+        # a stream that needs another waits for one of them to finish.
+        self.max_pending = max_pending
+        self.pending_peak = 0
+        self._build_finished: asyncio.Event | None = None
+        # NewCircuitPeriod: how often idle circuits past MaxCircuitDirtiness are closed.
+        self.new_circuit_period = new_circuit_period
         # Negotiate congestion control with exits that support it (None: on, unless
         # PURETOR_CONGESTION_CONTROL=0 in the environment).
         self.congestion_control = (
@@ -183,6 +193,9 @@ class CircuitManager:
         """An open circuit whose exit allows ``port``, usable under ``isolation``."""
         self._ports_used[port] = time.monotonic()
         slot = self._find_slot(port, isolation, exclude)
+        while slot is None and self.pending_builds() >= self.max_pending:
+            await self._wait_for_a_build()
+            slot = self._find_slot(port, isolation, exclude)
         if slot is None:
             slot = self._launch(PathRequest(exit_port=port, exclude=exclude))
             slot.isolation, slot.claimed = isolation, True
@@ -195,6 +208,20 @@ class CircuitManager:
             handle.dirty_since = time.monotonic()
         self._top_up_soon()
         return handle
+
+    def pending_builds(self) -> int:
+        """Exit circuits (or conflux sets) being built now (MaxClientCircuitsPending)."""
+        return sum(1 for s in self._slots if s.task is not None and not s.task.done())
+
+    async def _wait_for_a_build(self) -> None:
+        if self._build_finished is None:
+            self._build_finished = asyncio.Event()
+        await self._build_finished.wait()
+
+    def _note_build_finished(self, _task: object) -> None:
+        if self._build_finished is not None:
+            self._build_finished.set()
+            self._build_finished = None
 
     async def _wait_hedged(self, slot: _Slot, req: PathRequest) -> tuple[CircuitHandle, _Slot]:
         """Wait for ``slot``; each time the builds in progress outlast the expected build
@@ -222,7 +249,7 @@ class CircuitManager:
                     continue
                 if hedges >= MAX_HEDGES and not waiters:
                     break
-                if not done or not waiters:
+                if (not done or not waiters) and self.pending_builds() < self.max_pending:
                     hedges += 1
                     stuck = frozenset().union(*(s.building_through for s in waiters.values()))
                     try:
@@ -310,7 +337,9 @@ class CircuitManager:
         )
         slot.task = asyncio.ensure_future(build)
         slot.task.add_done_callback(lambda t: t.cancelled() or t.exception())
+        slot.task.add_done_callback(self._note_build_finished)
         self._slots.append(slot)
+        self.pending_peak = max(self.pending_peak, self.pending_builds())
         return slot
 
     @staticmethod
@@ -344,7 +373,7 @@ class CircuitManager:
                 raise CircuitError(f"exit {exit_relay.nickname} cannot do congestion control")
             while len(legs) < n_legs:
                 want = n_legs - len(legs)
-                plans: list[tuple[list[HopSpec], GuardUsage]] = []
+                plans: list[tuple[list[HopSpec], GuardUsage | None]] = []
                 selector = self._selector(self._netdir())
                 try:
                     for _ in range(want):
@@ -365,7 +394,7 @@ class CircuitManager:
                         used.update(h.target.rsa_id for h in hops[:2])
                 except NoPathError:
                     for _, usage in plans:
-                        self.guards.cancel(usage)
+                        self._guard_cancel(usage)
                     raise
                 # (What a hedge avoids: the middles and the exit, as for one circuit.)
                 slot.building_through = frozenset(
@@ -486,7 +515,7 @@ class CircuitManager:
         last: Relay | HopSpec,
         *,
         avoid_guards: list[Relay] | None = None,
-    ) -> tuple[list[HopSpec], GuardUsage]:
+    ) -> tuple[list[HopSpec], GuardUsage | None]:
         """Guard (from the guard manager, avoiding the last hop's family, and not one of
         ``avoid_guards``: the other legs' of a conflux set), middle (avoiding
         ``req.exclude`` too), last."""
@@ -498,20 +527,41 @@ class CircuitManager:
         else:
             last_relay, last_hop = last, hop_for(last)
         avoid_relays = [last_relay] if last_relay is not None else []
-        guard, usage = self.guards.select_guard(
-            time.time(), avoid=avoid_relays, exclude=avoid_guards or ()
-        )
+        guard, usage = self._choose_first_hop(selector, req, avoid_relays, avoid_guards or [])
         try:
             middle = selector.choose_middle([guard, *avoid_relays], req)
         except NoPathError:
-            self.guards.cancel(usage)
+            self._guard_cancel(usage)
             raise
-        return [hop_for(guard), hop_for(middle), last_hop], usage
+        return [hop_for(guard, self.families), hop_for(middle), last_hop], usage
+
+    def _choose_first_hop(
+        self,
+        selector: PathSelector,
+        req: PathRequest,
+        avoid: list[Relay],
+        avoid_guards: list[Relay],
+    ) -> tuple[Relay, GuardUsage | None]:
+        """From the guard manager; with UseEntryGuards 0, as C tor, a fresh bandwidth-weighted
+        Guard-flagged relay for each circuit, not related to the last hop."""
+        if self.use_entry_guards:
+            return self.guards.select_guard(time.time(), avoid=avoid, exclude=avoid_guards)
+        unreachable = frozenset(
+            r.rsa_id
+            for r in selector.netdir.relays
+            if not self.families.can_reach((r.address, r.or_port), r.ipv6)
+        )
+        exclude = unreachable | {r.rsa_id for r in avoid_guards}
+        return selector.choose_guard(req, avoid, exclude), None
+
+    def _guard_cancel(self, usage: GuardUsage | None) -> None:
+        if usage is not None:
+            self.guards.cancel(usage)
 
     async def _build_hops(
         self,
         hops: list[HopSpec],
-        usage: GuardUsage,
+        usage: GuardUsage | None,
         *,
         failed: set[bytes] | None = None,
         congestion_control: CCParams | None = None,
@@ -532,8 +582,9 @@ class CircuitManager:
             )
         except ChannelError:
             # The guard itself is unreachable: the guard manager moves on to the next.
-            self.guards.record_failure(usage, time.time())
-            self.on_guards_changed()
+            if usage is not None:
+                self.guards.record_failure(usage, time.time())
+                self.on_guards_changed()
             raise
         except CircuitError as exc:
             if isinstance(exc, CircuitBuildTimeout):
@@ -542,14 +593,15 @@ class CircuitManager:
             index = getattr(exc, "failed_hop", None)
             if failed is not None and index is not None and 0 < index < len(hops):
                 failed.add(hops[index].target.rsa_id)
-            self.guards.cancel(usage)
+            self._guard_cancel(usage)
             raise
         except BaseException:
-            self.guards.cancel(usage)
+            self._guard_cancel(usage)
             raise
         self.cbt.record_success(time.monotonic() - started)
-        self.guards.record_success(usage, time.time())
-        self.on_guards_changed()
+        if usage is not None:
+            self.guards.record_success(usage, time.time())
+            self.on_guards_changed()
         self.circuits_built += 1
         log.debug("built circuit %s", " → ".join(h.target.nickname for h in hops))
         return handle
@@ -593,6 +645,8 @@ class CircuitManager:
             )
             port = max(self._ports_used, key=self._ports_used.__getitem__)
             for _ in range(conflux_prebuilt_sets(netdir) - clean_sets):
+                if self.pending_builds() >= self.max_pending:
+                    break
                 try:
                     if not self._launch(PathRequest(exit_port=port), conflux=True).conflux:
                         break  # no exit can do it
@@ -609,6 +663,8 @@ class CircuitManager:
                 and (s.handle is None or s.handle.is_open)
             )
             for _ in range(PREEMPTIVE_CLEAN_CIRCUITS - clean):
+                if self.pending_builds() >= self.max_pending:
+                    return
                 try:
                     self._launch(PathRequest(exit_port=port))
                 except TorError as exc:
@@ -616,13 +672,18 @@ class CircuitManager:
                     break
 
     async def _maintain(self) -> None:
+        # As C tor: predicted circuits are considered every second, old circuits expired
+        # every NewCircuitPeriod (circuit_expire_old_circs_as_needed).
+        next_expiry = time.monotonic() + self.new_circuit_period
         while True:
             try:
-                self._expire()
+                if time.monotonic() >= next_expiry:
+                    next_expiry = time.monotonic() + self.new_circuit_period
+                    self._expire()
                 self._top_up()
             except Exception as exc:  # upkeep must never die
                 log.warning("circuit upkeep failed: %r", exc)
-            await asyncio.sleep(5.0)
+            await asyncio.sleep(min(1.0, self.new_circuit_period))
 
     def _expire(self) -> None:
         now = time.monotonic()

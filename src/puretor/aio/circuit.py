@@ -6,9 +6,17 @@ import asyncio
 import time
 from collections.abc import Sequence
 from dataclasses import dataclass, field
+from typing import Protocol
 
 from puretor.aio.channel import ChannelManager, ChannelTarget
-from puretor.errors import CircuitBuildTimeout, CircuitDestroyed, CircuitError, StreamRefused
+from puretor.errors import (
+    CircuitBuildTimeout,
+    CircuitDestroyed,
+    CircuitError,
+    NoPathError,
+    StreamRefused,
+)
+from puretor.path.reachable import AddressFamilies
 from puretor.proto.cells import DestroyReason
 from puretor.proto.circuit import (
     Circuit,
@@ -21,7 +29,14 @@ from puretor.proto.circuit import (
 )
 from puretor.proto.conflux import ConfluxSet, DesiredUx
 from puretor.proto.congestion import CCParams
-from puretor.proto.relaymsg import LinkSpecifier, RelayCommand, ls_ed_id, ls_ipv4, ls_rsa_id
+from puretor.proto.relaymsg import (
+    LinkSpecifier,
+    RelayCommand,
+    ls_ed_id,
+    ls_ipv4,
+    ls_ipv6,
+    ls_rsa_id,
+)
 
 
 @dataclass(frozen=True, slots=True)
@@ -41,11 +56,58 @@ class HopSpec:
         ed_id: bytes | None,
         ntor_key: bytes | None,
         nickname: str = "",
+        *,
+        ipv6: tuple[str, int] | None = None,
+        connect_to: tuple[str, int] | None = None,
     ) -> HopSpec:
+        """``connect_to``: the ORPort to connect to if this is a first hop (ClientUseIPv6
+        may pick the IPv6 one); the link specifiers name every address, as C tor's do."""
         specs = [ls_ipv4(address, or_port), ls_rsa_id(rsa_id)]
         if ed_id is not None:
             specs.append(ls_ed_id(ed_id))
-        return cls(ChannelTarget(address, or_port, rsa_id, ed_id, nickname), ntor_key, tuple(specs))
+        if ipv6 is not None:
+            specs.append(ls_ipv6(*ipv6))
+        host, port = connect_to or (address, or_port)
+        return cls(ChannelTarget(host, port, rsa_id, ed_id, nickname), ntor_key, tuple(specs))
+
+
+class RelayLike(Protocol):
+    """What `hop_for` reads of a relay (a `puretor.dir.netdir.Relay` has it all)."""
+
+    @property
+    def address(self) -> str: ...
+    @property
+    def or_port(self) -> int: ...
+    @property
+    def rsa_id(self) -> bytes: ...
+    @property
+    def ed_id(self) -> bytes | None: ...
+    @property
+    def ntor_key(self) -> bytes | None: ...
+    @property
+    def nickname(self) -> str: ...
+    @property
+    def ipv6(self) -> tuple[str, int] | None: ...
+
+
+def hop_for(relay: RelayLike, families: AddressFamilies | None = None) -> HopSpec:
+    """The hop for ``relay``; ``families`` (ClientUseIPv4/6) picks the address of a first
+    hop, which must have one it allows (guards are chosen so: see `GuardManager`)."""
+    connect_to = None
+    if families is not None:
+        connect_to = families.or_address((relay.address, relay.or_port), relay.ipv6)
+        if connect_to is None:
+            raise NoPathError(f"no allowed address for {relay.nickname} (ClientUseIPv4/IPv6)")
+    return HopSpec.for_relay(
+        relay.address,
+        relay.or_port,
+        relay.rsa_id,
+        relay.ed_id,
+        relay.ntor_key,
+        relay.nickname,
+        ipv6=relay.ipv6,
+        connect_to=connect_to,
+    )
 
 
 @dataclass

@@ -22,9 +22,15 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from puretor.aio.channel import ChannelManager, ChannelTarget
-from puretor.aio.circuit import CircuitHandle, HopSpec, build_circuit
+from puretor.aio.circuit import CircuitHandle, HopSpec, build_circuit, hop_for
 from puretor.aio.dirclient import fetch_raw
-from puretor.dir.authorities import DEFAULT_AUTHORITIES, default_fallbacks
+from puretor.dir.authorities import (
+    DEFAULT_AUTHORITIES,
+    Authority,
+    FallbackDir,
+    default_fallbacks,
+)
+from puretor.dir.bootstrap import BootstrapReporter
 from puretor.dir.cache import DirCache
 from puretor.dir.http import HttpResponseParser, build_request
 from puretor.dir.netdir import NetDir
@@ -38,6 +44,7 @@ from puretor.errors import (
     ProtocolError,
 )
 from puretor.path.guards import GuardManager
+from puretor.path.reachable import AddressFamilies
 
 if TYPE_CHECKING:
     from puretor.aio.circmgr import CircuitManager
@@ -65,7 +72,12 @@ class DirManager:
         self.data_dir = Path(config.data_directory).expanduser()
         self.cache = DirCache(self.data_dir, self.authorities)
         self.state: DirState | None = None
-        self.status = BootstrapStatus(0, BootstrapPhase.STARTING)
+        self.reporter = BootstrapReporter()
+        self.families = AddressFamilies(
+            use_ipv4=config.client_use_ipv4,
+            use_ipv6=config.client_use_ipv6,
+            prefer_ipv6=config.prefer_ipv6_orport,
+        )
         self.listeners: list[Callable[[BootstrapStatus], None]] = []
         self.guards: GuardManager | None = None
         self.circmgr: CircuitManager | None = None
@@ -80,18 +92,37 @@ class DirManager:
 
     # -- progress ------------------------------------------------------------------
 
+    @property
+    def status(self) -> BootstrapStatus:
+        return self.reporter.status
+
     def _report(self, phase: BootstrapPhase | None = None) -> None:
         if self.state is None:
             return
         if phase is not None:
             self.state.note_phase(phase)
         st = self.state.bootstrap_status(time.time())
-        if st.percent > self.status.percent:
-            self.status = st
+        if self.reporter.progress(st):
             log.log(NOTICE, "%s", st)
             for callback in list(self.listeners):
                 with contextlib.suppress(Exception):
                     callback(st)
+
+    def note_problem(self, exc: Exception, target: ChannelTarget | None = None) -> None:
+        """A failure that holds bootstrapping up: C tor's "Problem bootstrapping" lines."""
+        if isinstance(exc, ChannelError):
+            warning, reason = exc.warning, exc.reason
+            if exc.state:
+                self.reporter.connection_failed(exc.state)
+        else:
+            warning, reason = str(exc) or type(exc).__name__, "MISC"
+        host_id = target.rsa_id.hex().upper() if target is not None else "?"
+        host_addr = f"{target.address}:{target.or_port}" if target is not None else "?"
+        lines = self.reporter.problem(
+            warning, reason, time.monotonic(), host_id=host_id, host_addr=host_addr
+        )
+        for level, line in lines:
+            log.log(level, "%s", line)
 
     # -- bootstrap -----------------------------------------------------------------
 
@@ -128,7 +159,7 @@ class DirManager:
                 break
             except (CircuitError, ChannelError, NoPathError) as exc:
                 last = exc
-                log.warning("Could not build a first circuit yet: %s", exc)
+                self.note_problem(exc)
                 await asyncio.sleep(1.0)
         else:
             raise BootstrapError(f"could not build any circuit: {last}")
@@ -228,8 +259,9 @@ class DirManager:
             await self.chanmgr.get_channel(hop.target)
             self._report(BootstrapPhase.HANDSHAKE_DONE)
             handle = await build_circuit(self.chanmgr, [hop], timeout=30.0)
-        except (TimeoutError, ChannelError, CircuitError):
+        except (TimeoutError, ChannelError, CircuitError) as exc:
             self._bad_sources[hop.target.rsa_id] = time.time() + 60
+            self.note_problem(exc, hop.target)
             raise
         self._report(BootstrapPhase.ONEHOP_CREATE)
         self._dir_circuits[hop.target.rsa_id] = handle
@@ -241,32 +273,28 @@ class DirManager:
             with contextlib.suppress(NoPathError, DirectoryError):
                 relay, _usage = self.guards.select_directory_guard(now)
                 if relay.ntor_key is not None and self._bad_sources.get(relay.rsa_id, 0) < now:
-                    return HopSpec.for_relay(
-                        relay.address,
-                        relay.or_port,
-                        relay.rsa_id,
-                        relay.ed_id,
-                        relay.ntor_key,
-                        relay.nickname,
-                    )
+                    return hop_for(relay, self.families)
         candidates: list[HopSpec] = []
-        for auth in self.authorities:
-            candidates.append(
-                HopSpec(
-                    ChannelTarget(auth.address, auth.or_port, auth.rsa_id, None, auth.nickname),
-                    None,
-                )
-            )
-        for fb in self.fallbacks:
-            candidates.append(
-                HopSpec(ChannelTarget(fb.address, fb.or_port, fb.rsa_id, fb.ed_id), None)
+        sources: list[Authority | FallbackDir] = [*self.authorities, *self.fallbacks]
+        for source in sources:
+            where = self.families.or_address((source.address, source.or_port), source.ipv6)
+            if where is None:
+                continue
+            ed_id = getattr(source, "ed_id", None)
+            name = getattr(source, "nickname", "")
+            target = ChannelTarget(where[0], where[1], source.rsa_id, ed_id, name)
+            candidates.append(HopSpec(target, None))
+        if not candidates:
+            raise BootstrapError(
+                "no directory authority or fallback has an address that ClientUseIPv4 "
+                "and ClientUseIPv6 allow"
+                if self.authorities or self.fallbacks
+                else "no directory authorities or fallbacks configured"
             )
         good = [c for c in candidates if self._bad_sources.get(c.target.rsa_id, 0) < now]
         if not good:
             self._bad_sources.clear()
             good = candidates
-        if not good:
-            raise BootstrapError("no directory authorities or fallbacks configured")
         return secrets.choice(good)
 
     def _drop_source(self, rsa_id: bytes) -> None:
@@ -326,6 +354,11 @@ class DirManager:
         if mgr is None:
             mgr = GuardManager()
         mgr.enforce_distinct_subnets = self.config.distinct_subnets
+        mgr.families = self.families
+        if self.config.num_primary_guards is not None:
+            mgr.overrides["n_primary"] = self.config.num_primary_guards
+        if self.config.num_entry_guards is not None:
+            mgr.overrides["n_primary_to_use"] = self.config.num_entry_guards
         self.guards = mgr
         self._netdir_seen = None
         self.require_netdir()

@@ -13,11 +13,14 @@ import asyncio
 import ipaddress
 import logging
 import re
+import time
 from collections.abc import Callable, Hashable
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING
 
+from puretor.config.values import PolicyRule, policy_permits
 from puretor.errors import NoPathError, OnionError, StreamRefused, StreamTimeout, TorError
+from puretor.path.isolation import ListenerFlags, isolation_key
 from puretor.proto.socks import (
     SocksCommand,
     SocksHandshake,
@@ -25,11 +28,15 @@ from puretor.proto.socks import (
     SocksRequest,
     socks5_reply_for_end_reason,
 )
+from puretor.ratelimit import RateLimit
 
 if TYPE_CHECKING:
     from puretor.client import TorClient
 
 log = logging.getLogger("puretor.socks")
+NOTICE = 25
+# C tor warns about IP-only requests (with SafeSocks) at most every 5 s (SOCKS_WARN_INTERVAL).
+_unsafe_socks_warnings = RateLimit(5.0)
 
 # A client must finish its SOCKS handshake within this long (stricter than C tor, which
 # allows SocksTimeout, 2 minutes); a smaller SocksTimeout lowers it (ListenerPolicy).
@@ -40,15 +47,15 @@ MAX_EARLY_DATA = 64 * 1024
 
 @dataclass(frozen=True, slots=True)
 class ListenerPolicy:
-    """The isolation and error flags of one SocksPort (C tor's names)."""
+    """The isolation and error flags of one SocksPort, and the SOCKS options (C tor's names)."""
 
     listener_id: int
-    isolate_socks_auth: bool = True
-    isolate_client_addr: bool = True
-    isolate_dest_addr: bool = False
-    isolate_dest_port: bool = False
+    flags: ListenerFlags = ListenerFlags()  # stream isolation (puretor.path.isolation)
     extended_errors: bool = False
     safe_logging: bool = True
+    safe_socks: bool = False  # SafeSocks: refuse requests that carry only an IP address
+    test_socks: bool = False  # TestSocks: say for every request whether it was safe
+    socks_policy: tuple[PolicyRule, ...] = ()  # SocksPolicy: who may connect
     # C tor's SocksTimeout: how long a client may take over its handshake, and how long
     # its request may wait for a circuit and the exit's answer.
     handshake_timeout: float = HANDSHAKE_TIMEOUT
@@ -127,6 +134,10 @@ class SocksConnection(asyncio.Protocol):
         self.stats.total += 1
         peer = transport.get_extra_info("peername")
         self.peer = peer[0] if peer else "?"
+        if not policy_permits(self.policy.socks_policy, self.peer):
+            log.log(NOTICE, "Denying socks connection from untrusted address %s.", self._who())
+            transport.abort()
+            return
         transport.set_write_buffer_limits(high=256 * 1024)
         self.timer = asyncio.get_running_loop().call_later(
             self.policy.handshake_timeout, self._handshake_timeout
@@ -186,17 +197,55 @@ class SocksConnection(asyncio.Protocol):
     # -- serving a request ---------------------------------------------------------
 
     def isolation_key(self, req: SocksRequest) -> Hashable:
-        p = self.policy
-        return (
-            "socks",
-            p.listener_id,
-            (req.username, req.password) if p.isolate_socks_auth else None,
-            self.peer if p.isolate_client_addr else None,
-            req.host if p.isolate_dest_addr else None,
-            req.port if p.isolate_dest_port else None,
+        return isolation_key(
+            listener_id=self.policy.listener_id,
+            listener_flags=self.policy.flags,
+            client_addr=self.peer,
+            socks_username=req.username,
+            socks_password=req.password,
+            dest_host=req.host,
+            dest_port=req.port,
+            protocol=f"socks{req.version}",
         )
 
+    def _check_safe_socks(self, req: SocksRequest) -> bool:
+        """C tor's SafeSocks/TestSocks (proto_socks.c): False to refuse the request."""
+        unsafe = req.address_type != "hostname" and req.command is not SocksCommand.RESOLVE_PTR
+        p = self.policy
+        if unsafe and p.safe_socks:
+            if _unsafe_socks_warnings.allow(time.monotonic()):
+                log.warning(
+                    "Your application (using socks%d to port %d) is giving Tor only an IP "
+                    "address. Applications that do DNS resolves themselves may leak "
+                    "information. Consider using Socks4A (e.g. via privoxy or socat) "
+                    "instead. Rejecting.",
+                    req.version,
+                    req.port,
+                )
+            return False
+        if p.test_socks:
+            if unsafe:
+                log.log(
+                    NOTICE,
+                    "Your application (using socks%d to port %d) is giving Tor only an IP "
+                    "address: it resolved the name itself, which may leak information.",
+                    req.version,
+                    req.port,
+                )
+            else:
+                log.log(
+                    NOTICE,
+                    "Your application (using socks%s to port %d) instructed Tor to take care "
+                    "of the DNS resolution itself if necessary. This is good.",
+                    "4a" if req.version == 4 else "5",
+                    req.port,
+                )
+        return True
+
     async def _serve(self, req: SocksRequest) -> None:
+        if not self._check_safe_socks(req):
+            self._reply_error(SocksReply.NOT_ALLOWED)
+            return
         try:
             if self.limit is not None:
                 await self.limit.acquire()
@@ -217,15 +266,6 @@ class SocksConnection(asyncio.Protocol):
             self._reply_error(SocksReply.GENERAL_FAILURE)
 
     async def _connect(self, req: SocksRequest) -> None:
-        if req.address_type != "hostname":
-            # C tor's SafeSocks warning: the application resolved the name itself.
-            log.warning(
-                "Your application (using socks%d to port %d) is giving Tor only an IP "
-                "address. Applications that do DNS resolves themselves may leak "
-                "information. Consider using SOCKS4a or SOCKS5 with remote hostnames.",
-                req.version,
-                req.port,
-            )
         loop = asyncio.get_running_loop()
         try:
             transport, _ = await self.tor.create_connection(
@@ -349,6 +389,24 @@ def _pick_address(addrs: list[str], version: int) -> str:
     raise IndexError("no usable address in the answer")
 
 
+class SocksListener:
+    """A listening SOCKS port; ``policy`` may be replaced (SIGHUP) and applies to new
+    connections from then on, as in C tor."""
+
+    def __init__(self, server: asyncio.AbstractServer, policy: ListenerPolicy) -> None:
+        self.server = server
+        self.policy = policy
+        self.stats = SocksServerStats()
+
+    @property
+    def address(self) -> tuple[str, int]:
+        host, port = self.server.sockets[0].getsockname()[:2]  # type: ignore[attr-defined]
+        return host, port
+
+    def close(self) -> None:
+        self.server.close()
+
+
 async def start_socks_listener(
     tor: TorClient,
     host: str,
@@ -357,20 +415,22 @@ async def start_socks_listener(
     *,
     max_connections: int = 8192,
     max_concurrent_requests: int = 1024,
-) -> tuple[asyncio.AbstractServer, SocksServerStats]:
+) -> SocksListener:
     """Listen on ``host:port``; a port in use raises OSError (never another port)."""
     loop = asyncio.get_running_loop()
-    stats = SocksServerStats()
     limit = asyncio.Semaphore(max_concurrent_requests)
+    listener: SocksListener | None = None
 
     def factory() -> asyncio.Protocol:
-        conn = SocksConnection(tor, policy, stats, limit)
+        assert listener is not None
+        stats = listener.stats
         if stats.active >= max_connections:
             return _Refuse(stats)
-        return conn
+        return SocksConnection(tor, listener.policy, stats, limit)
 
     server = await loop.create_server(factory, host, port, reuse_address=True, backlog=1024)
-    return server, stats
+    listener = SocksListener(server, policy)
+    return listener
 
 
 class _Refuse(asyncio.Protocol):
@@ -383,4 +443,4 @@ class _Refuse(asyncio.Protocol):
 
 
 ProtocolFactory = Callable[[], asyncio.Protocol]
-__all__ = ["ListenerPolicy", "start_socks_listener", "SocksConnection", "Any"]
+__all__ = ["ListenerPolicy", "SocksConnection", "SocksListener", "start_socks_listener"]

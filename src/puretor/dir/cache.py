@@ -22,6 +22,7 @@ from __future__ import annotations
 
 import contextlib
 import os
+import pwd
 import stat
 import tempfile
 from collections.abc import Iterable
@@ -74,12 +75,22 @@ class DirCache:
             self.path.mkdir(mode=0o700, parents=True, exist_ok=True)
             st = self.path.stat()
             if not stat.S_ISDIR(st.st_mode):
-                raise DirectoryError(f"directory cache {self.path} is not a directory")
-            if st.st_mode & 0o077 and st.st_uid == os.getuid():
+                raise DirectoryError(
+                    f"cannot use {self.path} as the DataDirectory: not a directory"
+                )
+            if st.st_uid != os.getuid():
+                # C tor's check_private_dir: someone else's directory is never ours to use.
+                raise DirectoryError(
+                    f"cannot use {self.path} as the DataDirectory: it is not owned by this "
+                    f"user ({_user_name(os.getuid())}, {os.getuid()}) but by "
+                    f"{_user_name(st.st_uid)} ({st.st_uid}). Perhaps you are running "
+                    "tor-client as the wrong user?"
+                )
+            if st.st_mode & 0o077:
                 os.chmod(self.path, 0o700)
         except OSError as e:
             raise DirectoryError(
-                f"cannot use {self.path} as the directory cache: {e.strerror or e}"
+                f"cannot use {self.path} as the DataDirectory: {e.strerror or e}"
             ) from e
         if probe:
             try:
@@ -214,3 +225,10 @@ def _parse_cached_microdescs(
         except DirectoryError as e:
             problems.append(f"skipping a cached microdescriptor: {e}")
     return out
+
+
+def _user_name(uid: int) -> str:
+    try:
+        return pwd.getpwuid(uid).pw_name
+    except KeyError:
+        return "<unknown>"

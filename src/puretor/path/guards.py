@@ -29,12 +29,13 @@ import enum
 import math
 import secrets
 from collections.abc import Iterable, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from random import Random
 from typing import Any
 
 from puretor.dir.netdir import NetDir, Relay
 from puretor.errors import NoPathError
+from puretor.path.reachable import AddressFamilies
 from puretor.path.relations import related
 from puretor.path.select import BandwidthWeights, Position
 
@@ -168,6 +169,10 @@ class GuardManager:
     ) -> None:
         self.rng: Random = rng if rng is not None else secrets.SystemRandom()
         self.enforce_distinct_subnets = enforce_distinct_subnets
+        # Which guards we can connect to at all (ClientUseIPv4/6): the guard-spec filter.
+        self.families = AddressFamilies()
+        # NumPrimaryGuards / NumEntryGuards: torrc values that win over the consensus.
+        self.overrides: dict[str, int] = {}
         self._fixed_params = params
         self.params = params or GuardParams()
         self.netdir: NetDir | None = None
@@ -188,7 +193,7 @@ class GuardManager:
         one would mark guards unlisted and start their removal clocks."""
         self.netdir = netdir
         if self._fixed_params is None:
-            self.params = GuardParams.from_netdir(netdir)
+            self.params = replace(GuardParams.from_netdir(netdir), **self.overrides)
         slop = self.params.remove_unlisted_after / 5
         for g in self._sampled:
             listed = is_possible_guard(netdir.by_rsa_id(g.rsa_id))
@@ -245,6 +250,8 @@ class GuardManager:
         def relay_if_usable(g: _Guard) -> Relay | None:
             relay = netdir.by_rsa_id(g.rsa_id)
             if relay is None or (need_md and not relay.has_md):
+                return None
+            if not self._reachable(relay):
                 return None
             if any(self._related_ids(g, relay, a) for a in avoid):
                 return None
@@ -481,11 +488,17 @@ class GuardManager:
         if now >= last + retry_delay(failing_since, now, g.primary):
             g.reachable = Reachable.UNKNOWN
 
-    @staticmethod
-    def _usable_filtered(g: _Guard) -> bool:
-        # {FILTERED_GUARDS} = listed sampled guards (we have no EntryNodes/ExcludeNodes yet);
-        # {USABLE_FILTERED_GUARDS} additionally excludes the known-unreachable ones.
-        return g.listed and g.reachable is not Reachable.NO
+    def _reachable(self, relay: Relay) -> bool:
+        return self.families.can_reach((relay.address, relay.or_port), relay.ipv6)
+
+    def _usable_filtered(self, g: _Guard) -> bool:
+        # {FILTERED_GUARDS} = listed sampled guards that we can connect to (ClientUseIPv4/6;
+        # we have no EntryNodes/ExcludeNodes); {USABLE_FILTERED_GUARDS} additionally
+        # excludes the known-unreachable ones.
+        if not g.listed or g.reachable is Reachable.NO:
+            return False
+        relay = self.netdir.by_rsa_id(g.rsa_id) if self.netdir is not None else None
+        return relay is None or self._reachable(relay)
 
     def _confirmed_in_sample_order(self) -> list[_Guard]:
         return [g for g in self._sampled if g.confirmed_idx is not None]
@@ -587,7 +600,7 @@ class GuardManager:
             relay, w = eligible.pop(i)
             total -= w
             self._add_to_sample(relay, now)
-            n_usable += 1
+            n_usable += self._reachable(relay)
 
     def _add_to_sample(self, relay: Relay, now: float) -> None:
         sampled_on = self.rng.uniform(now - self.params.lifetime / 10, now)  # A.2

@@ -13,24 +13,24 @@ separates these streams":
 * ``IsolateDestAddr`` / ``IsolateDestPort``: the requested host (case-insensitive) / port.
 * ``SessionGroup=N``: listeners with the same group may share circuits; without it every
   listener is its own group (C tor gives each one a unique automatic group).
-* The NEWNYM generation: after NEWNYM no earlier key equals a new one.
+
+NEWNYM is the circuit manager's business: it stops handing out every circuit built
+before it, whatever the keys.
 
 Unlike C tor, which compares each new stream only on its *own* listener's flags, the key also
 carries the flags themselves: two listeners in one SessionGroup but with different flags never
 share a circuit.  That is stricter, never looser.
 
-Library callers use :class:`IsolationToken`: streams share circuits only with equal tokens.
+Library callers use :class:`IsolationToken` (or any hashable value): streams share circuits
+only with equal tokens.  Library keys and listener keys never compare equal.
 """
 
 from __future__ import annotations
 
 import hashlib
 import ipaddress
-import itertools
-from collections.abc import Hashable, Iterable
+from collections.abc import Hashable
 from dataclasses import dataclass
-
-from puretor.errors import ConfigError
 
 
 @dataclass(frozen=True, slots=True)
@@ -45,65 +45,36 @@ class ListenerFlags:
     session_group: int | None = None  # SessionGroup=N
 
 
-_FLAG_WORDS = {
-    "isolatesocksauth": ("isolate_socks_auth", True),
-    "noisolatesocksauth": ("isolate_socks_auth", False),
-    "isolateclientaddr": ("isolate_client_addr", True),
-    "noisolateclientaddr": ("isolate_client_addr", False),
-    "isolatedestaddr": ("isolate_dest_addr", True),
-    "noisolatedestaddr": ("isolate_dest_addr", False),
-    "isolatedestport": ("isolate_dest_port", True),
-    "noisolatedestport": ("isolate_dest_port", False),
-    "isolateclientprotocol": ("isolate_client_protocol", True),
-    "noisolateclientprotocol": ("isolate_client_protocol", False),
-}
-
-
-def parse_isolation_flags(words: Iterable[str]) -> tuple[ListenerFlags, list[str]]:
-    """Read the isolation words of a ``SocksPort`` line (case-insensitive, as C tor).
-
-    Returns the flags and the words that are not about isolation, in order, for the caller.
-    """
-    values: dict[str, bool | int | None] = {}
-    rest: list[str] = []
-    for word in words:
-        lower = word.lower()
-        if lower in _FLAG_WORDS:
-            name, value = _FLAG_WORDS[lower]
-            values[name] = value
-        elif lower.startswith("sessiongroup="):
-            number = word.split("=", 1)[1]
-            if not number.isdigit():
-                raise ConfigError(f"SessionGroup wants a non-negative integer, not {number!r}")
-            values["session_group"] = int(number)
-        else:
-            rest.append(word)
-    return ListenerFlags(**values), rest  # type: ignore[arg-type]
-
-
 class IsolationToken:
-    """An opaque token for library streams: streams share circuits only if their tokens are
-    the same object.  Create one per "identity" you want kept apart."""
+    """Streams opened with different tokens never share a circuit.
 
-    __slots__ = ("_n",)
-    _counter = itertools.count(1)
+    Pass one as ``isolation=`` to `TorClient.open_connection`, `TorClient.resolve`,
+    `TorTransport`...  Streams with the same token may share circuits (and so appear
+    to come from the same exit); a fresh token gets circuits no other token has used.
+    Tokens compare by identity; ``name`` only shows in ``repr``.  Any hashable value
+    works as an isolation key too (equal values share circuits); ``None`` means the
+    client's default key.
+    """
 
-    def __init__(self) -> None:
-        self._n = next(IsolationToken._counter)
+    __slots__ = ("_name",)
+
+    def __init__(self, name: str = "") -> None:
+        self._name = name
 
     def __repr__(self) -> str:
-        return f"IsolationToken(#{self._n})"
+        return (
+            f"IsolationToken({self._name!r})" if self._name else f"<IsolationToken {id(self):#x}>"
+        )
 
 
 # Library streams that ask for no particular isolation share this one.
-DEFAULT_TOKEN = IsolationToken()
+DEFAULT_TOKEN = IsolationToken("default")
 
 
 @dataclass(frozen=True, slots=True)
 class IsolationKey:
     """What a stream must match to join a circuit; compare with ``==``."""
 
-    generation: int  # NEWNYM epoch
     session: Hashable  # ("listener", id), ("group", N) or ("token", IsolationToken)
     flags: ListenerFlags | None = None
     socks_auth: bytes | None = None  # digest of (username, password) if isolated on
@@ -137,7 +108,6 @@ def isolation_key(
     dest_host: str,
     dest_port: int,
     protocol: str,
-    generation: int,
 ) -> IsolationKey:
     """The key of a stream that arrived on a listener (SOCKS, HTTP CONNECT, DNS...)."""
     f = listener_flags
@@ -145,7 +115,6 @@ def isolation_key(
         ("group", f.session_group) if f.session_group is not None else ("listener", listener_id)
     )
     return IsolationKey(
-        generation=generation,
         session=session,
         flags=f,
         socks_auth=_auth_digest(socks_username, socks_password) if f.isolate_socks_auth else None,
@@ -158,38 +127,18 @@ def isolation_key(
     )
 
 
-def token_key(token: IsolationToken | None, generation: int) -> IsolationKey:
-    """The key of a library stream: its token (or the shared default) and the NEWNYM epoch."""
-    return IsolationKey(generation=generation, session=("token", token or DEFAULT_TOKEN))
-
-
-class NymEpoch:
-    """The NEWNYM counter: ``newnym()`` makes every earlier key unequal to every later one.
-    (The circuit manager should also stop handing out existing clean circuits, as C tor marks
-    them dirty.)"""
-
-    __slots__ = ("current",)
-
-    def __init__(self) -> None:
-        self.current = 0
-
-    def newnym(self) -> int:
-        self.current += 1
-        return self.current
-
-
 class CircuitIsolation:
     """A circuit's isolation: unset until the first stream, then only equal keys."""
 
     __slots__ = ("key",)
 
     def __init__(self) -> None:
-        self.key: IsolationKey | None = None
+        self.key: Hashable | None = None  # an IsolationKey, or a library token
 
-    def admits(self, key: IsolationKey) -> bool:
+    def admits(self, key: Hashable) -> bool:
         return self.key is None or self.key == key
 
-    def attach(self, key: IsolationKey) -> None:
+    def attach(self, key: Hashable) -> None:
         if not self.admits(key):
             raise ValueError("stream isolation key differs from the circuit's")
         self.key = key

@@ -190,12 +190,17 @@ class PathSelector:
         table = self._table(Position.MIDDLE, req)
         return self._choose(table, path_so_far, req.exclude, lambda: "no relay for the middle hop")
 
-    def choose_guard(self, req: PathRequest, path_so_far: Sequence[Relay] = ()) -> Relay:
-        """A fresh bandwidth-weighted Guard-flagged first hop.  Normal circuits take their guard
-        from :class:`~puretor.path.guards.GuardManager` instead; this is for callers without
-        persistent guards (and for the guard manager's own sampling)."""
+    def choose_guard(
+        self,
+        req: PathRequest,
+        path_so_far: Sequence[Relay] = (),
+        exclude: frozenset[bytes] = frozenset(),
+    ) -> Relay:
+        """A fresh bandwidth-weighted Guard-flagged first hop, not one of ``exclude``.
+        Normal circuits take their guard from :class:`~puretor.path.guards.GuardManager`
+        instead; this is for ``UseEntryGuards 0`` and callers without persistent guards."""
         table = self._table(Position.GUARD, req)
-        return self._choose(table, path_so_far, frozenset(), lambda: "no usable guard relay")
+        return self._choose(table, path_so_far, exclude, lambda: "no usable guard relay")
 
     def choose_directory_cache(self, exclude: Iterable[bytes] = ()) -> Relay:
         """A V2Dir relay to fetch directory documents from, weighted with the Wb* weights."""

@@ -114,13 +114,23 @@ def test_unusable_directory(tmp_path: Path) -> None:
     net = small_network()
     blocker = tmp_path / "file"
     blocker.write_text("x")
-    with pytest.raises(DirectoryError, match="cannot use .* as the directory cache"):
+    with pytest.raises(DirectoryError, match="cannot use .* as the DataDirectory"):
         DirCache(blocker / "sub", net.authority_list).load(net.now)
     loose = tmp_path / "loose"
     loose.mkdir(mode=0o755)
     os.chmod(loose, 0o755)
     DirCache(loose, net.authority_list).load(net.now)
     assert mode(loose) == 0o700  # tightened, as C tor does
+
+
+@pytest.mark.skipif(os.geteuid() != 0, reason="giving a directory to another user needs root")
+def test_a_directory_owned_by_another_user_is_refused(tmp_path: Path) -> None:
+    # C tor's check_private_dir: refused, whoever we are (root included).
+    theirs = tmp_path / "theirs"
+    theirs.mkdir(mode=0o700)
+    os.chown(theirs, 65534, 65534)
+    with pytest.raises(DirectoryError, match="is not owned by this user .* but by .*65534"):
+        DirCache(theirs, small_network().authority_list).ensure_dir(probe=True)
 
 
 @pytest.mark.skipif(os.geteuid() == 0, reason="root ignores directory permissions")

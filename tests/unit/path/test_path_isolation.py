@@ -1,4 +1,4 @@
-"""Stream isolation keys (C tor SocksPort isolation flags, NEWNYM, library tokens)."""
+"""Stream isolation keys (C tor SocksPort isolation flags, library tokens)."""
 
 from __future__ import annotations
 
@@ -8,16 +8,13 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
-from puretor.errors import ConfigError
 from puretor.path.isolation import (
+    DEFAULT_TOKEN,
     CircuitIsolation,
     IsolationKey,
     IsolationToken,
     ListenerFlags,
-    NymEpoch,
     isolation_key,
-    parse_isolation_flags,
-    token_key,
 )
 
 DEFAULT = ListenerFlags()
@@ -30,7 +27,6 @@ BASE = dict(
     dest_host="example.com",
     dest_port=443,
     protocol="socks5",
-    generation=0,
 )
 
 
@@ -38,7 +34,7 @@ def key(**changes: object) -> IsolationKey:
     return isolation_key(**{**BASE, **changes})  # type: ignore[arg-type]
 
 
-def test_defaults_isolate_on_socks_auth_client_addr_listener_and_generation() -> None:
+def test_defaults_isolate_on_socks_auth_client_addr_and_listener() -> None:
     assert key() == key()
     assert hash(key()) == hash(key())
     # Default-on flags and the always-on ones separate streams:
@@ -48,7 +44,6 @@ def test_defaults_isolate_on_socks_auth_client_addr_listener_and_generation() ->
     )
     assert key(client_addr="127.0.0.2") != key()
     assert key(listener_id="socks:9150") != key()
-    assert key(generation=1) != key()
     # Default-off flags do not:
     assert key(dest_host="other.example", dest_port=80) == key()
     assert key(protocol="socks4") == key()
@@ -97,17 +92,6 @@ def test_keys_do_not_show_passwords() -> None:
     assert b"hunter2" not in repr(k).encode() and "hunter2" not in repr(k)
 
 
-def test_newnym_makes_old_keys_incompatible() -> None:
-    epoch = NymEpoch()
-    before = key(generation=epoch.current)
-    circuit = CircuitIsolation()
-    circuit.attach(before)
-    assert epoch.newnym() == 1
-    after = key(generation=epoch.current)
-    assert not circuit.admits(after)
-    assert token_key(None, 0) != token_key(None, 1)
-
-
 def test_circuit_keeps_the_first_streams_key() -> None:
     circuit = CircuitIsolation()
     assert circuit.admits(key()) and circuit.admits(key(client_addr="10.1.1.1"))
@@ -119,24 +103,13 @@ def test_circuit_keeps_the_first_streams_key() -> None:
 
 
 def test_isolation_tokens() -> None:
-    shop, bank = IsolationToken(), IsolationToken()
-    assert token_key(shop, 0) == token_key(shop, 0)
-    assert token_key(shop, 0) != token_key(bank, 0)
-    assert token_key(None, 0) == token_key(None, 0)  # the shared default
-    assert token_key(None, 0) != token_key(shop, 0)
-    assert token_key(shop, 0) != key()  # library and listener streams never mix
-    assert "IsolationToken(#" in repr(shop)
-
-
-def test_parse_socksport_flags() -> None:
-    flags, rest = parse_isolation_flags(
-        ["IsolateDestAddr", "noisolatesocksauth", "SessionGroup=3", "IPv6Traffic", "ExtendedErrors"]
-    )
-    assert flags == ListenerFlags(isolate_dest_addr=True, isolate_socks_auth=False, session_group=3)
-    assert rest == ["IPv6Traffic", "ExtendedErrors"]
-    assert parse_isolation_flags([]) == (ListenerFlags(), [])
-    with pytest.raises(ConfigError):
-        parse_isolation_flags(["SessionGroup=x"])
+    shop, bank = IsolationToken(), IsolationToken("bank")
+    circuit = CircuitIsolation()
+    circuit.attach(shop)
+    assert circuit.admits(shop) and not circuit.admits(bank)
+    assert not circuit.admits(DEFAULT_TOKEN)
+    assert key() != shop and key() != DEFAULT_TOKEN  # library and listener keys never mix
+    assert repr(bank) == "IsolationToken('bank')" and "IsolationToken" in repr(shop)
 
 
 _fields = st.fixed_dictionaries(
@@ -148,7 +121,6 @@ _fields = st.fixed_dictionaries(
         "dest_host": st.sampled_from(["a.example", "A.example", "b.example"]),
         "dest_port": st.sampled_from([80, 443]),
         "protocol": st.sampled_from(["socks4", "socks5"]),
-        "generation": st.integers(0, 1),
     }
 )
 
@@ -173,7 +145,6 @@ def test_keys_equal_exactly_when_no_flag_separates(
     same_session = flags.session_group is not None or a["listener_id"] == b["listener_id"]
     separated = (
         not same_session
-        or a["generation"] != b["generation"]
         or (
             flags.isolate_socks_auth
             and (a["socks_username"], a["socks_password"])

@@ -1,0 +1,513 @@
+"""`TorConfig` and the one table of the torrc options puretor implements.
+
+Each option is defined once, as a `TorConfig` field made with `option()`: its torrc
+name, its value kind, its default (the field's) and its check.  Everything else -
+the torrc and command-line reader, ``--list-torrc-options``, ``GETCONF`` - reads
+`OPTIONS`, which is built from those fields.
+
+Option names, value syntax and defaults follow C tor's ``config.c`` and ``tor.1``.
+Only options a client uses are accepted.  A C tor option puretor does not implement,
+and anything unknown or malformed, stops start-up with a `ConfigError` naming the
+option and where it came from (``torrc:12``): silently ignoring e.g. ``ExcludeNodes``
+would mislead the user about their privacy.  Options C tor itself calls obsolete are
+skipped with C tor's warning.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import logging
+import os
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field, replace
+from pathlib import Path
+from typing import TYPE_CHECKING, Any, Literal
+
+from puretor.config import torrc
+from puretor.config.ctor_names import CTOR_OBSOLETE, CTOR_OPTIONS
+from puretor.config.torrc import Entry
+from puretor.config.values import (
+    AUTOBOOL,
+    BOOL,
+    DEFAULT_LOG,
+    DEFAULT_SOCKS_PORT,
+    FILENAME,
+    INTERVAL,
+    MSEC_INTERVAL,
+    OPTIONAL_BOOL,
+    POSINT,
+    SAFELOGGING,
+    Kind,
+    LogSpec,
+    PolicyRule,
+    SocksPortConfig,
+    choice,
+    format_log,
+    format_policy_rule,
+    format_socks_port,
+    line_list,
+    parse_log,
+    parse_policy_entries,
+    parse_socks_port,
+)
+from puretor.errors import ConfigError
+from puretor.proto.conflux import UX_BY_NAME
+
+if TYPE_CHECKING:  # imported lazily at run time: it pulls in the directory layer
+    from puretor.dir.authorities import Authority, FallbackDir
+
+log = logging.getLogger("puretor.config")
+
+Check = Callable[[Any], str | None]
+
+
+@dataclass(frozen=True)
+class OptionSpec:
+    """One torrc option: how to read it and which `TorConfig` field it sets."""
+
+    name: str
+    kind: Kind
+    check: Check | None = None
+    repeatable: bool = False
+    # C tor's "0 means the default": the field is None then.
+    zero_means_default: bool = False
+    # Repeatable options: lines -> field value (default: a tuple of the parsed lines).
+    combine: Callable[[list[tuple[Any, Entry]]], Any] | None = None
+    attr: str = ""  # the TorConfig field, filled in by the table
+
+    def default_text(self, value: Any) -> list[str]:
+        """The value as torrc lines (what ``GETCONF`` shows); [] for an empty list."""
+        if self.repeatable:
+            return [self.kind.format(item) for item in value or ()]
+        if value is None and self.zero_means_default:
+            return ["0"]
+        return [self.kind.format(value)]
+
+
+def option(
+    name: str,
+    kind: Kind,
+    default: Any = dataclasses.MISSING,
+    *,
+    default_factory: Callable[[], Any] | Any = dataclasses.MISSING,
+    check: Check | None = None,
+    repeatable: bool = False,
+    zero_means_default: bool = False,
+    combine: Callable[[list[tuple[Any, Entry]]], Any] | None = None,
+) -> Any:
+    """A `TorConfig` field that is the torrc option ``name``."""
+    spec = OptionSpec(name, kind, check, repeatable, zero_means_default, combine)
+    metadata = {"option": spec}
+    if default_factory is not dataclasses.MISSING:
+        return field(default_factory=default_factory, metadata=metadata)
+    return field(default=default, metadata=metadata)
+
+
+def between(low: float, high: float, what: str) -> Check:
+    return lambda v: None if low <= v <= high else f"must be between {what}"
+
+
+def _xdg(var: str, fallback: str) -> Path:
+    base = os.environ.get(var)
+    return Path(base) if base and os.path.isabs(base) else Path.home() / fallback
+
+
+def default_data_directory() -> Path:
+    """``$XDG_DATA_HOME/puretor``, else ``~/.local/share/puretor``."""
+    return _xdg("XDG_DATA_HOME", ".local/share") / "puretor"
+
+
+def default_torrc_path() -> Path:
+    """Read when no ``-f`` is given, if it exists: ``$XDG_CONFIG_HOME/puretor/torrc``."""
+    return _xdg("XDG_CONFIG_HOME", ".config") / "puretor" / "torrc"
+
+
+def _check_granularity(value: float) -> str | None:
+    msec = round(value * 1000)
+    if msec > 0 and (1000 % msec == 0 or msec % 1000 == 0):
+        return None
+    return "must be a positive divisor or multiple of 1 second"
+
+
+def _combine_socks_ports(lines: list[tuple[Any, Entry]]) -> tuple[SocksPortConfig, ...]:
+    ports = [cfg for cfg, _ in lines if cfg is not None]
+    if ports and len(ports) != len(lines):
+        raise ConfigError("you gave a nonzero SocksPort along with 'SocksPort 0'; which one?")
+    for cfg, entry in lines:
+        if cfg is not None and not cfg.is_loopback:
+            log.warning(
+                "%s: SocksPort on %s is reachable from other hosts: anyone who can "
+                "connect can use your Tor client, and SOCKS traffic is unencrypted",
+                entry.where,
+                cfg.address,
+            )
+    return tuple(ports)
+
+
+def _combine_policy(lines: list[tuple[Any, Entry]]) -> tuple[PolicyRule, ...]:
+    return tuple(rule for rules, _ in lines for rule in rules)
+
+
+def _dir_line_kind(parser: str) -> Kind:
+    def parse(text: str) -> Any:
+        # Lazy: puretor.dir.authorities pulls in the directory layer.
+        from puretor.dir import authorities
+
+        return getattr(authorities, parser)(text)
+
+    return line_list(parse, lambda item: getattr(item, "line", None) or str(item))
+
+
+@dataclass(frozen=True)
+class TorConfig:
+    """Everything a puretor client reads from torrc.  Times are in seconds."""
+
+    socks_ports: tuple[SocksPortConfig, ...] = option(
+        "SocksPort",
+        line_list(parse_socks_port, lambda c: "0" if c is None else format_socks_port(c)),
+        (DEFAULT_SOCKS_PORT,),
+        repeatable=True,
+        combine=_combine_socks_ports,
+    )
+    socks_policy: tuple[PolicyRule, ...] = option(
+        "SocksPolicy",
+        line_list(parse_policy_entries, format_policy_rule),  # GETCONF: a line per rule
+        (),
+        repeatable=True,
+        combine=_combine_policy,
+    )
+    safe_socks: bool = option("SafeSocks", BOOL, False)
+    test_socks: bool = option("TestSocks", BOOL, False)
+    socks_timeout: float = option(
+        "SocksTimeout", INTERVAL, 120.0, check=lambda v: None if v > 0 else "must be positive"
+    )
+    data_directory: Path = option("DataDirectory", FILENAME, default_factory=default_data_directory)
+    dir_authorities: tuple[Authority, ...] = option(
+        "DirAuthority", _dir_line_kind("parse_dir_authority_line"), (), repeatable=True
+    )
+    fallback_dirs: tuple[FallbackDir, ...] = option(
+        "FallbackDir", _dir_line_kind("parse_fallback_dir_line"), (), repeatable=True
+    )
+    use_default_fallback_dirs: bool = option("UseDefaultFallbackDirs", BOOL, True)
+    testing_tor_network: bool = option("TestingTorNetwork", BOOL, False)
+    logs: tuple[LogSpec, ...] = option(
+        "Log", line_list(parse_log, format_log), (DEFAULT_LOG,), repeatable=True
+    )
+    safe_logging: bool | Literal["relay"] = option("SafeLogging", SAFELOGGING, True)
+    log_time_granularity: float = option(
+        "LogTimeGranularity", MSEC_INTERVAL, 1.0, check=_check_granularity
+    )
+    max_circuit_dirtiness: float = option(
+        "MaxCircuitDirtiness",
+        INTERVAL,
+        600.0,
+        check=between(10, 30 * 86400, "10 seconds and 30 days"),
+    )
+    new_circuit_period: float = option(
+        "NewCircuitPeriod",
+        INTERVAL,
+        30.0,
+        check=lambda v: None if v >= 1 else "must be at least 1 second",
+    )
+    circuit_build_timeout: float | None = option(
+        "CircuitBuildTimeout", INTERVAL, None, zero_means_default=True
+    )  # None: learn it (initially 60 s)
+    learn_circuit_build_timeout: bool = option("LearnCircuitBuildTimeout", BOOL, True)
+    circuit_stream_timeout: float | None = option(
+        "CircuitStreamTimeout",
+        INTERVAL,
+        None,
+        zero_means_default=True,
+        check=lambda v: (
+            None if v == 0 or v >= 10 else "must be 0 (automatic) or at least 10 seconds"
+        ),
+    )  # None: C tor's schedule (10 s, then 15 s)
+    max_client_circuits_pending: int = option(
+        "MaxClientCircuitsPending", POSINT, 32, check=between(1, 1024, "1 and 1024")
+    )
+    use_entry_guards: bool = option("UseEntryGuards", BOOL, True)
+    num_entry_guards: int | None = option(
+        "NumEntryGuards", POSINT, None, zero_means_default=True
+    )  # None: consensus guard-n-primary-guards-to-use
+    num_primary_guards: int | None = option(
+        "NumPrimaryGuards", POSINT, None, zero_means_default=True
+    )  # None: consensus guard-n-primary-guards
+    client_use_ipv4: bool = option("ClientUseIPv4", BOOL, True)
+    client_use_ipv6: bool = option("ClientUseIPv6", BOOL, True)
+    client_prefer_ipv6_orport: bool | None = option(
+        "ClientPreferIPv6ORPort", AUTOBOOL, None
+    )  # None: auto (prefer IPv4)
+    enforce_distinct_subnets: bool | None = option(
+        "EnforceDistinctSubnets", OPTIONAL_BOOL, None
+    )  # None: on unless TestingTorNetwork
+    client_reject_internal_addresses: bool | None = option(
+        "ClientRejectInternalAddresses", OPTIONAL_BOOL, None
+    )  # None: on unless TestingTorNetwork
+    client_dns_reject_internal_addresses: bool | None = option(
+        "ClientDNSRejectInternalAddresses", OPTIONAL_BOOL, None
+    )  # likewise
+    client_onion_auth_dir: Path | None = option("ClientOnionAuthDir", FILENAME, None)
+    pid_file: Path | None = option("PidFile", FILENAME, None)
+    conflux_enabled: bool | None = option(
+        "ConfluxEnabled", AUTOBOOL, None
+    )  # None: auto, as the consensus says (cfx_enabled)
+    conflux_client_ux: str = option("ConfluxClientUX", choice(*UX_BY_NAME), "throughput")
+
+    # Resolved views of the "None = depends on TestingTorNetwork" options.
+    @property
+    def distinct_subnets(self) -> bool:
+        return _or_testnet_default(self.enforce_distinct_subnets, self)
+
+    @property
+    def reject_internal_addresses(self) -> bool:
+        return _or_testnet_default(self.client_reject_internal_addresses, self)
+
+    @property
+    def dns_reject_internal_addresses(self) -> bool:
+        return _or_testnet_default(self.client_dns_reject_internal_addresses, self)
+
+    @property
+    def uses_default_fallbacks(self) -> bool:
+        """C tor adds its built-in fallbacks only when nothing replaces them."""
+        return (
+            self.use_default_fallback_dirs and not self.fallback_dirs and not self.dir_authorities
+        )
+
+    @property
+    def prefer_ipv6_orport(self) -> bool:
+        """Connect to a first hop over IPv6 when it has both (C tor: auto prefers IPv4,
+        and ClientUseIPv4 0 prefers IPv6)."""
+        return bool(self.client_prefer_ipv6_orport) or not self.client_use_ipv4
+
+    # Construction from torrc options: the same parsing and checks as ``tor-client``.
+
+    @classmethod
+    def from_torrc(cls, path: str | os.PathLike[str], **options: OptionValue) -> TorConfig:
+        """Read the torrc at ``path`` as ``tor-client -f PATH`` does, ``options`` on top.
+
+        ``options`` are torrc options by name, applied like command-line options
+        (replacing the file's value; a list replaces a list option's lines, ``[]``
+        clears it): ``TorConfig.from_torrc("torrc", DataDirectory="/tmp/d", SocksPort=0)``.
+        Raises `ConfigError` naming the file line or option at fault.
+        """
+        entries = _read_torrc(Path(path).expanduser(), missing_ok=False)
+        return build_config(torrc.merge([entries, _option_entries(options)]))
+
+    @classmethod
+    def from_options(cls, **options: OptionValue) -> TorConfig:
+        """A configuration from torrc options given as keywords, no file.
+
+        Values are strings as in a torrc, or ints, floats, booleans (``1``/``0``) and
+        paths; a list gives a repeated option::
+
+            TorConfig.from_options(
+                DataDirectory="/tmp/puretor",
+                TestingTorNetwork=True,
+                DirAuthority=["auth1 orport=9001 v3ident=... 127.1.0.1:9030 ...", ...],
+            )
+
+        Unknown or malformed options raise `ConfigError`, exactly as in a torrc.
+        """
+        return build_config(torrc.merge([_option_entries(options)]))
+
+    def option_lines(self, name: str) -> list[str]:
+        """The current value of torrc option ``name`` as torrc lines (``GETCONF``)."""
+        spec = OPTIONS[canonical_name(name, "GETCONF")]
+        return spec.default_text(getattr(self, spec.attr))
+
+
+def _or_testnet_default(value: bool | None, cfg: TorConfig) -> bool:
+    return (not cfg.testing_tor_network) if value is None else value
+
+
+# --- the table
+
+
+def _table() -> dict[str, OptionSpec]:
+    table: dict[str, OptionSpec] = {}
+    for f in dataclasses.fields(TorConfig):
+        spec = f.metadata.get("option")
+        if spec is not None:
+            table[spec.name] = replace(spec, attr=f.name)
+    return table
+
+
+OPTIONS: dict[str, OptionSpec] = _table()
+OPTION_NAMES = tuple(OPTIONS)  # for --list-torrc-options
+_CANONICAL = {name.lower(): name for name in OPTIONS}
+# C tor's abbreviations for options we accept (config.c option_abbrevs_).
+_CANONICAL.update(
+    {
+        "l": "Log",
+        "dirserver": "DirAuthority",
+        "usehelpernodes": "UseEntryGuards",
+        "useentrynodes": "UseEntryGuards",
+        "numhelpernodes": "NumEntryGuards",
+        "numentrynodes": "NumEntryGuards",
+    }
+)
+_CTOR_LOWER = {name.lower(): name for name in CTOR_OPTIONS | CTOR_OBSOLETE}
+_OBSOLETE_LOWER = {name.lower() for name in CTOR_OBSOLETE}
+# Names whose entries are dropped after the obsolete-option warning.
+SKIP = "\0obsolete"
+
+
+def canonical_name(key: str, where: str) -> str:
+    """The option ``key`` names, in C tor's spelling; `SKIP` for an obsolete one."""
+    name = _CANONICAL.get(key.lower())
+    if name is not None:
+        return name
+    if key.startswith("%"):
+        raise ConfigError(f"{where}: '{key}' is not supported; put every option in one torrc")
+    lower = key.lower()
+    if lower in _OBSOLETE_LOWER:
+        log.warning("Skipping obsolete configuration option %r.", _CTOR_LOWER[lower])
+        return SKIP
+    if lower in _CTOR_LOWER:
+        raise ConfigError(
+            f"{where}: C tor option '{_CTOR_LOWER[lower]}' is not supported by puretor"
+        )
+    raise ConfigError(f"{where}: unknown option '{key}'")
+
+
+# --- reading
+
+
+_Scalar = str | int | float | os.PathLike[str]
+OptionValue = _Scalar | Sequence[_Scalar]
+
+
+def parse_torrc(text: str, source: str) -> list[tuple[str, str, int]]:
+    """Split torrc text into ``(key, value, line)`` with canonical option names.
+
+    A ``+``/``/`` magic prefix stays on the key (``"+SocksPort"``); `load_config`
+    interprets it.  Unknown options and bad syntax raise `ConfigError` naming
+    ``source:line``; obsolete C tor options are dropped with a warning.
+    """
+    tokens = torrc.tokenize_torrc(text, source, canonical_name)
+    return [t for t in tokens if t[0].lstrip("+/") != SKIP]
+
+
+def parse_command_line(argv: Sequence[str]) -> torrc.CommandLine:
+    """C tor style: ``-f FILE``, ``--Option value`` (one, two or no dashes), ``+Opt``/``/Opt``.
+
+    ``argv`` excludes the program name.  ``-h`` is reported as ``--help``.
+    """
+    cmd = torrc.tokenize_command_line(argv, canonical_name)
+    overrides = [t for t in cmd.overrides if t[0].lstrip("+/") != SKIP]
+    return cmd._replace(overrides=overrides)
+
+
+def _option_entries(options: dict[str, OptionValue]) -> list[Entry]:
+    """Keyword options (`TorConfig.from_options`) as torrc entries."""
+    out: list[Entry] = []
+    for name, value in options.items():
+        where = f"option {name}="
+        key = canonical_name(name, where)
+        if key == SKIP:
+            continue
+        values = list(value) if isinstance(value, list | tuple) else [value]
+        if not values:
+            out.append(Entry(key, "/", "", where))  # an empty list clears the option
+            continue
+        for v in values:
+            if isinstance(v, bool):
+                text = "1" if v else "0"
+            elif isinstance(v, str | int | float):
+                text = str(v)
+            elif isinstance(v, os.PathLike):
+                text = os.fspath(v)
+            else:
+                raise ConfigError(f"{where}: cannot use a {type(v).__name__} as a value")
+            if "\n" in text or "\0" in text:
+                raise ConfigError(f"{where}: a value cannot contain newlines or NUL")
+            out.append(Entry(key, "", text.strip(), where))
+    return out
+
+
+def _parse_entry(spec: OptionSpec, entry: Entry) -> Any:
+    try:
+        value = spec.kind.parse(entry.value)
+    except ValueError as exc:  # ConfigError and DocumentError are ValueErrors too
+        if spec.repeatable:
+            raise ConfigError(f"{entry.where}: bad {spec.name} line: {exc}") from None
+        raise ConfigError(f"{entry.where}: bad value for {spec.name}: {exc}") from None
+    if spec.check is not None and value is not None:
+        problem = spec.check(value)
+        if problem:
+            raise ConfigError(f"{entry.where}: {spec.name} {entry.value!r} {problem}")
+    return value
+
+
+def build_config(merged: dict[str, list[Entry]]) -> TorConfig:
+    """Merged torrc entries -> a checked `TorConfig`."""
+    values: dict[str, Any] = {}
+    for name, spec in OPTIONS.items():
+        lines = merged.get(name)
+        if lines is None:
+            continue
+        if spec.repeatable:
+            parsed = [(_parse_entry(spec, e), e) for e in lines]
+            if spec.combine is not None:
+                values[spec.attr] = spec.combine(parsed)
+            elif parsed or name != "Log":
+                values[spec.attr] = tuple(item for item, _ in parsed)
+            continue
+        if not lines:
+            continue  # '/Option' cleared it: the default
+        if len(lines) > 1:
+            log.warning(
+                "Option %s used more than once (%s); using the last value",
+                name,
+                ", ".join(e.where for e in lines),
+            )
+        value = _parse_entry(spec, lines[-1])
+        values[spec.attr] = None if spec.zero_means_default and value == 0 else value
+
+    cfg = TorConfig(**values)
+    return _check_together(cfg)
+
+
+def _check_together(cfg: TorConfig) -> TorConfig:
+    """Rules that involve several options, as C tor's options_validate has them."""
+    if cfg.testing_tor_network and not cfg.dir_authorities:
+        raise ConfigError(
+            "TestingTorNetwork may only be configured together with a non-default set of "
+            "DirAuthority lines"
+        )
+    if cfg.testing_tor_network:  # C tor's testnet defaults that matter to a client
+        cfg = replace(
+            cfg,
+            enforce_distinct_subnets=cfg.distinct_subnets,
+            client_reject_internal_addresses=cfg.reject_internal_addresses,
+            client_dns_reject_internal_addresses=cfg.dns_reject_internal_addresses,
+        )
+    if cfg.client_dns_reject_internal_addresses is False and not cfg.dir_authorities:
+        # C tor: "it is not allowed to be set on the default network".
+        raise ConfigError("ClientDNSRejectInternalAddresses used for default network.")
+    if not cfg.client_use_ipv4 and not cfg.client_use_ipv6:
+        raise ConfigError("ClientUseIPv4 and ClientUseIPv6 are both 0: no way to reach relays")
+    return cfg
+
+
+def _read_torrc(path: Path, missing_ok: bool) -> list[Entry]:
+    text = torrc.read_torrc_text(path, missing_ok)
+    if text is None:
+        return []
+    return torrc.entries(parse_torrc(text, str(path)), str(path), cmdline=False)
+
+
+def load_config(argv: Sequence[str]) -> TorConfig:
+    """Command line (without the program name) + torrc files -> validated `TorConfig`."""
+    cmd = parse_command_line(argv)
+    domains: list[list[Entry]] = []
+    missing_ok = "--ignore-missing-torrc" in cmd.flags or "--allow-missing-torrc" in cmd.flags
+    defaults = cmd.flags.get("--defaults-torrc")
+    if defaults:
+        domains.append(_read_torrc(Path(defaults).expanduser(), missing_ok=True))
+    if cmd.torrc_path is not None:
+        domains.append(_read_torrc(cmd.torrc_path, missing_ok=missing_ok))
+    else:
+        domains.append(_read_torrc(default_torrc_path(), missing_ok=True))
+    domains.append(torrc.entries(cmd.overrides, "command line", cmdline=True))
+    return build_config(torrc.merge(domains))
