@@ -7,6 +7,8 @@ import signal
 import time
 from pathlib import Path
 
+import pytest
+
 from puretor.testnet import procs
 
 
@@ -53,3 +55,18 @@ def test_stop_resumes_a_paused_process(tmp_path: Path) -> None:
     procs.stop([rec], timeout=5)
     assert not procs.is_alive(rec)
     assert time.monotonic() - started < 3  # SIGTERM worked; no wait for SIGKILL
+
+
+def test_record_of_an_existing_process_and_its_command_line(tmp_path: Path) -> None:
+    rec = procs.spawn("sleeper", ["sleep", "30"], log=tmp_path / "log")
+    try:
+        assert procs.record_of("again", rec.pid, ["sleep", "30"]).starttime == rec.starttime
+        deadline = time.monotonic() + 10
+        while procs.cmdline(rec.pid) != "sleep 30":  # empty or python's until the exec
+            assert time.monotonic() < deadline
+            time.sleep(0.01)
+    finally:
+        procs.stop([rec])
+    assert procs.cmdline(rec.pid) == ""
+    with pytest.raises(ProcessLookupError):
+        procs.record_of("gone", rec.pid, [])

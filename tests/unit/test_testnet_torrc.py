@@ -117,6 +117,35 @@ def test_authority_options(tmp_path: Path) -> None:
     assert list(params) == sorted(params)
 
 
+@pytest.mark.parametrize("start", [0.0, 0.4, 5.0, 13.99, 19.5, 1765130000.25, 1765130017.0])
+def test_voting_start_offset_puts_the_first_vote_lead_seconds_after_start(start: float) -> None:
+    offset = torrc.voting_start_offset(start)
+    interval = layout.VOTING_INTERVAL
+    assert 0 <= offset < interval  # tor refuses an offset above the interval
+    # tor's schedule: valid-after times at offset + k * interval; votes vote+dist before them.
+    first = next(
+        t
+        for t in range(int(start) - interval, int(start) + 3 * interval)
+        if t > start and t % interval == offset
+    )
+    first_vote = first - layout.VOTE_DELAY - layout.DIST_DELAY
+    assert layout.FIRST_VOTE_LEAD <= first_vote - start < layout.FIRST_VOTE_LEAD + 1
+
+
+def test_authority_torrc_carries_the_offset(tmp_path: Path) -> None:
+    text = torrc.authority_torrc(
+        PLAN.node("auth1"),
+        tmp_path,
+        AUTHS,
+        bandwidth_file=tmp_path / "bw",
+        guard_fps=["1" * 40],
+        exit_fps=["2" * 40],
+        hsdir_fps=["3" * 40],
+        voting_start_offset=17,
+    )
+    assert _values(text, "TestingV3AuthVotingStartOffset") == ["17"]
+
+
 def test_onion_and_client(tmp_path: Path) -> None:
     text = torrc.onion_host_torrc(PLAN.node("onion2"), tmp_path, AUTHS)
     assert _values(text, "HiddenServiceDir") == [str(tmp_path / "hs")]
@@ -143,6 +172,7 @@ def test_tor_accepts_the_torrc(tmp_path: Path, nickname: str) -> None:
             guard_fps=["1" * 40],
             exit_fps=["2" * 40],
             hsdir_fps=["3" * 40],
+            voting_start_offset=layout.VOTING_INTERVAL - 1,  # the largest we produce
         )
     elif nickname == "onion2":
         text = torrc.onion_host_torrc(PLAN.node(nickname), data, AUTHS)

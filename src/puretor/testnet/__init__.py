@@ -1,9 +1,10 @@
 """A private Tor network of Debian's C tor, sealed in a network namespace, for trying and testing
-puretor offline. See ``python -m puretor.testnet --help`` and `TestNetwork`.
+puretor offline. See ``puretor-testnet --help`` and `TestNetwork`.
 
 Modules: layout (the plan), torrc / bwfile / pki / prepare (files and keys), netns and procs
-(sealing and process control), targets and dns (what the exits connect to), consensus (readiness),
-network (`TestNetwork`), ctor_client (a C tor client for comparison), info (network.json schema).
+(sealing and process control), execs (commands run with ``exec``), targets and dns (what the
+exits connect to), consensus (readiness), network (`TestNetwork`), ctor_client (a C tor client
+for comparison), info (network.json schema).
 """
 
 from puretor.testnet.ctor_client import CTorClient, start_ctor_client

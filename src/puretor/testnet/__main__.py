@@ -1,16 +1,21 @@
-"""``python -m puretor.testnet``: run the private Tor network by hand.
+"""``puretor-testnet`` (also ``python -m puretor.testnet``): run the private Tor network by hand.
 
-    up     [--dir DIR] [--netns NAME | --current-netns]   start, wait until usable, print "ready"
-    down   [--dir DIR]                                    stop exactly what `up` started
-    status [--dir DIR]                                    processes and the latest consensus
-    exec   [--dir DIR] -- CMD...                          run CMD inside the network's namespace
-    serve-targets --config FILE                           (internal) the targets daemon
+    up     [--dir DIR] [--rootless | --netns NAME | --current-netns]
+                               start, wait until usable, print "ready"
+    down   [--dir DIR]         stop what `up` started and the commands `exec` runs
+    status [--dir DIR]         processes and the latest consensus
+    exec   [--dir DIR] -- CMD  run CMD inside the network's namespace
 
-Needs root for the named namespace (``ip netns add``). Try it:
+The network has only loopback. As root it runs in a named namespace (``ip netns add``); as any
+other user, or with --rootless, in a user + network namespace kept by a small holder process.
 
-    python -m puretor.testnet up
-    python -m puretor.testnet exec -- tor -f testnet-run/client.torrc &
-    python -m puretor.testnet exec -- curl --socks5-hostname 127.0.0.1:9050 http://target.test/ip
+Try it, in a shell where the virtualenv that has puretor is active:
+
+    puretor-testnet up --dir /tmp/ptnet
+    puretor-testnet exec --dir /tmp/ptnet -- tor-client -f /tmp/ptnet/client.torrc &
+    puretor-testnet exec --dir /tmp/ptnet -- curl --retry 5 --retry-connrefused \\
+        --socks5-hostname 127.0.0.1:9050 http://target.test/ip
+    puretor-testnet down --dir /tmp/ptnet
 """
 
 from __future__ import annotations
@@ -18,38 +23,59 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import shutil
 import sys
 import time
 from pathlib import Path
 
-from puretor.testnet import consensus, layout, netns, procs
+from puretor.testnet import consensus, execs, layout, netns, procs
+from puretor.testnet.procs import ProcRecord
 
+PROG = "puretor-testnet"
 DEFAULT_DIR = "testnet-run"
+
+
+def _namespace_choice(args: argparse.Namespace) -> tuple[str | None, bool]:
+    """(named namespace or None, rootless) for `up`."""
+    if args.current_netns:
+        return None, False
+    if args.rootless or (args.netns is None and os.geteuid() != 0):
+        return None, True
+    return args.netns or layout.DEFAULT_NETNS, False
 
 
 def _cmd_up(args: argparse.Namespace) -> int:
     from puretor.testnet.network import NetworkError, TestNetwork
 
     workdir = Path(args.dir).resolve()
-    state = workdir / "state.json"
-    if state.exists():
+    if (workdir / "state.json").exists():
         old = TestNetwork.attach(workdir)
-        alive = [n for n in old.records if old.is_running(n)]
-        if alive:
+        alive = [r for r in old.records.values() if procs.is_alive(r)]
+        if alive or (old.holder is not None and procs.is_alive(old.holder)):
             print(
                 f"already running in {workdir} ({len(alive)} processes); run `down` first",
                 file=sys.stderr,
             )
             return 1
-    name = None if args.current_netns else args.netns
+    name, rootless = _namespace_choice(args)
+    if name is not None and os.geteuid() != 0:
+        print("a named namespace needs root; leave out --netns to run rootless", file=sys.stderr)
+        return 2
     started = time.monotonic()
 
     def progress(msg: str) -> None:
         print(f"[{time.monotonic() - started:5.1f}s] {msg}", file=sys.stderr, flush=True)
 
+    if rootless:
+        progress("rootless: the network gets a user + network namespace of its own")
     try:
         net = TestNetwork.start(
-            workdir, netns=name, timeout=args.timeout, detach=True, progress=progress
+            workdir,
+            netns=name,
+            rootless=rootless,
+            timeout=args.timeout,
+            detach=True,
+            progress=progress,
         )
     except (NetworkError, netns.NamespaceError) as exc:
         print(f"failed (everything started was stopped again): {exc}", file=sys.stderr)
@@ -60,8 +86,8 @@ def _cmd_up(args: argparse.Namespace) -> int:
     info = net.info
     print(f"ready in {info['ready_seconds']:.1f}s: {workdir / 'network.json'}")
     print(f"  client torrc: {info['client_torrc']} (SocksPort 127.0.0.1:{info['socks_port']})")
-    if name:
-        print(f"  run programs inside with: python -m puretor.testnet exec --dir {args.dir} -- CMD")
+    if name or rootless:
+        print(f"  run programs inside with: {PROG} exec --dir {args.dir} -- CMD")
     return 0
 
 
@@ -73,24 +99,48 @@ def _cmd_down(args: argparse.Namespace) -> int:
         print(f"nothing to stop: no {workdir / 'state.json'}", file=sys.stderr)
         return 1
     net = TestNetwork.attach(workdir)
-    alive = [n for n in net.records if net.is_running(n)]
-    net.stop()
-    print(f"stopped {len(alive)} processes" + (f", deleted netns {net.netns}" if net.netns else ""))
+    alive = [r for r in net.records.values() if procs.is_alive(r)]
+    try:
+        commands = execs.stop_all(workdir)  # first: they are clients of the network
+        net.stop()
+    except PermissionError:
+        print(
+            f"not allowed to stop the processes of {workdir}: run `down` as the user who ran `up`"
+        )
+        return 1
+    where = f", deleted netns {net.netns}" if net.netns else ""
+    where += ", stopped the namespace holder" if net.holder is not None else ""
+    print(f"stopped {len(alive)} processes and {len(commands)} run with `exec`{where}")
+    for rec in commands:
+        print(f"  exec pid {rec.pid}: {' '.join(rec.argv)}")
+    if net.left_running:
+        print("left running in the namespace (not started by puretor-testnet; stop them yourself):")
+        for pid in net.left_running:
+            print(f"  pid {pid}: {procs.cmdline(pid) or '(gone)'}")
     return 0
 
 
 def _cmd_status(args: argparse.Namespace) -> int:
-    from puretor.testnet.network import TestNetwork
+    from puretor.testnet.network import HOLDER, TestNetwork
 
     workdir = Path(args.dir).resolve()
     if not (workdir / "state.json").exists():
         print(f"not started: no {workdir / 'state.json'}")
         return 1
     net = TestNetwork.attach(workdir)
-    where = f"netns {net.netns}" if net.netns else "launcher's namespace"
+    where = (
+        f"netns {net.netns}"
+        if net.netns
+        else "rootless namespace"
+        if net.holder
+        else "launcher's namespace"
+    )
     print(f"{workdir} ({where})")
-    for name, rec in net.records.items():
-        print(f"  {name:10} pid {rec.pid:<8} {'running' if procs.is_alive(rec) else 'DEAD'}")
+    ours = {**({HOLDER: net.holder} if net.holder else {}), **net.records}
+    for name, rec in ours.items():
+        print(f"  {name:12} pid {rec.pid:<8} {'running' if procs.is_alive(rec) else 'DEAD'}")
+    for rec in execs.running(workdir):
+        print(f"  {'exec':12} pid {rec.pid:<8} running: {' '.join(rec.argv)}")
     summary = net.latest_consensus()
     if summary is None:
         print("  no consensus yet")
@@ -109,14 +159,38 @@ def _cmd_status(args: argparse.Namespace) -> int:
     return 0
 
 
+def _resolve(cmd: list[str]) -> list[str]:
+    """`cmd` with its program found next to our Python if not on PATH: sudo resets PATH, so a
+    virtualenv's ``tor-client`` would otherwise not be found."""
+    beside = Path(sys.executable).parent / cmd[0]
+    if "/" not in cmd[0] and shutil.which(cmd[0]) is None and beside.exists():
+        return [str(beside), *cmd[1:]]
+    return cmd
+
+
 def _cmd_exec(args: argparse.Namespace) -> int:
     cmd = args.cmd[1:] if args.cmd[:1] == ["--"] else args.cmd
     if not cmd:
-        print("usage: exec [--dir DIR] -- CMD...", file=sys.stderr)
+        print(f"usage: {PROG} exec [--dir DIR] -- CMD...", file=sys.stderr)
         return 2
-    state = json.loads((Path(args.dir).resolve() / "state.json").read_text())
-    argv = netns.wrap(state["netns"], cmd)
-    os.execvp(argv[0], argv)
+    workdir = Path(args.dir).resolve()
+    if not (workdir / "state.json").exists():
+        print(f"not started: no {workdir / 'state.json'}", file=sys.stderr)
+        return 1
+    state = json.loads((workdir / "state.json").read_text())
+    holder = ProcRecord.from_json(state["holder"]) if state.get("holder") else None
+    if holder is not None and not procs.is_alive(holder):
+        print(f"the namespace of {workdir} is gone (holder pid {holder.pid}); run `down`")
+        return 1
+    cmd = _resolve(cmd)
+    argv = netns.wrap(state["netns"], cmd, holder_pid=holder.pid if holder else None)
+    record = execs.record_self(workdir, cmd)  # our PID and start time stay the command's
+    try:
+        os.execvp(argv[0], argv)
+    except OSError as exc:
+        record.unlink(missing_ok=True)
+        print(f"cannot run {argv[0]}: {exc}", file=sys.stderr)
+        return 127
 
 
 def _cmd_serve_targets(args: argparse.Namespace) -> int:
@@ -126,9 +200,22 @@ def _cmd_serve_targets(args: argparse.Namespace) -> int:
     return 0
 
 
-def main(argv: list[str] | None = None) -> int:
+def _cmd_hold_netns(args: argparse.Namespace) -> int:
+    try:
+        netns.hold(Path(args.ready))
+    except OSError as exc:  # this log's tail is what `up` shows
+        print(
+            f"cannot make a user + network namespace: {exc}. Unprivileged user namespaces may "
+            f"be disabled on this machine; run `up` as root instead (sudo).",
+            file=sys.stderr,
+        )
+        return 1
+    return 0
+
+
+def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
-        prog="python -m puretor.testnet",
+        prog=PROG,
         description=__doc__,
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
@@ -139,8 +226,16 @@ def main(argv: list[str] | None = None) -> int:
         return p
 
     up = with_dir(sub.add_parser("up", help="start the network"))
-    up.add_argument("--netns", default=layout.DEFAULT_NETNS, help="named namespace to use")
-    up.add_argument(
+    where = up.add_mutually_exclusive_group()
+    where.add_argument(
+        "--rootless",
+        action="store_true",
+        help="use a user + network namespace (the default when not root)",
+    )
+    where.add_argument(
+        "--netns", help=f"named namespace to use, as root (default {layout.DEFAULT_NETNS})"
+    )
+    where.add_argument(
         "--current-netns",
         action="store_true",
         help="run in the current namespace (must already be sealed: only `lo`)",
@@ -157,8 +252,14 @@ def main(argv: list[str] | None = None) -> int:
     st = sub.add_parser("serve-targets", help="(internal) the targets + DNS daemon")
     st.add_argument("--config", required=True)
     st.set_defaults(func=_cmd_serve_targets)
+    hold = sub.add_parser("hold-netns", help="(internal) make and keep a rootless namespace")
+    hold.add_argument("--ready", required=True)
+    hold.set_defaults(func=_cmd_hold_netns)
+    return parser
 
-    args = parser.parse_args(argv)
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
     return int(args.func(args))
 
 

@@ -56,6 +56,7 @@ class CTorClient:
     netns: str | None
     socks_port: int = 0  # known once the listener is open (immediately unless "auto")
     started: float = field(default_factory=time.monotonic)
+    holder_pid: int | None = None  # a rootless network's namespace holder
 
     @property
     def socks_address(self) -> str:
@@ -100,7 +101,7 @@ class CTorClient:
         ]
         if cacert:
             argv += ["--cacert", cacert]
-        return netns.wrap(self.netns, [*argv, *extra, url])
+        return netns.wrap(self.netns, [*argv, *extra, url], holder_pid=self.holder_pid)
 
     def curl(
         self, url: str, *extra: str, cacert: str | None = None, timeout: float = 150.0
@@ -160,15 +161,25 @@ def start_ctor_client(
     )
     defaults = workdir / "torrc-defaults"
     defaults.write_text("")
-    name = info["netns"]["name"]
+    name, holder_pid = info["netns"]["name"], info["netns"].get("holder_pid")
     record = procs.spawn(
         "ctor-client",
-        netns.wrap(name, [tor, "--defaults-torrc", str(defaults), "-f", str(torrc_path)]),
+        netns.wrap(
+            name,
+            [tor, "--defaults-torrc", str(defaults), "-f", str(torrc_path)],
+            holder_pid=holder_pid,
+        ),
         log=workdir / "stdout.log",
         die_with_parent=True,
     )
     client = CTorClient(
-        record, data_dir, torrc_path, data_dir / "notice.log", name, socks_port or 0
+        record,
+        data_dir,
+        torrc_path,
+        data_dir / "notice.log",
+        name,
+        socks_port or 0,
+        holder_pid=holder_pid,
     )
     if wait:
         try:

@@ -25,6 +25,7 @@ def build_info(
     plan: NetworkPlan,
     *,
     netns: str | None,
+    holder_pid: int | None = None,
     tor: str,
     summary: ConsensusSummary,
     elapsed: float,
@@ -83,7 +84,11 @@ def build_info(
     return {
         "schema_version": SCHEMA_VERSION,
         "workdir": str(prep.workdir),
-        "netns": {"name": netns, "mode": "named" if netns else "current"},
+        "netns": {
+            "name": netns,
+            "mode": "named" if netns else "rootless" if holder_pid else "current",
+            "holder_pid": holder_pid,
+        },
         "tor_binary": tor,
         "tor_version": tor_version(tor),
         "ready_seconds": round(elapsed, 1),

@@ -14,8 +14,11 @@ SCHEMA_VERSION = 1
 
 
 class NetnsInfo(TypedDict):
-    name: str | None  # named namespace (`ip netns exec NAME ...`), or None: the launcher's own
-    mode: str  # "named" | "current"
+    name: str | None  # named namespace (`ip netns exec NAME ...`), or None
+    mode: str  # "named" | "rootless" | "current" (the launcher's own)
+    # rootless: the process keeping the namespace alive; run programs inside with
+    # `nsenter --target PID --user --net --preserve-credentials -- CMD` (netns.wrap does).
+    holder_pid: int | None
 
 
 class NodeInfo(TypedDict):

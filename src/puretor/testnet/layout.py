@@ -24,6 +24,9 @@ DEFAULT_NETNS = "puretor-testnet"
 VOTING_INTERVAL = 20
 VOTE_DELAY = 4
 DIST_DELAY = 4
+# Seconds from starting the tor processes to the first vote: every relay must have published its
+# descriptor and been found reachable by then (about 3 s on a loaded 2-core machine).
+FIRST_VOTE_LEAD = 6
 
 # As on the live network (2024-25) where that is safe here. DoS* parameters are deliberately
 # left out: tests open many circuits from 127.0.0.1 and the live DoS limits would throttle them.

@@ -1,10 +1,13 @@
 """Sealed network namespaces: only loopback, plus a local route for the target range.
 
-Two ways to be sealed:
+Three ways to be sealed:
 * the whole current process moves into a fresh namespace (`enter_private_netns`, used by the
-  test suite's conftest before anything else runs), or
-* a persistent named namespace (``ip netns add``) whose processes we start with
-  ``ip netns exec`` (used by the ``python -m puretor.testnet up`` CLI).
+  test suite's conftest before anything else runs),
+* a persistent named namespace (``ip netns add``, needs root) whose processes we start with
+  ``ip netns exec`` (``puretor-testnet up`` as root), or
+* rootless: a small holder process (`hold`) unshares a user + network namespace and keeps it
+  alive; the others join it with ``nsenter --target HOLDER --user --net``
+  (``puretor-testnet up`` as any other user, or with ``--rootless``).
 
 Inside, any connect to an address outside 127/8 and 198.18/15 fails at once with ENETUNREACH.
 """
@@ -15,6 +18,7 @@ import ctypes
 import fcntl
 import os
 import shutil
+import signal
 import socket
 import struct
 import subprocess
@@ -41,14 +45,16 @@ def _unshare(flags: int) -> None:
         raise OSError(err, f"unshare({flags:#x}): {os.strerror(err)}")
 
 
-def enter_private_netns() -> str:
+def enter_private_netns(*, with_userns: bool = False) -> str:
     """Move this process into a fresh network namespace with only loopback up.
 
-    As root a plain CLONE_NEWNET; otherwise a user namespace too, where we map ourselves to
-    uid 0 so we may configure the new namespace (the kernel requires a single-threaded process
-    for that). Returns "netns" or "userns+netns".
+    As root a plain CLONE_NEWNET (unless `with_userns`); otherwise a user namespace too, where
+    we map ourselves to uid 0 so we may configure the new namespace (the kernel requires a
+    single-threaded process for that). Returns "netns" or "userns+netns".
     """
     try:
+        if with_userns:
+            raise PermissionError
         _unshare(CLONE_NEWNET)
         mode = "netns"
     except PermissionError:
@@ -146,7 +152,7 @@ def create_named(name: str) -> None:
         if busy:
             raise NamespaceError(
                 f"namespace {name!r} already has processes in it (pids {busy[:10]}); "
-                "stop the other network first (`python -m puretor.testnet down`)"
+                "stop the other network first (`puretor-testnet down`)"
             )
     else:
         _ip(None, "netns", "add", name)
@@ -169,8 +175,74 @@ def inside(name: str) -> bool:
     return (mine.st_dev, mine.st_ino) == (theirs.st_dev, theirs.st_ino)
 
 
-def wrap(netns: str | None, argv: Sequence[str]) -> list[str]:
-    """The command line that runs `argv` in `netns` (or unchanged for the current one)."""
+def wrap(netns: str | None, argv: Sequence[str], *, holder_pid: int | None = None) -> list[str]:
+    """The command line that runs `argv` in `netns`, or in the namespace that `holder_pid`
+    holds (rootless), or unchanged for the current one."""
+    if holder_pid is not None:
+        # (Sealed too: a holder's PID reused by a process out here must not let argv run here.)
+        inside_already = shares_netns(holder_pid) and is_sealed(None)
+        return list(argv) if inside_already else nsenter_argv(holder_pid, argv)
     if netns is None or inside(netns):
         return list(argv)
     return ["ip", "netns", "exec", netns, *argv]
+
+
+# --- rootless: a holder process keeps a user + network namespace alive ------------------------
+
+
+def nsenter_argv(holder_pid: int, argv: Sequence[str]) -> list[str]:
+    """Run `argv` in the holder's user and network namespaces.
+
+    --preserve-credentials: nsenter would otherwise call setgroups(), which a user namespace
+    made by an unprivileged user denies.
+    """
+    return [
+        "nsenter",
+        f"--target={holder_pid}",
+        "--user",
+        "--net",
+        "--preserve-credentials",
+        "--",
+        *argv,
+    ]
+
+
+def netns_id(pid: int | str) -> tuple[int, int] | None:
+    """Identity of the network namespace of `pid` ("self" for ours), None if unreadable."""
+    try:
+        st = os.stat(f"/proc/{pid}/ns/net")
+    except (FileNotFoundError, PermissionError, ProcessLookupError):
+        return None
+    return st.st_dev, st.st_ino
+
+
+def shares_netns(pid: int) -> bool:
+    """Is this process in the same network namespace as `pid`?"""
+    theirs = netns_id(pid)
+    return theirs is not None and theirs == netns_id("self")
+
+
+def pids_in_netns(ns: tuple[int, int]) -> list[int]:
+    """Every process we may inspect whose network namespace is `ns`."""
+    return sorted(
+        int(entry.name)
+        for entry in Path("/proc").iterdir()
+        if entry.name.isdigit() and netns_id(entry.name) == ns
+    )
+
+
+def hold(ready: Path) -> None:
+    """The holder's whole life: make the namespace, say so in `ready`, sleep until signalled.
+
+    Runs as its own process (``python -m puretor.testnet hold-netns``) right after start, while
+    still single-threaded as unshare(CLONE_NEWUSER) requires.
+    """
+    enter_private_netns(with_userns=True)
+    add_target_route(None)
+    require_sealed(None)
+    stop = {signal.SIGTERM, signal.SIGINT, signal.SIGHUP}
+    signal.pthread_sigmask(signal.SIG_BLOCK, stop)  # so that sigwait, not a handler, gets them
+    tmp = ready.with_suffix(".tmp")
+    tmp.write_text(f"{os.getpid()}\n")
+    tmp.rename(ready)
+    signal.sigwait(stop)

@@ -36,6 +36,7 @@ from puretor.testnet.prepare import NodeFiles, Prepared, prepare
 from puretor.testnet.procs import ProcRecord
 
 TARGETS = "targets"  # process name of the targets daemon
+HOLDER = "netns-holder"  # process name of the rootless namespace's holder
 UPLOAD_OK = "status 200"  # in "Uploading hidden service descriptor: finished with status 200"
 
 
@@ -59,9 +60,11 @@ def find_binary(name: str) -> str | None:
     return found
 
 
-def missing_requirements(named_netns: bool = False) -> list[str]:
+def missing_requirements(named_netns: bool = False, rootless: bool = False) -> list[str]:
     """What this machine lacks to run the network (empty when all is there)."""
-    needed = ["tor", "tor-gencert"] + (["ip"] if named_netns else [])
+    needed = ["tor", "tor-gencert"]
+    needed += ["ip"] if named_netns or rootless else []
+    needed += ["nsenter"] if rootless else []
     return [f"`{b}` not found" for b in needed if find_binary(b) is None]
 
 
@@ -112,9 +115,13 @@ class TestNetwork:
         netns: str | None = None,
         plan: NetworkPlan | None = None,
         detach: bool = False,
+        rootless: bool = False,
     ) -> None:
         self.workdir = Path(workdir).resolve()
         self.netns = netns
+        self.rootless = rootless
+        self.holder: ProcRecord | None = None  # rootless: the process keeping the namespace
+        self.left_running: list[int] = []  # others still in our namespace when we stopped
         self.plan = plan or NetworkPlan()
         self.detach = detach  # CLI `up`: processes outlive this Python process
         self.records: dict[str, ProcRecord] = {}
@@ -135,11 +142,15 @@ class TestNetwork:
         timeout: float = 240.0,
         plan: NetworkPlan | None = None,
         detach: bool = False,
+        rootless: bool = False,
         progress: Callable[[str], None] | None = None,
     ) -> TestNetwork:
-        """Start the network in `netns` (a named namespace, created if needed) or, with None,
-        in the current namespace, which must then already be sealed (only loopback)."""
-        net = cls(workdir, netns=netns, plan=plan, detach=detach)
+        """Start the network in `netns` (a named namespace, created if needed), or with
+        `rootless` in a new user + network namespace kept by a holder process, or else in the
+        current namespace, which must then already be sealed (only loopback)."""
+        if rootless and netns is not None:
+            raise ValueError("a rootless network has no named namespace")
+        net = cls(workdir, netns=netns, plan=plan, detach=detach, rootless=rootless)
         if not detach:
             atexit.register(net.stop)
             _install_signal_handlers()
@@ -157,6 +168,8 @@ class TestNetwork:
         state = json.loads((workdir / "state.json").read_text())
         net = cls(workdir, netns=state["netns"], detach=True)
         net.records = {k: ProcRecord.from_json(v) for k, v in state["processes"].items()}
+        if state.get("holder"):
+            net.rootless, net.holder = True, ProcRecord.from_json(state["holder"])
         if (workdir / "network.json").exists():
             net._info = json.loads((workdir / "network.json").read_text())
         return net
@@ -170,11 +183,19 @@ class TestNetwork:
         self.stop()
 
     def stop(self, timeout: float = 10.0) -> None:
-        """SIGTERM everything we started, SIGKILL after `timeout`; delete a named namespace."""
+        """SIGTERM everything we started, SIGKILL after `timeout`; delete a named namespace.
+
+        Processes we did not start that are still in our namespace are left alone; their PIDs
+        end up in `left_running`.
+        """
         if self._stopped:
             return
         self._stopped = True
         procs.stop(self.records.values(), timeout=timeout)
+        self.left_running = self._others_in_namespace()
+        if self.holder is not None:
+            procs.stop([self.holder], timeout=timeout)
+            (self.workdir / f"{HOLDER}.ready").unlink(missing_ok=True)
         if self.netns is not None:
             try:
                 netns.delete_named(self.netns)
@@ -182,6 +203,15 @@ class TestNetwork:
                 print(f"puretor.testnet: {exc}", file=sys.stderr)
         with contextlib.suppress(Exception):
             atexit.unregister(self.stop)
+
+    def _others_in_namespace(self) -> list[int]:
+        if self.holder is not None:
+            ns = netns.netns_id(self.holder.pid) if procs.is_alive(self.holder) else None
+            pids = netns.pids_in_netns(ns) if ns else []
+            return [p for p in pids if p != self.holder.pid]
+        if self.netns is not None and netns.netns_exists(self.netns):
+            return netns.pids_in(self.netns)
+        return []
 
     @property
     def info(self) -> NetworkInfo:
@@ -257,7 +287,8 @@ class TestNetwork:
 
     def exec_argv(self, argv: Sequence[str]) -> list[str]:
         """`argv` wrapped to run inside the network's namespace."""
-        return netns.wrap(self.netns, argv)
+        holder_pid = self.holder.pid if self.holder is not None else None
+        return netns.wrap(self.netns, argv, holder_pid=holder_pid)
 
     def run(self, argv: Sequence[str], **kwargs: Any) -> subprocess.CompletedProcess[Any]:
         return subprocess.run(self.exec_argv(argv), **kwargs)
@@ -300,10 +331,12 @@ class TestNetwork:
     def _start(self, timeout: float, progress: Callable[[str], None]) -> None:
         t0 = time.monotonic()
         deadline = t0 + timeout
-        missing = missing_requirements(named_netns=self.netns is not None)
+        missing = missing_requirements(named_netns=self.netns is not None, rootless=self.rootless)
         if missing:
             raise NetworkError("cannot start the test network: " + "; ".join(missing))
-        if self.netns is not None:
+        if self.rootless:
+            self._start_holder()
+        elif self.netns is not None:
             netns.create_named(self.netns)
         else:
             netns.require_sealed(None)
@@ -327,21 +360,23 @@ class TestNetwork:
             prep.workdir / "targets" / "daemon.log",
             env=_python_env(),
         )
+
+        def start_tor(nf: NodeFiles) -> None:
+            argv = [self.tor, "--defaults-torrc", str(prep.defaults_torrc), "-f", str(nf.torrc)]
+            self._spawn(nf.spec.nickname, argv, nf.dir / "stdout.log")
+
+        # The relays start at once, without waiting for the targets: the first vote is already
+        # scheduled (torrc.voting_start_offset), and they need the targets only later.
+        onions = [nf for nf in prep.nodes.values() if nf.spec.role == "onion-service"]
+        for nf in prep.nodes.values():
+            if nf not in onions:
+                start_tor(nf)
         self._wait(
             prep.targets_ready.exists,
             30.0,
             "the targets daemon",
             logs=[prep.workdir / "targets" / "daemon.log"],
         )
-
-        def start_tor(nf: NodeFiles) -> None:
-            argv = [self.tor, "--defaults-torrc", str(prep.defaults_torrc), "-f", str(nf.torrc)]
-            self._spawn(nf.spec.nickname, argv, nf.dir / "stdout.log")
-
-        onions = [nf for nf in prep.nodes.values() if nf.spec.role == "onion-service"]
-        for nf in prep.nodes.values():
-            if nf not in onions:
-                start_tor(nf)
 
         progress("waiting for a consensus listing every relay with its flags")
         expected = {
@@ -361,6 +396,8 @@ class TestNetwork:
             )
         except NetworkError as exc:
             raise NetworkError(f"{exc}\n  last consensus problems: {problems}") from None
+        progress(f"consensus valid-after {summary.valid_after} is complete")
+        self._retry_consensus_fetches()
 
         # Onion hosts start only now: their first consensus then already has every HSDir, so
         # their first upload lands where clients will look. (Started earlier, they upload to an
@@ -396,15 +433,39 @@ class TestNetwork:
             "the exits to bootstrap",
             logs=exit_logs,
         )
+        progress("the exits are bootstrapped")
         self._info = build_info(
             prep,
             self.plan,
             netns=self.netns,
+            holder_pid=self.holder.pid if self.holder is not None else None,
             tor=self.tor,
             summary=summary,
             elapsed=time.monotonic() - t0,
         )
         self._write_outputs(prep)
+
+    def _start_holder(self) -> None:
+        """Start the process that makes and keeps the rootless namespace; wait until it has."""
+        self.workdir.mkdir(parents=True, exist_ok=True)
+        ready, log = self.workdir / f"{HOLDER}.ready", self.workdir / f"{HOLDER}.log"
+        ready.unlink(missing_ok=True)
+        argv = [sys.executable, "-m", "puretor.testnet", "hold-netns", "--ready", str(ready)]
+        self.holder = procs.spawn(
+            HOLDER, argv, log=log, env=_python_env(), die_with_parent=not self.detach
+        )
+        self._write_state()
+        self._wait(ready.exists, 30.0, "the namespace holder", logs=[log])
+
+    def _retry_consensus_fetches(self) -> None:
+        """SIGHUP every relay, which makes tor reset its download back-off and fetch now.
+
+        Each 404 for a consensus before the first one exists grows a relay's randomized retry
+        delay, so without this an exit may take another minute to learn the consensus, and
+        exits are only usable once they have it.
+        """
+        for node in self.plan.by_role("guard", "middle", "exit"):
+            procs.signal_proc(self._record(node.nickname), signal.SIGHUP)
 
     def _seed_directory_cache(self, data_dir: Path, summary: consensus.ConsensusSummary) -> None:
         """Give a fresh tor the authorities' consensus, certs and microdescriptors.
@@ -446,6 +507,7 @@ class TestNetwork:
         self.workdir.mkdir(parents=True, exist_ok=True)
         state = {
             "netns": self.netns,
+            "holder": self.holder.to_json() if self.holder is not None else None,
             "processes": {k: r.to_json() for k, r in self.records.items()},
         }
         tmp = self.workdir / "state.json.tmp"
@@ -468,11 +530,12 @@ class TestNetwork:
                 return
             # While starting, a dead process means failure; once ready, fault tests kill
             # processes on purpose, so then we just wait.
-            dead = [n for n, r in self.records.items() if not procs.is_alive(r)]
+            ours = {**self.records, **({HOLDER: self.holder} if self.holder else {})}
+            dead = [n for n, r in ours.items() if not procs.is_alive(r)]
             if dead and self._info is None:
                 name = dead[0]
                 raise NetworkError(
-                    f"{name} exited while waiting for {what}:\n{tail(self.records[name].log)}"
+                    f"{name} exited while waiting for {what}:\n{tail(ours[name].log)}"
                     + self._node_log_tail(name)
                 )
             if time.monotonic() > deadline:

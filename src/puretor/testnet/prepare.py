@@ -60,7 +60,7 @@ class Prepared:
     source_log: Path
 
 
-def _run_all(cmds: list[tuple[list[str], Path]], what: str) -> None:
+def _run_all(cmds: list[tuple[list[str], Path]]) -> None:
     """Run commands in parallel (key generation is CPU-bound, we have a few cores)."""
     procs = [
         (
@@ -78,7 +78,7 @@ def _run_all(cmds: list[tuple[list[str], Path]], what: str) -> None:
     for proc, cmd in procs:
         out, _ = proc.communicate(timeout=120)
         if proc.returncode != 0:
-            raise PrepareError(f"{what} failed: {' '.join(cmd)}\n{out.decode(errors='replace')}")
+            raise PrepareError(f"{' '.join(cmd)} failed:\n{out.decode(errors='replace')}")
 
 
 def _read_fingerprint(path: Path) -> str:
@@ -111,7 +111,7 @@ def prepare(workdir: Path, plan: NetworkPlan, *, tor: str, gencert: str) -> Prep
         for n in plan.nodes
     }
 
-    # 1. Authority voting keys (tor-gencert), then every relay's identity (tor --list-fingerprint).
+    # 1. Authority voting keys (tor-gencert) and every relay's identity (tor --list-fingerprint).
     auths = [nodes[n.nickname] for n in plan.by_role("authority")]
     # --passphrase-fd 0 with stdin at EOF gives an empty passphrase, no prompt.
     gencert_cmds = [
@@ -130,33 +130,30 @@ def prepare(workdir: Path, plan: NetworkPlan, *, tor: str, gencert: str) -> Prep
         )
         for a in auths
     ]
-    _run_all(gencert_cmds, "tor-gencert")
     relays = [nf for nf in nodes.values() if nf.spec.is_relay]
-    _run_all(
-        [
-            (
-                [
-                    tor,
-                    "--list-fingerprint",
-                    "--defaults-torrc",
-                    str(defaults),
-                    "-f",
-                    str(defaults),
-                    "--DataDirectory",
-                    str(nf.dir),
-                    "--Nickname",
-                    nf.spec.nickname,
-                    "--ORPort",
-                    f"{nf.spec.address}:{nf.spec.orport}",
-                    "--Address",
-                    nf.spec.address,
-                ],
-                nf.dir,
-            )
-            for nf in relays
-        ],
-        "tor --list-fingerprint",
-    )
+    fingerprint_cmds = [
+        (
+            [
+                tor,
+                "--list-fingerprint",
+                "--defaults-torrc",
+                str(defaults),
+                "-f",
+                str(defaults),
+                "--DataDirectory",
+                str(nf.dir),
+                "--Nickname",
+                nf.spec.nickname,
+                "--ORPort",
+                f"{nf.spec.address}:{nf.spec.orport}",
+                "--Address",
+                nf.spec.address,
+            ],
+            nf.dir,
+        )
+        for nf in relays
+    ]
+    _run_all(gencert_cmds + fingerprint_cmds)  # independent of each other
     for nf in relays:
         nf.fingerprint = _read_fingerprint(nf.dir / "fingerprint")
         nf.ed25519 = _read_fingerprint(nf.dir / "fingerprint-ed25519")
@@ -198,6 +195,7 @@ def prepare(workdir: Path, plan: NetworkPlan, *, tor: str, gencert: str) -> Prep
 
     # 3. torrcs and onion service directories.
     client_auth = pki.new_client_auth_keys()
+    offset = torrc.voting_start_offset(time.time())  # the tor processes start right after this
     for nf in nodes.values():
         spec = nf.spec
         if spec.role == "authority":
@@ -209,6 +207,7 @@ def prepare(workdir: Path, plan: NetworkPlan, *, tor: str, gencert: str) -> Prep
                 guard_fps=fps("guard"),
                 exit_fps=fps("exit"),
                 hsdir_fps=hsdirs,
+                voting_start_offset=offset,
             )
         elif spec.role == "onion-service":
             text = torrc.onion_host_torrc(spec, nf.dir, authorities)

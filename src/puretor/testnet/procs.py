@@ -50,6 +50,23 @@ def _stat(pid: int) -> tuple[str, int] | None:
     return fields[0], int(fields[19])
 
 
+def record_of(name: str, pid: int, argv: Sequence[str], log: str = "") -> ProcRecord:
+    """A record of a process someone else started (e.g. ourselves, before an exec)."""
+    st = _stat(pid)
+    if st is None:
+        raise ProcessLookupError(pid)
+    return ProcRecord(name, pid, st[1], list(argv), log)
+
+
+def cmdline(pid: int) -> str:
+    """The command line of `pid`, for messages ("" when gone or unreadable)."""
+    try:
+        raw = Path(f"/proc/{pid}/cmdline").read_bytes()
+    except (FileNotFoundError, PermissionError, ProcessLookupError):
+        return ""
+    return " ".join(arg.decode(errors="replace") for arg in raw.split(b"\0") if arg)
+
+
 def is_alive(rec: ProcRecord) -> bool:
     child = _children.get(rec.pid)
     if child is not None and child.poll() is not None:

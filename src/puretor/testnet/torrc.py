@@ -5,6 +5,7 @@ Each function returns the whole file; a comment says why any non-obvious option 
 
 from __future__ import annotations
 
+import math
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -98,6 +99,7 @@ def authority_torrc(
     guard_fps: Sequence[str],
     exit_fps: Sequence[str],
     hsdir_fps: Sequence[str],
+    voting_start_offset: int = 0,
     consensus_params: Mapping[str, int] = layout.CONSENSUS_PARAMS,
 ) -> str:
     params = " ".join(f"{k}={v}" for k, v in sorted(consensus_params.items()))
@@ -116,7 +118,9 @@ def authority_torrc(
             f"TestingV3AuthInitialVotingInterval {interval}",
             f"TestingV3AuthInitialVoteDelay {vote}",
             f"TestingV3AuthInitialDistDelay {dist}",
-            "TestingV3AuthVotingStartOffset 0",
+            # Shifts the schedule so the first vote comes right after the relays publish
+            # (see `voting_start_offset`), instead of up to a whole interval later.
+            f"TestingV3AuthVotingStartOffset {voting_start_offset}",
             # Measured bandwidths: without them relays self-report ~0 and weights degenerate.
             f"V3BandwidthsFile {bandwidth_file}",
             # Predictable flags: exactly these relays get Guard/Exit/HSDir.
@@ -132,6 +136,16 @@ def authority_torrc(
             f"ConsensusParams {params}",
         ]
     )
+
+
+def voting_start_offset(start: float, lead: float = layout.FIRST_VOTE_LEAD) -> int:
+    """TestingV3AuthVotingStartOffset that puts the first vote `lead` seconds after `start`.
+
+    Votes are cast vote+dist delay before each valid-after time, and valid-after times sit at
+    offset + k * interval (seconds since midnight UTC).
+    """
+    first_valid_after = math.ceil(start + lead) + layout.VOTE_DELAY + layout.DIST_DELAY
+    return first_valid_after % layout.VOTING_INTERVAL
 
 
 def relay_torrc(
