@@ -126,11 +126,11 @@ class _ResponseStream(httpx.AsyncByteStream):
             async for part in self._stream:
                 yield part
         except httpcore.ReadTimeout as exc:
-            raise httpx.ReadTimeout(str(exc)) from _root_cause(exc)
+            raise _httpx_error(httpx.ReadTimeout, exc) from _root_cause(exc)
         except httpcore.ReadError as exc:
-            raise httpx.ReadError(str(exc)) from _root_cause(exc)
+            raise _httpx_error(httpx.ReadError, exc) from _root_cause(exc)
         except httpcore.RemoteProtocolError as exc:
-            raise httpx.RemoteProtocolError(str(exc)) from _root_cause(exc)
+            raise _httpx_error(httpx.RemoteProtocolError, exc) from _root_cause(exc)
 
     async def aclose(self) -> None:
         aclose = getattr(self._stream, "aclose", None)
@@ -148,6 +148,35 @@ def _root_cause(exc: BaseException) -> BaseException:
         if isinstance(linked, TorError | ssl.SSLError | OSError):
             return linked
     return exc
+
+
+_BOTH: dict[tuple[type[Exception], type[TorError]], type[Exception]] = {}
+
+
+def _both(httpx_class: type[Exception], tor_class: type[TorError]) -> type[Exception]:
+    """An exception class that is both ``httpx_class`` and ``tor_class`` (made once)."""
+    both = _BOTH.get((httpx_class, tor_class))
+    if both is None:
+        namespace = {"__module__": httpx_class.__module__, "__doc__": httpx_class.__doc__}
+        both = type(httpx_class.__name__, (httpx_class, tor_class), namespace)
+        _BOTH[httpx_class, tor_class] = both
+    return both
+
+
+def _httpx_error(httpx_class: type[Exception], exc: BaseException) -> Exception:
+    """``httpx_class(str(exc))``; when a puretor error is behind it, the exception is that
+    puretor error too (``except OnionError`` sees it, with its ``socks_code``), so code
+    written for httpx and code written for puretor both catch it."""
+    root = _root_cause(exc)
+    if not isinstance(root, TorError):
+        return httpx_class(str(exc))
+    try:
+        combined = _both(httpx_class, type(root))(str(exc))
+    except TypeError:  # an exception class the two cannot share (a layout conflict)
+        return httpx_class(str(exc))
+    for name, value in vars(root).items():  # socks_code, reason, ...
+        setattr(combined, name, value)
+    return combined
 
 
 _EXCEPTIONS: tuple[tuple[type[Exception], type[Exception]], ...] = (
@@ -176,7 +205,9 @@ class TorTransport(httpx.AsyncBaseTransport):
 
     Failures surface as httpx exceptions (``httpx.ConnectError``, ``httpx.ConnectTimeout``,
     ``httpx.ReadError``...) whose ``__cause__`` is the puretor error (e.g. `StreamRefused`)
-    or the `ssl.SSLError`.  Closing the transport (or the client) closes its streams,
+    or the `ssl.SSLError`.  When a puretor error is behind it, the exception is also an
+    instance of that puretor class, with its attributes: ``except OnionError as e`` then
+    sees ``e.socks_code`` as well as ``except httpx.ConnectError`` does.  Closing the transport (or the client) closes its streams,
     not the `TorClient`.
     """
 
@@ -232,7 +263,7 @@ class TorTransport(httpx.AsyncBaseTransport):
                 if isinstance(exc, core_exc):
                     # Chain to the root cause (a puretor.errors.TorError, an ssl.SSLError...)
                     # rather than to httpcore's intermediate exception.
-                    raise httpx_exc(str(exc)) from _root_cause(exc)
+                    raise _httpx_error(httpx_exc, exc) from _root_cause(exc)
             raise
         assert isinstance(resp.stream, typing.AsyncIterable)
         return httpx.Response(

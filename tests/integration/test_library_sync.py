@@ -51,6 +51,21 @@ def test_sync_facade(testnet: Any, tmp_path: Path) -> None:
                     digest.update(part)
             assert digest.hexdigest() == f["sha256"]
 
+        # Errors: the puretor error itself reaches the caller through httpx (as an httpx
+        # exception that is also the puretor one, with its SOCKS code).
+        import httpx
+
+        from puretor import OnionError
+
+        with pytest.raises(OnionError) as bad_onion:
+            tor.get("http://" + "a" * 56 + ".onion/")
+        assert isinstance(bad_onion.value, httpx.ConnectError)
+        assert bad_onion.value.socks_code == 0xF6  # malformed address (proposal 304)
+        with pytest.raises(StreamRefused) as refused:
+            tor.get(f"http://{targets['hostname']}:{targets['closed_port']}/")
+        assert isinstance(refused.value, httpx.ConnectError)
+        assert refused.value.reason in (EndReason.CONNECTREFUSED, EndReason.MISC)
+
         # A socket-like stream.
         with tor.open_connection(targets["hostname"], 80, timeout=60) as sock:
             assert isinstance(sock, TorSocket)
