@@ -12,7 +12,6 @@ import asyncio
 import contextlib
 import dataclasses
 import logging
-import os
 import time
 from collections.abc import Callable, Hashable
 from dataclasses import dataclass, field
@@ -71,18 +70,6 @@ def conflux_prebuilt_sets(netdir: NetDir) -> int:
     return netdir.param("cfx_max_prebuilt_set", 3, 0, 255)
 
 
-def _cc_default() -> bool:
-    # Off by default for now: measured on the private network, our Vegas/XON-XOFF side
-    # still gives less single-stream throughput (5.6-6.6 MB/s) than fixed windows
-    # (8.5-8.8 MB/s; C tor 10-13).  PURETOR_CONGESTION_CONTROL=1 turns negotiation on.
-    return os.environ.get("PURETOR_CONGESTION_CONTROL", "0").strip().lower() in (
-        "1",
-        "yes",
-        "true",
-        "on",
-    )
-
-
 @dataclass(eq=False)
 class _Slot:
     """A built or building exit circuit and who may use it."""
@@ -135,11 +122,9 @@ class CircuitManager:
         self._build_finished: asyncio.Event | None = None
         # NewCircuitPeriod: how often idle circuits past MaxCircuitDirtiness are closed.
         self.new_circuit_period = new_circuit_period
-        # Negotiate congestion control with exits that support it (None: on, unless
-        # PURETOR_CONGESTION_CONTROL=0 in the environment).
-        self.congestion_control = (
-            _cc_default() if congestion_control is None else congestion_control
-        )
+        # Negotiate congestion control with exits that support it, as C tor does, while
+        # the consensus cc_alg says so (congestion_control_for); False: never (tests).
+        self.congestion_control = congestion_control is not False
         self._netdir = netdir
         self.guards = guards
         self.enforce_distinct_subnets = enforce_distinct_subnets
