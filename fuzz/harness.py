@@ -27,7 +27,8 @@ from pathlib import Path
 from typing import TYPE_CHECKING
 
 if TYPE_CHECKING:  # (puretor itself is imported by the targets, after instrumentation)
-    from puretor.proto.stream import Stream
+    from puretor.proto.events import EventQueue
+    from puretor.proto.streams import Stream
 
 FUZZ_DIR = Path(__file__).resolve().parent
 REPO = FUZZ_DIR.parent
@@ -53,7 +54,8 @@ def check(condition: bool, message: str) -> None:
 
 
 class CheckingSink:
-    """A StreamSink for targets that drive circuits: it only checks what it is given."""
+    """What a stream's owner is for the targets that drive circuits (the events of its
+    streams reach it through `deliver_events`): it only checks what it is given."""
 
     def stream_connected(self, connected: object) -> None:
         pass
@@ -70,6 +72,25 @@ class CheckingSink:
 
     def stream_writable(self) -> None:
         pass
+
+
+def deliver_events(events: EventQueue) -> None:
+    """What the asyncio layer does after each call into the core: every queued event to
+    the stream's owner (a `CheckingSink`); tunnel and channel events are dropped."""
+    from puretor.proto import events as ev
+
+    while events:
+        for event in events.drain():
+            if isinstance(event, ev.StreamData):
+                event.stream.owner.stream_data(event.data)
+            elif isinstance(event, ev.StreamConnected):
+                event.stream.owner.stream_connected(event.connected)
+            elif isinstance(event, ev.StreamEnded):
+                event.stream.owner.stream_ended(event.reason, event.end, event.message)
+            elif isinstance(event, ev.StreamResolved):
+                event.stream.owner.stream_resolved(event.answers)
+            elif isinstance(event, ev.StreamWritable):
+                event.stream.owner.stream_writable()
 
 
 STREAM_ACTIONS = 4  # the action kinds below 4 are `stream_action`'s

@@ -46,7 +46,15 @@ from typing import Any
 from cryptography.hazmat.primitives.asymmetric.x25519 import X25519PrivateKey, X25519PublicKey
 from cryptography.hazmat.primitives.ciphers import Cipher, algorithms, modes
 
-from fuzz.harness import NOW, STREAM_ACTIONS, CheckingSink, Target, check, stream_action
+from fuzz.harness import (
+    NOW,
+    STREAM_ACTIONS,
+    CheckingSink,
+    Target,
+    check,
+    deliver_events,
+    stream_action,
+)
 from fuzz.seeds import certs_payload
 from puretor.proto import handshake
 from puretor.proto.cells import CellCommand, encode_cell, encode_netinfo
@@ -54,7 +62,8 @@ from puretor.proto.channel import Channel, ChannelState
 from puretor.proto.circuit import Circuit, CircuitState
 from puretor.proto.relaycrypto import HopCrypto
 from puretor.proto.relaymsg import RelayCommand, encode_sendme_v1, ls_ipv4
-from puretor.proto.stream import STREAM_WINDOW_START, StreamState
+from puretor.proto.streams import STREAM_WINDOW_START, StreamState
+from puretor.proto.tunnel import Tunnel
 
 FAKE_TLS_DER = b"puretor fuzz: the TLS certificate the channel target pretends to have seen"
 MAX_BUFFERED = 7 + 0xFFFF  # one variable-length cell header + the largest payload
@@ -118,13 +127,18 @@ class _World:
     handshake: bool
 
 
-def _add_hop(world: _World, circ: Circuit, index: int, hs: bool = False) -> None:
-    df, db, kf, kb = _hop_keys(circ.circ_id, index, hs)
+def _add_hop(world: _World, tunnel: Tunnel, index: int, hs: bool = False) -> None:
+    df, db, kf, kb = _hop_keys(tunnel.circ_id, index, hs)
     if hs:
-        circ.add_virtual_hop(df, db, kf, kb)
+        tunnel.add_virtual_hop(df, db, kf, kb)
     else:
-        circ._add_hop(HopCrypto(df, db, kf, kb))
-    world.relay[circ.circ_id].add(db, kb, hs)
+        tunnel.circuit._add_hop(HopCrypto(df, db, kf, kb), None)
+    world.relay[tunnel.circ_id].add(db, kb, hs)
+
+
+def _tunnel(world: _World, circ_id: int) -> Tunnel | None:
+    circ = world.channel.circuits.get(circ_id)
+    return None if circ is None else circ.tunnel
 
 
 def _setup(handshake_mode: bool) -> _World:
@@ -138,9 +152,14 @@ def _setup(handshake_mode: bool) -> _World:
     ch.state = ChannelState.OPEN  # the faked handshake
     ch.link_protocol = 5
     sink = world.sink
+    tunnels: dict[int, Tunnel] = {}
     for circ_id in CIRCUITS:
-        ch.circuits[circ_id] = Circuit(ch, circ_id)
-    multi = ch.circuits[CIRC_MULTI]
+        # What Channel.new_tunnel does, with a circuit ID of our choosing.
+        tunnel = tunnels[circ_id] = Tunnel(ch.events, clock=ch.clock)
+        circ = Circuit(ch, circ_id, tunnel)
+        tunnel.circuits.append(circ)
+        ch.circuits[circ_id] = circ
+    multi = tunnels[CIRC_MULTI]
     for i in range(3):
         _add_hop(world, multi, i)
     multi.mark_open()
@@ -157,20 +176,21 @@ def _setup(handshake_mode: bool) -> _World:
         handshake.ntor_client_create = functools.partial(  # type: ignore[assignment]
             ntor_create, private_key=NTOR_CLIENT_KEY
         )
-        ch.circuits[CIRC_FAST].send_create_fast()
-        ch.circuits[CIRC_CREATE2].send_create2(NTOR_NODE_ID, _x25519_pub(NTOR_RELAY_KEY))
-        ntor = ch.circuits[CIRC_NTOR]
+        tunnels[CIRC_FAST].send_create_fast()
+        tunnels[CIRC_CREATE2].send_create2(NTOR_NODE_ID, _x25519_pub(NTOR_RELAY_KEY))
+        ntor = tunnels[CIRC_NTOR]
         _add_hop(world, ntor, 0)
         ntor.send_extend2([ls_ipv4("192.0.2.5", 9001)], NTOR_NODE_ID, _x25519_pub(NTOR_RELAY_KEY))
     finally:
         handshake.fast_client_create, handshake.ntor_client_create = fast_create, ntor_create
-    onion = ch.circuits[CIRC_ONION]
+    onion = tunnels[CIRC_ONION]
     for i in range(3):
         _add_hop(world, onion, i)
     _add_hop(world, onion, 3, hs=True)
     onion.mark_open()
     onion.open_stream(sink, "", 80)
     ch.take_output()
+    deliver_events(ch.events)
     return world
 
 
@@ -235,7 +255,9 @@ def _deliver(world: _World, wire: bytearray) -> None:
     if wire:
         ch.receive_data(bytes(wire), NOW)
         wire.clear()
+    deliver_events(ch.events)
     out = ch.take_output()
+    deliver_events(ch.events)  # (packaging may wake a blocked writer)
     check(len(ch._inbuf) <= MAX_BUFFERED, f"channel buffers {len(ch._inbuf)} bytes")
     if ch.state is ChannelState.CLOSED:
         check(not ch.circuits, "closed channel still has circuits")
@@ -244,8 +266,8 @@ def _deliver(world: _World, wire: bytearray) -> None:
         check(len(out) % CELL_LEN == 0, f"client wrote {len(out)} bytes: not whole cells")
     for circ in ch.circuits.values():
         check(circ.state is not CircuitState.CLOSED, "closed circuit not forgotten")
-        check(all(w >= 0 for w in circ._deliver_window), "negative deliver window")
-        for stream in circ.streams.values():
+        check(all(h.deliver_window >= 0 for h in circ.hops), "negative deliver window")
+        for stream in circ.tunnel.streams.values():
             check(stream.package_window <= STREAM_WINDOW_START, "stream package window overflow")
 
 
@@ -278,7 +300,7 @@ def _honest_sendme(world: _World, op: int, wire: bytearray) -> None:
     relay = world.relay[circ_id]
     if circ is None or not relay.hops:
         return
-    for hop, expected in enumerate(circ._expected_sendme):
+    for hop, expected in enumerate(h.expected_sendmes for h in circ.hops):
         if expected and hop < len(relay.hops):
             sendme = encode_sendme_v1(expected[0])
             body = bytearray(struct.pack(">BHHIH", RelayCommand.SENDME, 0, 0, 0, len(sendme)))
@@ -288,21 +310,22 @@ def _honest_sendme(world: _World, op: int, wire: bytearray) -> None:
 
 
 def _app_action(world: _World, r: _Reader, op: int) -> None:
-    circ = world.channel.circuits.get(CIRCUITS[(op >> 3) % len(CIRCUITS)])
+    tunnel = _tunnel(world, CIRCUITS[(op >> 3) % len(CIRCUITS)])
     action, arg = r.byte(), r.byte()
-    if circ is None or circ.state is CircuitState.CLOSED:
+    if tunnel is None or tunnel.state is CircuitState.CLOSED:
         return
-    stream = circ.streams.get(arg % 5)
+    stream = tunnel.streams.get(arg % 5)
     kind = action % 8
     if kind < STREAM_ACTIONS:
         if stream is not None:
             stream_action(stream, kind, arg)
-    elif kind == 4 and circ.state is CircuitState.OPEN:
-        circ.open_stream(world.sink, "example.com", 1 + arg)
-    elif kind == 5 and circ.state is CircuitState.OPEN:
-        circ.resolve(world.sink, "example.com")
+    elif kind == 4 and tunnel.state is CircuitState.OPEN:
+        tunnel.open_stream(world.sink, "example.com", 1 + arg)
+    elif kind == 5 and tunnel.state is CircuitState.OPEN:
+        tunnel.resolve(world.sink, "example.com")
     elif kind == 6:
-        circ.destroy()
+        tunnel.destroy()
+    deliver_events(world.channel.events)
 
 
 def _valid_reply(world: _World, r: _Reader, op: int, wire: bytearray) -> None:

@@ -35,15 +35,25 @@ from typing import Any
 
 from cryptography.hazmat.primitives.ciphers import Cipher, algorithms, modes
 
-from fuzz.harness import NOW, STREAM_ACTIONS, CheckingSink, Target, check, stream_action
+from fuzz.harness import (
+    NOW,
+    STREAM_ACTIONS,
+    CheckingSink,
+    Target,
+    check,
+    deliver_events,
+    stream_action,
+)
 from puretor.proto.cells import CellCommand
 from puretor.proto.channel import Channel, ChannelState
 from puretor.proto.circuit import Circuit, CircuitState
 from puretor.proto.conflux import ConfluxSet, LegState, LinkPayload
 from puretor.proto.congestion import CCParams, Vegas
+from puretor.proto.events import EventQueue
 from puretor.proto.relaycrypto import HopCrypto
 from puretor.proto.relaymsg import RelayCommand, encode_sendme_v1
-from puretor.proto.stream import StreamState
+from puretor.proto.streams import StreamState
+from puretor.proto.tunnel import Tunnel
 
 CIRC_IDS = (0x80000011, 0x80000022)
 NONCE = bytes(range(32))
@@ -76,6 +86,7 @@ def _keys(circ_id: int, hop: int) -> tuple[bytes, bytes, bytes, bytes]:
 @dataclass
 class _Leg:
     channel: Channel
+    tunnel: Tunnel  # the leg's own while it links; then every leg's circuit is in `owner`
     circ: Circuit
     ciphers: list[Any] = field(default_factory=list)  # the relays' backward AES layers
     digests: list[Any] = field(default_factory=list)  # their backward running digests
@@ -98,43 +109,48 @@ class _Leg:
 class _World:
     legs: list[_Leg]
     cfx: ConfluxSet
-    owner: Circuit
+    owner: Tunnel
     sink: CheckingSink
+    events: EventQueue
     delivered: int = 0
 
 
-def _leg(circ_id: int) -> _Leg:
-    ch = Channel(peer_address="192.0.2.1", expected_rsa_id=None)
+def _leg(circ_id: int, events: EventQueue) -> _Leg:
+    ch = Channel(peer_address="192.0.2.1", expected_rsa_id=None, events=events)
     ch.state = ChannelState.OPEN  # the faked handshake
     ch.link_protocol = 5
-    circ = Circuit(ch, circ_id, sendme_accept_min_version=1)
+    # What Channel.new_tunnel does, with a circuit ID of our choosing.
+    tunnel = Tunnel(events, clock=lambda: NOW)
+    circ = Circuit(ch, circ_id, tunnel, sendme_accept_min_version=1)
+    tunnel.circuits.append(circ)
     ch.circuits[circ_id] = circ
-    circ.clock = lambda: NOW
-    leg = _Leg(ch, circ)
+    leg = _Leg(ch, tunnel, circ)
     params = CCParams()
     for hop in range(3):
         df, db, kf, kb = _keys(circ_id, hop)
-        circ._add_hop(HopCrypto(df, db, kf, kb), 31 if hop == 2 else None)
+        circ._add_hop(HopCrypto(df, db, kf, kb), Vegas(params, 31) if hop == 2 else None)
         leg.ciphers.append(Cipher(algorithms.AES(kb), modes.CTR(bytes(16))).encryptor())
         leg.digests.append(hashlib.sha1(db))
-    circ.cc, circ.cc_params, circ._cc_hop = Vegas(params, 31), params, 2
-    circ.mark_open()
+    tunnel.cc_params = params
+    tunnel.mark_open()
     return leg
 
 
 def _setup() -> _World:
-    legs = [_leg(c) for c in CIRC_IDS]
+    events = EventQueue()
+    legs = [_leg(c, events) for c in CIRC_IDS]
     cfx = ConfluxSet(nonce=NONCE, max_queued_cells=MAX_QUEUED)
     for leg in legs:
-        link = cfx.link_message(cfx.add_leg(leg.circ), 0)
-        leg.circ.send_relay(_C.CONFLUX_LINK, 0, link)
+        leg.tunnel.start_conflux(cfx)
         linked = LinkPayload(NONCE, 0, 0, 1).encode()
         leg.seal(2, _C.CONFLUX_LINKED, 0, linked, len(linked))
         leg.channel.receive_data(bytes(leg.wire), NOW)
         leg.wire.clear()
-    owner = cfx.finalize()
+    owner = Tunnel.join(cfx, [leg.tunnel for leg in legs])
+    for leg in legs:
+        leg.tunnel = owner
     sink = CheckingSink()
-    world = _World(legs, cfx, owner, sink)
+    world = _World(legs, cfx, owner, sink, events)
     owner.open_stream(sink, "example.com", 80)  # 1: connecting
     s2 = owner.open_stream(sink, "example.org", 443)  # 2: open, with data to send
     s2.state = StreamState.OPEN
@@ -142,6 +158,7 @@ def _setup() -> _World:
     owner.resolve(sink, "example.net")  # 3: resolving
     for leg in legs:
         leg.channel.take_output()
+    deliver_events(events)
     return world
 
 
@@ -168,15 +185,17 @@ def _deliver(world: _World, index: int) -> None:
     if leg.wire:
         leg.channel.receive_data(bytes(leg.wire), NOW)
         leg.wire.clear()
+    deliver_events(world.events)
     for other in world.legs:
         out = other.channel.take_output()
         check(len(out) % 514 == 0, f"client wrote {len(out)} bytes: not whole cells")
+    deliver_events(world.events)  # (packaging may wake a blocked writer)
     _check(world)
 
 
 def _honest_sendme(world: _World, index: int) -> None:
     leg = world.legs[index]
-    expected = leg.circ._expected_sendme[2] if leg.circ._expected_sendme else None
+    expected = leg.circ.hops[2].expected_sendmes if leg.circ.hops else None
     if expected:
         body = encode_sendme_v1(expected[0])
         leg.seal(2, _C.SENDME, 0, body, len(body))
@@ -195,6 +214,7 @@ def _app_action(world: _World, action: int, arg: int) -> None:
         owner.open_stream(world.sink, "example.com", 1 + arg)
     elif kind == 5:
         owner.resolve(world.sink, "example.com")
+    deliver_events(world.events)
 
 
 def run_program(world: _World, program: bytes) -> None:

@@ -19,7 +19,7 @@ from typing import Any, TypeVar
 
 from puretor.aio.channel import ChannelManager, ChannelTarget
 from puretor.aio.circmgr import CircuitManager
-from puretor.aio.circuit import CircuitHandle
+from puretor.aio.circuit import TunnelHandle
 from puretor.aio.dirmgr import BootstrapStatus, DirManager
 from puretor.aio.stream import TorStreamTransport
 from puretor.config import TorConfig
@@ -442,7 +442,7 @@ class TorClient:
 
     async def _attach(
         self,
-        handle: CircuitHandle,
+        handle: TunnelHandle,
         host: str,
         port: int,
         *,
@@ -450,24 +450,29 @@ class TorClient:
         attempt: int = 0,
     ) -> TorStreamTransport:
         loop = asyncio.get_running_loop()
-        transport = TorStreamTransport(loop, target or f"{host}:{port}")
+        reactor = handle.reactor
+        transport = TorStreamTransport(loop, target or f"{host}:{port}", reactor)
         flags = 0
         if _is_ipv6(host):
             flags = 0x1 | 0x2  # IPv6 okay, IPv4 not okay (tor-spec §6.2)
-        try:
-            transport.stream = handle.circuit.open_stream(transport, host, port, flags)
-        except RuntimeError as exc:  # circuit closed under us
-            raise StreamRefused(f"circuit unusable: {exc}", EndReason.DESTROY) from exc
         timeout = self._stream_timeout(attempt)
         try:
-            connected = await asyncio.wait_for(asyncio.shield(transport.connected), timeout)
-        except TimeoutError as exc:
-            transport.stream.abort()
+            # The core ends the stream with TIMEOUT if the exit has not answered by then.
+            transport.stream = handle.tunnel.open_stream(
+                transport, host, port, flags, deadline=time.time() + timeout
+            )
+        except RuntimeError as exc:  # circuit closed under us
+            raise StreamRefused(f"circuit unusable: {exc}", EndReason.DESTROY) from exc
+        reactor.run()
+        try:
+            connected = await asyncio.shield(transport.connected)
+        except StreamTimeout as exc:
             raise StreamTimeout(f"no answer from the exit within {timeout:g}s") from exc
         if connected.address and self._rejects_answer(str(connected.address)):
             # ClientDNSRejectInternalAddresses: an exit that says it connected to an
             # internal address is lying or misconfigured (C tor closes the stream too).
             transport.stream.abort()
+            reactor.kick()
             raise StreamRefused(
                 "the exit claims the destination is an internal address", EndReason.TORPROTOCOL
             )
@@ -562,12 +567,12 @@ class TorClient:
         for attempt in range(3):
             self._check_open()
             handle = await self._circmgr.get_exit_circuit(80, key)
-            transport = TorStreamTransport(asyncio.get_running_loop(), name)
+            transport = TorStreamTransport(asyncio.get_running_loop(), name, handle.reactor)
             try:
-                transport.stream = handle.circuit.resolve(transport, name)
-                answers = await asyncio.wait_for(
-                    asyncio.shield(transport.resolved), self._stream_timeout(attempt)
-                )
+                deadline = time.time() + self._stream_timeout(attempt)
+                transport.stream = handle.tunnel.resolve(transport, name, deadline=deadline)
+                handle.reactor.run()
+                answers = await asyncio.shield(transport.resolved)
             except (TimeoutError, RuntimeError, StreamRefused) as exc:
                 last = exc
                 self._circmgr.circuit_failed(handle)
@@ -594,7 +599,7 @@ class TorClient:
     # -- introspection -------------------------------------------------------------
 
     @property
-    def circuits(self) -> list[CircuitHandle]:
+    def circuits(self) -> list[TunnelHandle]:
         """The open exit circuits (for introspection; their API is not stable)."""
         return self._circmgr.open_circuits if self._circmgr is not None else []
 

@@ -56,6 +56,14 @@ from cryptography.hazmat.primitives.ciphers import Cipher, algorithms, modes
 from cryptography.hazmat.primitives.kdf.hkdf import HKDFExpand
 
 from puretor.proto.cells import CellCommand, DestroyReason
+from puretor.proto.events import (
+    EventQueue,
+    StreamConnected,
+    StreamData,
+    StreamEnded,
+    StreamResolved,
+    StreamWritable,
+)
 from puretor.proto.relaymsg import EndReason, LinkSpecifier, RelayCommand
 
 # certgen lives next to the cert tests; it builds valid CERTS chains.
@@ -66,7 +74,7 @@ import certgen  # noqa: E402
 
 if TYPE_CHECKING:
     from puretor.proto.channel import Channel
-    from puretor.proto.circuit import Circuit
+    from puretor.proto.tunnel import Tunnel
 
 # -- constants (the fake's own copies: it must not inherit the client's mistakes) --------
 
@@ -1303,6 +1311,36 @@ class FakeRelay:
 # -- driving both parties ------------------------------------------------------------------
 
 
+def deliver_events(events: EventQueue) -> None:
+    """What the asyncio layer does after each call into the core: hand every event to
+    the object that opened the stream (a `StreamSink`, e.g. `RecordingSink`), or to its
+    tunnel's or channel's owner (a list the test reads)."""
+    while events:
+        for event in events.drain():
+            if isinstance(event, StreamData):
+                event.stream.owner.stream_data(event.data)
+            elif isinstance(event, StreamConnected):
+                event.stream.owner.stream_connected(event.connected)
+            elif isinstance(event, StreamEnded):
+                event.stream.owner.stream_ended(event.reason, event.end, event.message)
+            elif isinstance(event, StreamResolved):
+                event.stream.owner.stream_resolved(event.answers)
+            elif isinstance(event, StreamWritable):
+                event.stream.owner.stream_writable()
+            else:
+                # Tunnel events go to the tunnel's owner, channel events to the channel's.
+                source = getattr(event, "tunnel", None) or getattr(event, "channel", None)
+                owner = source.owner if source is not None else None
+                if owner is not None:
+                    owner.append(event)
+
+
+def receive(channel: Channel, data: bytes, now: float) -> None:
+    """``channel.receive_data`` and the event delivery that follows it."""
+    channel.receive_data(data, now)
+    deliver_events(channel.events)
+
+
 def transfer(
     channel: Channel,
     fake: FakeRelay,
@@ -1346,10 +1384,11 @@ def pump_until(
 
     t = fake.now if now is None else now
     for rounds in range(max_rounds):
+        deliver_events(channel.events)  # what API calls since the last round produced
         if predicate():
             return rounds
         moved = False
-        out = channel.take_output()
+        out = channel.data_to_send(t)
         if out:
             fake.receive_data(out)
             moved = True
@@ -1358,11 +1397,14 @@ def pump_until(
             moved = True
             if chunk_size is None:
                 channel.receive_data(back, t)
+                deliver_events(channel.events)
             else:
                 for i in range(0, len(back), chunk_size):
                     channel.receive_data(back[i : i + chunk_size], t)
+                    deliver_events(channel.events)
         if fake.closed and channel.state is not ChannelState.CLOSED:
             channel.close(f"relay closed the connection: {fake.close_reason}")
+            deliver_events(channel.events)
             moved = True
         if not moved:
             if until_quiet:
@@ -1383,7 +1425,7 @@ def open_channel(fake: FakeRelay, **channel_kwargs: Any) -> Channel:
     kwargs.update(channel_kwargs)
     channel = Channel(**kwargs)
     fake.attach(channel)
-    channel.start()
+    channel.start(fake.now)
     transfer(channel, fake)
     return channel
 
@@ -1397,12 +1439,10 @@ def build_circuit(
     mark_open: bool = True,
     congestion_control: Any = None,
     **circuit_kwargs: int,
-) -> Circuit:
-    """Build (and open) a ``hops``-hop circuit: CREATE_FAST/CREATE2 then EXTEND2s.
-
-    ``congestion_control`` (a `CCParams`): ask the last hop for it over ntor v3.
-    """
-    circ = channel.new_circuit(**circuit_kwargs)
+) -> Tunnel:
+    """Build (and open) a tunnel with one ``hops``-hop circuit: CREATE_FAST/CREATE2 then
+    EXTEND2s.  ``congestion_control`` (a `CCParams`): ask the last hop for it (ntor v3)."""
+    circ = channel.new_tunnel(**circuit_kwargs)
     if fast:
         circ.send_create_fast()
     else:

@@ -1,4 +1,5 @@
-"""A StreamSink that records everything a core `Stream` reports."""
+"""A stream owner that records everything the core reports about its `Stream` (the
+events reach it through `fakes.relay.deliver_events`)."""
 
 from __future__ import annotations
 
@@ -17,7 +18,7 @@ class Ended:
 
 @dataclass(eq=False)
 class RecordingSink:
-    """Records callbacks; ``on_data`` lets a test react inside the callback (e.g. pause)."""
+    """Records the events; ``on_data`` lets a test react to data as it comes (e.g. pause)."""
 
     connected: Connected | None = None
     data: bytearray = field(default_factory=bytearray)

@@ -16,7 +16,7 @@ from typing import TypeVar
 
 from puretor.aio.channel import ChannelManager, ChannelTarget
 from puretor.aio.circmgr import congestion_control_for
-from puretor.aio.circuit import CircuitHandle, HopSpec, build_circuit
+from puretor.aio.circuit import TunnelHandle, HopSpec, build_circuit
 from puretor.aio.dirclient import fetch_raw
 from puretor.aio.stream import TorStreamTransport
 from puretor.dir.authorities import Authority, parse_dir_authority_line
@@ -59,7 +59,7 @@ def fast_hop(auth: Authority) -> HopSpec:
     )
 
 
-async def dir_get(handle: CircuitHandle, path: str) -> bytes:
+async def dir_get(handle: TunnelHandle, path: str) -> bytes:
     raw = await fetch_raw(handle, build_request(path), timeout=60, max_size=64 << 20)
     parser = HttpResponseParser()
     parser.feed(raw)
@@ -123,7 +123,7 @@ class RelayNet:
 
     async def build(
         self, chanmgr: ChannelManager, *names: str, cc: bool | None = None, timeout: float = 30
-    ) -> CircuitHandle:
+    ) -> TunnelHandle:
         last = self.by_name[names[-1]]
         want_cc = self.cc if cc is None else cc
         params = congestion_control_for(self.netdir, last, internal=False) if want_cc else None
@@ -174,7 +174,7 @@ def relay_net(testnet: TestNetwork) -> RelayNet:
 
 
 async def open_tcp(
-    handle: CircuitHandle, host: str, port: int, timeout: float = 30, limit: int = 1 << 16
+    handle: TunnelHandle, host: str, port: int, timeout: float = 30, limit: int = 1 << 16
 ) -> tuple[asyncio.StreamReader, asyncio.StreamWriter, TorStreamTransport]:
     """A stream on ``handle`` as asyncio reader/writer (what TorClient does, minus retries)."""
     loop = asyncio.get_running_loop()
@@ -202,7 +202,7 @@ async def read_http_head(reader: asyncio.StreamReader) -> tuple[int, dict[str, s
 
 
 async def http_get_sha256(
-    handle: CircuitHandle, host: str, path: str, port: int = 80
+    handle: TunnelHandle, host: str, path: str, port: int = 80
 ) -> tuple[int, str, int]:
     """(status, sha256 hex of the body, body length), hashing as the body streams in."""
     reader, writer, _ = await open_tcp(handle, host, port)

@@ -20,7 +20,7 @@ from engine_helpers import RelayNet, http_get_sha256, open_tcp, read_http_head, 
 from puretor import TorClient
 from puretor.aio.channel import ChannelManager
 from puretor.aio.circmgr import conflux_prebuilt_sets
-from puretor.aio.circuit import CircuitHandle, link_conflux
+from puretor.aio.circuit import TunnelHandle, link_conflux
 from puretor.path.select import supports_conflux
 from puretor.proto.circuit import CircuitState
 from puretor.proto.conflux import DesiredUx, LegState
@@ -36,12 +36,12 @@ def net(testnet: TestNetwork) -> RelayNet:
     return relay_net(testnet)
 
 
-async def linked_set(chanmgr: ChannelManager, net: RelayNet, legs: Any = LEGS) -> CircuitHandle:
+async def linked_set(chanmgr: ChannelManager, net: RelayNet, legs: Any = LEGS) -> TunnelHandle:
     handles = [await net.build(chanmgr, *names) for names in legs]
     return await link_conflux(handles, timeout=30, desired_ux=DesiredUx.HIGH_THROUGHPUT)
 
 
-async def get_file(handle: CircuitHandle, path: str) -> tuple[int, str, int]:
+async def get_file(handle: TunnelHandle, path: str) -> tuple[int, str, int]:
     return await http_get_sha256(handle, "target.test", path)
 
 
@@ -258,7 +258,7 @@ def test_tor_client_falls_back_when_sets_cannot_link(
     from puretor.aio import circmgr as circmgr_module
     from puretor.errors import CircuitBuildTimeout
 
-    async def never_links(legs: Any, **_: Any) -> CircuitHandle:
+    async def never_links(legs: Any, **_: Any) -> TunnelHandle:
         for leg in legs:
             leg.close()
         raise CircuitBuildTimeout("test: conflux legs did not link")

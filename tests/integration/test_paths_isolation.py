@@ -17,7 +17,7 @@ from typing import Any, TypeVar
 
 import pytest
 
-from puretor.aio.circuit import CircuitHandle, HopSpec, build_circuit
+from puretor.aio.circuit import TunnelHandle, HopSpec, build_circuit
 from puretor.aio.stream import TorStreamTransport
 from puretor.client import IsolationToken, TorClient
 from puretor.config import TorConfig, load_config
@@ -106,7 +106,7 @@ def _hop(relay: Relay) -> HopSpec:
 
 async def get_ip(
     tor: TorClient, port: int, isolation: Any, host: str = "target.test"
-) -> tuple[str, CircuitHandle]:
+) -> tuple[str, TunnelHandle]:
     """GET /ip through Tor: (the source address the target saw, the circuit used)."""
     reader, writer = await tor.open_connection(host, port, isolation=isolation)
     try:
@@ -146,12 +146,12 @@ def test_200_isolated_streams_never_share_circuits_and_follow_exit_weights(
     exit_by_addr = {e["address"]: e["nickname"] for e in info["exits"]}
     n = 200
 
-    async def go(tor: TorClient) -> tuple[list[tuple[str, str, CircuitHandle]], NetDir, Any]:
+    async def go(tor: TorClient) -> tuple[list[tuple[str, str, TunnelHandle]], NetDir, Any]:
         netdir = tor._dirmgr.require_netdir()
         tokens = [IsolationToken(f"key{i}") for i in range(n)]
         sem = asyncio.Semaphore(25)
 
-        async def one(i: int) -> tuple[str, str, CircuitHandle]:
+        async def one(i: int) -> tuple[str, str, TunnelHandle]:
             async with sem:
                 seen, circ = await get_ip(tor, 80, tokens[i])
                 return f"key{i}", seen, circ
@@ -202,7 +202,7 @@ def test_port_only_exit1_allows_always_uses_exit1(testnet: TestNetwork, tmp_path
     only = info["targets"]["exit1_only"]
     port = only["ports"][0]
 
-    async def go(tor: TorClient) -> tuple[list[tuple[str, CircuitHandle]], NetDir]:
+    async def go(tor: TorClient) -> tuple[list[tuple[str, TunnelHandle]], NetDir]:
         netdir = tor._dirmgr.require_netdir()
         results = await asyncio.gather(
             *(get_ip(tor, port, IsolationToken(f"x{i}")) for i in range(30))

@@ -21,7 +21,7 @@ from typing import Any, TypeVar
 import pytest
 
 from puretor.aio.channel import ChannelManager, ChannelTarget
-from puretor.aio.circuit import CircuitHandle, HopSpec, build_circuit
+from puretor.aio.circuit import TunnelHandle, HopSpec, build_circuit
 from puretor.aio.stream import TorStreamTransport
 from puretor.client import IsolationToken, TorClient
 from puretor.config import TorConfig, load_config
@@ -110,7 +110,7 @@ def _hop(relay: Relay) -> HopSpec:
     )
 
 
-async def get_ip(tor: TorClient, isolation: Any) -> tuple[str, CircuitHandle]:
+async def get_ip(tor: TorClient, isolation: Any) -> tuple[str, TunnelHandle]:
     reader, writer = await tor.open_connection("target.test", 80, isolation=isolation)
     try:
         circuit = writer.get_extra_info("circuit")
@@ -129,7 +129,7 @@ def hop(relay: Relay) -> HopSpec:
     )
 
 
-async def get_ip_on(handle: CircuitHandle) -> str:
+async def get_ip_on(handle: TunnelHandle) -> str:
     """GET /ip on a circuit we built ourselves."""
     loop = asyncio.get_running_loop()
     reader = asyncio.StreamReader()
@@ -318,7 +318,7 @@ def stalled_middle(
         r = {x.nickname: x for x in netdir.relays}
         chanmgr = tor._chanmgr  # the client's own channels: the stuck build shares them
 
-        async def build(*names: str, timeout: float = STUCK_TIMEOUT) -> CircuitHandle:
+        async def build(*names: str, timeout: float = STUCK_TIMEOUT) -> TunnelHandle:
             return await build_circuit(chanmgr, [hop(r[n]) for n in names], timeout=timeout)
 
         # Warm: channels client->guard1 and guard1->middle1 exist, so the build below gets

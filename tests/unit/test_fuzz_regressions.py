@@ -178,7 +178,7 @@ def test_conflux_sequence_numbers_overlapping_across_legs() -> None:
     )
     world = conflux._setup()
     conflux.run_program(world, program)
-    reasons = [leg.circ.closed_reason for leg in world.legs]
+    reasons = [leg.circ.tunnel.closed_reason for leg in world.legs]
     assert all(r is not None for r in reasons)
     assert "overlap across legs" in (reasons[0] or reasons[1]).message  # type: ignore[union-attr]
     assert world.cfx.queued_cells == 0

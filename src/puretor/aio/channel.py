@@ -15,6 +15,7 @@ hex identity), so an embedder or a test can watch them with `sys.addaudithook`.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import errno
 import logging
 import os
@@ -24,13 +25,18 @@ import time
 from collections.abc import Callable
 from dataclasses import dataclass
 
+from puretor.aio.reactor import Reactor
 from puretor.errors import ChannelError
 from puretor.proto.channel import Channel, ChannelState
+from puretor.proto.events import ChannelClosed, ChannelOpened
 
 log = logging.getLogger("puretor.channel")
 
 CONNECT_TIMEOUT = 10.0
 HANDSHAKE_TIMEOUT = 20.0
+# Cells handed to the TLS transport per write: a bulk circuit's cells wait in the
+# channel's scheduler, not in a transport buffer a quiet circuit cannot jump.
+FLUSH_CELLS = 256
 
 
 @dataclass(frozen=True, slots=True)
@@ -85,24 +91,24 @@ def _connect_failure(exc: BaseException) -> tuple[str, str]:
 class ChannelProtocol(asyncio.BufferedProtocol):
     """Moves bytes between a TLS transport and a sans-I/O `Channel`.
 
-    A buffered protocol: asyncio's TLS layer then decrypts straight into one
-    buffer kept for the channel's life, instead of allocating a fresh
-    ``max_size`` bytes object per TLS record and joining them per socket read.
+    A buffered protocol: asyncio's TLS layer then decrypts straight into one buffer
+    kept for the channel's life, instead of allocating a fresh bytes object per TLS
+    record and joining them per socket read.  After each read the `Reactor` delivers
+    what the core said and flushes what it wants to send - in one write per channel.
     """
 
     _READ_BUFFER = 256 * 1024  # asyncio's own read size for TLS transports
 
-    def __init__(self, channel: Channel, loop: asyncio.AbstractEventLoop) -> None:
+    def __init__(self, channel: Channel, reactor: Reactor, loop: asyncio.AbstractEventLoop) -> None:
         self.channel = channel
+        self.reactor = reactor
         self.loop = loop
         self.transport: asyncio.Transport | None = None
         self.opened: asyncio.Future[None] = loop.create_future()
-        self._flush_scheduled = False
         self._read_buffer = bytearray(self._READ_BUFFER)
         self._read_view = memoryview(self._read_buffer)
-        channel.on_flush_needed = self._schedule_flush
-        channel.on_open = self._on_open
-        channel.on_closed = self._on_closed
+        self._write_paused = False
+        channel.owner = self
 
     # asyncio.Protocol
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
@@ -111,7 +117,8 @@ class ChannelProtocol(asyncio.BufferedProtocol):
         ssl_object = transport.get_extra_info("ssl_object")
         der = ssl_object.getpeercert(binary_form=True) if ssl_object is not None else None
         self.channel.tls_cert_der = der
-        self.channel.start()
+        self.channel.start(time.time())
+        self.reactor.run()
 
     def get_buffer(self, sizehint: int) -> memoryview:
         return self._read_view
@@ -120,52 +127,66 @@ class ChannelProtocol(asyncio.BufferedProtocol):
         self.data_received(self._read_view[:nbytes])
 
     def data_received(self, data: bytes | memoryview) -> None:
-        # Flush in the same loop iteration: SENDMEs and replies go out batched, and
-        # no flush callback is scheduled for cells queued meanwhile.
-        scheduled, self._flush_scheduled = self._flush_scheduled, True
-        try:
-            self.channel.receive_data(data, time.time())
-        finally:
-            self._flush_scheduled = scheduled
-        if self.channel.outbuf:
-            self._flush()
+        self.channel.receive_data(data, time.time())
+        self.reactor.run()
 
     def eof_received(self) -> bool | None:
         self.channel.close("relay closed the connection")
+        self.reactor.run()
         return None
 
     def connection_lost(self, exc: Exception | None) -> None:
         self.channel.close(f"connection lost: {exc}" if exc else "connection closed")
+        self.reactor.forget(self.channel)
+        self.reactor.run()
 
-    # channel callbacks
-    def _schedule_flush(self) -> None:
-        if not self._flush_scheduled:
-            self._flush_scheduled = True
-            self.loop.call_soon(self._flush)
+    def pause_writing(self) -> None:
+        self._write_paused = True
 
-    def _flush(self) -> None:
-        self._flush_scheduled = False
-        out = self.channel.outbuf
-        if out and self.transport is not None and not self.transport.is_closing():
-            self.transport.write(bytes(out))
-        out.clear()
+    def resume_writing(self) -> None:
+        self._write_paused = False
+        if self.channel.has_output:
+            self.flush()
 
-    def _on_open(self) -> None:
+    # the reactor
+    def flush(self) -> None:
+        """Write what the channel's scheduler gives us now; while the TLS transport's
+        buffer is full, leave the rest in the scheduler (where a quiet circuit can still
+        overtake a bulk one)."""
+        transport = self.transport
+        channel = self.channel
+        while (
+            transport is not None
+            and not transport.is_closing()
+            and not self._write_paused
+            and channel.has_output
+        ):
+            data = channel.data_to_send(time.time(), FLUSH_CELLS)
+            if not data:
+                break
+            transport.write(data)  # may call pause_writing at once
+
+    def handle_event(self, event: ChannelOpened | ChannelClosed) -> None:
+        if isinstance(event, ChannelOpened):
+            if not self.opened.done():
+                self.opened.set_result(None)
+            return
         if not self.opened.done():
-            self.opened.set_result(None)
-
-    def _on_closed(self, reason: str) -> None:
-        if not self.opened.done():
-            self.opened.set_exception(ChannelError(reason))
+            self.opened.set_exception(ChannelError(event.reason))
         if self.transport is not None:
-            self._flush()
+            self.flush()
             self.transport.close()
 
 
 class ChannelManager:
     """One open channel per relay identity, opened on demand."""
 
-    def __init__(self, allow: Callable[[ChannelTarget], str | None] | None = None) -> None:
+    def __init__(
+        self,
+        allow: Callable[[ChannelTarget], str | None] | None = None,
+        reactor: Reactor | None = None,
+    ) -> None:
+        self.reactor = reactor or Reactor()
         self._channels: dict[bytes, Channel] = {}
         self._pending: dict[bytes, asyncio.Task[Channel]] = {}
         self.connects = 0  # channels opened (for tests and stats)
@@ -191,8 +212,10 @@ class ChannelManager:
             peer_address=target.address,
             expected_rsa_id=target.rsa_id,
             expected_ed_id=target.ed_id,
+            events=self.reactor.events,
+            flush_wanted=self.reactor.flush_wanted,
         )
-        proto = ChannelProtocol(channel, loop)
+        proto = ChannelProtocol(channel, self.reactor, loop)
         sys.audit("puretor.channel.connect", target.address, target.or_port, target.rsa_id.hex())
         try:
             await asyncio.wait_for(
@@ -222,6 +245,7 @@ class ChannelManager:
             await asyncio.wait_for(asyncio.shield(proto.opened), HANDSHAKE_TIMEOUT)
         except TimeoutError as exc:
             channel.close("link handshake timed out")
+            self.reactor.run()
             raise ChannelError(
                 f"link handshake with {target.describe()} timed out",
                 "TIMEOUT",
@@ -238,6 +262,7 @@ class ChannelManager:
             ) from exc
         self.connects += 1
         self._channels[target.rsa_id] = channel
+        self.reactor.watch(channel)
         log.debug("channel open to %s (link protocol %d)", target.describe(), channel.link_protocol)
         return channel
 
@@ -262,6 +287,7 @@ class ChannelManager:
         chan = self._channels.pop(rsa_id, None)
         if chan is not None:
             chan.close("dropped")
+            self.reactor.run()
 
     def close_all(self) -> None:
         for chan in list(self._channels.values()):
@@ -269,3 +295,5 @@ class ChannelManager:
         self._channels.clear()
         for task in list(self._pending.values()):
             task.cancel()
+        with contextlib.suppress(RuntimeError):  # no running loop: nothing to deliver to
+            self.reactor.run()

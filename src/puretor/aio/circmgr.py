@@ -17,7 +17,7 @@ from collections.abc import Callable, Hashable
 from dataclasses import dataclass, field
 
 from puretor.aio.channel import ChannelManager
-from puretor.aio.circuit import CircuitHandle, HopSpec, build_circuit, hop_for, link_conflux
+from puretor.aio.circuit import TunnelHandle, HopSpec, build_circuit, hop_for, link_conflux
 from puretor.dir.netdir import NetDir, Relay
 from puretor.errors import ChannelError, CircuitBuildTimeout, CircuitError, NoPathError, TorError
 from puretor.path.cbt import BuildTimeout
@@ -77,8 +77,8 @@ class _Slot:
     exit: Relay
     isolation: Hashable | None = None
     claimed: bool = False
-    handle: CircuitHandle | None = None
-    task: asyncio.Task[CircuitHandle] | None = None
+    handle: TunnelHandle | None = None
+    task: asyncio.Task[TunnelHandle] | None = None
     generation: int = 0
     created: float = field(default_factory=time.monotonic)
     last_used: float = field(default_factory=time.monotonic)
@@ -174,7 +174,7 @@ class CircuitManager:
 
     async def get_exit_circuit(
         self, port: int, isolation: Hashable, *, exclude: frozenset[bytes] = frozenset()
-    ) -> CircuitHandle:
+    ) -> TunnelHandle:
         """An open circuit whose exit allows ``port``, usable under ``isolation``."""
         self._ports_used[port] = time.monotonic()
         slot = self._find_slot(port, isolation, exclude)
@@ -208,7 +208,7 @@ class CircuitManager:
             self._build_finished.set()
             self._build_finished = None
 
-    async def _wait_hedged(self, slot: _Slot, req: PathRequest) -> tuple[CircuitHandle, _Slot]:
+    async def _wait_hedged(self, slot: _Slot, req: PathRequest) -> tuple[TunnelHandle, _Slot]:
         """Wait for ``slot``; each time the builds in progress outlast the expected build
         time, launch another one that avoids their relays, and take whichever finishes
         first: a stuck relay then costs seconds, not the 60 s build timeout."""
@@ -249,7 +249,7 @@ class CircuitManager:
         assert last_error is not None
         raise last_error
 
-    async def build_internal_circuit(self, last: Relay | HopSpec | None = None) -> CircuitHandle:
+    async def build_internal_circuit(self, last: Relay | HopSpec | None = None) -> TunnelHandle:
         """A 3-hop circuit for onion-service/directory use, ending at ``last`` if given."""
         req = PathRequest(exit_port=None, internal=True)
         last_error: Exception | None = None
@@ -263,15 +263,15 @@ class CircuitManager:
                 self.build_failures += 1
         raise CircuitError(f"could not build an internal circuit: {last_error}")
 
-    async def wait_for_exit_circuit(self) -> CircuitHandle:
+    async def wait_for_exit_circuit(self) -> TunnelHandle:
         """Build one clean exit circuit (bootstrap's last step) and wait for it."""
         slot = self._launch(PathRequest(exit_port=None))
         return await self._wait_slot(slot)
 
-    def exit_of(self, handle: CircuitHandle) -> bytes:
+    def exit_of(self, handle: TunnelHandle) -> bytes:
         return handle.path[-1].target.rsa_id
 
-    def circuit_failed(self, handle: CircuitHandle) -> None:
+    def circuit_failed(self, handle: TunnelHandle) -> None:
         """A stream attempt on this circuit timed out: don't hand it out again."""
         for slot in self._slots:
             if slot.handle is handle:
@@ -337,7 +337,7 @@ class CircuitManager:
             return False
         return self.conflux is True or bool(netdir.param("cfx_enabled", 1, 0, 1))
 
-    async def _build_conflux(self, slot: _Slot, req: PathRequest) -> CircuitHandle:
+    async def _build_conflux(self, slot: _Slot, req: PathRequest) -> TunnelHandle:
         """Build ``cfx_num_legs_set`` legs to ``slot.exit`` and link them (prop 329 §2.2).
 
         The legs share no guard and no middle (prop 329 §2.2, prop 354); each has
@@ -351,7 +351,7 @@ class CircuitManager:
         leg_req = self._conflux_request(req)
         exit_relay = slot.exit
         cc = congestion_control_for(netdir, exit_relay, internal=False)
-        legs: list[CircuitHandle] = []
+        legs: list[TunnelHandle] = []
         used: set[bytes] = set()  # middles (and guards) any leg has used: not middles again
         try:
             if cc is None:
@@ -393,7 +393,7 @@ class CircuitManager:
                     return_exceptions=True,
                 )
                 for result in results:
-                    if isinstance(result, CircuitHandle):
+                    if isinstance(result, TunnelHandle):
                         legs.append(result)
                     elif isinstance(result, (ChannelError, CircuitError, TimeoutError)):
                         self.build_failures += 1
@@ -433,7 +433,7 @@ class CircuitManager:
         slot.conflux = False
         return await self._build_with_retries(slot, req)
 
-    async def _wait_slot(self, slot: _Slot) -> CircuitHandle:
+    async def _wait_slot(self, slot: _Slot) -> TunnelHandle:
         if slot.handle is not None:
             return slot.handle
         assert slot.task is not None
@@ -443,7 +443,7 @@ class CircuitManager:
             self._drop(slot)
             raise
 
-    async def _build_with_retries(self, slot: _Slot, req: PathRequest) -> CircuitHandle:
+    async def _build_with_retries(self, slot: _Slot, req: PathRequest) -> TunnelHandle:
         last_error: Exception | None = None
         avoid: set[bytes] = set()
         for attempt in range(BUILD_ATTEMPTS):
@@ -482,7 +482,7 @@ class CircuitManager:
         *,
         failed: set[bytes] | None = None,
         slot: _Slot | None = None,
-    ) -> CircuitHandle:
+    ) -> TunnelHandle:
         """Guard (from the guard manager, avoiding the last hop's family), middle, last."""
         hops, usage = self._choose_hops(selector, req, last)
         if slot is not None:
@@ -550,7 +550,7 @@ class CircuitManager:
         *,
         failed: set[bytes] | None = None,
         congestion_control: CCParams | None = None,
-    ) -> CircuitHandle:
+    ) -> TunnelHandle:
         """Build the circuit ``hops`` and report the outcome to the guard manager."""
         netdir = self._netdir()
         cc = congestion_control
@@ -683,7 +683,7 @@ class CircuitManager:
                 continue
             dirty = handle.dirty_since is not None and now - handle.dirty_since > self.max_dirtiness
             stale = slot.generation != self._generation
-            idle = not handle.circuit.streams
+            idle = not handle.tunnel.streams
             if idle and (
                 dirty or stale or (not slot.claimed and now - slot.created > IDLE_CLEAN_LIFETIME)
             ):
@@ -691,5 +691,5 @@ class CircuitManager:
                 self._drop(slot)
 
     @property
-    def open_circuits(self) -> list[CircuitHandle]:
+    def open_circuits(self) -> list[TunnelHandle]:
         return [s.handle for s in self._slots if s.handle is not None and s.handle.is_open]

@@ -1,4 +1,11 @@
-"""Building circuits and opening streams on them, over the sans-I/O core."""
+"""Building tunnels (circuits, and conflux sets of them) over the sans-I/O core.
+
+A `TunnelHandle` is the asyncio side of one `Tunnel`: it is the tunnel's ``owner``, so
+the `Reactor` hands it the tunnel's events (a hop added, the tunnel closed, a control
+cell for onion-service code, a conflux leg linked), which resolve the futures the
+coroutines here await.  Timeouts are the core's deadlines (a circuit still building at
+its `build_deadline` is destroyed), not asyncio timers.
+"""
 
 from __future__ import annotations
 
@@ -9,6 +16,7 @@ from dataclasses import dataclass, field
 from typing import Protocol
 
 from puretor.aio.channel import ChannelManager, ChannelTarget
+from puretor.aio.reactor import Reactor
 from puretor.errors import (
     CircuitBuildTimeout,
     CircuitDestroyed,
@@ -18,17 +26,11 @@ from puretor.errors import (
 )
 from puretor.path.reachable import AddressFamilies
 from puretor.proto.cells import DestroyReason
-from puretor.proto.circuit import (
-    Circuit,
-    CircuitClosed,
-    CircuitEvent,
-    CircuitState,
-    ConfluxLinked,
-    ControlCell,
-    HopAdded,
-)
+from puretor.proto.circuit import CircuitState
 from puretor.proto.conflux import ConfluxSet, DesiredUx
+from puretor.proto.events import ConfluxLinked, ControlCell, HopAdded, TunnelClosed, TunnelEvent
 from puretor.proto.congestion import CCParams
+from puretor.proto.tunnel import Tunnel
 from puretor.proto.relaymsg import (
     LinkSpecifier,
     RelayCommand,
@@ -110,12 +112,13 @@ def hop_for(relay: RelayLike, families: AddressFamilies | None = None) -> HopSpe
     )
 
 
-@dataclass
-class CircuitHandle:
-    """An asyncio view of one circuit: awaits hops, routes control cells."""
+@dataclass(eq=False)
+class TunnelHandle:
+    """An asyncio view of one tunnel: awaits hops and linking, routes control cells."""
 
-    circuit: Circuit
+    tunnel: Tunnel
     path: tuple[HopSpec, ...]
+    reactor: Reactor
     created_at: float = field(default_factory=time.monotonic)
     dirty_since: float | None = None  # first stream attached (MaxCircuitDirtiness)
     isolation: object = None
@@ -123,32 +126,26 @@ class CircuitHandle:
     _hop_waiter: asyncio.Future[int] | None = None
     _control: asyncio.Queue[ControlCell] | None = None
     closed: asyncio.Event = field(default_factory=asyncio.Event)
-    # A conflux set's handle is its owner leg's, listing every leg (itself included).
-    conflux_legs: tuple[CircuitHandle, ...] = ()
+    # A conflux set's handle lists the handles its legs were built with (itself first).
+    conflux_legs: tuple[TunnelHandle, ...] = ()
     _link_waiter: asyncio.Future[int] | None = None
 
     def __post_init__(self) -> None:
-        self.circuit.on_event = self._on_event
+        self.tunnel.owner = self
 
     @property
     def is_open(self) -> bool:
-        return self.circuit.state is CircuitState.OPEN
+        return self.tunnel.state is CircuitState.OPEN and self.tunnel.closed_reason is None
 
-    def _on_event(self, event: CircuitEvent) -> None:
+    def handle_event(self, event: TunnelEvent) -> None:
         if isinstance(event, HopAdded):
             if self._hop_waiter is not None and not self._hop_waiter.done():
                 self._hop_waiter.set_result(event.hops)
-        elif isinstance(event, CircuitClosed):
+        elif isinstance(event, TunnelClosed):
             self.closed.set()
             for waiter in (self._hop_waiter, self._link_waiter):
                 if waiter is not None and not waiter.done():
-                    waiter.set_exception(
-                        CircuitDestroyed(
-                            f"circuit closed while building: {event.message} "
-                            f"({DestroyReason.describe(event.reason)})",
-                            event.reason,
-                        )
-                    )
+                    waiter.set_exception(_closed_error(event))
         elif isinstance(event, ConfluxLinked):
             if self._link_waiter is not None and not self._link_waiter.done():
                 self._link_waiter.set_result(event.rtt_usec)
@@ -157,34 +154,38 @@ class CircuitHandle:
                 self._control = asyncio.Queue()
             self._control.put_nowait(event)
 
-    async def _wait_hop(self, timeout: float) -> None:
-        loop = asyncio.get_running_loop()
-        self._hop_waiter = loop.create_future()
+    async def _wait_hop(self) -> None:
+        self._hop_waiter = asyncio.get_running_loop().create_future()
+        self.reactor.run()  # send what the caller just queued
         try:
-            await asyncio.wait_for(self._hop_waiter, timeout)
+            await self._hop_waiter
         finally:
             self._hop_waiter = None
 
-    async def extend(
-        self, hop: HopSpec, timeout: float, *, congestion_control: CCParams | None = None
-    ) -> None:
-        """EXTEND2 to ``hop``; ``congestion_control``: negotiate it (ntor v3) with this hop."""
+    async def extend(self, hop: HopSpec, *, congestion_control: CCParams | None = None) -> None:
+        """EXTEND2 to ``hop``; ``congestion_control``: negotiate it (ntor v3) with this hop.
+        The tunnel's build deadline bounds the wait."""
         if hop.ntor_key is None:
             raise CircuitError(f"no ntor key for {hop.target.describe()}")
-        self.circuit.send_extend2(
+        self.tunnel.send_extend2(
             list(hop.link_specifiers),
             hop.target.rsa_id,
             hop.ntor_key,
             ed_id=hop.target.ed_id,
             congestion_control=congestion_control if hop.target.ed_id is not None else None,
         )
-        await self._wait_hop(timeout)
+        await self._wait_hop()
         self.path = self.path + (hop,)
+
+    def send_relay(self, command: int, stream_id: int, data: bytes = b"") -> None:
+        """A relay message (onion-service cells) at the last hop."""
+        self.tunnel.send_relay(command, stream_id, data)
+        self.reactor.kick()
 
     @property
     def congestion_controlled(self) -> bool:
         """Congestion control (prop 324) was negotiated with the last hop."""
-        return self.circuit.cc is not None
+        return self.tunnel.cc is not None
 
     async def next_control_cell(self, timeout: float) -> ControlCell:
         if self._control is None:
@@ -202,7 +203,7 @@ class CircuitHandle:
         if get in done:
             return get.result()
         if closed in done:
-            reason = self.circuit.closed_reason
+            reason = self.tunnel.closed_reason
             raise CircuitDestroyed(
                 f"circuit closed: {reason.message if reason else '?'}",
                 reason.reason if reason else 0,
@@ -212,25 +213,35 @@ class CircuitHandle:
     @property
     def conflux(self) -> ConfluxSet | None:
         """The conflux set this handle carries streams over, if it is one."""
-        cfx = self.circuit.conflux
-        return cfx if cfx is not None and cfx.finalized else None
+        return self.tunnel.conflux
 
     def close(self) -> None:
-        # (On a conflux set, closing one leg closes them all.)
-        self.circuit.destroy(0, "closed by client")
+        # (On a conflux set, closing the tunnel closes every leg.)
+        self.tunnel.destroy(0, "closed by client")
+        self.reactor.kick()
+
+
+def _closed_error(event: TunnelClosed) -> CircuitError:
+    if event.reason == DestroyReason.TIMEOUT and not event.remote:
+        return CircuitBuildTimeout(f"circuit {event.message}")
+    return CircuitDestroyed(
+        f"circuit closed while building: {event.message} "
+        f"({DestroyReason.describe(event.reason)})",
+        event.reason,
+    )
 
 
 async def link_conflux(
-    legs: Sequence[CircuitHandle],
+    legs: Sequence[TunnelHandle],
     *,
     timeout: float,
     desired_ux: int = DesiredUx.HIGH_THROUGHPUT,
-) -> CircuitHandle:
-    """Link built circuits to one exit into a conflux set (prop 329 §2.2).
+) -> TunnelHandle:
+    """Link built tunnels to one exit into one conflux tunnel (prop 329 §2.2).
 
     Every leg must have congestion control with its exit.  LINK goes out on each; once
-    each has answered LINKED (and got LINKED_ACK) the set is finalized and the handle
-    of its owner leg - the one streams are opened on - is returned.  If a leg does not
+    each has answered LINKED (and got LINKED_ACK) the set is finalized and one handle -
+    that of the leg that linked fastest - carries the joined tunnel.  If a leg does not
     link within ``timeout`` (C tor uses the circuit build timeout), every leg is closed
     and `CircuitError` raised: an unlinked leg cannot be used on its own.
     """
@@ -238,19 +249,20 @@ async def link_conflux(
         raise ValueError("no legs to link")
     loop = asyncio.get_running_loop()
     cfx = ConfluxSet(desired_ux=desired_ux)
+    reactor = legs[0].reactor
     try:
         for handle in legs:
             if not handle.is_open or not handle.congestion_controlled:
                 raise CircuitError("a conflux leg needs an open circuit with congestion control")
-            leg = cfx.add_leg(handle.circuit)
             handle._link_waiter = loop.create_future()
-            body = cfx.link_message(leg, handle.circuit._now_usec())
-            handle.circuit.send_relay(RelayCommand.CONFLUX_LINK, 0, body)
+            handle.tunnel.start_conflux(cfx)
+        reactor.run()
         waiters = [h._link_waiter for h in legs if h._link_waiter is not None]
         await asyncio.wait_for(asyncio.gather(*waiters), timeout)
     except (TimeoutError, CircuitError, RuntimeError) as exc:
         for handle in legs:
-            handle.circuit.destroy(0, "conflux linking failed")
+            handle.tunnel.destroy(0, "conflux linking failed")
+        reactor.kick()
         if isinstance(exc, TimeoutError):
             raise CircuitBuildTimeout(f"conflux legs did not link within {timeout:.1f}s") from exc
         raise CircuitError(f"conflux linking failed: {exc}") from exc
@@ -262,10 +274,13 @@ async def link_conflux(
                     waiter.cancelled() or waiter.exception()  # retrieved: no warning
                 else:
                     waiter.cancel()
-    owner = cfx.finalize()
-    owner_handle = next(h for h in legs if h.circuit is owner)
-    owner_handle.conflux_legs = tuple(legs)
-    return owner_handle
+    joined = Tunnel.join(cfx, [h.tunnel for h in legs])
+    home = next(h for h in legs if h.tunnel is joined)
+    home.conflux_legs = (home, *(h for h in legs if h is not home))
+    for handle in legs:
+        if handle is not home:
+            handle.closed.set()  # its circuit now belongs to the joined tunnel
+    return home
 
 
 async def build_circuit(
@@ -276,48 +291,50 @@ async def build_circuit(
     sendme_accept_min_version: int = 0,
     circwindow: int = 1000,
     congestion_control: CCParams | None = None,
-) -> CircuitHandle:
-    """Build a circuit hop by hop (CREATE2/CREATE_FAST, then EXTEND2s).
+) -> TunnelHandle:
+    """Build a tunnel of one circuit hop by hop (CREATE2/CREATE_FAST, then EXTEND2s).
 
     ``congestion_control``: ask the last hop for it (ntor v3, as C tor does with exits
     that support it); if it declines, the circuit keeps the fixed windows.  Ignored for
     one-hop circuits and for a last hop without a known Ed25519 identity.
     """
-    deadline = time.monotonic() + timeout
+    started = time.time()
     first = path[0]
     channel = await asyncio.wait_for(chanmgr.get_channel(first.target), timeout)
-    circ = channel.new_circuit(
+    tunnel = channel.new_tunnel(
         sendme_accept_min_version=sendme_accept_min_version, circwindow=circwindow
     )
-    handle = CircuitHandle(circ, (first,))
+    # The core destroys the circuit if it is still building then (reason TIMEOUT).
+    tunnel.build_deadline = started + timeout
+    handle = TunnelHandle(tunnel, (first,), chanmgr.reactor)
     try:
         if first.ntor_key is None:
-            circ.send_create_fast()
+            tunnel.send_create_fast()
         else:
-            circ.send_create2(first.target.rsa_id, first.ntor_key)
-        await handle._wait_hop(max(0.1, deadline - time.monotonic()))
+            tunnel.send_create2(first.target.rsa_id, first.ntor_key)
+        await handle._wait_hop()
         for i, hop in enumerate(path[1:], start=2):
             await handle.extend(
-                hop,
-                max(0.1, deadline - time.monotonic()),
-                congestion_control=congestion_control if i == len(path) else None,
+                hop, congestion_control=congestion_control if i == len(path) else None
             )
-    except TimeoutError as exc:
-        failed = circ.hop_count  # the hop we were waiting for
-        circ.destroy(0, "build timed out")
-        names = " → ".join(h.target.nickname or h.target.address for h in path)
-        err = CircuitBuildTimeout(f"circuit build through {names} timed out after {timeout:.0f}s")
-        err.failed_hop = failed  # type: ignore[attr-defined]
-        raise err from exc
     except CircuitError as exc:
         # Tell the caller which hop could not be reached, so a retry avoids it.
-        exc.failed_hop = circ.hop_count  # type: ignore[attr-defined]
-        circ.destroy(0, "build failed")
+        exc.failed_hop = tunnel.hop_count  # type: ignore[attr-defined]
+        if isinstance(exc, CircuitBuildTimeout):
+            names = " → ".join(h.target.nickname or h.target.address for h in path)
+            err = CircuitBuildTimeout(
+                f"circuit build through {names} timed out after {timeout:.0f}s"
+            )
+            err.failed_hop = exc.failed_hop  # type: ignore[attr-defined]
+            raise err from exc
+        tunnel.destroy(0, "build failed")
+        chanmgr.reactor.kick()
         raise
     except BaseException:
-        circ.destroy(0, "build failed")
+        tunnel.destroy(0, "build failed")
+        chanmgr.reactor.kick()
         raise
-    circ.mark_open()
+    tunnel.mark_open()
     return handle
 
 

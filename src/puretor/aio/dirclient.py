@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import asyncio
 
-from puretor.aio.circuit import CircuitHandle
+from puretor.aio.circuit import TunnelHandle
 from puretor.errors import DirectoryError
 from puretor.proto.relaymsg import Connected, End, EndReason, ResolvedAnswer
 
@@ -18,7 +18,7 @@ DEFAULT_MAX_RESPONSE = 16 * 1024 * 1024
 
 
 class _Collector:
-    """A StreamSink that gathers the whole response."""
+    """The owner of a directory stream: gathers the whole response."""
 
     def __init__(self, loop: asyncio.AbstractEventLoop, limit: int) -> None:
         self.chunks: list[bytes] = []
@@ -58,7 +58,7 @@ class _Collector:
 
 
 async def fetch_raw(
-    handle: CircuitHandle,
+    handle: TunnelHandle,
     request: bytes,
     *,
     timeout: float = 60.0,
@@ -67,14 +67,17 @@ async def fetch_raw(
     """Send ``request`` on a new BEGIN_DIR stream and return every byte of the reply."""
     loop = asyncio.get_running_loop()
     sink = _Collector(loop, max_size)
-    stream = handle.circuit.open_dir_stream(sink)
+    stream = handle.tunnel.open_dir_stream(sink)
     stream.write(request)
+    handle.reactor.kick()
     try:
         await asyncio.wait_for(asyncio.shield(sink.done), timeout)
     except TimeoutError as exc:
         stream.abort()
+        handle.reactor.kick()
         raise DirectoryError(f"directory request timed out after {timeout:.0f}s") from exc
     except DirectoryError:
         stream.abort()
+        handle.reactor.kick()
         raise
     return b"".join(sink.chunks)

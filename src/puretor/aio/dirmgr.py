@@ -22,7 +22,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from puretor.aio.channel import ChannelManager, ChannelTarget
-from puretor.aio.circuit import CircuitHandle, HopSpec, build_circuit, hop_for
+from puretor.aio.circuit import TunnelHandle, HopSpec, build_circuit, hop_for
 from puretor.aio.dirclient import fetch_raw
 from puretor.dir.authorities import (
     DEFAULT_AUTHORITIES,
@@ -83,7 +83,7 @@ class DirManager:
         self.circmgr: CircuitManager | None = None
         self.requests_made = 0  # directory fetches (a warm start makes none)
         self._lock = asyncio.Lock()
-        self._dir_circuits: dict[bytes, CircuitHandle] = {}
+        self._dir_circuits: dict[bytes, TunnelHandle] = {}
         self._bad_sources: dict[bytes, float] = {}
         self._refresh_task: asyncio.Task[None] | None = None
         self._netdir_seen: NetDir | None = None
@@ -247,7 +247,7 @@ class DirManager:
         else:
             state.add_microdescs(body, req.digests, now)
 
-    async def _dir_circuit(self) -> tuple[CircuitHandle, ChannelTarget]:
+    async def _dir_circuit(self) -> tuple[TunnelHandle, ChannelTarget]:
         """A one-hop directory circuit: a directory guard once we have guards."""
         for rsa_id, handle in list(self._dir_circuits.items()):
             if handle.is_open:

@@ -20,7 +20,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING
 
 from puretor.aio.channel import ChannelTarget
-from puretor.aio.circuit import CircuitHandle, HopSpec
+from puretor.aio.circuit import TunnelHandle, HopSpec
 from puretor.aio.dirclient import fetch_raw
 from puretor.dir.http import HttpResponseParser, build_request
 from puretor.dir.netdir import Relay
@@ -84,13 +84,13 @@ class OnionClient:
         self.dirmgr = dirmgr
         self.circmgr = circmgr
         self._descriptors: dict[tuple[bytes, int], _CachedDescriptor] = {}
-        self._rend: dict[tuple[bytes, Hashable], CircuitHandle] = {}
-        self._connecting: dict[tuple[bytes, Hashable], asyncio.Task[CircuitHandle]] = {}
+        self._rend: dict[tuple[bytes, Hashable], TunnelHandle] = {}
+        self._connecting: dict[tuple[bytes, Hashable], asyncio.Task[TunnelHandle]] = {}
         self._auth_keys: dict[bytes, bytes] | None = None
 
     # -- public ------------------------------------------------------------------------
 
-    async def rendezvous_circuit(self, address: str, isolation: Hashable) -> CircuitHandle:
+    async def rendezvous_circuit(self, address: str, isolation: Hashable) -> TunnelHandle:
         """An open circuit to the service, reused per (service, isolation key)."""
         netdir = self.dirmgr.require_netdir()
         plan = plan_descriptor_fetch(
@@ -122,7 +122,7 @@ class OnionClient:
 
     # -- the steps ----------------------------------------------------------------------
 
-    async def _connect(self, address: str, plan: DescriptorFetchPlan) -> CircuitHandle:
+    async def _connect(self, address: str, plan: DescriptorFetchPlan) -> TunnelHandle:
         started = time.monotonic()
         desc = await self._descriptor(address, plan)
         last_error: OnionError | None = None
@@ -161,7 +161,7 @@ class OnionClient:
         auth_key = self._client_auth_key(plan.identity_key)
         failures: list[str] = []
         for hsdir in plan.hsdirs:
-            handle: CircuitHandle | None = None
+            handle: TunnelHandle | None = None
             try:
                 handle = await self.circmgr.build_internal_circuit(last=hsdir)
                 raw = await fetch_raw(
@@ -200,7 +200,7 @@ class OnionClient:
 
     async def _rendezvous(
         self, desc: HsDescriptor, plan: DescriptorFetchPlan, tried: set[bytes]
-    ) -> CircuitHandle:
+    ) -> TunnelHandle:
         netdir = self.dirmgr.require_netdir()
         selector = self.circmgr._selector(netdir)
         rp = selector.choose_last_hop_internal(PathRequest(internal=True))
@@ -213,7 +213,7 @@ class OnionClient:
         ok = False
         try:
             cookie = secrets.token_bytes(20)
-            rend.circuit.send_relay(RelayCommand.ESTABLISH_RENDEZVOUS, 0, cookie)
+            rend.send_relay(RelayCommand.ESTABLISH_RENDEZVOUS, 0, cookie)
             await self._expect(
                 rend,
                 RelayCommand.RENDEZVOUS_ESTABLISHED,
@@ -231,7 +231,7 @@ class OnionClient:
             )
             keys = complete_rendezvous(state, body)
             cc = self._congestion_control(desc)
-            rend.circuit.add_virtual_hop(
+            rend.tunnel.add_virtual_hop(
                 keys.df,
                 keys.db,
                 keys.kf,
@@ -282,10 +282,10 @@ class OnionClient:
                     desc, netdir, congestion_control=self._congestion_control(desc) is not None
                 ),
             )
-            intro: CircuitHandle | None = None
+            intro: TunnelHandle | None = None
             try:
                 intro = await self.circmgr.build_internal_circuit(last=_intro_hop(ip))
-                intro.circuit.send_relay(RelayCommand.INTRODUCE1, 0, body)
+                intro.send_relay(RelayCommand.INTRODUCE1, 0, body)
                 ack = await self._expect(
                     intro,
                     RelayCommand.INTRODUCE_ACK,
@@ -309,7 +309,7 @@ class OnionClient:
         raise OnionError("introduction failed: " + "; ".join(errors[:4]), socks_code=code)
 
     async def _expect(
-        self, handle: CircuitHandle, command: int, timeout: float, what: str, code: int
+        self, handle: TunnelHandle, command: int, timeout: float, what: str, code: int
     ) -> bytes:
         deadline = time.monotonic() + timeout
         while True:

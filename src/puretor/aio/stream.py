@@ -1,10 +1,11 @@
 """Tor streams as asyncio transports.
 
-`TorStreamTransport` is the `StreamSink` of a core `Stream` and an
-`asyncio.Transport` for the application's protocol, so DATA cells reach
-`protocol.data_received` with no queue or task in between, and asyncio's flow
-control maps onto Tor's: `pause_reading` withholds stream SENDMEs, a full send
-buffer calls `protocol.pause_writing`.
+`TorStreamTransport` is the owner of a core `Stream` - the `Reactor` hands it the
+stream's events - and an `asyncio.Transport` for the application's protocol, so DATA
+reaches `protocol.data_received` with no queue or task in between (one call per stream
+per run of cells, after the core call returned), and asyncio's flow control maps onto
+Tor's: `pause_reading` withholds stream SENDMEs (or XOFFs the exit), a full send buffer
+calls `protocol.pause_writing`.
 """
 
 from __future__ import annotations
@@ -12,15 +13,17 @@ from __future__ import annotations
 import asyncio
 from typing import Any
 
-from puretor.errors import StreamError, StreamRefused
+from puretor.aio.reactor import Reactor
+from puretor.errors import StreamError, StreamRefused, StreamTimeout
 from puretor.proto.relaymsg import Connected, End, EndReason, ResolvedAnswer
-from puretor.proto.stream import Stream
+from puretor.proto.streams import Stream
 
 
 class TorStreamTransport(asyncio.Transport):
-    def __init__(self, loop: asyncio.AbstractEventLoop, target: str) -> None:
+    def __init__(self, loop: asyncio.AbstractEventLoop, target: str, reactor: Reactor) -> None:
         super().__init__()
         self._loop = loop
+        self.reactor = reactor
         self.target = target
         self.stream: Stream | None = None
         self.protocol: asyncio.BaseProtocol | None = None
@@ -57,7 +60,11 @@ class TorStreamTransport(asyncio.Transport):
 
     def stream_ended(self, reason: int, end: End | None, message: str) -> None:
         self.end_reason = reason
-        exc = StreamRefused(f"{message} ({EndReason.describe(reason)})", reason)
+        exc: StreamError
+        if reason == EndReason.TIMEOUT and end is None:
+            exc = StreamTimeout(f"{message} (the exit did not answer)")  # our deadline
+        else:
+            exc = StreamRefused(f"{message} ({EndReason.describe(reason)})", reason)
         if end is not None and end.address:
             self._extra["end_address"] = end.address
         for fut in (self.connected, self.resolved):
@@ -96,7 +103,9 @@ class TorStreamTransport(asyncio.Transport):
     def write(self, data: bytes | bytearray | memoryview) -> None:
         if self._closing or self.stream is None:
             return
-        if self.stream.write(bytes(data)) and not self._write_paused and self.protocol is not None:
+        full = self.stream.write(bytes(data))
+        self.reactor.kick()
+        if full and not self._write_paused and self.protocol is not None:
             self._write_paused = True
             self.protocol.pause_writing()
 
@@ -109,6 +118,7 @@ class TorStreamTransport(asyncio.Transport):
     def write_eof(self) -> None:
         if self.stream is not None:
             self.stream.close()
+            self.reactor.kick()
 
     def get_write_buffer_size(self) -> int:
         return self.stream.buffered if self.stream is not None else 0
@@ -123,6 +133,7 @@ class TorStreamTransport(asyncio.Transport):
     def resume_reading(self) -> None:
         if self.stream is not None:
             self.stream.resume_delivery()
+            self.reactor.kick()
 
     def is_reading(self) -> bool:
         return self.stream is not None and not self.stream.delivery_paused
@@ -136,12 +147,14 @@ class TorStreamTransport(asyncio.Transport):
         self._closing = True
         if self.stream is not None:
             self.stream.close()
+            self.reactor.kick()
         self._loop.call_soon(self._connection_lost, None)
 
     def abort(self) -> None:
         self._closing = True
         if self.stream is not None:
             self.stream.abort(EndReason.MISC)
+            self.reactor.kick()
         self._connection_lost(None)
 
     def get_extra_info(self, name: str, default: Any = None) -> Any:

@@ -1,8 +1,9 @@
 """Microbenchmarks: puretor's relay-cell pipeline on one core, next to OpenSSL's own speed.
 
-The cell pipeline comes from the checkout's ``bench/bench_cells.py`` (the real Channel/Circuit/
+The cell pipeline comes from the checkout's ``bench/bench_cells.py`` (the real Channel/Tunnel/
 Stream objects against the fake relay of ``tests/fakes``): ``bench_outbound`` (Stream.write ->
-sealed, framed cells) and ``bench_inbound`` (receive_data of 16 KiB records -> sink). When that
+cells sealed when the channel's scheduler asks, framed) and ``bench_inbound`` (receive_data of
+16 KiB records -> events -> sink). When that
 file is not there (an installed wheel), a smaller stand-in times the relay crypto alone
 (`OnionCrypto` sealing and peeling 3 layers), labelled as such.
 
@@ -53,9 +54,9 @@ def _pipeline_bench_cells(path: Path, total: int, repeat: int) -> dict[str, Any]
             "mb_per_s": total / best / MB,
             "us_per_cell": best * 1e6 / (total / CELL_DATA),
             "what": (
-                "Stream.write -> sealed, framed cells (+ SENDMEs in)"
+                "Stream.write -> Channel.data_to_send: sealed, framed cells (+ SENDMEs in)"
                 if direction == "outbound"
-                else "Channel.receive_data, 16 KiB records -> sink (+ SENDMEs out)"
+                else "Channel.receive_data, 16 KiB records -> events -> sink (+ SENDMEs out)"
             ),
         }
     return out

@@ -1,10 +1,14 @@
-"""A channel (link connection) to one relay, sans-I/O (tor-spec §2–§4).
+"""A channel (link connection) to one relay, sans-I/O (tor-spec §2-§4).
 
-The caller owns the TLS socket: it passes received bytes to `receive_data`,
-writes `outbuf` out (and clears it), and tells us the relay's TLS certificate.
-We run the in-protocol handshake as a non-authenticating initiator — VERSIONS,
-then CERTS/AUTH_CHALLENGE/NETINFO from the relay, then our NETINFO — and then
-route every cell to its circuit.
+The owner holds the TLS connection: it feeds what it reads to `receive_data`, writes
+what `data_to_send` returns, tells us the relay's TLS certificate, and after each call
+drains the shared `EventQueue` and flushes the channels in the shared flush set.  We
+run the in-protocol handshake as a non-authenticating initiator - VERSIONS, then
+CERTS/AUTH_CHALLENGE/NETINFO from the relay, then our NETINFO - and then route every
+cell to its circuit.  Every cell we send leaves through the `CircuitMux`.
+
+``now`` is seconds on the wall clock (``time.time()``): certificates are checked
+against it, and congestion control and deadlines use its differences.
 """
 
 from __future__ import annotations
@@ -12,8 +16,8 @@ from __future__ import annotations
 import enum
 import secrets
 import struct
-from collections.abc import Callable
 from itertools import groupby
+from typing import Any
 
 from puretor.errors import CertsError, ChannelError, ProtocolError, RemoteProtocolError
 from puretor.proto.cells import (
@@ -22,11 +26,15 @@ from puretor.proto.cells import (
     decode_netinfo,
     decode_versions,
     encode_cell,
+    encode_destroy,
     encode_netinfo,
     encode_versions_cell,
 )
 from puretor.proto.certs import RelayIdentity, validate_relay_certs
 from puretor.proto.circuit import Circuit
+from puretor.proto.circuitmux import DEFAULT_HALFLIFE, CircuitMux
+from puretor.proto.events import ChannelClosed, ChannelOpened, EventQueue
+from puretor.proto.tunnel import Tunnel
 
 LINK_PROTOCOLS = (4, 5)  # 4-byte circuit IDs; we never speak 1-3
 _HDR4 = struct.Struct(">IB")
@@ -36,6 +44,7 @@ _FIXED_CELL = 514
 _RELAY_BODY = 509
 _RELAY = CellCommand.RELAY.value
 _CIRC_ID = struct.Struct(">I")
+MAX_VAR_CELL_PAYLOAD = 65535
 
 
 def _group_runs(
@@ -68,9 +77,6 @@ def _group_runs(
     return True
 
 
-MAX_VAR_CELL_PAYLOAD = 65535
-
-
 class ChannelState(enum.Enum):
     WAITING_VERSIONS = "waiting_versions"
     WAITING_CERTS = "waiting_certs"  # ... and AUTH_CHALLENGE, NETINFO
@@ -87,6 +93,9 @@ class Channel:
         peer_address: str,
         expected_rsa_id: bytes | None,
         expected_ed_id: bytes | None = None,
+        events: EventQueue | None = None,
+        flush_wanted: set[Channel] | None = None,
+        priority_halflife: float = DEFAULT_HALFLIFE,
     ) -> None:
         self.peer_address = peer_address
         self.expected_rsa_id = expected_rsa_id
@@ -96,39 +105,59 @@ class Channel:
         self.identity: RelayIdentity | None = None
         self.tls_cert_der: bytes | None = None
         self.relay_time: int | None = None
-        self.outbuf = bytearray()
         self.circuits: dict[int, Circuit] = {}
         self.close_reason: str | None = None
+        self.events = events if events is not None else EventQueue()
+        # Channels with something to send: the owner flushes them after each call.
+        self.flush_wanted = flush_wanted if flush_wanted is not None else set()
+        self.mux = CircuitMux(priority_halflife)
+        self.now = 0.0  # the latest `now` an entry point was given
+        self.owner: Any = None  # whatever the asyncio layer attaches (events name us)
         self._inbuf = bytearray()
         self._certs: list[tuple[int, bytes]] | None = None
-        # Set by the owner:
-        self.on_open: Callable[[], None] = lambda: None
-        self.on_closed: Callable[[str], None] = lambda reason: None
-        self.on_flush_needed: Callable[[], None] = lambda: None
+        self._settle: dict[Tunnel, None] = {}
 
-    # -- owner API -------------------------------------------------------------
+    # -- owner API -------------------------------------------------------------------
 
-    def start(self) -> None:
+    def start(self, now: float = 0.0) -> None:
         """Queue our VERSIONS cell: the first thing an initiator sends."""
-        self.outbuf += encode_versions_cell(LINK_PROTOCOLS)
-        self.on_flush_needed()
+        self.now = now or self.now
+        self.mux.queue_channel_cell(encode_versions_cell(LINK_PROTOCOLS))
+        self.wants_flush()
 
     def receive_data(self, data: bytes | bytearray | memoryview, now: float) -> None:
         """Bytes from the TLS connection; may open the channel or close it."""
         if self.state is ChannelState.CLOSED:
             return
+        self.now = now
         self._inbuf += data
         try:
             self._parse(now)
         except (ProtocolError, ValueError) as exc:
             self.close(f"{type(exc).__name__}: {exc}")
 
-    def take_output(self) -> bytes:
-        out = bytes(self.outbuf)
-        self.outbuf.clear()
-        return out
+    @property
+    def has_output(self) -> bool:
+        return self.mux.has_output or bool(self._settle)
 
-    def new_circuit(self, **kwargs: int) -> Circuit:
+    def data_to_send(self, now: float, max_cells: int | None = None) -> bytes:
+        """What goes on the wire next (at most ``max_cells`` cells), in the order the
+        `CircuitMux` picks."""
+        self.now = now
+        self.flush_wanted.discard(self)
+        if self._settle:
+            tunnels = list(self._settle)
+            self._settle.clear()
+            for tunnel in tunnels:
+                tunnel.settle()
+        return self.mux.take(now, max_cells)
+
+    def take_output(self) -> bytes:
+        """Everything there is to send (tests and tools)."""
+        return self.data_to_send(self.now)
+
+    def new_tunnel(self, *, clock: Any = None, **circuit_kwargs: int) -> Tunnel:
+        """A tunnel with one new circuit on this channel, to build."""
         if self.state is not ChannelState.OPEN:
             # It may have closed since the caller got it: a channel failure, retryable.
             raise ChannelError(f"channel is not open ({self.close_reason or self.state.value})")
@@ -136,9 +165,15 @@ class Channel:
             circ_id = 0x80000000 | secrets.randbits(31)
             if circ_id not in self.circuits and circ_id != 0x80000000:
                 break
-        circ = Circuit(self, circ_id, **kwargs)
-        self.circuits[circ_id] = circ
-        return circ
+        tunnel = Tunnel(self.events, clock=clock or self.clock)
+        circuit = Circuit(self, circ_id, tunnel, **circuit_kwargs)
+        tunnel.circuits.append(circuit)
+        self.circuits[circ_id] = circuit
+        return tunnel
+
+    def clock(self) -> float:
+        """The latest `now` given to this channel (what its tunnels time RTTs with)."""
+        return self.now
 
     def close(self, reason: str) -> None:
         """Tear the channel down: every circuit on it is closed."""
@@ -147,23 +182,45 @@ class Channel:
         self.state = ChannelState.CLOSED
         self.close_reason = reason
         for circ in list(self.circuits.values()):
-            circ._closed(8, f"channel closed: {reason}", remote=True)  # 8 = CHANNEL_CLOSED
+            circ.closed(8, f"channel closed: {reason}", remote=True)  # 8 = CHANNEL_CLOSED
         self.circuits.clear()
-        self.on_closed(reason)
+        self.events.append(ChannelClosed(self, reason))
 
-    # -- used by circuits --------------------------------------------------------
+    # -- deadlines of the tunnels on this channel -----------------------------------
 
-    def _queue_cell(self, circ_id: int, command: int, payload: bytes) -> None:
-        self.outbuf += encode_cell(circ_id, command, payload)
-        self.on_flush_needed()
+    def next_deadline(self) -> float | None:
+        found = [d for c in self.circuits.values() if (d := c.tunnel.next_deadline()) is not None]
+        return min(found) if found else None
 
-    def _wants_flush(self) -> None:
-        self.on_flush_needed()
+    def handle_timer(self, now: float) -> None:
+        self.now = now
+        for tunnel in {c.tunnel for c in self.circuits.values()}:
+            tunnel.handle_timer(now)
 
-    def _forget_circuit(self, circ_id: int) -> None:
-        self.circuits.pop(circ_id, None)
+    # -- used by circuits ------------------------------------------------------------
 
-    # -- parsing ---------------------------------------------------------------
+    def wants_flush(self) -> None:
+        self.flush_wanted.add(self)
+
+    def settle_later(self, tunnel: Tunnel) -> None:
+        """``tunnel`` has something to decide just before our next output (`Tunnel.settle`)."""
+        self._settle[tunnel] = None
+        self.wants_flush()
+
+    def queue_destroy(self, circuit: Circuit) -> None:
+        """DESTROY after whatever the circuit has queued (its last END cells)."""
+        self.mux.detach(circuit, keep_queued=True)
+        self.mux.queue_channel_cell(
+            encode_cell(circuit.circ_id, CellCommand.DESTROY, encode_destroy(0))
+        )
+        self.wants_flush()
+
+    def forget_circuit(self, circuit: Circuit) -> None:
+        if self.circuits.get(circuit.circ_id) is circuit:
+            del self.circuits[circuit.circ_id]
+        self.mux.detach(circuit)
+
+    # -- parsing ---------------------------------------------------------------------
 
     def _parse(self, now: float) -> None:
         buf = self._inbuf
@@ -303,7 +360,9 @@ class Channel:
         )
         netinfo = decode_netinfo(payload)
         self.relay_time = netinfo.timestamp
-        self.outbuf += encode_cell(0, CellCommand.NETINFO, encode_netinfo(self.peer_address))
+        self.mux.queue_channel_cell(
+            encode_cell(0, CellCommand.NETINFO, encode_netinfo(self.peer_address))
+        )
         self.state = ChannelState.OPEN
-        self.on_flush_needed()
-        self.on_open()
+        self.wants_flush()
+        self.events.append(ChannelOpened(self))

@@ -289,10 +289,6 @@ class ConfluxSet:
         self.legs = linked
         owner = min(linked, key=lambda x: x.link_rtt_usec).circuit
         self.owner = owner
-        for leg in linked:
-            # One stream table for the whole set: a cell for a stream may come back on
-            # any leg, and a leg that closes ends them all.
-            leg.circuit.streams = owner.streams
         self.finalized = True
         return owner
 

@@ -13,7 +13,7 @@ import pytest  # noqa: E402
 
 from fakes.relay import FakeRelay, FakeRelayConfig, build_circuit, open_channel  # noqa: E402
 from puretor.proto.channel import Channel  # noqa: E402
-from puretor.proto.circuit import Circuit  # noqa: E402
+from puretor.proto.tunnel import Tunnel  # noqa: E402
 
 
 @pytest.fixture
@@ -27,6 +27,6 @@ def channel(fake: FakeRelay) -> Channel:
 
 
 @pytest.fixture
-def circ(channel: Channel, fake: FakeRelay) -> Circuit:
+def circ(channel: Channel, fake: FakeRelay) -> Tunnel:
     """A 3-hop circuit, open."""
     return build_circuit(channel, fake, 3)

@@ -14,6 +14,7 @@ from fakes.relay import FakeRelay, FakeRelayConfig, open_channel, transfer
 from puretor.errors import ChannelError
 from puretor.proto.cells import CellCommand
 from puretor.proto.channel import Channel, ChannelState, _group_runs
+from puretor.proto.events import ChannelClosed, ChannelOpened
 
 
 def _new_channel(fake: FakeRelay, **kwargs: object) -> Channel:
@@ -30,12 +31,12 @@ def _new_channel(fake: FakeRelay, **kwargs: object) -> Channel:
 
 
 def test_handshake_opens_channel(fake: FakeRelay) -> None:
-    opened: list[bool] = []
+    opened: list[object] = []
     ch = _new_channel(fake)
-    ch.on_open = lambda: opened.append(True)
+    ch.owner = opened  # the fakes' event delivery appends the channel's events here
     transfer(ch, fake)
     assert ch.state is ChannelState.OPEN
-    assert opened == [True]
+    assert opened == [ChannelOpened(ch)]
     assert ch.link_protocol == 5
     assert ch.identity is not None
     assert ch.identity.rsa_id == fake.rsa_id and ch.identity.ed_id == fake.ed_id
@@ -73,16 +74,17 @@ def test_expected_ids_optional(fake: FakeRelay) -> None:
 
 
 def test_wrong_rsa_id_refused(fake: FakeRelay) -> None:
-    closed: list[str] = []
+    events: list[object] = []
     ch = _new_channel(fake, expected_rsa_id=b"\x01" * 20)
-    ch.on_closed = closed.append
+    ch.owner = events
     transfer(ch, fake)
+    closed = [e.reason for e in events if isinstance(e, ChannelClosed)]
     assert ch.state is ChannelState.CLOSED
     assert ch.close_reason is not None and ch.close_reason.startswith("CertsError")
     assert "RSA identity" in ch.close_reason
     assert closed == [ch.close_reason]
     with pytest.raises(ChannelError):
-        ch.new_circuit()
+        ch.new_tunnel()
 
 
 def test_wrong_ed_id_refused(fake: FakeRelay) -> None:
@@ -187,7 +189,7 @@ def test_relay_eof_closes_channel_and_circuits(channel: Channel, fake: FakeRelay
 
     circ = build_circuit(channel, fake, 1)
     events: list[object] = []
-    circ.on_event = events.append
+    circ.owner = events
     fake.close_connection("gone")
     transfer(channel, fake)
     assert channel.state is ChannelState.CLOSED
@@ -196,7 +198,7 @@ def test_relay_eof_closes_channel_and_circuits(channel: Channel, fake: FakeRelay
 
 
 def test_circuit_ids_have_high_bit(channel: Channel) -> None:
-    ids = {channel.new_circuit().circ_id for _ in range(200)}
+    ids = {channel.new_tunnel().circ_id for _ in range(200)}
     assert len(ids) == 200
     assert all(0x80000000 < i <= 0xFFFFFFFF for i in ids)
 
@@ -205,7 +207,7 @@ def test_no_cells_before_netinfo(fake: FakeRelay) -> None:
     """The client must not send anything but VERSIONS until the handshake finishes."""
     ch = _new_channel(fake)
     with pytest.raises(ChannelError):
-        ch.new_circuit()
+        ch.new_tunnel()
     transfer(ch, fake)
     assert fake.violations == []
 

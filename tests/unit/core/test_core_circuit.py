@@ -8,39 +8,41 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from fakes.relay import FakeRelay, FakeRelayConfig, build_circuit, open_channel, transfer
+from fakes.relay import FakeRelay, FakeRelayConfig, build_circuit, open_channel, receive, transfer
 from fakes.sink import RecordingSink
 from puretor.proto.cells import CellCommand, DestroyReason
 from puretor.proto.channel import Channel, ChannelState
-from puretor.proto.circuit import Circuit, CircuitClosed, CircuitState, ControlCell, HopAdded
+from puretor.proto.circuit import CircuitState
+from puretor.proto.events import ControlCell, HopAdded, TunnelClosed
 from puretor.proto.relaymsg import EndReason, RelayCommand
+from puretor.proto.tunnel import Tunnel
 
 
-def _events(circ: Circuit) -> list[object]:
+def _events(circ: Tunnel) -> list[object]:
     events: list[object] = []
-    circ.on_event = events.append
+    circ.owner = events  # the fakes' event delivery appends the tunnel's events here
     return events
 
 
 def test_create_fast_one_hop(channel: Channel, fake: FakeRelay) -> None:
-    circ = channel.new_circuit()
+    circ = channel.new_tunnel()
     events = _events(circ)
     circ.send_create_fast()
     transfer(channel, fake)
-    assert events == [HopAdded(1)]
+    assert events == [HopAdded(circ, 1)]
     assert circ.hop_count == 1
     assert len(fake.circuit(circ.circ_id).hops) == 1
 
 
 def test_ntor_three_hops(channel: Channel, fake: FakeRelay) -> None:
-    circ = channel.new_circuit()
+    circ = channel.new_tunnel()
     events = _events(circ)
     circ.send_create2(fake.sim.rsa_id, fake.sim.ntor_key)
     transfer(channel, fake)
     for relay in fake.relays[1:]:
         circ.send_extend2(relay.link_specifiers(), relay.rsa_id, relay.ntor_key)
         transfer(channel, fake)
-    assert events == [HopAdded(1), HopAdded(2), HopAdded(3)]
+    assert events == [HopAdded(circ, 1), HopAdded(circ, 2), HopAdded(circ, 3)]
     fcirc = fake.circuit(circ.circ_id)
     assert [h.relay for h in fcirc.hops] == fake.relays
     # EXTEND2 went in RELAY_EARLY: the guard saw two, the middle one.
@@ -48,7 +50,7 @@ def test_ntor_three_hops(channel: Channel, fake: FakeRelay) -> None:
     assert fake.violations == []
 
 
-def test_layers_are_distinct(circ: Circuit, fake: FakeRelay) -> None:
+def test_layers_are_distinct(circ: Tunnel, fake: FakeRelay) -> None:
     """A cell for hop 2 passes hop 0 and 1 unrecognised: each layer has its own keys."""
     fcirc = fake.circuit(circ.circ_id)
     circ.send_relay(RelayCommand.DROP, 0, b"to the middle", hop=1)
@@ -61,29 +63,31 @@ def test_layers_are_distinct(circ: Circuit, fake: FakeRelay) -> None:
     for hop in range(3):
         fake.send_relay(fcirc, hop, 99, 0, b"hello from %d" % hop)
     transfer(circ.channel, fake)
-    assert events == [ControlCell(99, b"hello from %d" % h, h) for h in range(3)]
+    assert events == [ControlCell(circ, 99, b"hello from %d" % h, h) for h in range(3)]
 
 
 def test_bad_ntor_auth_closes_circuit(channel: Channel) -> None:
     fake2 = FakeRelay(FakeRelayConfig(bad_ntor_auth=True))
     ch = open_channel(fake2)
-    circ = ch.new_circuit()
+    circ = ch.new_tunnel()
     events = _events(circ)
     circ.send_create2(fake2.sim.rsa_id, fake2.sim.ntor_key)
     transfer(ch, fake2)
     assert circ.state is CircuitState.CLOSED
-    assert isinstance(events[-1], CircuitClosed) and "AUTH" in events[-1].message
+    assert isinstance(events[-1], TunnelClosed) and "AUTH" in events[-1].message
     assert ch.state is ChannelState.OPEN
     assert fake2.destroys_received == [(circ.circ_id, 0)]  # a client sends reason NONE
 
 
 def test_create2_wrong_onion_key_destroyed(channel: Channel, fake: FakeRelay) -> None:
-    circ = channel.new_circuit()
+    circ = channel.new_tunnel()
     events = _events(circ)
     circ.send_create2(fake.sim.rsa_id, fake.relays[1].ntor_key)
     transfer(channel, fake)
     assert circ.state is CircuitState.CLOSED
-    assert events[-1] == CircuitClosed(DestroyReason.PROTOCOL, "circuit destroyed by relay", True)
+    assert events[-1] == TunnelClosed(
+        circ, DestroyReason.PROTOCOL, "circuit destroyed by relay", True
+    )
 
 
 def test_extend_to_unknown_relay_truncated(channel: Channel, fake: FakeRelay) -> None:
@@ -94,7 +98,7 @@ def test_extend_to_unknown_relay_truncated(channel: Channel, fake: FakeRelay) ->
     transfer(channel, fake)
     assert circ.state is CircuitState.CLOSED
     closed = events[-1]
-    assert isinstance(closed, CircuitClosed)
+    assert isinstance(closed, TunnelClosed)
     assert closed.reason == DestroyReason.CONNECTFAILED and closed.remote
     # TRUNCATED tears the whole circuit down: we sent DESTROY.
     assert fake.destroys_received == [(circ.circ_id, 0)]
@@ -128,14 +132,14 @@ def test_fake_closes_on_ninth_relay_early(channel: Channel, fake: FakeRelay) -> 
     circ = build_circuit(channel, fake, 1)
     for _ in range(8):
         circ.send_relay(RelayCommand.DROP, 0, b"", early=True)
-    circ._relay_early_sent = 0
+    circ.circuit._relay_early_sent = 0
     circ.send_relay(RelayCommand.DROP, 0, b"", early=True)
     transfer(channel, fake)
     assert circ.state is CircuitState.CLOSED
     assert any("RELAY_EARLY" in v for v in fake.violations)
 
 
-def test_relay_early_from_relay_closes_circuit(circ: Circuit, fake: FakeRelay) -> None:
+def test_relay_early_from_relay_closes_circuit(circ: Tunnel, fake: FakeRelay) -> None:
     fake.send_relay(
         fake.circuit(circ.circ_id),
         2,
@@ -149,7 +153,7 @@ def test_relay_early_from_relay_closes_circuit(circ: Circuit, fake: FakeRelay) -
     assert circ.channel.state is ChannelState.OPEN
 
 
-def _open_streams(circ: Circuit, fake: FakeRelay, n: int) -> list[RecordingSink]:
+def _open_streams(circ: Tunnel, fake: FakeRelay, n: int) -> list[RecordingSink]:
     sinks = [RecordingSink() for _ in range(n)]
     for i, sink in enumerate(sinks):
         circ.open_stream(sink, f"host{i}.example", 80)
@@ -158,31 +162,33 @@ def _open_streams(circ: Circuit, fake: FakeRelay, n: int) -> list[RecordingSink]
     return sinks
 
 
-def test_destroy_closes_every_stream(circ: Circuit, fake: FakeRelay) -> None:
+def test_destroy_closes_every_stream(circ: Tunnel, fake: FakeRelay) -> None:
     sinks = _open_streams(circ, fake, 3)
     events = _events(circ)
     fake.inject_destroy(circ.circ_id, DestroyReason.FINISHED)
     transfer(circ.channel, fake)
     assert circ.state is CircuitState.CLOSED
-    assert events == [CircuitClosed(DestroyReason.FINISHED, "circuit destroyed by relay", True)]
+    assert events == [
+        TunnelClosed(circ, DestroyReason.FINISHED, "circuit destroyed by relay", True)
+    ]
     for sink in sinks:
         assert len(sink.ended) == 1
         assert sink.ended[0].reason == EndReason.DESTROY
         assert "FINISHED" in sink.ended[0].message
-    assert circ.streams == {}
+    assert not circ.streams
     assert circ.circ_id not in circ.channel.circuits
     # A DESTROY is not answered with a DESTROY.
     assert fake.destroys_received == []
 
 
-def test_truncated_closes_every_stream(circ: Circuit, fake: FakeRelay) -> None:
+def test_truncated_closes_every_stream(circ: Tunnel, fake: FakeRelay) -> None:
     sinks = _open_streams(circ, fake, 3)
     events = _events(circ)
     fake.inject_truncated(circ.circ_id, DestroyReason.HIBERNATING, hop=1)
     transfer(circ.channel, fake)
     assert circ.state is CircuitState.CLOSED
     closed = events[-1]
-    assert isinstance(closed, CircuitClosed) and closed.reason == DestroyReason.HIBERNATING
+    assert isinstance(closed, TunnelClosed) and closed.reason == DestroyReason.HIBERNATING
     for sink in sinks:
         assert [e.reason for e in sink.ended] == [EndReason.DESTROY]
         assert "HIBERNATING" in sink.ended[0].message
@@ -209,7 +215,7 @@ def test_digest_mismatch_closes_circuit_not_channel(channel: Channel, fake: Fake
     assert bytes(s.data) == b"ping"
 
 
-def test_garbage_relay_cell_closes_circuit(circ: Circuit, fake: FakeRelay) -> None:
+def test_garbage_relay_cell_closes_circuit(circ: Tunnel, fake: FakeRelay) -> None:
     fake.inject_garbage(circ_id=circ.circ_id)
     transfer(circ.channel, fake)
     assert circ.state is CircuitState.CLOSED
@@ -223,7 +229,7 @@ def test_cells_for_unknown_circuit_dropped(channel: Channel, fake: FakeRelay) ->
     assert channel.state is ChannelState.OPEN
 
 
-def test_local_destroy(circ: Circuit, fake: FakeRelay) -> None:
+def test_local_destroy(circ: Tunnel, fake: FakeRelay) -> None:
     sinks = _open_streams(circ, fake, 2)
     circ.destroy()
     transfer(circ.channel, fake)
@@ -239,7 +245,7 @@ def test_created_of_the_wrong_kind_closes_only_the_circuit(
     channel: Channel, fake: FakeRelay
 ) -> None:
     """A CREATED2 answering our CREATE_FAST is a relay error, not a crash of the channel."""
-    circ = channel.new_circuit()
+    circ = channel.new_tunnel()
     circ.send_create_fast()
     channel.take_output()  # the fake never sees it; we forge its reply instead
     fake._send_fixed(circ.circ_id, CellCommand.CREATED2, b"\x00\x40" + bytes(64))
@@ -249,7 +255,7 @@ def test_created_of_the_wrong_kind_closes_only_the_circuit(
 
 
 def test_created_fast_answering_create2(channel: Channel, fake: FakeRelay) -> None:
-    circ = channel.new_circuit()
+    circ = channel.new_tunnel()
     circ.send_create2(fake.sim.rsa_id, fake.sim.ntor_key)
     channel.take_output()
     fake._send_fixed(circ.circ_id, CellCommand.CREATED_FAST, bytes(40))
@@ -258,7 +264,7 @@ def test_created_fast_answering_create2(channel: Channel, fake: FakeRelay) -> No
     assert channel.state is ChannelState.OPEN
 
 
-def test_unexpected_extended2_closes_circuit(circ: Circuit, fake: FakeRelay) -> None:
+def test_unexpected_extended2_closes_circuit(circ: Tunnel, fake: FakeRelay) -> None:
     fake.send_relay(
         fake.circuit(circ.circ_id), 2, RelayCommand.EXTENDED2, 0, b"\x00\x40" + bytes(64)
     )
@@ -266,7 +272,7 @@ def test_unexpected_extended2_closes_circuit(circ: Circuit, fake: FakeRelay) -> 
     assert circ.state is CircuitState.CLOSED
 
 
-def test_unknown_relay_command_dropped(circ: Circuit, fake: FakeRelay) -> None:
+def test_unknown_relay_command_dropped(circ: Tunnel, fake: FakeRelay) -> None:
     sinks = _open_streams(circ, fake, 1)
     sid = next(iter(circ.streams))
     fake.send_relay(fake.circuit(circ.circ_id), 2, 77, sid, b"future")
@@ -285,12 +291,12 @@ def test_cell_from_a_hop_added_earlier_in_the_same_run(channel: Channel, fake: F
     circ.send_extend2(relay.link_specifiers(), relay.rsa_id, relay.ntor_key)
     fake.receive_data(channel.take_output())  # the fake answers EXTENDED2, then hop 3 talks
     fake.send_relay(fake.circuit(circ.circ_id), 2, 99, 0, b"from the new hop")
-    channel.receive_data(fake.take_output(), fake.now)
-    assert events == [HopAdded(3), ControlCell(99, b"from the new hop", 2)]
+    receive(channel, fake.take_output(), fake.now)
+    assert events == [HopAdded(circ, 3), ControlCell(circ, 99, b"from the new hop", 2)]
     assert circ.state is CircuitState.BUILDING
 
 
-def test_bad_cell_in_the_middle_of_a_run(circ: Circuit, fake: FakeRelay) -> None:
+def test_bad_cell_in_the_middle_of_a_run(circ: Tunnel, fake: FakeRelay) -> None:
     sinks = _open_streams(circ, fake, 1)
     sid = next(iter(circ.streams))
     fcirc = fake.circuit(circ.circ_id)
@@ -298,21 +304,21 @@ def test_bad_cell_in_the_middle_of_a_run(circ: Circuit, fake: FakeRelay) -> None
     fake.corrupt_next_digest = True
     fake.send_relay(fcirc, 2, RelayCommand.DATA, sid, b"broken")
     fake.send_relay(fcirc, 2, RelayCommand.DATA, sid, b"after")
-    circ.channel.receive_data(fake.take_output(), fake.now)
+    receive(circ.channel, fake.take_output(), fake.now)
     assert bytes(sinks[0].data) == b"first"
     assert circ.state is CircuitState.CLOSED
     assert circ.closed_reason is not None and "recognised" in circ.closed_reason.message
     assert circ.channel.state is ChannelState.OPEN
 
 
-def test_callback_destroying_the_circuit_mid_run(circ: Circuit, fake: FakeRelay) -> None:
+def test_callback_destroying_the_circuit_mid_run(circ: Tunnel, fake: FakeRelay) -> None:
     sinks = _open_streams(circ, fake, 1)
     sid = next(iter(circ.streams))
     sinks[0].on_data = lambda _d: circ.destroy()
     fcirc = fake.circuit(circ.circ_id)
     for i in range(5):
         fake.send_relay(fcirc, 2, RelayCommand.DATA, sid, b"cell %d" % i)
-    circ.channel.receive_data(fake.take_output(), fake.now)
+    receive(circ.channel, fake.take_output(), fake.now)
     # DATA of one run reaches the sink joined, in one call, before the callback runs.
     assert bytes(sinks[0].data) == b"".join(b"cell %d" % i for i in range(5))
     assert circ.state is CircuitState.CLOSED and len(sinks[0].ended) == 1
@@ -383,7 +389,7 @@ def test_data_runs_reach_each_stream_in_order(
     sids = sorted(circ.streams)
     fcirc = fake.circuit(circ.circ_id)
     expected = [bytearray() for _ in sinks]
-    window_before = circ._deliver_window[2]
+    window_before = circ.circuit.hops[2].deliver_window
     sent = 0
     for stream, repeat, length in cells:
         for _ in range(repeat):
@@ -397,8 +403,8 @@ def test_data_runs_reach_each_stream_in_order(
             sent += 1
     wire = fake.take_output()
     for o in range(0, len(wire), chunk):
-        channel.receive_data(wire[o : o + chunk], fake.now)
+        receive(channel, wire[o : o + chunk], fake.now)
     assert circ.state is CircuitState.OPEN
     for sink, data in zip(sinks, expected, strict=True):
         assert bytes(sink.data) == bytes(data)
-    assert circ._deliver_window[2] == window_before - sent
+    assert circ.circuit.hops[2].deliver_window == window_before - sent

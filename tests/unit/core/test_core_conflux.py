@@ -23,13 +23,14 @@ from fakes.relay import (
     FakeRelay,
     FakeRelayConfig,
     build_circuit,
+    deliver_events,
     open_channel,
     source_content,
 )
 from fakes.sink import RecordingSink
 from puretor.errors import RemoteProtocolError
 from puretor.proto.channel import Channel, ChannelState
-from puretor.proto.circuit import Circuit, CircuitClosed, CircuitState, ConfluxLinked
+from puretor.proto.circuit import Circuit, CircuitState
 from puretor.proto.conflux import (
     MULTIPLEXED,
     ConfluxSet,
@@ -40,11 +41,12 @@ from puretor.proto.conflux import (
     encode_switch,
 )
 from puretor.proto.congestion import CCParams
+from puretor.proto.events import ConfluxLinked, EventQueue, TunnelClosed
 from puretor.proto.relaymsg import EndReason, RelayCommand
+from puretor.proto.tunnel import Tunnel
 
 KB = 1024
 CC = CCParams()
-LINK = RelayCommand.CONFLUX_LINK
 
 
 # -- codecs -------------------------------------------------------------------------------
@@ -92,7 +94,12 @@ def test_multiplexed_commands_are_c_tors() -> None:
 
 
 class Net:
-    """Client channels/circuits and their fake guards, one pair per leg."""
+    """Client channels/circuits and their fake guards, one pair per leg.
+
+    Each leg is built as a tunnel of its own (``tunnels``); ``circs`` are their circuits,
+    which stay the legs' handles once `link` has joined them into one tunnel.  The
+    channels share one event queue, as a client's do.
+    """
 
     def __init__(
         self,
@@ -103,35 +110,40 @@ class Net:
         clock: Callable[[], float] | None = None,
     ) -> None:
         self.exit = FakeConfluxExit(**(exit_kwargs or {}))  # type: ignore[arg-type]
+        self.queue = EventQueue()
         self.fakes: list[FakeRelay] = []
         self.channels: list[Channel] = []
+        self.tunnels: list[Tunnel] = []
         self.circs: list[Circuit] = []
         self.events: list[list[object]] = []
         for i in range(legs):
             fake = FakeRelay(config() if config else FakeRelayConfig(), address=f"10.{i}.0.1")
-            channel = open_channel(fake)
-            circ = build_circuit(
+            channel = open_channel(fake, events=self.queue)
+            tunnel = build_circuit(
                 channel, fake, 3, congestion_control=CC, sendme_accept_min_version=1
             )
             if clock is not None:
-                circ.clock = clock
+                tunnel.clock = clock
             events: list[object] = []
-            circ.on_event = events.append
+            tunnel.owner = events  # the fakes' event delivery appends the tunnel's events
             self.fakes.append(fake)
             self.channels.append(channel)
-            self.circs.append(circ)
+            self.tunnels.append(tunnel)
+            self.circs.append(tunnel.circuit)
             self.events.append(events)
         self.exit.attach(*self.fakes)
         self.cfx = ConfluxSet()
         self.order: Callable[[int], list[int]] = lambda n: list(range(len(self.fakes)))
 
-    def link(self) -> Circuit:
-        for circ in self.circs:
-            leg = self.cfx.add_leg(circ)
-            circ.send_relay(LINK, 0, self.cfx.link_message(leg, circ._now_usec()))
+    def link(self) -> Tunnel:
+        for tunnel in self.tunnels:
+            tunnel.start_conflux(self.cfx)
         self.pump()
         assert all(isinstance(ev[-1], ConfluxLinked) for ev in self.events), self.events
-        return self.cfx.finalize()
+        return Tunnel.join(self.cfx, self.tunnels)
+
+    def deliver(self) -> None:
+        deliver_events(self.queue)
 
     def round(self, n: int = 0) -> bool:
         moved = False
@@ -145,10 +157,12 @@ class Net:
             if back:
                 moved = True
                 self.channels[i].receive_data(back, self.fakes[i].now)
+                self.deliver()
         return moved
 
     def pump(self, done: Callable[[], bool] = lambda: False, max_rounds: int = 100_000) -> int:
         for n in range(max_rounds):
+            self.deliver()  # what API calls since the last round produced
             if done():
                 return n
             if not self.round(n):
@@ -184,33 +198,31 @@ def test_link_handshake_and_finalize() -> None:
     assert fset.nonce == net.cfx.nonce
     assert all(leg.acked for leg in fset.legs)  # LINKED_ACK went back on every leg
     assert all(leg.link == LinkPayload(net.cfx.nonce, 0, 0, 3) for leg in fset.legs)
-    assert net.cfx.finalized and owner in net.circs
+    assert net.cfx.finalized and owner.circuit in net.circs
     assert all(leg.state is LegState.LINKED and leg.link_rtt_usec > 0 for leg in net.cfx.legs)
-    assert all(c.streams is owner.streams for c in net.circs)
-    assert all(c.stream_owner is owner for c in net.circs)
+    assert all(c.tunnel.streams is owner.streams for c in net.circs)
+    assert all(c.tunnel is owner for c in net.circs)
     assert net.cfx.send_ux is DesiredUx.MIN_LATENCY  # what the fake exit (as C tor) asks
     assert net.violations() == []
 
 
 def test_linked_with_another_nonce_closes_the_leg() -> None:
     net = Net(exit_kwargs={"linked_nonce": bytes(32)})
-    for circ in net.circs:
-        leg = net.cfx.add_leg(circ)
-        circ.send_relay(LINK, 0, net.cfx.link_message(leg, 0))
+    for tunnel in net.tunnels:
+        tunnel.start_conflux(net.cfx)
     net.pump()
     for circ, events in zip(net.circs, net.events, strict=True):
         assert circ.state is CircuitState.CLOSED
-        closed = [e for e in events if isinstance(e, CircuitClosed)]
+        closed = [e for e in events if isinstance(e, TunnelClosed)]
         assert "another set's nonce" in closed[0].message
 
 
 def test_linked_reporting_data_we_never_got_is_refused() -> None:
     net = Net(1, exit_kwargs={"report_sent": 10})
-    leg = net.cfx.add_leg(net.circs[0])
-    net.circs[0].send_relay(LINK, 0, net.cfx.link_message(leg, 0))
+    net.tunnels[0].start_conflux(net.cfx)
     net.pump()
     assert net.circs[0].state is CircuitState.CLOSED
-    assert "never received" in net.circs[0].closed_reason.message  # type: ignore[union-attr]
+    assert "never received" in net.tunnels[0].closed_reason.message  # type: ignore[union-attr]
 
 
 @pytest.mark.parametrize("command", [19, 20, 21, 22])
@@ -232,7 +244,7 @@ def test_conflux_cells_from_a_middle_hop_are_violations() -> None:
     fake.send_relay_here(fake.circuit(circ.circ_id), 1, 22, 0, encode_switch(3))
     net.pump()
     assert all(c.state is CircuitState.CLOSED for c in net.circs)
-    assert "not the exit" in circ.closed_reason.message  # type: ignore[union-attr]
+    assert "not the exit" in circ.tunnel.closed_reason.message  # type: ignore[union-attr]
 
 
 def test_link_and_linked_ack_from_the_exit_are_violations() -> None:
@@ -256,14 +268,13 @@ def test_second_linked_is_a_violation() -> None:
 
 def test_finalize_drops_legs_that_did_not_link() -> None:
     net = Net(3)
-    for circ in net.circs[:2]:
-        leg = net.cfx.add_leg(circ)
-        circ.send_relay(LINK, 0, net.cfx.link_message(leg, circ._now_usec()))
+    for tunnel in net.tunnels[:2]:
+        tunnel.start_conflux(net.cfx)
     net.cfx.add_leg(net.circs[2])  # never sent LINK
     net.pump()
-    owner = net.cfx.finalize()
+    owner = Tunnel.join(net.cfx, net.tunnels)
     assert len(net.cfx.legs) == 2 and net.circs[2].conflux is None
-    assert owner in net.circs[:2]
+    assert owner.circuit in net.circs[:2]
 
 
 # -- downloads: cells from several legs back in order ---------------------------------------------
@@ -350,7 +361,7 @@ def test_data_on_a_faster_leg_waits_for_connected() -> None:
     net.pump(lambda: bool(sink.ended))
     assert sink.connected is not None
     assert bytes(sink.data) == source_content("dl.example", 80, 50 * KB)
-    assert stream.circuit is owner
+    assert stream.tunnel is owner
     assert net.violations() == []
 
 
@@ -415,15 +426,15 @@ def test_a_closed_leg_takes_the_set_down() -> None:
     sink = RecordingSink()
     owner.open_stream(sink, "dl.example", 80)
     net.pump(lambda: len(sink.data) > 50 * KB)
-    other = next(c for c in net.circs if c is not owner)
+    other = next(c for c in net.circs if c is not owner.circuit)
     fake = net.fakes[net.circs.index(other)]
     fake.inject_destroy(other.circ_id)
     net.pump()
     assert all(c.state is CircuitState.CLOSED for c in net.circs)
     assert sink.end_reason == EndReason.DESTROY
     # The owner sent DESTROY to its guard.
-    owner_fake = net.fakes[net.circs.index(owner)]
-    assert owner.circ_id in dict(owner_fake.destroys_received)
+    owner_fake = net.fakes[net.circs.index(owner.circuit)]
+    assert owner.circuit.circ_id in dict(owner_fake.destroys_received)
 
 
 def test_out_of_order_queue_is_bounded() -> None:
@@ -440,7 +451,7 @@ def test_out_of_order_queue_is_bounded() -> None:
     owner.open_stream(sink, "dl.example", 80)
     net.pump()
     assert all(c.state is CircuitState.CLOSED for c in net.circs)
-    reason = circ1.closed_reason
+    reason = circ1.tunnel.closed_reason
     assert reason is not None and "out-of-order queue over 100 cells" in reason.message
     assert sink.end_reason == EndReason.DESTROY
 
@@ -463,7 +474,7 @@ def test_switch_that_goes_backwards_is_a_violation() -> None:
     fake.send_relay_here(fc, 2, RelayCommand.DATA, 99, b"x")
     net.pump()
     assert circ.state is CircuitState.CLOSED
-    assert "already delivered" in circ.closed_reason.message  # type: ignore[union-attr]
+    assert "already delivered" in circ.tunnel.closed_reason.message  # type: ignore[union-attr]
 
 
 def test_stream_zero_end_is_dropped_unsequenced() -> None:
@@ -493,14 +504,16 @@ def test_channel_loss_of_one_leg_ends_streams() -> None:
     owner.open_stream(sink, "dl.example", 80)
     net.pump(lambda: len(sink.data) > 20 * KB)
     net.channels[1].close("link lost")
+    net.deliver()
     assert net.channels[1].state is ChannelState.CLOSED
     assert all(c.state is CircuitState.CLOSED for c in net.circs)
     assert sink.end_reason == EndReason.DESTROY
 
 
 def test_stream_callbacks_during_teardown_do_not_send_on_the_dying_leg() -> None:
-    """A leg closes; a stream's end callback opens a new stream on the set.  It must not
-    be sent on the leg being torn down (that raised out of the teardown)."""
+    """A leg closes; a stream's end handler opens a new stream on the set.  Handlers run
+    after the core finished the teardown (events), so the set is down by then: the open
+    is refused with RuntimeError, and nothing is sealed on a dying leg."""
     net = Net(config=lambda: FakeRelayConfig(source_ports={80: 2000 * KB}))
     owner = net.link()
     opened: list[object] = []
@@ -516,11 +529,13 @@ def test_stream_callbacks_during_teardown_do_not_send_on_the_dying_leg() -> None
     sink = Reopener()
     owner.open_stream(sink, "dl.example", 80)
     net.pump(lambda: len(sink.data) > 10 * KB)
-    other = next(c for c in net.circs if c is not owner)
+    other = next(c for c in net.circs if c is not owner.circuit)
     net.cfx.current = other.conflux_leg  # the leg about to die was the last one used
     net.fakes[net.circs.index(other)].inject_destroy(other.circ_id)
     net.pump()
     assert all(c.state is CircuitState.CLOSED for c in net.circs)
     assert sink.end_reason == EndReason.DESTROY and len(opened) == 1
-    # BEGIN went out on the owner's leg (still up at that moment), not on the dying one.
-    assert not isinstance(opened[0], RuntimeError), opened
+    assert isinstance(opened[0], RuntimeError), opened
+    for fake, circ in zip(net.fakes, net.circs, strict=True):
+        hops = fake.circuit(circ.circ_id).hops
+        assert all(s.host != "again.example" for s in hops[-1].all_streams.values())

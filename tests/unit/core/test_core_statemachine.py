@@ -27,6 +27,7 @@ from fakes.relay import (
     FakeRelay,
     FakeRelayConfig,
     build_circuit,
+    deliver_events,
     open_channel,
     pump_until,
     source_content,
@@ -34,10 +35,10 @@ from fakes.relay import (
 )
 from fakes.sink import RecordingSink
 from puretor.proto.cells import DestroyReason
-from puretor.proto.channel import ChannelState
+from puretor.proto.channel import Channel, ChannelState
 from puretor.proto.circuit import CircuitState
 from puretor.proto.relaymsg import EndReason, RelayCommand
-from puretor.proto.stream import (
+from puretor.proto.streams import (
     SEND_BUFFER_HIGH_WATER,
     STREAM_WINDOW_START,
     Stream,
@@ -49,6 +50,13 @@ SOURCE_SIZES = {80: 0, 81: 1, 82: 498, 83: 20_000, 84: 260_000}  # 260 KB > a st
 REFUSED = {25: EndReason.EXITPOLICY, 26: EndReason.CONNECTREFUSED}
 WRITE_SIZES = [1, 497, 498, 499, 5_000, 40_000]
 MAX_WRITE = max(WRITE_SIZES)
+
+
+def _unsent_cells(channel: Channel) -> int:
+    """Cells sealed but not yet taken from the channel (its mux's queues)."""
+    mux = channel.mux
+    queued = sum(mux.queued_cells(key) for key in list(mux._entries))
+    return queued + sum(len(cell) // 514 for cell in mux._channel_cells)
 
 
 @dataclass(eq=False)
@@ -114,6 +122,7 @@ class CoreMachine(RuleBasedStateMachine):
             port = 7 if kind == "echo" else 9
             stream = self.circ.open_stream(sink, host, port)
         self.models.append(Model(kind, sink, stream, expected, host, port))
+        deliver_events(self.channel.events)
 
     @precondition(lambda self: self.models)
     @rule(data=st.data(), size=st.sampled_from(WRITE_SIZES), seed=st.integers(0, 2**32))
@@ -128,16 +137,19 @@ class CoreMachine(RuleBasedStateMachine):
         if accepted and m.kind == "echo":
             assert isinstance(m.expected, bytearray)
             m.expected += payload
+        deliver_events(self.channel.events)
 
     @precondition(lambda self: self.models)
     @rule(data=st.data())
     def pause(self, data: st.DataObject) -> None:
         self._pick(data).stream.pause_delivery()
+        deliver_events(self.channel.events)
 
     @precondition(lambda self: self.models)
     @rule(data=st.data())
     def resume(self, data: st.DataObject) -> None:
         self._pick(data).stream.resume_delivery()
+        deliver_events(self.channel.events)
 
     @precondition(lambda self: self.models)
     @rule(data=st.data(), abort=st.booleans())
@@ -148,6 +160,7 @@ class CoreMachine(RuleBasedStateMachine):
             m.stream.abort()
         else:
             m.stream.close()
+        deliver_events(self.channel.events)
 
     @rule(rounds=st.integers(1, 4), chunk=st.sampled_from([None, 1, 509, 514, 4096, 16384]))
     def pump(self, rounds: int, chunk: int | None) -> None:
@@ -248,10 +261,10 @@ class CoreMachine(RuleBasedStateMachine):
     @invariant()
     def windows_in_range(self) -> None:
         circ = self.circ
-        for h in range(circ.hop_count):
-            assert 0 <= circ._package_window[h] <= CIRCWINDOW
-            assert 0 <= circ._deliver_window[h] <= CIRCWINDOW
-            assert len(circ._expected_sendme[h]) <= CIRCWINDOW // 100
+        for hop in circ.circuit.hops:
+            assert 0 <= hop.package_window <= CIRCWINDOW
+            assert 0 <= hop.deliver_window <= CIRCWINDOW
+            assert len(hop.expected_sendmes) <= CIRCWINDOW // 100
         for m in self.models:
             s = m.stream
             assert 0 <= s.package_window <= STREAM_WINDOW_START
@@ -279,12 +292,13 @@ class CoreMachine(RuleBasedStateMachine):
     @invariant()
     def memory_bounded(self) -> None:
         circ = self.circ
-        assert len(circ._ready) <= len(circ.streams)
-        assert len(set(map(id, circ._ready))) == len(circ._ready)
+        ready = circ.streams.ready
+        assert len(ready) <= len(circ.streams)
+        assert len(set(map(id, ready))) == len(ready)
         for m in self.models:
             assert m.stream.buffered <= SEND_BUFFER_HIGH_WATER + MAX_WRITE
         # Untransferred output: at most a window's worth of cells plus control cells.
-        assert len(self.channel.outbuf) <= (CIRCWINDOW + 200) * 514
+        assert _unsent_cells(self.channel) <= CIRCWINDOW + 200
         fcirc = self.fake.circuits.get(circ.circ_id)
         if fcirc is not None:
             for stream in fcirc.hops[-1].streams.values():
@@ -296,7 +310,7 @@ class CoreMachine(RuleBasedStateMachine):
     def closed_circuit_told_everyone(self) -> None:
         if self.circ.state is not CircuitState.CLOSED:
             return
-        assert self.circ.streams == {}
+        assert not self.circ.streams
         for m in self.models:
             assert m.stream.state is StreamState.CLOSED
             if not m.ended_by_us and m.kind != "resolve" and m.sink.resolved is None:

@@ -11,15 +11,17 @@ from fakes.relay import (
     FakeRelayConfig,
     build_circuit,
     open_channel,
+    receive,
     source_content,
     transfer,
 )
 from fakes.sink import RecordingSink
 from puretor.proto.channel import ChannelState
-from puretor.proto.circuit import Circuit, CircuitState
+from puretor.proto.circuit import CircuitState
 from puretor.proto.congestion import CCParams
 from puretor.proto.relaymsg import EndReason, RelayCommand
-from puretor.proto.stream import SEND_BUFFER_HIGH_WATER, StreamState
+from puretor.proto.streams import SEND_BUFFER_HIGH_WATER, StreamState
+from puretor.proto.tunnel import Tunnel
 
 KB = 1024
 MB = 1024 * KB
@@ -35,7 +37,7 @@ def _setup(config: FakeRelayConfig | None = None, hops: int = 3, **circ_kwargs: 
 # -- BEGIN / CONNECTED / DATA / END --------------------------------------------------------
 
 
-def test_begin_connected_echo_and_close(circ: Circuit, fake: FakeRelay) -> None:
+def test_begin_connected_echo_and_close(circ: Tunnel, fake: FakeRelay) -> None:
     sink = RecordingSink()
     stream = circ.open_stream(sink, "Example.COM", 443)
     transfer(circ.channel, fake)
@@ -55,14 +57,14 @@ def test_begin_connected_echo_and_close(circ: Circuit, fake: FakeRelay) -> None:
     assert fake.violations == []
 
 
-def test_ipv4_literal_connected_address(circ: Circuit, fake: FakeRelay) -> None:
+def test_ipv4_literal_connected_address(circ: Tunnel, fake: FakeRelay) -> None:
     sink = RecordingSink()
     circ.open_stream(sink, "192.0.2.7", 80)
     transfer(circ.channel, fake)
     assert sink.connected is not None and sink.connected.address == "192.0.2.7"
 
 
-def test_optimistic_data_before_connected(circ: Circuit, fake: FakeRelay) -> None:
+def test_optimistic_data_before_connected(circ: Tunnel, fake: FakeRelay) -> None:
     sink = RecordingSink()
     stream = circ.open_stream(sink, "example.com", 80)
     stream.write(b"GET / HTTP/1.0\r\n\r\n")
@@ -70,7 +72,7 @@ def test_optimistic_data_before_connected(circ: Circuit, fake: FakeRelay) -> Non
     assert bytes(sink.data) == b"GET / HTTP/1.0\r\n\r\n"
 
 
-def test_close_before_connected_flushes_pending_data(circ: Circuit, fake: FakeRelay) -> None:
+def test_close_before_connected_flushes_pending_data(circ: Tunnel, fake: FakeRelay) -> None:
     """write() then close() before CONNECTED: the data goes out, then END DONE."""
     sink = RecordingSink()
     stream = circ.open_stream(sink, "example.com", 9)
@@ -135,13 +137,13 @@ def test_create_fast_begin_dir_large_document() -> None:
     assert fake.violations == []
 
 
-def test_resolve(circ: Circuit, fake: FakeRelay) -> None:
+def test_resolve(circ: Tunnel, fake: FakeRelay) -> None:
     sink = RecordingSink()
     stream = circ.resolve(sink, "example.com")
     transfer(circ.channel, fake)
     assert sink.resolved is not None
     assert [(a.type, a.value, a.ttl) for a in sink.resolved] == [(4, "93.184.216.34", 60)]
-    assert stream.state is StreamState.CLOSED and circ.streams == {}
+    assert stream.state is StreamState.CLOSED and not circ.streams
     assert fake.circuit(circ.circ_id).hops[2].ended_streams == {}  # no END for a RESOLVE
 
 
@@ -163,7 +165,7 @@ def test_resolve_error_and_ipv6() -> None:
     assert [a.value for a in s2.resolved] == ["2001:db8::1", "192.0.2.1"]
 
 
-def test_exit_end_after_data(circ: Circuit, fake: FakeRelay) -> None:
+def test_exit_end_after_data(circ: Tunnel, fake: FakeRelay) -> None:
     sink = RecordingSink()
     stream = circ.open_stream(sink, "example.com", 80)
     transfer(circ.channel, fake)
@@ -174,15 +176,15 @@ def test_exit_end_after_data(circ: Circuit, fake: FakeRelay) -> None:
     assert stream.state is StreamState.CLOSED
 
 
-def test_abort_sends_end_misc_and_late_cells_still_count(circ: Circuit, fake: FakeRelay) -> None:
+def test_abort_sends_end_misc_and_late_cells_still_count(circ: Tunnel, fake: FakeRelay) -> None:
     src = FakeRelayConfig(source_ports={80: 2 * MB})
     fake.config.source_ports = src.source_ports
     sink = RecordingSink()
     stream = circ.open_stream(sink, "example.com", 80)
     # Take CONNECTED and a first batch, then abort while DATA is in flight.
-    circ.channel.receive_data(b"", fake.now)
+    receive(circ.channel, b"", fake.now)
     fake.receive_data(circ.channel.take_output())
-    circ.channel.receive_data(fake.take_output(), fake.now)
+    receive(circ.channel, fake.take_output(), fake.now)
     got = len(sink.data)
     assert got > 0
     stream.abort()
@@ -260,7 +262,7 @@ def test_upload_two_megabytes_verifies_sendme_digests() -> None:
     # Every one of the exit's v1 SENDMEs matched the digest we recorded.
     assert exit_hop.sendmes_emitted == cells // 100
     assert circ.state is CircuitState.OPEN and fake.violations == []
-    assert all(len(q) <= 10 for q in circ._expected_sendme)
+    assert all(len(h.expected_sendmes) <= 10 for h in circ.circuit.hops)
 
 
 def test_corrupt_sendme_digest_closes_circuit() -> None:
@@ -292,7 +294,7 @@ def test_v0_sendme_from_relay(accept_min: int) -> None:
         assert fs is not None and len(fs.received) == 200 * KB
 
 
-def test_unexpected_circuit_sendme_closes_circuit(circ: Circuit, fake: FakeRelay) -> None:
+def test_unexpected_circuit_sendme_closes_circuit(circ: Tunnel, fake: FakeRelay) -> None:
     fake.send_relay(
         fake.circuit(circ.circ_id), 2, RelayCommand.SENDME, 0, b"\x01\x00\x14" + bytes(20)
     )
@@ -300,7 +302,7 @@ def test_unexpected_circuit_sendme_closes_circuit(circ: Circuit, fake: FakeRelay
     assert circ.state is CircuitState.CLOSED
 
 
-def test_stream_sendme_overflow_closes_circuit(circ: Circuit, fake: FakeRelay) -> None:
+def test_stream_sendme_overflow_closes_circuit(circ: Tunnel, fake: FakeRelay) -> None:
     sink = RecordingSink()
     stream = circ.open_stream(sink, "example.com", 80)
     transfer(circ.channel, fake)
@@ -323,7 +325,7 @@ def test_client_stops_at_circuit_window_and_resumes() -> None:
     transfer(channel, fake)
     exit_hop = fake.circuit(circ.circ_id).hops[2]
     assert exit_hop.data_cells_received == 1000
-    assert circ._package_window[2] == 0
+    assert circ.circuit.hops[2].package_window == 0
     assert all(0 <= st.package_window <= 500 for st in streams)
     assert fake.violations == []
     fake.release_withheld_sendmes()
@@ -406,8 +408,9 @@ def test_send_buffer_high_water_and_writable() -> None:
     sink = RecordingSink()
     stream = circ.open_stream(sink, "u.example", 9)
     transfer(channel, fake)
-    # 500 cells go out at once; what is left stays in the send buffer.
+    # 500 cells go out at once (at the next flush); what is left stays in the send buffer.
     assert stream.write(b"a" * (500 * 498)) is False
+    fake.receive_data(channel.data_to_send(fake.now))
     assert stream.buffered == 0
     assert stream.write(b"b" * (SEND_BUFFER_HIGH_WATER - 1)) is False
     assert stream.write(b"c") is True
@@ -422,7 +425,7 @@ def test_send_buffer_high_water_and_writable() -> None:
     assert fs is not None and len(fs.received) == 500 * 498 + SEND_BUFFER_HIGH_WATER
 
 
-def test_write_after_close_is_ignored(circ: Circuit, fake: FakeRelay) -> None:
+def test_write_after_close_is_ignored(circ: Tunnel, fake: FakeRelay) -> None:
     stream = circ.open_stream(RecordingSink(), "example.com", 7)
     transfer(circ.channel, fake)
     stream.close()
@@ -469,7 +472,7 @@ def test_virtual_hop_with_congestion_control() -> None:
         keys[0:32], keys[32:64], keys[64:96], keys[96:128], congestion_control=params, sendme_inc=31
     )
     fake.add_virtual_hop(circ.circ_id, keys, cc_sendme_inc=31)
-    assert circ.cc is not None and circ._cc_hop == 3 and circ.cc_params is params
+    assert circ.cc is not None and circ.circuit.hops[3].cc is circ.cc and circ.cc_params is params
     down, up = RecordingSink(), RecordingSink()
     down_stream = circ.open_stream(down, "", 80)
     st = circ.open_stream(up, "", 7)
@@ -511,7 +514,7 @@ def test_onion_congestion_control_parameters() -> None:
 # -- re-entrant callbacks ------------------------------------------------------------------
 
 
-def test_writing_from_stream_writable(circ: Circuit, fake: FakeRelay) -> None:
+def test_writing_from_stream_writable(circ: Tunnel, fake: FakeRelay) -> None:
     """The application refills the buffer from stream_writable() (asyncio resume_writing)."""
     fake.config.discard_ports = {9}
     sink = RecordingSink()
@@ -535,7 +538,7 @@ def test_writing_from_stream_writable(circ: Circuit, fake: FakeRelay) -> None:
     assert sink.writable_calls > 5 and fake.violations == []
 
 
-def test_echoing_from_stream_data(circ: Circuit, fake: FakeRelay) -> None:
+def test_echoing_from_stream_data(circ: Tunnel, fake: FakeRelay) -> None:
     """An application that writes back inside stream_data() (mid-run)."""
     fake.config.source_ports = {80: MB}
     fake.config.end_after_source = False  # an END would cut off our last writes

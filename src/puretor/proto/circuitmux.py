@@ -1,0 +1,139 @@
+"""Which circuit's cells leave a channel next: C tor's circuitmux with its EWMA policy.
+
+Every cell a circuit sends passes its channel's `CircuitMux`: cells are sealed as soon
+as there is something to send and the windows allow it (as C tor packages stream data
+when it arrives or a SENDME opens a window), and wait, sealed, in their circuit's queue.
+The windows bound that queue: at most a congestion window of DATA per circuit.
+
+When several circuits have something to send, the one with the lowest exponentially
+weighted count of recently sent cells goes first (C tor's circuitmux_ewma,
+proposal 156: ``CircuitPriorityHalflife`` / the consensus ``CircuitPriorityHalflifeMsec``,
+30 s by default): a quiet, interactive circuit is served before a bulk one.  Cells of
+one circuit always leave in the order they were sealed - relay crypto depends on it.
+A half-life of 0 turns the priority off (round robin, C tor's "EWMA disabled").
+
+Sans-I/O: `take` gets the current time.
+"""
+
+from __future__ import annotations
+
+import math
+from collections import deque
+from collections.abc import Hashable
+
+CELL_LEN = 514
+# Cells a circuit may send in one turn before the others are considered again.
+QUANTUM_CELLS = 32
+DEFAULT_HALFLIFE = 30.0  # seconds: C tor's CircuitPriorityHalflifeMsec default
+_RESCALE_AT = 40.0  # halflives: past this the weights are rescaled (floats stay exact)
+
+
+class _Entry:
+    __slots__ = ("key", "queue", "queued_cells", "weight")
+
+    def __init__(self, key: Hashable) -> None:
+        self.key = key
+        self.queue: deque[bytes | bytearray] = deque()  # sealed cells, in order
+        self.queued_cells = 0
+        self.weight = 0.0  # EWMA of cells sent, in units of the current scale
+
+
+class CircuitMux:
+    """The per-channel cell scheduler."""
+
+    def __init__(self, halflife: float = DEFAULT_HALFLIFE) -> None:
+        self.halflife = halflife
+        self._entries: dict[Hashable, _Entry] = {}
+        self._active: dict[_Entry, None] = {}  # entries with something to send (ordered)
+        self._channel_cells: deque[bytes | bytearray] = deque()  # circuit ID 0, first
+        self._ref_time: float | None = None  # weights are relative to 2**(t - ref)/halflife
+        self._turn = 0  # round robin when the priority is off
+
+    # -- circuits ------------------------------------------------------------------------
+
+    def attach(self, key: Hashable) -> None:
+        if key not in self._entries:
+            self._entries[key] = _Entry(key)
+
+    def detach(self, key: Hashable, *, keep_queued: bool = False) -> None:
+        """The circuit is gone.  Its sealed cells are dropped - or, with ``keep_queued``,
+        sent first, ahead of the DESTROY the caller queues as a channel cell next."""
+        entry = self._entries.pop(key, None)
+        if entry is None:
+            return
+        self._active.pop(entry, None)
+        if keep_queued:
+            self._channel_cells.extend(entry.queue)
+
+    def queue(self, key: Hashable, cells: bytes | bytearray) -> None:
+        """Sealed, framed cells of circuit ``key``, to go after what it queued before."""
+        entry = self._entries.get(key)
+        if entry is None:
+            return  # a circuit we already forgot
+        entry.queue.append(cells)
+        entry.queued_cells += len(cells) // CELL_LEN
+        self._active[entry] = None
+
+    def queue_channel_cell(self, cell: bytes | bytearray) -> None:
+        """A cell not of any circuit (VERSIONS, NETINFO, DESTROY, PADDING): goes first."""
+        self._channel_cells.append(cell)
+
+    # -- output --------------------------------------------------------------------------
+
+    @property
+    def has_output(self) -> bool:
+        return bool(self._channel_cells or self._active)
+
+    def queued_cells(self, key: Hashable) -> int:
+        entry = self._entries.get(key)
+        return entry.queued_cells if entry is not None else 0
+
+    def take(self, now: float, max_cells: int | None = None) -> bytes:
+        """Up to ``max_cells`` cells (None: all there is) in the order they should go."""
+        out: list[bytes | bytearray] = list(self._channel_cells)
+        self._channel_cells.clear()
+        budget = (1 << 62) if max_cells is None else max_cells - len(out)
+        increment = self._increment(now)
+        active = self._active
+        while budget > 0 and active:
+            entry = min(active, key=_weight) if len(active) > 1 else next(iter(active))
+            quantum = min(budget, QUANTUM_CELLS) if len(active) > 1 else budget
+            sent = 0
+            queue = entry.queue
+            while queue and sent < quantum:
+                chunk = queue.popleft()
+                n = len(chunk) // CELL_LEN
+                out.append(chunk)
+                sent += n
+                entry.queued_cells -= n
+            if not queue:
+                active.pop(entry, None)
+            budget -= sent
+            if self.halflife > 0:
+                entry.weight += sent * increment
+            else:
+                self._turn += 1
+                entry.weight = self._turn
+        return b"".join(out)
+
+    # -- EWMA ----------------------------------------------------------------------------
+
+    def _increment(self, now: float) -> float:
+        """What one cell sent now adds: 2**((now - ref) / halflife).  Growing the
+        increment instead of decaying every weight is C tor's trick; the weights are
+        rescaled before the numbers get large."""
+        if self.halflife <= 0:
+            return 0.0
+        if self._ref_time is None:
+            self._ref_time = now
+        exponent = (now - self._ref_time) / self.halflife
+        if exponent > _RESCALE_AT:
+            factor = math.pow(2.0, -exponent)
+            for entry in self._entries.values():
+                entry.weight *= factor
+            self._ref_time, exponent = now, 0.0
+        return math.pow(2.0, exponent)
+
+
+def _weight(entry: _Entry) -> float:
+    return entry.weight
