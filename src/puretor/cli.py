@@ -8,7 +8,7 @@ from puretor import __version__
 
 
 def main(argv: list[str] | None = None) -> int:
-    from puretor.daemon import run_daemon
+    from puretor.app.daemon import run_daemon
 
     return run_daemon(sys.argv[1:] if argv is None else argv, version=__version__)
 

@@ -16,7 +16,7 @@ from typing import TypeVar
 
 from puretor.aio.channel import ChannelManager, ChannelTarget
 from puretor.aio.circmgr import congestion_control_for
-from puretor.aio.circuit import TunnelHandle, HopSpec, build_circuit
+from puretor.aio.circuit import HopSpec, TunnelHandle, build_circuit
 from puretor.aio.dirclient import fetch_raw
 from puretor.aio.stream import TorStreamTransport
 from puretor.dir.authorities import Authority, parse_dir_authority_line

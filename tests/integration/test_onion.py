@@ -139,7 +139,7 @@ def test_onion_over_socks_extended_errors(testnet: Any, tmp_path: Path) -> None:
     """The daemon answers proposal-304 codes for onion failures on an ExtendedErrors port."""
     import socket
 
-    from puretor.aio.socks_server import ListenerPolicy, start_socks_listener
+    from puretor.app.socks import ListenerPolicy, start_socks_listener
 
     info = testnet.info
     nowhere = encode_onion_address(bytes(32 * [0x11]))  # may be invalid point: F6 either way

@@ -21,7 +21,7 @@ from typing import Any, TypeVar
 import pytest
 
 from puretor.aio.channel import ChannelManager, ChannelTarget
-from puretor.aio.circuit import TunnelHandle, HopSpec, build_circuit
+from puretor.aio.circuit import HopSpec, TunnelHandle, build_circuit
 from puretor.aio.stream import TorStreamTransport
 from puretor.client import IsolationToken, TorClient
 from puretor.config import TorConfig, load_config

@@ -35,7 +35,7 @@ from test_zz_hardening_helpers import audit_problems, daemon_stats, read_audit, 
 pytestmark = pytest.mark.testnet
 
 HEAVY = os.environ.get("PURETOR_HEAVY", "").strip() not in ("", "0")
-SOCKS_HANDSHAKE_TIMEOUT = 30.0  # puretor.aio.socks_server.HANDSHAKE_TIMEOUT (SocksTimeout 120)
+SOCKS_HANDSHAKE_TIMEOUT = 30.0  # puretor.app.socks.HANDSHAKE_TIMEOUT (SocksTimeout 120)
 
 
 @dataclass

@@ -22,9 +22,9 @@ import pytest
 import puretor.dir.cache as cache_mod
 from puretor.aio.channel import ChannelManager
 from puretor.aio.dirmgr import DirManager
-from puretor.aio.socks_server import ListenerPolicy, SocksServerStats
+from puretor.app.socks import ListenerPolicy, SocksServerStats
 from puretor.config import DEFAULT_SOCKS_PORT, SocksPortConfig, TorConfig, load_config
-from puretor.daemon import _statistics, run_daemon
+from puretor.app.daemon import _statistics, run_daemon
 from puretor.dir.cache import DirCache
 from puretor.errors import ConfigError, DirectoryError
 from puretor.hs.clientauth import load_client_auth_dir, parse_auth_private
@@ -268,7 +268,7 @@ async def _socks_request(port: int, host: str, user: bytes, password: bytes) -> 
 def test_socks_errors_are_logged_without_destination_or_credentials(
     kind: str, safe: bool, caplog: pytest.LogCaptureFixture
 ) -> None:
-    from puretor.aio.socks_server import start_socks_listener
+    from puretor.app.socks import start_socks_listener
     from puretor.errors import OnionError, StreamRefused, TorError
 
     host = "Secret-Destination.example" if kind != "onion" else f"{ONION}.onion"

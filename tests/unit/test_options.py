@@ -21,7 +21,7 @@ from puretor.client import TorClient
 from puretor.config import OPTION_NAMES, OPTIONS, TorConfig, load_config
 from puretor.config.ctor_names import CTOR_OBSOLETE, CTOR_OPTIONS
 from puretor.config.values import parse_policy_entries, policy_permits
-from puretor.daemon import CTorFormatter
+from puretor.app.daemon import CTorFormatter
 from puretor.errors import ConfigError, StreamRefused
 from puretor.path.guards import GuardManager
 from puretor.path.reachable import AddressFamilies, is_internal_address, is_local_hostname
@@ -52,7 +52,7 @@ def test_every_option_is_a_c_tor_option_and_round_trips(tmp_path: Path) -> None:
 
 
 def test_list_torrc_options(capsys: pytest.CaptureFixture[str]) -> None:
-    from puretor.daemon import run_daemon
+    from puretor.app.daemon import run_daemon
 
     assert run_daemon(["--list-torrc-options"], version="x") == 0
     listed = capsys.readouterr().out.split()

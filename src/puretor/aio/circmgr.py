@@ -1,9 +1,11 @@
-"""The circuit manager: which circuit carries a stream, and building new ones.
+"""The circuit manager: builds the circuits the policy asks for, hands them to streams.
 
-Policy lives here (path choice through `puretor.path`, guard use, isolation,
-dirtiness, retries, preemptive circuits); the mechanics of a circuit live in
-`puretor.aio.circuit`.  A circuit carries streams of one isolation key only:
-the key of its first stream (C tor's rule).
+The decisions are sans-I/O code that takes the time: which circuit a stream may use,
+which to build ahead of need and which to close (`puretor.path.pool.CircuitPool`), when
+to hedge a slow build, when to retry conflux, and whether a circuit through a lesser
+guard may be used yet (`GuardWaits`, guard-spec §4.9); path choice is `puretor.path`'s.
+Here are the tasks, the waiting and the clocks.  A circuit carries streams of one
+isolation key only: the key of its first stream (C tor's rule).
 """
 
 from __future__ import annotations
@@ -11,17 +13,28 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import dataclasses
+import functools
 import logging
 import time
 from collections.abc import Callable, Hashable
-from dataclasses import dataclass, field
 
 from puretor.aio.channel import ChannelManager
-from puretor.aio.circuit import TunnelHandle, HopSpec, build_circuit, hop_for, link_conflux
+from puretor.aio.circuit import HopSpec, TunnelHandle, build_circuit, hop_for, link_conflux
 from puretor.dir.netdir import NetDir, Relay
 from puretor.errors import ChannelError, CircuitBuildTimeout, CircuitError, NoPathError, TorError
-from puretor.path.cbt import BuildTimeout
+from puretor.path import choose_first_hops
+from puretor.path.cbt import INITIAL_TIMEOUT, BuildTimeout
 from puretor.path.guards import GuardManager, GuardUsage
+from puretor.path.pool import (
+    MAX_HEDGES,
+    CircuitPool,
+    ConfluxBackoff,
+    GuardWaits,
+    Slot,
+    SlotState,
+    hedge_avoids,
+    hedge_delay,
+)
 from puretor.path.reachable import AddressFamilies
 from puretor.path.select import PathRequest, PathSelector, supports_conflux
 from puretor.proto.conflux import DesiredUx
@@ -30,12 +43,6 @@ from puretor.proto.congestion import CCParams
 log = logging.getLogger("puretor.circuit")
 
 BUILD_ATTEMPTS = 4
-# Before enough builds are timed to learn a timeout, hedge a build after this long.
-HEDGE_DELAY_UNLEARNED = 5.0
-MAX_HEDGES = 3
-PREEMPTIVE_PORTS = (80, 443)
-PREEMPTIVE_CLEAN_CIRCUITS = 2
-IDLE_CLEAN_LIFETIME = 3600.0
 
 
 def congestion_control_for(
@@ -70,26 +77,6 @@ def conflux_prebuilt_sets(netdir: NetDir) -> int:
     return netdir.param("cfx_max_prebuilt_set", 3, 0, 255)
 
 
-@dataclass(eq=False)
-class _Slot:
-    """A built or building exit circuit and who may use it."""
-
-    exit: Relay
-    isolation: Hashable | None = None
-    claimed: bool = False
-    handle: TunnelHandle | None = None
-    task: asyncio.Task[TunnelHandle] | None = None
-    generation: int = 0
-    created: float = field(default_factory=time.monotonic)
-    last_used: float = field(default_factory=time.monotonic)
-    # RSA ids beyond the guard of the build in progress (a hedge avoids them).
-    building_through: frozenset[bytes] = frozenset()
-    conflux: bool = False  # a conflux set (prop 329), or being built as one
-
-    def allows(self, port: int) -> bool:
-        return self.exit.policy.allows(port)
-
-
 class CircuitManager:
     def __init__(
         self,
@@ -115,11 +102,15 @@ class CircuitManager:
         # manager, or a fresh Guard-flagged relay per circuit).
         self.families = families or AddressFamilies()
         self.use_entry_guards = use_entry_guards
-        # MaxClientCircuitsPending: at most this many exit circuits being built at once;
-        # a stream that needs another waits for one of them to finish.
-        self.max_pending = max_pending
-        self.pending_peak = 0
+        # Which circuit a stream uses, what to build ahead and what to close: the policy.
+        # MaxClientCircuitsPending: a stream that needs another build waits for one.
+        self.pool = CircuitPool(
+            max_dirtiness=max_dirtiness, max_pending=max_pending, now=time.monotonic()
+        )
+        self.guard_waits = GuardWaits(guards)
+        self._tasks: dict[Slot, asyncio.Task[TunnelHandle]] = {}
         self._build_finished: asyncio.Event | None = None
+        self._guard_waiters: dict[TunnelHandle, asyncio.Future[None]] = {}
         # NewCircuitPeriod: how often idle circuits past MaxCircuitDirtiness are closed.
         self.new_circuit_period = new_circuit_period
         # Negotiate congestion control with exits that support it, as C tor does, while
@@ -128,16 +119,15 @@ class CircuitManager:
         self._netdir = netdir
         self.guards = guards
         self.enforce_distinct_subnets = enforce_distinct_subnets
-        self.max_dirtiness = max_dirtiness
         self.build_timeout = build_timeout
         self.on_guards_changed = on_guards_changed
-        self._slots: list[_Slot] = []
-        self._generation = 0
-        self._ports_used: dict[int, float] = {p: time.monotonic() for p in PREEMPTIVE_PORTS}
         self._maintenance: asyncio.Task[None] | None = None
         self._selector_cache: PathSelector | None = None
-        # Learned build timeout (path-spec §2.4); `build_timeout` is its ceiling.
-        self.cbt = BuildTimeout(max_timeout=build_timeout)
+        # Learned build timeout (path-spec §2.4), starting from `build_timeout` (C tor:
+        # CircuitBuildTimeout is the initial value while LearnCircuitBuildTimeout is 1).
+        self.cbt = BuildTimeout(
+            initial_timeout=build_timeout, max_timeout=max(build_timeout, INITIAL_TIMEOUT)
+        )
         self.learn_build_timeout = learn_build_timeout
         self.circuits_built = 0
         self.build_failures = 0
@@ -147,9 +137,7 @@ class CircuitManager:
         self.conflux_ux = conflux_ux
         self.conflux_sets_linked = 0
         self.conflux_failures = 0
-        # After failed sets, wait before prebuilding more (5 s, doubling, at most 10 min).
-        self._conflux_failed_in_a_row = 0
-        self._conflux_retry_at = 0.0
+        self.conflux_backoff = ConfluxBackoff()
 
     # -- public ------------------------------------------------------------------
 
@@ -161,42 +149,48 @@ class CircuitManager:
         if self._maintenance is not None:
             self._maintenance.cancel()
             self._maintenance = None
-        for slot in self._slots:
-            if slot.task is not None and not slot.task.done():
-                slot.task.cancel()
-            if slot.handle is not None:
-                slot.handle.close()
-        self._slots.clear()
+        for task in self._tasks.values():
+            task.cancel()
+        for slot in list(self.pool.slots):
+            if slot.circuit is not None:
+                slot.circuit.close()
+            self.pool.closed(slot)
+        self._tasks.clear()
 
     def new_identity(self) -> None:
         """NEWNYM: no existing circuit takes new streams."""
-        self._generation += 1
+        self.pool.new_identity()
+
+    @property
+    def max_pending(self) -> int:
+        return self.pool.max_pending
+
+    @property
+    def pending_peak(self) -> int:
+        return self.pool.pending_peak
+
+    def pending_builds(self) -> int:
+        """Exit circuits (or conflux sets) being built now (MaxClientCircuitsPending)."""
+        return self.pool.pending_builds()
 
     async def get_exit_circuit(
         self, port: int, isolation: Hashable, *, exclude: frozenset[bytes] = frozenset()
     ) -> TunnelHandle:
         """An open circuit whose exit allows ``port``, usable under ``isolation``."""
-        self._ports_used[port] = time.monotonic()
-        slot = self._find_slot(port, isolation, exclude)
-        while slot is None and self.pending_builds() >= self.max_pending:
+        pool = self.pool
+        pool.note_port(port, time.monotonic())
+        slot = pool.find(port, isolation, time.monotonic(), exclude, _circuit_open)
+        while slot is None and not pool.may_launch():
             await self._wait_for_a_build()
-            slot = self._find_slot(port, isolation, exclude)
+            slot = pool.find(port, isolation, time.monotonic(), exclude, _circuit_open)
         if slot is None:
             slot = self._launch(PathRequest(exit_port=port, exclude=exclude))
-            slot.isolation, slot.claimed = isolation, True
-        elif not slot.claimed:
-            slot.isolation, slot.claimed = isolation, True
+        if not slot.claimed:
+            pool.claim(slot, isolation)
         handle, used = await self._wait_hedged(slot, PathRequest(exit_port=port, exclude=exclude))
-        used.last_used = time.monotonic()
-        handle.isolation = isolation
-        if handle.dirty_since is None:
-            handle.dirty_since = time.monotonic()
+        pool.used(used, time.monotonic())
         self._top_up_soon()
         return handle
-
-    def pending_builds(self) -> int:
-        """Exit circuits (or conflux sets) being built now (MaxClientCircuitsPending)."""
-        return sum(1 for s in self._slots if s.task is not None and not s.task.done())
 
     async def _wait_for_a_build(self) -> None:
         if self._build_finished is None:
@@ -208,13 +202,14 @@ class CircuitManager:
             self._build_finished.set()
             self._build_finished = None
 
-    async def _wait_hedged(self, slot: _Slot, req: PathRequest) -> tuple[TunnelHandle, _Slot]:
+    async def _wait_hedged(self, slot: Slot, req: PathRequest) -> tuple[TunnelHandle, Slot]:
         """Wait for ``slot``; each time the builds in progress outlast the expected build
-        time, launch another one that avoids their relays, and take whichever finishes
-        first: a stuck relay then costs seconds, not the 60 s build timeout."""
-        if slot.handle is not None:
-            return slot.handle, slot
-        delay = self.cbt.timeout() if self.cbt.learned else HEDGE_DELAY_UNLEARNED
+        time (`hedge_delay`), launch another one that avoids their relays, and take
+        whichever finishes first: a stuck relay then costs seconds, not the 60 s build
+        timeout."""
+        if slot.state is SlotState.OPEN:
+            return slot.circuit, slot
+        delay = hedge_delay(self.cbt)
         waiters = {asyncio.ensure_future(self._wait_slot(slot)): slot}
         last_error: BaseException | None = None
         hedges = 0
@@ -234,14 +229,15 @@ class CircuitManager:
                     continue
                 if hedges >= MAX_HEDGES and not waiters:
                     break
-                if (not done or not waiters) and self.pending_builds() < self.max_pending:
+                if (not done or not waiters) and self.pool.may_launch():
                     hedges += 1
-                    stuck = frozenset().union(*(s.building_through for s in waiters.values()))
+                    stuck = hedge_avoids(waiters.values())
                     try:
                         backup = self._launch(dataclasses.replace(req, exclude=req.exclude | stuck))
                     except NoPathError:
                         backup = self._launch(req)
-                    backup.isolation, backup.claimed = slot.isolation, slot.claimed
+                    if slot.claimed:
+                        self.pool.claim(backup, slot.isolation)
                     waiters[asyncio.ensure_future(self._wait_slot(backup))] = backup
         finally:
             for waiter in waiters:
@@ -273,38 +269,17 @@ class CircuitManager:
 
     def circuit_failed(self, handle: TunnelHandle) -> None:
         """A stream attempt on this circuit timed out: don't hand it out again."""
-        for slot in self._slots:
-            if slot.handle is handle:
-                slot.generation = -1
+        for slot in self.pool.slots:
+            if slot.circuit is handle:
+                self.pool.retire(slot)
 
-    # -- slots -------------------------------------------------------------------
+    @property
+    def open_circuits(self) -> list[TunnelHandle]:
+        return [s.circuit for s in self.pool.slots if _circuit_open(s)]
 
-    def _find_slot(self, port: int, isolation: Hashable, exclude: frozenset[bytes]) -> _Slot | None:
-        """Best usable slot: ours and built, ours and building, clean built, clean building."""
-        now = time.monotonic()
-        best: _Slot | None = None
-        best_rank = 99
-        for slot in self._slots:
-            if slot.generation != self._generation or not slot.allows(port):
-                continue
-            if slot.exit.rsa_id in exclude or (slot.claimed and slot.isolation != isolation):
-                continue
-            handle = slot.handle
-            if handle is not None:
-                if not handle.is_open:
-                    continue
-                if handle.dirty_since is not None and now - handle.dirty_since > self.max_dirtiness:
-                    continue
-            elif slot.task is None or slot.task.done():
-                continue
-            # (C tor prefers a linked conflux set to any other clean circuit.)
-            rank = 2 * ((0 if slot.claimed else 2) + (0 if handle is not None else 1))
-            rank += 0 if slot.conflux else 1
-            if rank < best_rank:
-                best, best_rank = slot, rank
-        return best
+    # -- launching -------------------------------------------------------------------
 
-    def _launch(self, req: PathRequest, *, conflux: bool = False) -> _Slot:
+    def _launch(self, req: PathRequest, *, conflux: bool = False) -> Slot:
         netdir = self._netdir()
         selector = self._selector(netdir)
         exit_relay: Relay | None = None
@@ -312,20 +287,26 @@ class CircuitManager:
             # C tor builds conflux legs with CIRCLAUNCH_NEED_UPTIME | NEED_CONFLUX.
             with contextlib.suppress(NoPathError):
                 exit_relay = selector.choose_exit(self._conflux_request(req))
-        slot = _Slot(
-            exit=exit_relay or selector.choose_exit(req),
-            generation=self._generation,
+        slot = self.pool.add(
+            exit_relay or selector.choose_exit(req),
+            time.monotonic(),
             conflux=exit_relay is not None,
         )
         build = (
             self._build_conflux(slot, req) if slot.conflux else self._build_with_retries(slot, req)
         )
-        slot.task = asyncio.ensure_future(build)
-        slot.task.add_done_callback(lambda t: t.cancelled() or t.exception())
-        slot.task.add_done_callback(self._note_build_finished)
-        self._slots.append(slot)
-        self.pending_peak = max(self.pending_peak, self.pending_builds())
+        task = asyncio.ensure_future(build)
+        task.add_done_callback(functools.partial(self._build_done, slot))
+        task.add_done_callback(self._note_build_finished)
+        self._tasks[slot] = task
         return slot
+
+    def _build_done(self, slot: Slot, task: asyncio.Task[TunnelHandle]) -> None:
+        self._tasks.pop(slot, None)
+        if not task.cancelled() and task.exception() is None:
+            self.pool.opened(slot, task.result())
+        else:
+            self.pool.closed(slot)
 
     @staticmethod
     def _conflux_request(req: PathRequest) -> PathRequest:
@@ -337,7 +318,7 @@ class CircuitManager:
             return False
         return self.conflux is True or bool(netdir.param("cfx_enabled", 1, 0, 1))
 
-    async def _build_conflux(self, slot: _Slot, req: PathRequest) -> TunnelHandle:
+    async def _build_conflux(self, slot: Slot, req: PathRequest) -> TunnelHandle:
         """Build ``cfx_num_legs_set`` legs to ``slot.exit`` and link them (prop 329 §2.2).
 
         The legs share no guard and no middle (prop 329 §2.2, prop 354); each has
@@ -408,9 +389,7 @@ class CircuitManager:
             log.info("no conflux set: %s", exc)
         except (ChannelError, CircuitError, TimeoutError) as exc:
             self.conflux_failures += 1
-            self._conflux_failed_in_a_row += 1
-            wait = min(600.0, 5.0 * 2 ** (self._conflux_failed_in_a_row - 1))
-            self._conflux_retry_at = time.monotonic() + wait
+            wait = self.conflux_backoff.failed(time.monotonic())
             log.info(
                 "conflux set through %s failed (%s); next attempt in %.0f s",
                 exit_relay.nickname,
@@ -423,27 +402,23 @@ class CircuitManager:
             raise
         else:
             self.conflux_sets_linked += 1
-            self._conflux_failed_in_a_row = 0
+            self.conflux_backoff.succeeded()
             log.info("linked a conflux set of %d legs to %s", len(legs), exit_relay.nickname)
-            slot.handle = handle
-            handle.isolation = slot.isolation
             return handle
         for leg in legs:
             leg.close()
         slot.conflux = False
         return await self._build_with_retries(slot, req)
 
-    async def _wait_slot(self, slot: _Slot) -> TunnelHandle:
-        if slot.handle is not None:
-            return slot.handle
-        assert slot.task is not None
-        try:
-            return await asyncio.shield(slot.task)
-        except TorError:
-            self._drop(slot)
-            raise
+    async def _wait_slot(self, slot: Slot) -> TunnelHandle:
+        if slot.state is SlotState.OPEN:
+            return slot.circuit
+        task = self._tasks.get(slot)
+        if task is None:
+            raise CircuitError("the circuit build was abandoned")
+        return await asyncio.shield(task)
 
-    async def _build_with_retries(self, slot: _Slot, req: PathRequest) -> TunnelHandle:
+    async def _build_with_retries(self, slot: Slot, req: PathRequest) -> TunnelHandle:
         last_error: Exception | None = None
         avoid: set[bytes] = set()
         for attempt in range(BUILD_ATTEMPTS):
@@ -467,8 +442,6 @@ class CircuitManager:
                 self.build_failures += 1
                 log.info("circuit build attempt %d failed: %s", attempt + 1, exc)
                 continue
-            slot.handle = handle
-            handle.isolation = slot.isolation
             return handle
         raise CircuitError(
             f"could not build a circuit after {BUILD_ATTEMPTS} attempts: {last_error}"
@@ -481,7 +454,7 @@ class CircuitManager:
         last: Relay | HopSpec,
         *,
         failed: set[bytes] | None = None,
-        slot: _Slot | None = None,
+        slot: Slot | None = None,
     ) -> TunnelHandle:
         """Guard (from the guard manager, avoiding the last hop's family), middle, last."""
         hops, usage = self._choose_hops(selector, req, last)
@@ -501,47 +474,31 @@ class CircuitManager:
         *,
         avoid_guards: list[Relay] | None = None,
     ) -> tuple[list[HopSpec], GuardUsage | None]:
-        """Guard (from the guard manager, avoiding the last hop's family, and not one of
-        ``avoid_guards``: the other legs' of a conflux set), middle (avoiding
-        ``req.exclude`` too), last."""
+        """Guard, middle (`puretor.path.choose_first_hops`), last.  ``last`` may be a hop
+        named by link specifiers (an introduction point): its family is avoided when
+        we know the relay, and it is extended to as described."""
         if isinstance(last, HopSpec):
-            # A hop named by link specifiers (an introduction point): avoid its
-            # family when we know the relay, and extend to it as described.
             last_relay = selector.netdir.by_rsa_id(last.target.rsa_id)
             last_hop = last
         else:
             last_relay, last_hop = last, hop_for(last)
-        avoid_relays = [last_relay] if last_relay is not None else []
-        guard, usage = self._choose_first_hop(selector, req, avoid_relays, avoid_guards or [])
-        try:
-            middle = selector.choose_middle([guard, *avoid_relays], req)
-        except NoPathError:
-            self._guard_cancel(usage)
-            raise
-        return [hop_for(guard, self.families), hop_for(middle), last_hop], usage
-
-    def _choose_first_hop(
-        self,
-        selector: PathSelector,
-        req: PathRequest,
-        avoid: list[Relay],
-        avoid_guards: list[Relay],
-    ) -> tuple[Relay, GuardUsage | None]:
-        """From the guard manager; with UseEntryGuards 0, as C tor, a fresh bandwidth-weighted
-        Guard-flagged relay for each circuit, not related to the last hop."""
-        if self.use_entry_guards:
-            return self.guards.select_guard(time.time(), avoid=avoid, exclude=avoid_guards)
-        unreachable = frozenset(
-            r.rsa_id
-            for r in selector.netdir.relays
-            if not self.families.can_reach((r.address, r.or_port), r.ipv6)
+        unreachable: frozenset[bytes] = frozenset()
+        if not self.use_entry_guards:
+            unreachable = frozenset(
+                r.rsa_id
+                for r in selector.netdir.relays
+                if not self.families.can_reach((r.address, r.or_port), r.ipv6)
+            )
+        guard, middle, usage = choose_first_hops(
+            selector,
+            self.guards if self.use_entry_guards else None,
+            req,
+            time.time(),
+            last_relay,
+            avoid_guards=avoid_guards or (),
+            unreachable=unreachable,
         )
-        exclude = unreachable | {r.rsa_id for r in avoid_guards}
-        return selector.choose_guard(req, avoid, exclude), None
-
-    def _guard_cancel(self, usage: GuardUsage | None) -> None:
-        if usage is not None:
-            self.guards.cancel(usage)
+        return [hop_for(guard, self.families), hop_for(middle), last_hop], usage
 
     async def _build_hops(
         self,
@@ -556,6 +513,8 @@ class CircuitManager:
         cc = congestion_control
         started = time.monotonic()
         timeout = self.cbt.timeout() if self.learn_build_timeout else self.build_timeout
+        if usage is not None:
+            self.guard_waits.building(usage)
         try:
             handle = await build_circuit(
                 self.chanmgr,
@@ -568,8 +527,10 @@ class CircuitManager:
         except ChannelError:
             # The guard itself is unreachable: the guard manager moves on to the next.
             if usage is not None:
+                self.guard_waits.failed(usage)
                 self.guards.record_failure(usage, time.time())
                 self.on_guards_changed()
+            self._settle_guard_waits()
             raise
         except CircuitError as exc:
             if isinstance(exc, CircuitBuildTimeout):
@@ -584,12 +545,56 @@ class CircuitManager:
             self._guard_cancel(usage)
             raise
         self.cbt.record_success(time.monotonic() - started)
-        if usage is not None:
-            self.guards.record_success(usage, time.time())
-            self.on_guards_changed()
         self.circuits_built += 1
         log.debug("built circuit %s", " → ".join(h.target.nickname for h in hops))
+        if usage is not None:
+            usable = self.guard_waits.built(usage, handle, time.time())
+            self.on_guards_changed()
+            if not usable:
+                await self._wait_for_better_guard(handle)
+            self._settle_guard_waits()
         return handle
+
+    def _guard_cancel(self, usage: GuardUsage | None) -> None:
+        if usage is not None:
+            self.guard_waits.failed(usage)
+            self.guards.cancel(usage)
+
+    async def _wait_for_better_guard(self, handle: TunnelHandle) -> None:
+        """guard-spec §4.9: built through a guard that was only good enough if no better
+        one works - hold the circuit until `GuardWaits.settle` lets it be used (or closes
+        it), as C tor holds it in CIRCUIT_STATE_GUARD_WAIT."""
+        log.info("circuit through a non-primary guard waits for the primary guards")
+        waiter = asyncio.get_running_loop().create_future()
+        self._guard_waiters[handle] = waiter
+        self._settle_guard_waits()
+        try:
+            await waiter
+        except BaseException:
+            handle.close()
+            self.guard_waits.closed(handle)
+            raise
+        finally:
+            self._guard_waiters.pop(handle, None)
+
+    def _settle_guard_waits(self) -> None:
+        """After a build's outcome, and every second: waiting circuits that may now be
+        used go on; those that waited too long are closed."""
+        self.guard_waits.prune(lambda handle: handle.is_open)
+        usable, expired = self.guard_waits.settle(time.time())
+        for handle in usable:
+            waiter = self._guard_waiters.get(handle)  # type: ignore[call-overload]
+            if waiter is not None and not waiter.done():
+                waiter.set_result(None)
+        for handle in expired:
+            waiter = self._guard_waiters.get(handle)  # type: ignore[call-overload]
+            if waiter is not None and not waiter.done():
+                waiter.set_exception(
+                    CircuitError("closed after waiting too long for a better guard")
+                )
+        for handle, waiter in list(self._guard_waiters.items()):
+            if not handle.is_open and not waiter.done():
+                waiter.set_exception(CircuitError("circuit closed while waiting for a guard"))
 
     def _selector(self, netdir: NetDir) -> PathSelector:
         # One selector per NetDir: its weight tables are worth keeping.
@@ -599,62 +604,34 @@ class CircuitManager:
             self._selector_cache = cached
         return cached
 
-    def _drop(self, slot: _Slot) -> None:
-        with contextlib.suppress(ValueError):
-            self._slots.remove(slot)
-
     # -- background upkeep ------------------------------------------------------------
 
     def _top_up_soon(self) -> None:
         asyncio.get_running_loop().call_soon(self._top_up)
 
     def _top_up(self) -> None:
-        """Keep clean circuits ready for the ports used recently (path-spec §2.1.1),
-        and `conflux_prebuilt_sets` linked conflux sets besides, as C tor does
-        (conflux_predict_new); a clean set counts for every port its exit allows."""
+        """Build what the policy wants ready: `conflux_prebuilt_sets` linked conflux sets
+        (C tor's conflux_predict_new), then clean circuits for the predicted ports
+        (path-spec §2.1.1)."""
+        pool = self.pool
         now = time.monotonic()
-        for port, last in list(self._ports_used.items()):
-            if now - last > 3600 and port not in PREEMPTIVE_PORTS:
-                del self._ports_used[port]
-        if not self._ports_used:
-            return
         netdir = self._netdir()
-        if self._conflux_wanted(netdir) and now >= self._conflux_retry_at:
-            clean_sets = sum(
-                1
-                for s in self._slots
-                if s.conflux
-                and not s.claimed
-                and s.generation == self._generation
-                and (s.handle is None or s.handle.is_open)
-            )
-            port = max(self._ports_used, key=self._ports_used.__getitem__)
-            for _ in range(conflux_prebuilt_sets(netdir) - clean_sets):
-                if self.pending_builds() >= self.max_pending:
-                    break
+        if self._conflux_wanted(netdir) and self.conflux_backoff.allows(now):
+            sets = conflux_prebuilt_sets(netdir)
+            while (port := pool.conflux_set_wanted(now, sets)) is not None:
                 try:
                     if not self._launch(PathRequest(exit_port=port), conflux=True).conflux:
                         break  # no exit can do it
                 except TorError as exc:
                     log.debug("no conflux set for port %d: %s", port, exc)
                     break
-        for port in list(self._ports_used):
-            clean = sum(
-                1
-                for s in self._slots
-                if not s.claimed
-                and s.generation == self._generation
-                and s.allows(port)
-                and (s.handle is None or s.handle.is_open)
-            )
-            for _ in range(PREEMPTIVE_CLEAN_CIRCUITS - clean):
-                if self.pending_builds() >= self.max_pending:
-                    return
-                try:
-                    self._launch(PathRequest(exit_port=port))
-                except TorError as exc:
-                    log.debug("no preemptive circuit for port %d: %s", port, exc)
-                    break
+        impossible: set[int] = set()
+        while (port := pool.circuit_wanted(now, impossible)) is not None:
+            try:
+                self._launch(PathRequest(exit_port=port))
+            except TorError as exc:
+                log.debug("no preemptive circuit for port %d: %s", port, exc)
+                impossible.add(port)
 
     async def _maintain(self) -> None:
         # As C tor: predicted circuits are considered every second, old circuits expired
@@ -665,31 +642,24 @@ class CircuitManager:
                 if time.monotonic() >= next_expiry:
                     next_expiry = time.monotonic() + self.new_circuit_period
                     self._expire()
+                self._settle_guard_waits()
                 self._top_up()
             except Exception as exc:  # upkeep must never die
                 log.warning("circuit upkeep failed: %r", exc)
             await asyncio.sleep(min(1.0, self.new_circuit_period))
 
     def _expire(self) -> None:
-        now = time.monotonic()
-        for slot in list(self._slots):
-            handle = slot.handle
-            if handle is None:
-                if slot.task is not None and slot.task.done():
-                    self._drop(slot)
-                continue
-            if not handle.is_open:
-                self._drop(slot)
-                continue
-            dirty = handle.dirty_since is not None and now - handle.dirty_since > self.max_dirtiness
-            stale = slot.generation != self._generation
-            idle = not handle.tunnel.streams
-            if idle and (
-                dirty or stale or (not slot.claimed and now - slot.created > IDLE_CLEAN_LIFETIME)
-            ):
-                handle.close()
-                self._drop(slot)
+        pool = self.pool
+        for slot in list(pool.slots):
+            if slot.state is SlotState.OPEN and not _circuit_open(slot):
+                pool.closed(slot)
+        for slot in pool.expire(time.monotonic(), _circuit_idle):
+            slot.circuit.close()
 
-    @property
-    def open_circuits(self) -> list[TunnelHandle]:
-        return [s.handle for s in self._slots if s.handle is not None and s.handle.is_open]
+
+def _circuit_open(slot: Slot) -> bool:
+    return slot.circuit is not None and slot.circuit.is_open
+
+
+def _circuit_idle(slot: Slot) -> bool:
+    return not slot.circuit.tunnel.streams

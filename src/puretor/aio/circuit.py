@@ -28,17 +28,16 @@ from puretor.path.reachable import AddressFamilies
 from puretor.proto.cells import DestroyReason
 from puretor.proto.circuit import CircuitState
 from puretor.proto.conflux import ConfluxSet, DesiredUx
-from puretor.proto.events import ConfluxLinked, ControlCell, HopAdded, TunnelClosed, TunnelEvent
 from puretor.proto.congestion import CCParams
-from puretor.proto.tunnel import Tunnel
+from puretor.proto.events import ConfluxLinked, ControlCell, HopAdded, TunnelClosed, TunnelEvent
 from puretor.proto.relaymsg import (
     LinkSpecifier,
-    RelayCommand,
     ls_ed_id,
     ls_ipv4,
     ls_ipv6,
     ls_rsa_id,
 )
+from puretor.proto.tunnel import Tunnel
 
 
 @dataclass(frozen=True, slots=True)
@@ -225,8 +224,7 @@ def _closed_error(event: TunnelClosed) -> CircuitError:
     if event.reason == DestroyReason.TIMEOUT and not event.remote:
         return CircuitBuildTimeout(f"circuit {event.message}")
     return CircuitDestroyed(
-        f"circuit closed while building: {event.message} "
-        f"({DestroyReason.describe(event.reason)})",
+        f"circuit closed while building: {event.message} ({DestroyReason.describe(event.reason)})",
         event.reason,
     )
 

@@ -22,7 +22,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from puretor.aio.channel import ChannelManager, ChannelTarget
-from puretor.aio.circuit import TunnelHandle, HopSpec, build_circuit, hop_for
+from puretor.aio.circuit import HopSpec, TunnelHandle, build_circuit, hop_for
 from puretor.aio.dirclient import fetch_raw
 from puretor.dir.authorities import (
     DEFAULT_AUTHORITIES,

@@ -20,7 +20,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING
 
 from puretor.aio.channel import ChannelTarget
-from puretor.aio.circuit import TunnelHandle, HopSpec
+from puretor.aio.circuit import HopSpec, TunnelHandle
 from puretor.aio.dirclient import fetch_raw
 from puretor.dir.http import HttpResponseParser, build_request
 from puretor.dir.netdir import Relay

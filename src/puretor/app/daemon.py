@@ -161,7 +161,7 @@ class _ProgressBar:
 
 def listener_policy(config: Any, index: int) -> Any:
     """The SocksPort ``index``'s policy: its isolation flags and the SOCKS options."""
-    from puretor.aio.socks_server import HANDSHAKE_TIMEOUT, ListenerPolicy
+    from puretor.app.socks import HANDSHAKE_TIMEOUT, ListenerPolicy
     from puretor.path.isolation import ListenerFlags
 
     port_cfg = config.socks_ports[index]
@@ -186,7 +186,7 @@ def listener_policy(config: Any, index: int) -> Any:
 
 
 async def serve(config: Any, argv: list[str], console: StartupConsole | None = None) -> int:
-    from puretor.aio.socks_server import SocksListener, start_socks_listener
+    from puretor.app.socks import SocksListener, start_socks_listener
     from puretor.client import TorClient
 
     tor = TorClient(config)

@@ -1,0 +1,9 @@
+"""Applications of the library: the `tor-client` daemon and its listeners.
+
+Everything here uses `puretor.TorClient` through its public API only, as any other
+program would; nothing below `puretor.client` imports from here (an import-direction
+test keeps it so).
+
+* :mod:`puretor.app.daemon` - torrc, logging, signals, the listeners' life cycle;
+* :mod:`puretor.app.socks` - the SOCKS4/4a/5 listener (``SocksPort``).
+"""
