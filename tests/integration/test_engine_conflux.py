@@ -211,6 +211,7 @@ def test_losing_a_leg_ends_the_streams_cleanly(testnet: TestNetwork, net: RelayN
     assert r["again"] == 200
 
 
+@pytest.mark.options("ConfluxEnabled")
 def test_tor_client_carries_new_streams_on_prebuilt_sets(
     testnet: TestNetwork, tmp_path: Any
 ) -> None:
@@ -291,6 +292,7 @@ def test_tor_client_falls_back_when_sets_cannot_link(
     assert r["status"] == b"200" and not r["conflux"]
 
 
+@pytest.mark.options("ConfluxEnabled")
 def test_conflux_enabled_0_builds_no_sets(testnet: TestNetwork, tmp_path: Any) -> None:
     from onion_helpers import make_config
 

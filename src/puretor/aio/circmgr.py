@@ -20,7 +20,7 @@ from puretor.aio.channel import ChannelManager
 from puretor.aio.circuit import CircuitHandle, HopSpec, build_circuit, hop_for, link_conflux
 from puretor.dir.netdir import NetDir, Relay
 from puretor.errors import ChannelError, CircuitBuildTimeout, CircuitError, NoPathError, TorError
-from puretor.path.cbt import BuildTimeout
+from puretor.path.cbt import INITIAL_TIMEOUT, BuildTimeout
 from puretor.path.guards import GuardManager, GuardUsage
 from puretor.path.reachable import AddressFamilies
 from puretor.path.select import PathRequest, PathSelector, supports_conflux
@@ -136,8 +136,11 @@ class CircuitManager:
         self._ports_used: dict[int, float] = {p: time.monotonic() for p in PREEMPTIVE_PORTS}
         self._maintenance: asyncio.Task[None] | None = None
         self._selector_cache: PathSelector | None = None
-        # Learned build timeout (path-spec §2.4); `build_timeout` is its ceiling.
-        self.cbt = BuildTimeout(max_timeout=build_timeout)
+        # Learned build timeout (path-spec §2.4), starting from `build_timeout` (C tor:
+        # CircuitBuildTimeout is the initial value while LearnCircuitBuildTimeout is 1).
+        self.cbt = BuildTimeout(
+            initial_timeout=build_timeout, max_timeout=max(build_timeout, INITIAL_TIMEOUT)
+        )
         self.learn_build_timeout = learn_build_timeout
         self.circuits_built = 0
         self.build_failures = 0

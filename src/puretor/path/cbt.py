@@ -30,15 +30,18 @@ class BuildTimeout:
         *,
         min_builds: int = 20,
         min_timeout: float = 2.0,
+        initial_timeout: float = INITIAL_TIMEOUT,
         max_timeout: float = INITIAL_TIMEOUT,
         quantile: float = QUANTILE,
     ) -> None:
+        """``initial_timeout``: until enough builds were seen (C tor: CircuitBuildTimeout
+        if set, else 60 s); ``max_timeout``: the most a learned timeout may be."""
         self.min_builds = min_builds
         self.min_timeout = min_timeout
         self.max_timeout = max_timeout
         self.quantile = quantile
         self._times: deque[float] = deque(maxlen=MAX_RECORDED)
-        self._timeout = max_timeout
+        self._timeout = initial_timeout
         self.timeouts = 0  # builds abandoned at the learned timeout
 
     def record_success(self, seconds: float) -> None:
