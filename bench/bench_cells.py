@@ -2,9 +2,9 @@
 
     python bench/bench_cells.py [--mb 20] [--profile] [--repeat 3]
 
-* outbound: ``Stream.write()`` of one large buffer -> DATA cells sealed for hop 3 when
-  the channel's circuit scheduler asks for them, onion-encrypted and framed, taken out
-  with ``data_to_send()`` as the asyncio layer does; the fake relay's SENDMEs are fed
+* outbound: ``Stream.write()`` of one large buffer -> DATA cells sealed for hop 3 as
+  the windows allow, onion-encrypted and framed, queued in the channel's circuit
+  scheduler and taken out with ``data_to_send()`` as the asyncio layer does; the fake relay's SENDMEs are fed
   back through ``Channel.receive_data`` (that time counts too: it is client work).
   Only the fake relay's own processing is excluded from the timing.
 * inbound: a prepared byte stream of 3-hop-encrypted DATA cells from the fake relay
@@ -206,18 +206,19 @@ def bench_reference(cells: int = 50_000) -> dict[str, float]:
             x = e.update(x)
     results["3-hop cell: SHA-1 + 3 x AES, per cell"] = cells * CELL_DATA / (clock() - t0) / MB
     # What the core does now: digest per cell, each layer once over a 32-cell batch.
-    # (Between two buffers: cryptography 45+ refuses overlapping ones, as relaycrypto knows.)
-    batch = bytearray(509 * 32)
-    spare = bytearray(len(batch))
+    # Two buffers in turn: cryptography refuses an update_into whose input and output
+    # overlap (as the core does it).
+    size = 509 * 32
+    batch, spare = bytearray(size + 15), bytearray(size + 15)
     layers = [e.update_into for e in encs]
     d = hashlib.sha1(b"seed")
     t0 = clock()
     for _ in range(cells // 32):
-        for _o in range(0, len(batch), 509):
+        for _o in range(0, size, 509):
             d.update(body)
             d.digest()
         for u in layers:
-            u(batch, spare)
+            u(memoryview(batch)[:size], spare)
             batch, spare = spare, batch
     results["3-hop cell, batched: SHA-1 per cell + 3 x AES per 32"] = (
         cells // 32 * 32 * CELL_DATA / (clock() - t0) / MB

@@ -236,10 +236,10 @@ class TorClient:
             enforce_distinct_subnets=cfg.distinct_subnets,
             max_dirtiness=cfg.max_circuit_dirtiness,
             on_guards_changed=self._dirmgr.save_guards_soon,
-            # C tor: a set CircuitBuildTimeout is used as is unless learning is asked for.
+            # C tor: CircuitBuildTimeout is where learning starts; with learning off,
+            # the only value used.
             build_timeout=cfg.circuit_build_timeout or 60.0,
-            learn_build_timeout=cfg.learn_circuit_build_timeout
-            and cfg.circuit_build_timeout is None,
+            learn_build_timeout=cfg.learn_circuit_build_timeout,
             conflux=cfg.conflux_enabled,
             conflux_ux=UX_BY_NAME[cfg.conflux_client_ux],
             families=self._dirmgr.families,

@@ -180,8 +180,8 @@ async def open_tcp(
     loop = asyncio.get_running_loop()
     reader = asyncio.StreamReader(limit=limit)
     protocol = asyncio.StreamReaderProtocol(reader)
-    transport = TorStreamTransport(loop, f"{host}:{port}")
-    transport.stream = handle.circuit.open_stream(transport, host, port)
+    transport = TorStreamTransport(loop, f"{host}:{port}", handle.reactor)
+    transport.stream = handle.tunnel.open_stream(transport, host, port)
     # Attach before CONNECTED so that no DATA can arrive without a protocol.
     transport.attach(protocol)
     await asyncio.wait_for(asyncio.shield(transport.connected), timeout)

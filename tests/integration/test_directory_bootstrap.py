@@ -241,6 +241,7 @@ def test_cold_start_reaches_100_percent_in_order(
     assert data_dir.stat().st_mode & 0o077 == 0
 
 
+@pytest.mark.options("DataDirectory")
 def test_warm_restart_makes_no_directory_fetch(
     cold: tuple[Run, Path], testnet: TestNetwork, tmp_path: Path
 ) -> None:
@@ -324,6 +325,7 @@ def _auth_lines_with_wrong_v3ident(info: NetworkInfo, names: set[str]) -> list[s
     return out
 
 
+@pytest.mark.options("DirAuthority")
 def test_one_wrong_v3ident_still_bootstraps_on_the_majority(
     testnet: TestNetwork, tmp_path: Path
 ) -> None:
@@ -383,6 +385,7 @@ def test_two_wrong_v3idents_authorities_refuse_to_serve(
     assert {src for src, _ in failures} == {"auth1", "auth2", "auth3"}, failures
 
 
+@pytest.mark.options("DirAuthority")
 def test_two_wrong_v3idents_client_refuses_the_consensus(
     testnet: TestNetwork, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:

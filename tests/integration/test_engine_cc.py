@@ -44,13 +44,13 @@ def test_exits_offer_congestion_control(net: RelayNet) -> None:
 def test_cc_negotiated_with_exit(net: RelayNet) -> None:
     async def go(chanmgr: ChannelManager) -> tuple[bool, int, bool, int]:
         handle = await net.build(chanmgr, "guard1", "middle1", "exit1")
-        cc = handle.circuit.cc
+        cc = handle.tunnel.cc
         plain = await net.build(chanmgr, "guard2", "middle1", "exit2", cc=False)
         result = (
             handle.congestion_controlled,
             cc.sendme_inc if cc else 0,
             plain.congestion_controlled,
-            len(handle.circuit._sendme_inc),
+            handle.tunnel.hop_count,
         )
         handle.close()
         plain.close()
@@ -68,7 +68,7 @@ def test_download_100mib_on_cc_circuit(testnet: TestNetwork, net: RelayNet) -> N
     async def go(chanmgr: ChannelManager) -> dict[str, Any]:
         handle = await net.build(chanmgr, "guard1", "middle1", "exit1")
         assert handle.congestion_controlled
-        circ = handle.circuit
+        circ = handle.tunnel
         sent0 = circ.cells_sent
         t0 = time.monotonic()
         reader, writer, transport = await open_tcp(handle, "target.test", 80)
@@ -126,7 +126,7 @@ def test_upload_10mib_on_cc_circuit_echoes_hash(net: RelayNet) -> None:
     async def go(chanmgr: ChannelManager) -> dict[str, Any]:
         handle = await net.build(chanmgr, "guard3", "middle1", "exit2")
         assert handle.congestion_controlled
-        cc = handle.circuit.cc
+        cc = handle.tunnel.cc
         assert cc is not None
         reader, writer, _ = await open_tcp(handle, "target.test", 80)
         writer.write(
@@ -146,7 +146,7 @@ def test_upload_10mib_on_cc_circuit_echoes_hash(net: RelayNet) -> None:
             "status": status,
             "answer": answer,
             "open": handle.is_open,
-            "closed": handle.circuit.closed_reason,
+            "closed": handle.tunnel.closed_reason,
             "sendmes": cc.sendmes_received,
             "max_inflight": cc.max_inflight,
             "cwnd": cc.cwnd,
@@ -177,7 +177,7 @@ def test_slow_reader_gets_xoff_and_xon_from_real_exit(testnet: TestNetwork, net:
 
     async def go(chanmgr: ChannelManager) -> dict[str, Any]:
         handle = await net.build(chanmgr, "guard2", "middle1", "exit1")
-        circ = handle.circuit
+        circ = handle.tunnel
         assert circ.cc is not None and circ.cc_params is not None
         reader, writer, transport = await open_tcp(handle, "target.test", 80)
         stream = transport.stream

@@ -59,7 +59,7 @@ def test_two_legs_link_with_a_real_exit(net: RelayNet) -> None:
         out = {
             "legs": [leg.state for leg in cfx.legs],
             "rtts": [leg.link_rtt_usec for leg in cfx.legs],
-            "owner_is_leg": handle.circuit in [leg.circuit for leg in cfx.legs],
+            "owner_is_leg": handle.tunnel.circuit in [leg.circuit for leg in cfx.legs],
             "send_ux": cfx.send_ux,
             "handles": len(handle.conflux_legs),
         }
@@ -186,7 +186,7 @@ def test_losing_a_leg_ends_the_streams_cleanly(testnet: TestNetwork, net: RelayN
         got = 0
         while got < 5 << 20:
             got += len(await reader.read(1 << 18))
-        other = next(leg.circuit for leg in cfx.legs if leg.circuit is not handle.circuit)
+        other = next(leg.circuit for leg in cfx.legs if leg.circuit is not handle.tunnel.circuit)
         other.destroy(0, "test: leg lost")
         error: BaseException | None = None
         try:
@@ -211,6 +211,7 @@ def test_losing_a_leg_ends_the_streams_cleanly(testnet: TestNetwork, net: RelayN
     assert r["again"] == 200
 
 
+@pytest.mark.options("ConfluxEnabled")
 def test_tor_client_carries_new_streams_on_prebuilt_sets(
     testnet: TestNetwork, tmp_path: Any
 ) -> None:
@@ -291,6 +292,7 @@ def test_tor_client_falls_back_when_sets_cannot_link(
     assert r["status"] == b"200" and not r["conflux"]
 
 
+@pytest.mark.options("ConfluxEnabled")
 def test_conflux_enabled_0_builds_no_sets(testnet: TestNetwork, tmp_path: Any) -> None:
     from onion_helpers import make_config
 
@@ -309,7 +311,7 @@ def test_conflux_enabled_0_builds_no_sets(testnet: TestNetwork, tmp_path: Any) -
             return {
                 "linked": circmgr.conflux_sets_linked,
                 "conflux": handle.conflux is not None,
-                "slots": [s.conflux for s in circmgr._slots],
+                "slots": [s.conflux for s in circmgr.pool.slots],
             }
 
     r = asyncio.run(go())

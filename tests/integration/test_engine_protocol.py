@@ -133,7 +133,7 @@ def test_create_fast_begin_dir_consensus_from_each_authority(testnet: TestNetwor
         out = []
         for auth in auths:
             handle = await build_circuit(chanmgr, [fast_hop(auth)], timeout=30)
-            assert handle.circuit.hop_count == 1
+            assert handle.tunnel.hop_count == 1
             state = DirState(auths)
             consensus = await dir_get(handle, state.consensus_path())
             certs = await dir_get(handle, "/tor/keys/all")
@@ -163,7 +163,7 @@ def test_three_hop_circuit_through_chosen_relays(testnet: TestNetwork, relays: R
         results = []
         for names in (("guard1", "middle1", "exit1"), ("guard2", "guard3", "exit2")):
             handle = await relays.build(chanmgr, *names)
-            assert handle.is_open and handle.circuit.hop_count == 3
+            assert handle.is_open and handle.tunnel.hop_count == 3
             assert [h.target.nickname for h in handle.path] == list(names)
             reader, writer, _ = await open_tcp(handle, targets["hostname"], 80)
             writer.write(b"GET /ip HTTP/1.0\r\nHost: target.test\r\n\r\n")
@@ -191,8 +191,8 @@ def test_download_100mib_with_authenticated_sendmes(testnet: TestNetwork, relays
         t0 = time.monotonic()
         status, digest, size = await http_get_sha256(handle, "target.test", f["path"])
         elapsed = time.monotonic() - t0
-        cells = handle.circuit.cells_received
-        assert handle.is_open, handle.circuit.closed_reason
+        cells = handle.tunnel.cells_received
+        assert handle.is_open, handle.tunnel.closed_reason
         handle.close()
         return status, digest, size, cells, elapsed
 
@@ -223,7 +223,7 @@ def test_fifty_concurrent_streams_on_one_circuit(testnet: TestNetwork, relays: R
             *(http_get_sha256(handle, "target.test", path) for path, _, _ in plan)
         )
         still_open = handle.is_open
-        leftover = len(handle.circuit.streams)
+        leftover = len(handle.tunnel.streams)
         handle.close()
         return list(results), leftover, still_open
 
@@ -257,7 +257,7 @@ def test_upload_10mib_echoes_hash(testnet: TestNetwork, relays: RelayNet) -> Non
         status, _ = await read_http_head(reader)
         answer = (await reader.read()).decode().strip()
         writer.close()
-        assert handle.is_open, handle.circuit.closed_reason
+        assert handle.is_open, handle.tunnel.closed_reason
         handle.close()
         return status, answer
 
@@ -331,8 +331,10 @@ def test_circuit_state_after_close(testnet: TestNetwork, relays: RelayNet) -> No
         handle = await relays.build(chanmgr, "guard1", "middle1", "exit1")
         handle.close()
         with pytest.raises(RuntimeError):
-            handle.circuit.open_stream(TorStreamTransport(asyncio.get_running_loop(), "x"), "x", 80)
-        return handle.circuit.state
+            handle.tunnel.open_stream(
+                TorStreamTransport(asyncio.get_running_loop(), "x", handle.reactor), "x", 80
+            )
+        return handle.tunnel.state
 
     assert run(go) is CircuitState.CLOSED
 

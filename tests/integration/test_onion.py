@@ -73,6 +73,7 @@ def test_onion_page_10mib_and_rendezvous_reuse(testnet: Any, tmp_path: Path) -> 
     assert warm < cold
 
 
+@pytest.mark.options("ClientOnionAuthDir")
 def test_onion_client_auth_right_missing_and_wrong_key(testnet: Any, tmp_path: Path) -> None:
     info = testnet.info
     svc = info["onion"]["client_auth"]

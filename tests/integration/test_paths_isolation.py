@@ -85,8 +85,8 @@ async def wait_for_exits(tor: TorClient, timeout: float = 45.0) -> None:
                     tor._chanmgr, [_hop(r["guard1"]), _hop(r["middle1"]), _hop(r[name])], timeout=15
                 )
                 try:
-                    transport = TorStreamTransport(loop, "target.test:80")
-                    transport.stream = handle.circuit.open_stream(transport, "target.test", 80)
+                    transport = TorStreamTransport(loop, "target.test:80", handle.reactor)
+                    transport.stream = handle.tunnel.open_stream(transport, "target.test", 80)
                     await asyncio.wait_for(asyncio.shield(transport.connected), 15)
                     transport.close()
                 finally:
@@ -160,7 +160,9 @@ def test_200_isolated_streams_never_share_circuits_and_follow_exit_weights(
         # Same key again: the circuit of its first stream takes it (sanity of the key check).
         again, circ_again = await get_ip(tor, 80, tokens[0])
         assert tor._circmgr is not None
-        slot_keys = {id(s.handle): s.isolation for s in tor._circmgr._slots if s.handle is not None}
+        slot_keys = {
+            id(s.circuit): s.isolation for s in tor._circmgr.pool.slots if s.circuit is not None
+        }
         return list(results), netdir, (again, circ_again, slot_keys)
 
     t0 = time.monotonic()

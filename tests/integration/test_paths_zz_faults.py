@@ -91,8 +91,8 @@ async def wait_for_exits(tor: TorClient, timeout: float = 45.0) -> None:
                     tor._chanmgr, [_hop(r["guard1"]), _hop(r["middle1"]), _hop(r[name])], timeout=15
                 )
                 try:
-                    transport = TorStreamTransport(loop, "target.test:80")
-                    transport.stream = handle.circuit.open_stream(transport, "target.test", 80)
+                    transport = TorStreamTransport(loop, "target.test:80", handle.reactor)
+                    transport.stream = handle.tunnel.open_stream(transport, "target.test", 80)
                     await asyncio.wait_for(asyncio.shield(transport.connected), 15)
                     transport.close()
                 finally:
@@ -134,8 +134,8 @@ async def get_ip_on(handle: TunnelHandle) -> str:
     loop = asyncio.get_running_loop()
     reader = asyncio.StreamReader()
     protocol = asyncio.StreamReaderProtocol(reader)
-    transport = TorStreamTransport(loop, "target.test:80")
-    transport.stream = handle.circuit.open_stream(transport, "target.test", 80)
+    transport = TorStreamTransport(loop, "target.test:80", handle.reactor)
+    transport.stream = handle.tunnel.open_stream(transport, "target.test", 80)
     transport.attach(protocol)
     await asyncio.wait_for(asyncio.shield(transport.connected), 15)
     transport.write(b"GET /ip HTTP/1.0\r\nHost: target.test\r\n\r\n")

@@ -65,6 +65,7 @@ def test_50_concurrent_curl_downloads(
     print(f"50 concurrent downloads, {total / 2**20:.0f} MiB in {elapsed:.1f}s")
 
 
+@pytest.mark.options("SocksPort")
 def test_socks_credentials_isolate_circuits(tor_daemon: PtClient, testnet_info: Any) -> None:
     targets = testnet_info["targets"]
     url = targets["ip_urls"]["http_host"]

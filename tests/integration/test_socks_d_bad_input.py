@@ -189,6 +189,7 @@ def test_many_idle_clients_do_not_block_others(tor_daemon: PtClient, testnet_inf
     assert asyncio.run(main()) in testnet_info["targets"]["exit_addresses"]
 
 
+@pytest.mark.options("SocksTimeout")
 def test_idle_clients_dropped_after_handshake_timeout(
     tor_daemon_factory: Any, testnet_info: Any
 ) -> None:

@@ -323,6 +323,7 @@ def stalling_relay(tmp_path: Path) -> Iterator[StallingRelay]:
         relay.close()
 
 
+@pytest.mark.options("FallbackDir")
 def test_relay_that_stalls_after_tls(
     testnet: TestNetwork,
     stalling_relay: StallingRelay,
@@ -474,6 +475,7 @@ def _one_clear_error(log: str, needle: str) -> None:
     assert "Opened Socks listener" not in log, "it listened before checking the DataDirectory"
 
 
+@pytest.mark.options("DataDirectory")
 def test_data_directory_is_a_file(testnet: TestNetwork, tmp_path: Path) -> None:
     blocker = tmp_path / "not-a-dir"
     blocker.write_text("I am a file\n")

@@ -119,11 +119,14 @@ sys.addaudithook(AUDIT.hook)
 
 
 def relay_orports(info: Mapping[str, Any]) -> dict[tuple[str, int], str]:
-    """{(address, ORPort): fingerprint (lower-case hex)} of every relay and authority."""
+    """{(address, ORPort): fingerprint (lower-case hex)} of every relay and authority, their
+    IPv6 ORPorts included."""
     out: dict[tuple[str, int], str] = {}
     for node in info["relays"]:
         if node.get("orport"):
             out[(node["address"], int(node["orport"]))] = node["fingerprint"].lower()
+        if node.get("ipv6_orport"):
+            out[(node["ipv6_address"], int(node["ipv6_orport"]))] = node["fingerprint"].lower()
     return out
 
 

@@ -67,6 +67,7 @@ async def _socks_exchange(port: int, host: str, dest_port: int, payload: bytes) 
         writer.close()
 
 
+@pytest.mark.options("SafeLogging", "SocksPort", "DataDirectory")
 def test_safe_defaults_in_a_real_run(testnet: Any, tmp_path: Path) -> None:
     info = testnet.info
     targets = info["targets"]
@@ -145,6 +146,7 @@ def test_safe_defaults_in_a_real_run(testnet: Any, tmp_path: Path) -> None:
     assert not audit_problems(events, info), audit_problems(events, info)
 
 
+@pytest.mark.options("SocksPort")
 def test_non_loopback_socks_port_warns(testnet: Any, tmp_path: Path) -> None:
     warning = "You specified a public address"
     loud = start_daemon(

@@ -46,6 +46,7 @@ def _stderr_until(proc: subprocess.Popen[bytes], needle: str, timeout: float) ->
     return text.splitlines()
 
 
+@pytest.mark.options("Log")
 def test_a_blocked_network_says_problem_bootstrapping_on_the_terminal(tmp_path: Path) -> None:
     started = time.monotonic()
     proc = subprocess.Popen(
@@ -71,6 +72,7 @@ def test_a_blocked_network_says_problem_bootstrapping_on_the_terminal(tmp_path: 
     assert "Problem bootstrapping" in (tmp_path / "notices.log").read_text()
 
 
+@pytest.mark.options("SocksPort")
 def test_a_port_in_use_is_one_line_on_stderr_and_a_nonzero_exit(tmp_path: Path) -> None:
     with socket.socket() as taken:
         taken.bind(("127.0.0.1", 0))
@@ -90,6 +92,7 @@ def test_a_port_in_use_is_one_line_on_stderr_and_a_nonzero_exit(tmp_path: Path) 
     assert proc.stdout == ""
 
 
+@pytest.mark.options("Log")
 def test_console_lines_stop_once_logging_goes_to_the_terminal_anyway(tmp_path: Path) -> None:
     """With a Log line on stdout there is no second copy on stderr."""
     torrc = tmp_path / "torrc"
@@ -122,6 +125,7 @@ def test_verify_install_prints_the_versions_and_passes() -> None:
     assert "FAILED" not in proc.stdout
 
 
+@pytest.mark.options("DataDirectory")
 @pytest.mark.skipif(os.geteuid() != 0, reason="giving a directory to another user needs root")
 def test_someone_elses_data_directory_is_refused(tmp_path: Path) -> None:
     theirs = tmp_path / "theirs"

@@ -22,9 +22,9 @@ import pytest
 import puretor.dir.cache as cache_mod
 from puretor.aio.channel import ChannelManager
 from puretor.aio.dirmgr import DirManager
+from puretor.app.daemon import _statistics, run_daemon
 from puretor.app.socks import ListenerPolicy, SocksServerStats
 from puretor.config import DEFAULT_SOCKS_PORT, SocksPortConfig, TorConfig, load_config
-from puretor.app.daemon import _statistics, run_daemon
 from puretor.dir.cache import DirCache
 from puretor.errors import ConfigError, DirectoryError
 from puretor.hs.clientauth import load_client_auth_dir, parse_auth_private

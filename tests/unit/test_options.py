@@ -17,11 +17,11 @@ from pathlib import Path
 
 import pytest
 
+from puretor.app.daemon import CTorFormatter
 from puretor.client import TorClient
 from puretor.config import OPTION_NAMES, OPTIONS, TorConfig, load_config
 from puretor.config.ctor_names import CTOR_OBSOLETE, CTOR_OPTIONS
 from puretor.config.values import parse_policy_entries, policy_permits
-from puretor.app.daemon import CTorFormatter
 from puretor.errors import ConfigError, StreamRefused
 from puretor.path.guards import GuardManager
 from puretor.path.reachable import AddressFamilies, is_internal_address, is_local_hostname

@@ -20,6 +20,7 @@ fresh-until 2026-01-01 00:00:40
 valid-until 2026-01-01 00:01:20
 params cc_alg=2 sendme_accept_min_version=1
 r guard1 {_id(FP1)} 2038-01-01 00:00:00 127.4.0.1 9001 0
+a [fd00:0:0:4::1]:9001
 m sha256digest
 s Fast Guard HSDir Running Stable V2Dir Valid
 v Tor 0.4.9.11
@@ -44,6 +45,7 @@ def test_parse_microdesc_flavour() -> None:
     g = c.routers[FP1]
     assert (g.nickname, g.address, g.orport) == ("guard1", "127.4.0.1", 9001)
     assert "Guard" in g.flags
+    assert g.ipv6 == "[fd00:0:0:4::1]:9001" and c.routers[FP2].ipv6 is None
     assert c.routers[FP2].flags == frozenset({"Exit", "Fast", "Running", "Valid"})
 
 
@@ -65,3 +67,12 @@ def test_missing_flags() -> None:
     assert consensus.missing_flags(c, bad) == ["exit1 lacks Stable", "middle1 not listed"]
     no_weights = consensus.parse(MD_CONSENSUS.replace("bandwidth-weights", "x"))
     assert consensus.missing_flags(no_weights, ok) == ["no bandwidth-weights line"]
+
+
+def test_missing_ipv6_orport() -> None:
+    c = consensus.parse(MD_CONSENSUS)
+    flags = {FP1: ("guard1", frozenset({"Guard"})), FP2: ("exit1", frozenset({"Exit"}))}
+    assert consensus.missing_flags(c, flags, {FP1: "[fd00:0:0:4::1]:9001"}) == []
+    assert consensus.missing_flags(c, flags, {FP2: "[fd00:0:0:8::1]:9001"}) == [
+        "exit1 has no `a` line for [fd00:0:0:8::1]:9001"
+    ]

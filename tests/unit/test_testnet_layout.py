@@ -45,7 +45,32 @@ def test_targets_are_public_to_tor_but_local_to_us() -> None:
     for ip in (layout.TARGET_IP, layout.ONION_PLAIN_BACKEND_IP, layout.ONION_AUTH_BACKEND_IP):
         addr = ipaddress.ip_address(ip)
         assert addr in net and not addr.is_loopback
-    assert set(layout.DNS_NAMES.values()) == {layout.TARGET_IP}
+    names = dict(layout.DNS_NAMES)
+    assert names.pop(layout.INTERNAL_HOSTNAME) == layout.INTERNAL_HOSTNAME_IP
+    assert set(names.values()) == {layout.TARGET_IP}
+
+
+def test_internal_name_points_inside() -> None:
+    # ClientDNSRejectInternalAddresses has an answer to reject.
+    assert ipaddress.ip_address(layout.DNS_NAMES[layout.INTERNAL_HOSTNAME]).is_loopback
+
+
+def test_dual_stack_relays() -> None:
+    """The authorities and two guards have an IPv6 ORPort; guard3 has not: a client with
+    ClientUseIPv4 0 has guards to use, and one it must avoid. The IPv6 addresses share one
+    /32, so EnforceDistinctSubnets keeps any two of them off one circuit."""
+    dual = {n.nickname for n in PLAN.nodes if n.ipv6_address}
+    assert dual == {"auth1", "auth2", "auth3", "guard1", "guard2"}
+    assert len(set(PLAN.ipv6_addresses)) == len(dual)
+    nets = {ipaddress.ip_network(f"{a}/32", strict=False) for a in PLAN.ipv6_addresses}
+    assert len(nets) == 1
+    assert all(ipaddress.ip_address(a).is_private for a in PLAN.ipv6_addresses)
+    assert PLAN.node("guard1").ipv6_orport == layout.OR_PORT
+    assert PLAN.node("guard3").ipv6_orport is None
+    v4 = PLAN.without_ipv6()
+    assert not v4.ipv6_addresses and [n.address for n in v4.nodes] == [
+        n.address for n in PLAN.nodes
+    ]
 
 
 def test_expected_flags() -> None:

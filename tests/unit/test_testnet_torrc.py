@@ -12,7 +12,7 @@ from puretor.testnet.network import find_binary
 
 AUTHS = [
     torrc.AuthorityId("auth1", "127.1.0.1", 9001, 9030, "A" * 40, "B" * 40),
-    torrc.AuthorityId("auth2", "127.2.0.1", 9001, 9030, "C" * 40, "D" * 40),
+    torrc.AuthorityId("auth2", "127.2.0.1", 9001, 9030, "C" * 40, "D" * 40, "fd00:0:0:2::1"),
 ]
 PLAN = layout.NetworkPlan()
 
@@ -33,6 +33,11 @@ def _values(text: str, key: str) -> list[str]:
 def test_dir_authority_line_matches_auth_dirs_inc_shape() -> None:
     assert torrc.dir_authority_line(AUTHS[0]) == (
         f"DirAuthority auth1 orport=9001 v3ident={'A' * 40} 127.1.0.1:9030 {'B' * 40}"
+    )
+    # A dual-stack authority: its IPv6 ORPort as in auth_dirs.inc (and parsed by tor-client).
+    assert torrc.dir_authority_line(AUTHS[1]) == (
+        f"DirAuthority auth2 orport=9001 ipv6=[fd00:0:0:2::1]:9001 v3ident={'C' * 40} "
+        f"127.2.0.1:9030 {'D' * 40}"
     )
 
 
@@ -65,11 +70,16 @@ def test_common_options_everywhere(tmp_path: Path) -> None:
 def test_relay_binds_everything_to_its_own_address(tmp_path: Path) -> None:
     text = torrc.relay_torrc(PLAN.node("guard2"), tmp_path, AUTHS)
     assert _values(text, "Address") == ["127.5.0.1"]
-    assert _values(text, "ORPort") == ["127.5.0.1:9001"]
     assert _values(text, "OutboundBindAddress") == ["127.5.0.1"]
     assert _values(text, "AssumeReachable") == ["1"]
     assert _values(text, "ExitPolicy") == ["reject *:*"]
     assert not _values(text, "DirPort")
+    # A dual-stack guard: a second ORPort on its own IPv6 address.
+    assert _values(text, "ORPort") == ["127.5.0.1:9001", "[fd00:0:0:5::1]:9001"]
+    assert _values(text, "AssumeReachableIPv6") == ["1"]
+    ipv4_only = torrc.relay_torrc(PLAN.node("guard3"), tmp_path, AUTHS)
+    assert _values(ipv4_only, "ORPort") == ["127.6.0.1:9001"]
+    assert not _values(ipv4_only, "AssumeReachableIPv6")
 
 
 def test_exits(tmp_path: Path) -> None:
@@ -100,6 +110,7 @@ def test_authority_options(tmp_path: Path) -> None:
     )
     assert _values(text, "DirPort") == ["127.1.0.1:9030"]
     assert _values(text, "V3AuthoritativeDirectory") == ["1"]
+    assert _values(text, "AuthDirHasIPv6Connectivity") == ["1"]  # votes IPv6 ORPorts
     assert _values(text, "V3BandwidthsFile") == [str(tmp_path / "bw")]
     assert _values(text, "TestingDirAuthVoteGuard") == [f"${'1' * 40},${'2' * 40}"]
     assert _values(text, "TestingDirAuthVoteGuardIsStrict") == ["1"]
@@ -205,4 +216,5 @@ def test_client_torrc_runs_under_tor_client(tmp_path: Path) -> None:
     path.write_text(text)
     cfg = TorConfig.from_torrc(path)
     assert cfg.testing_tor_network and len(cfg.dir_authorities) == 2
+    assert cfg.dir_authorities[1].ipv6 == ("fd00:0:0:2::1", 9001)
     assert cfg.pid_file == tmp_path / "tor.pid"

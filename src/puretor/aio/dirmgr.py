@@ -45,6 +45,7 @@ from puretor.errors import (
 )
 from puretor.path.guards import GuardManager
 from puretor.path.reachable import AddressFamilies
+from puretor.path.select import PathSelector
 
 if TYPE_CHECKING:
     from puretor.aio.circmgr import CircuitManager
@@ -268,11 +269,27 @@ class DirManager:
         return handle, hop.target
 
     def _pick_source(self) -> HopSpec:
+        """Where the next directory request goes: a directory guard; with UseEntryGuards 0
+        (C tor's should_use_directory_guards) a bandwidth-weighted directory cache from
+        the consensus; before there is a consensus, an authority or fallback."""
         now = time.time()
-        if self.guards is not None and self.state is not None:
+        if self.config.use_entry_guards and self.guards is not None and self.state is not None:
             with contextlib.suppress(NoPathError, DirectoryError):
                 relay, _usage = self.guards.select_directory_guard(now)
                 if relay.ntor_key is not None and self._bad_sources.get(relay.rsa_id, 0) < now:
+                    return hop_for(relay, self.families)
+        elif not self.config.use_entry_guards and self.state is not None:
+            netdir = self.state.netdir(now)
+            if netdir is not None:
+                exclude = {rsa for rsa, until in self._bad_sources.items() if until >= now}
+                exclude.update(
+                    r.rsa_id
+                    for r in netdir.relays
+                    if r.ntor_key is None
+                    or not self.families.can_reach((r.address, r.or_port), r.ipv6)
+                )
+                with contextlib.suppress(NoPathError):
+                    relay = PathSelector(netdir).choose_directory_cache(exclude)
                     return hop_for(relay, self.families)
         candidates: list[HopSpec] = []
         sources: list[Authority | FallbackDir] = [*self.authorities, *self.fallbacks]

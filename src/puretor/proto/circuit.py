@@ -510,11 +510,13 @@ class Circuit:
         body = bytearray(RELAY_BODY_LEN)
         block = bytearray()
         recorded = 0
-        note = hop.note_data_cell
+        expected = hop.expected_sendmes
+        inc = hop.sendme_inc
+        next_recorded = hop.first_recorded()
         src = memoryview(stream.send_buffer)
         pos = 0
         try:
-            for _ in range(count):
+            for k in range(count):
                 body[:11] = prefix
                 body[11:] = src[pos : pos + RELAY_DATA_LEN]
                 pos += RELAY_DATA_LEN
@@ -522,9 +524,13 @@ class Circuit:
                 full = digest.digest()
                 body[5:9] = full[:4]
                 block += body
-                recorded += note(full)
+                if k == next_recorded:  # a SENDME will quote this cell's digest
+                    expected.append(full[:20])
+                    recorded += 1
+                    next_recorded += inc
         finally:
             src.release()
+        hop.advance(count)
         del stream.send_buffer[:pos]
         block = self.crypto.seal_layers(block, hop_index)
         header = self._header

@@ -90,11 +90,25 @@ class CircuitMux:
 
     def take(self, now: float, max_cells: int | None = None) -> bytes:
         """Up to ``max_cells`` cells (None: all there is) in the order they should go."""
-        out: list[bytes | bytearray] = list(self._channel_cells)
-        self._channel_cells.clear()
+        active = self._active
+        channel_cells = self._channel_cells
+        if not active:  # the usual case while downloading: only SENDMEs... or nothing
+            out_only = b"".join(channel_cells)
+            channel_cells.clear()
+            return out_only
+        out: list[bytes | bytearray] = list(channel_cells)
+        channel_cells.clear()
         budget = (1 << 62) if max_cells is None else max_cells - len(out)
         increment = self._increment(now)
-        active = self._active
+        if len(active) == 1:
+            entry = next(iter(active))
+            if entry.queued_cells <= budget:  # one circuit, all of it fits: no turns
+                out.extend(entry.queue)
+                self._sent(entry, entry.queued_cells, increment)
+                entry.queue.clear()
+                entry.queued_cells = 0
+                active.clear()
+                return b"".join(out)
         while budget > 0 and active:
             entry = min(active, key=_weight) if len(active) > 1 else next(iter(active))
             quantum = min(budget, QUANTUM_CELLS) if len(active) > 1 else budget
@@ -109,12 +123,15 @@ class CircuitMux:
             if not queue:
                 active.pop(entry, None)
             budget -= sent
-            if self.halflife > 0:
-                entry.weight += sent * increment
-            else:
-                self._turn += 1
-                entry.weight = self._turn
+            self._sent(entry, sent, increment)
         return b"".join(out)
+
+    def _sent(self, entry: _Entry, cells: int, increment: float) -> None:
+        if self.halflife > 0:
+            entry.weight += cells * increment
+        else:
+            self._turn += 1
+            entry.weight = self._turn
 
     # -- EWMA ----------------------------------------------------------------------------
 

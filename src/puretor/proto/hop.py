@@ -129,6 +129,18 @@ class Hop:
         self.package_window = count % self.sendme_inc if self.cc is not None else count
         return recorded
 
+    def first_recorded(self) -> int:
+        """Which of the next DATA cells (0 = the next one) is the first whose digest a
+        SENDME will quote; every `sendme_inc`-th after it is one too.  For the batch
+        sealing loop, which records those digests itself, then calls `advance`."""
+        return (self.package_window - 1) % self.sendme_inc
+
+    def advance(self, cells: int) -> None:
+        """``cells`` DATA cells were sealed (their digests recorded as `first_recorded`
+        said): what `note_data_cell` does to the window, for a whole batch."""
+        window = self.package_window - cells
+        self.package_window = window % self.sendme_inc if self.cc is not None else window
+
     def note_data_cells_sent(self, cells: int, recorded: int, now_usec: int) -> None:
         """Congestion control's accounting for ``cells`` DATA cells just sent, ``recorded``
         of which will be SENDMEd."""

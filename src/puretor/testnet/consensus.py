@@ -15,6 +15,7 @@ class RouterEntry:
     address: str
     orport: int
     flags: frozenset[str]
+    ipv6: str | None = None  # the `a` line's "[addr]:port" (an IPv6 ORPort), if any
 
 
 @dataclass
@@ -58,6 +59,8 @@ def parse(text: str) -> ConsensusSummary:
             }
         elif kw == "s" and current is not None:
             current["flags"] = frozenset(rest.split())
+        elif kw == "a" and current is not None and "ipv6" not in current:
+            current["ipv6"] = rest.strip()
         elif kw in ("valid-after", "fresh-until", "valid-until"):
             times[kw] = rest
         elif kw == "params":
@@ -81,11 +84,14 @@ def _kv(rest: str) -> dict[str, int]:
 
 
 def missing_flags(
-    summary: ConsensusSummary, expected: Mapping[str, tuple[str, frozenset[str]]]
+    summary: ConsensusSummary,
+    expected: Mapping[str, tuple[str, frozenset[str]]],
+    ipv6: Mapping[str, str] | None = None,
 ) -> list[str]:
     """Human-readable problems, empty when every expected relay has at least its flags.
 
-    `expected` maps fingerprint -> (nickname, flags).
+    `expected` maps fingerprint -> (nickname, flags); `ipv6` fingerprint -> "[addr]:port",
+    the IPv6 ORPort a relay's `a` line must show.
     """
     problems = []
     for fp, (nick, flags) in expected.items():
@@ -94,6 +100,8 @@ def missing_flags(
             problems.append(f"{nick} not listed")
         elif not flags <= entry.flags:
             problems.append(f"{nick} lacks {','.join(sorted(flags - entry.flags))}")
+        elif ipv6 and fp in ipv6 and entry.ipv6 != ipv6[fp]:
+            problems.append(f"{nick} has no `a` line for {ipv6[fp]}")
     if not summary.bandwidth_weights:
         problems.append("no bandwidth-weights line")
     return problems

@@ -42,6 +42,7 @@ def authorities_from_info(info: NetworkInfo) -> list[torrc.AuthorityId]:
             a["dirport"] or 0,
             a["v3ident"],
             a["fingerprint"] or "",
+            a.get("ipv6_address"),
         )
         for a in info["authorities"]
     ]

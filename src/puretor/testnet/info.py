@@ -26,6 +26,10 @@ class NodeInfo(TypedDict):
     role: str  # authority | guard | middle | exit | onion-service
     address: str  # its own 127.N.0.1 (also its outbound source address)
     orport: int | None
+    # A dual-stack relay's second ORPort, on fd00:0:0:N::1 (None: IPv4 only, or no IPv6 in
+    # the namespace); listed in the consensus `a` line.
+    ipv6_address: str | None
+    ipv6_orport: int | None
     dirport: int | None
     fingerprint: str | None  # RSA identity, 40 upper-case hex (None for onion hosts)
     ed25519: str | None  # base64 ed25519 identity
@@ -116,6 +120,7 @@ class DnsInfo(TypedDict):
     port: int
     names: dict[str, str]
     nxdomain_example: str
+    internal_hostname: str  # in `names`, answered with an internal address (127.0.0.1)
 
 
 class ConsensusInfo(TypedDict):

@@ -5,11 +5,17 @@ Everything here is data. Each relay gets its own 127.N.0.1 in its own /16, so pa
 range): tor treats it as public, but inside our sealed namespace it is a *local* route whose
 preferred source is 127.0.0.1. A target therefore sees an exit's own 127.N.0.1 (exits bind outbound
 connections to their address), while a direct connection from a client shows 127.0.0.1.
+
+The authorities and two of the three guards also have an IPv6 ORPort, on fd00:0:0:N::1 (added to
+``lo`` of the namespace; without IPv6 there the network runs on IPv4 only), so that ClientUseIPv4,
+ClientUseIPv6 and ClientPreferIPv6ORPort have something to choose between. Those addresses share
+one /32 on purpose: with EnforceDistinctSubnets 1 (off under TestingTorNetwork) no circuit may
+hold two dual-stack relays, which is how that option shows here.
 """
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from typing import Literal
 
 Role = Literal["authority", "guard", "middle", "exit", "onion-service"]
@@ -70,11 +76,16 @@ DNS_IP = "127.0.0.1"
 DNS_PORT = 53
 
 HOSTNAME = "target.test"
+# A name the DNS responder answers with an internal address: what ClientDNSRejectInternalAddresses
+# is about (an exit must not be able to point a client at its own local network).
+INTERNAL_HOSTNAME = "internal.target.test"
+INTERNAL_HOSTNAME_IP = "127.0.0.1"
 DNS_NAMES: dict[str, str] = {
     HOSTNAME: TARGET_IP,
     "www.target.test": TARGET_IP,
     "tls.target.test": TARGET_IP,
     "echo.target.test": TARGET_IP,
+    INTERNAL_HOSTNAME: INTERNAL_HOSTNAME_IP,
 }
 TLS_HOSTNAME = "tls.target.test"
 NXDOMAIN_EXAMPLE = "no-such-host.target.test"
@@ -98,6 +109,7 @@ class NodeSpec:
     exit_policy: tuple[str, ...] = ("reject *:*",)
     onion_backend: str | None = None  # "IP:PORT" behind HiddenServicePort 80
     client_auth: bool = False
+    ipv6_address: str | None = None  # a second ORPort there (relays only)
 
     @property
     def is_relay(self) -> bool:
@@ -106,6 +118,10 @@ class NodeSpec:
     @property
     def orport(self) -> int | None:
         return OR_PORT if self.is_relay else None
+
+    @property
+    def ipv6_orport(self) -> int | None:
+        return OR_PORT if self.is_relay and self.ipv6_address else None
 
     @property
     def dirport(self) -> int | None:
@@ -121,12 +137,25 @@ def _addr(n: int) -> str:
     return f"127.{n}.0.1"
 
 
+def _addr6(n: int) -> str:
+    return f"fd00:0:0:{n}::1"
+
+
 @dataclass(frozen=True)
 class NetworkPlan:
     nodes: tuple[NodeSpec, ...] = field(default_factory=lambda: default_nodes())
 
     def by_role(self, *roles: Role) -> list[NodeSpec]:
         return [n for n in self.nodes if n.role in roles]
+
+    @property
+    def ipv6_addresses(self) -> list[str]:
+        """The IPv6 ORPort addresses, to be added to the namespace's ``lo``."""
+        return [n.ipv6_address for n in self.nodes if n.ipv6_address]
+
+    def without_ipv6(self) -> NetworkPlan:
+        """The same plan with IPv4 ORPorts only (for a namespace without IPv6)."""
+        return NetworkPlan(tuple(replace(n, ipv6_address=None) for n in self.nodes))
 
     def node(self, nickname: str) -> NodeSpec:
         for n in self.nodes:
@@ -142,11 +171,13 @@ EXIT2_POLICY = ("accept *:80", "accept *:443", f"accept *:{CLOSED_PORT}", "rejec
 def default_nodes() -> tuple[NodeSpec, ...]:
     # Realistic, different bandwidths (KB/s) so bandwidth-weights are computed, not degenerate.
     return (
-        NodeSpec("auth1", "authority", _addr(1), bandwidth_kb=2000),
-        NodeSpec("auth2", "authority", _addr(2), bandwidth_kb=2000),
-        NodeSpec("auth3", "authority", _addr(3), bandwidth_kb=2000),
-        NodeSpec("guard1", "guard", _addr(4), bandwidth_kb=12000),
-        NodeSpec("guard2", "guard", _addr(5), bandwidth_kb=9000),
+        # Dual-stack: the authorities (so that a client with ClientUseIPv4 0 can bootstrap)
+        # and guard1 and guard2; guard3 and the rest have IPv4 only.
+        NodeSpec("auth1", "authority", _addr(1), bandwidth_kb=2000, ipv6_address=_addr6(1)),
+        NodeSpec("auth2", "authority", _addr(2), bandwidth_kb=2000, ipv6_address=_addr6(2)),
+        NodeSpec("auth3", "authority", _addr(3), bandwidth_kb=2000, ipv6_address=_addr6(3)),
+        NodeSpec("guard1", "guard", _addr(4), bandwidth_kb=12000, ipv6_address=_addr6(4)),
+        NodeSpec("guard2", "guard", _addr(5), bandwidth_kb=9000, ipv6_address=_addr6(5)),
         NodeSpec("guard3", "guard", _addr(6), bandwidth_kb=7000),
         NodeSpec("middle1", "middle", _addr(7), bandwidth_kb=5000),
         NodeSpec("exit1", "exit", _addr(8), bandwidth_kb=10000, exit_policy=EXIT1_POLICY),

@@ -171,9 +171,8 @@ class _Side(asyncio.Protocol):
 
     def eof_received(self) -> bool:
         self.outbound.end(lost=False)
-        if self.inbound.eof_pending:
-            return False  # both directions are done
-        return True  # keep our side open: the other direction may still carry data
+        # Keep our side open while the other direction may still carry data.
+        return not self.inbound.eof_pending
 
     def connection_lost(self, exc: Exception | None) -> None:
         self.outbound.end(lost=True)

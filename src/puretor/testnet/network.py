@@ -5,7 +5,8 @@
         net.kill_relay("guard1"); net.restart_relay("guard1")
 
 `start` returns only when the authorities' consensus lists every relay with its expected flags
-(and bandwidth weights) and both onion services have uploaded a descriptor after that point.
+(and bandwidth weights, and the dual-stack relays' IPv6 ORPorts) and both onion services have
+uploaded a descriptor after that point.
 Whatever happens - exception, Ctrl-C, SIGTERM, interpreter exit - the processes we started are
 stopped (context manager, atexit, signal handlers, and the kernel's parent-death signal).
 """
@@ -342,6 +343,8 @@ class TestNetwork:
             netns.require_sealed(None)
             netns.add_target_route(None)
         self._write_state()  # even a half-started network can be taken down by `down`
+        if self.plan.ipv6_addresses and not self._add_ipv6_addresses(progress):
+            self.plan = self.plan.without_ipv6()
 
         progress("generating keys and configuration")
         prep = prepare(self.workdir, self.plan, tor=self.tor, gencert=self.gencert)
@@ -384,10 +387,15 @@ class TestNetwork:
             for nf in prep.nodes.values()
             if nf.fingerprint
         }
+        ipv6 = {
+            nf.fingerprint: f"[{nf.spec.ipv6_address}]:{nf.spec.ipv6_orport}"
+            for nf in prep.nodes.values()
+            if nf.fingerprint and nf.spec.ipv6_address
+        }
         problems: list[str] = []
 
         def complete(c: consensus.ConsensusSummary) -> bool:
-            problems[:] = consensus.missing_flags(c, expected)
+            problems[:] = consensus.missing_flags(c, expected, ipv6)
             return not problems
 
         try:
@@ -456,6 +464,30 @@ class TestNetwork:
         )
         self._write_state()
         self._wait(ready.exists, 30.0, "the namespace holder", logs=[log])
+
+    def _add_ipv6_addresses(self, progress: Callable[[str], None]) -> bool:
+        """Put the plan's IPv6 ORPort addresses on the namespace's ``lo``; False (the network
+        then runs on IPv4 only) where that is impossible, e.g. with IPv6 disabled."""
+        # One `ip` for all of them ("replace": a namespace reused keeps working).
+        commands = "".join(
+            f"addr replace {address}/128 dev lo nodad\n" for address in self.plan.ipv6_addresses
+        )
+        try:
+            proc = self.run(
+                ["ip", "-6", "-batch", "-"],
+                input=commands,
+                capture_output=True,
+                text=True,
+                timeout=20,
+            )
+        except (OSError, subprocess.SubprocessError) as exc:
+            problem = str(exc)
+        else:
+            if proc.returncode == 0:
+                return True
+            problem = proc.stderr.strip()
+        progress(f"no IPv6 ORPorts: cannot add their addresses to lo ({problem})")
+        return False
 
     def _retry_consensus_fetches(self) -> None:
         """SIGHUP every relay, which makes tor reset its download back-off and fetch now.

@@ -170,6 +170,7 @@ def prepare(workdir: Path, plan: NetworkPlan, *, tor: str, gencert: str) -> Prep
             a.spec.dirport or 0,
             a.v3ident or "",
             a.fingerprint or "",
+            a.spec.ipv6_address,
         )
         for a in auths
     ]

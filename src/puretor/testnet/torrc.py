@@ -24,12 +24,14 @@ class AuthorityId:
     dirport: int
     v3ident: str  # SHA-1 of the authority (voting) identity key, from its key certificate
     fingerprint: str  # its relay RSA identity, 40 hex
+    ipv6_address: str | None = None  # its IPv6 ORPort's address (same port as orport)
 
 
 def dir_authority_line(a: AuthorityId) -> str:
     # Same shape as tor's auth_dirs.inc entries, which our own client parses as well.
+    ipv6 = f"ipv6=[{a.ipv6_address}]:{a.orport} " if a.ipv6_address else ""
     return (
-        f"DirAuthority {a.nickname} orport={a.orport} v3ident={a.v3ident} "
+        f"DirAuthority {a.nickname} orport={a.orport} {ipv6}v3ident={a.v3ident} "
         f"{a.address}:{a.dirport} {a.fingerprint}"
     )
 
@@ -69,10 +71,13 @@ def _relay_lines(node: NodeSpec) -> list[str]:
     lines = [
         f"Address {node.address}",
         f"ORPort {node.address}:{node.orport}",
+        # A dual-stack relay: a second ORPort, published in the consensus `a` line.
+        *([f"ORPort [{node.ipv6_address}]:{node.orport}"] if node.ipv6_address else []),
         # Makes the relay's own address the source of everything it sends, which is how a
         # target tells exits apart (tor skips this for 127/8 destinations, hence 198.18/15).
         f"OutboundBindAddress {node.address}",
         "AssumeReachable 1",  # publish at once; skip the self-test
+        *(["AssumeReachableIPv6 1"] if node.ipv6_address else []),  # the same for IPv6
         "SocksPort 0",
         f"ContactInfo {node.nickname}@testnet.invalid",
     ]
@@ -111,6 +116,8 @@ def authority_torrc(
             f"DirPort {node.address}:{node.dirport}",
             "AuthoritativeDirectory 1",
             "V3AuthoritativeDirectory 1",
+            # Test relays' IPv6 ORPorts too, and vote the reachable ones (consensus `a` lines).
+            "AuthDirHasIPv6Connectivity 1",
             # Fast voting: the first complete consensus within ~1 min.
             f"V3AuthVotingInterval {interval}",
             f"V3AuthVoteDelay {vote}",
