@@ -37,6 +37,7 @@ from puretor.path.guards import GuardManager
 from puretor.path.isolation import DEFAULT_TOKEN
 from puretor.path.isolation import IsolationToken as IsolationToken
 from puretor.path.reachable import is_internal_address, is_local_hostname
+from puretor.proto.circuitmux import choose_halflife
 from puretor.proto.conflux import UX_BY_NAME
 from puretor.proto.relaymsg import EndReason
 from puretor.ratelimit import RateLimit
@@ -88,13 +89,27 @@ class TorClient:
         self.config = config if config is not None else TorConfig()
         self.bootstrap_timeout = bootstrap_timeout
         self._streams_opened = 0
-        self._chanmgr = ChannelManager(allow=self._channel_allowed)
+        self._chanmgr = ChannelManager(
+            allow=self._channel_allowed, priority_halflife=self._priority_halflife
+        )
+        self._halflife_warned = False
         self._dirmgr = DirManager(self.config, self._chanmgr)
         self._circmgr: CircuitManager | None = None
         self._guards: GuardManager | None = None
         self._bootstrap_task: asyncio.Task[None] | None = None
         self._onion: Any = None
         self._closed = False
+
+    def _priority_halflife(self) -> float:
+        """CircuitPriorityHalflife, or the consensus's CircuitPriorityHalflifeMsec."""
+        state = self._dirmgr.state
+        netdir = state.netdir(time.time()) if state is not None else None
+        msec = netdir.params.get("CircuitPriorityHalflifeMsec") if netdir is not None else None
+        halflife, warning = choose_halflife(self.config.circuit_priority_halflife, msec)
+        if warning and not self._halflife_warned:
+            self._halflife_warned = True
+            log.warning("%s", warning)
+        return halflife
 
     def _channel_allowed(self, target: ChannelTarget) -> str | None:
         """Fail closed at the channel layer: connect only to a configured authority or

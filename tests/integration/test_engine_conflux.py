@@ -98,7 +98,7 @@ def test_download_100mib_over_two_legs(testnet: TestNetwork, net: RelayNet) -> N
             "elapsed": elapsed,
             "stats": cfx.stats(),
             "open": [leg.circuit.is_usable for leg in cfx.legs],
-            "closed": [leg.circuit.closed_reason for leg in cfx.legs],
+            "closed": [leg.circuit.state.value for leg in cfx.legs],
         }
         # Still usable: a second stream on the same set.
         status2, _, _ = await get_file(handle, "/ip")

@@ -60,10 +60,12 @@ def test_onion_page_10mib_and_rendezvous_reuse(testnet: Any, tmp_path: Path) -> 
             # do): the virtual hop runs prop 324 - SENDMEs every 31 cells, flow control
             # instead of stream windows - and the 10 MiB above went that way.
             reader, writer = await tor.open_connection(onion["address"], 80)
-            circ = writer.get_extra_info("circuit").circuit
-            assert circ.cc is not None and circ._cc_hop == 3 == circ.hop_count - 1
-            assert circ._sendme_inc[3] == 31
-            stream = next(iter(circ.streams.values()))
+            tunnel = writer.get_extra_info("circuit").tunnel
+            hops = tunnel.circuit.hops
+            assert tunnel.cc is not None and tunnel.hop_count == 4
+            assert hops[3].cc is tunnel.cc and hops[3].sendme_inc == 31
+            assert all(hop.cc is None for hop in hops[:3])
+            stream = next(iter(tunnel.streams.values()))
             assert stream.flow is not None
             writer.close()
             return cold, warm

@@ -592,19 +592,40 @@ def test_dirty_circuits_are_left_and_closed(testnet: TestNetwork, tmp_path: Path
     assert reused == {"period_1": False, "period_60": False, "default": True}, reused
 
 
+@pytest.mark.options("CircuitPriorityHalflife")
+def test_circuit_priority_halflife_sets_the_channels_scheduler(
+    testnet: TestNetwork, tmp_path: Path
+) -> None:
+    variants = {
+        "default": {},  # -1: the consensus CircuitPriorityHalflifeMsec (30000 here)
+        "short": {"CircuitPriorityHalflife": 2.5},
+        "zero": {"CircuitPriorityHalflife": 0},  # too small: C tor's default, with a warning
+    }
+
+    async def main() -> dict[str, set[float]]:
+        async with clients(testnet.info, tmp_path, variants) as tors:
+            await asyncio.gather(*(get_ip(tor, IsolationToken()) for tor in tors.values()))
+            return {
+                name: {c.mux.halflife for c in tor._chanmgr._channels.values()}
+                for name, tor in tors.items()
+            }
+
+    assert run(main()) == {"default": {30.0}, "short": {2.5}, "zero": {30.0}}
+
+
 @pytest.mark.options("ConfluxClientUX")
 def test_conflux_client_ux_goes_into_the_link_cells(
     testnet: TestNetwork, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     links: dict[int, bytes] = {}  # id(circuit) -> its CONFLUX_LINK body
-    real_send = Circuit.send_relay
+    real_seal = Circuit.seal
 
     def spy(self: Circuit, command: int, stream_id: int, data: bytes = b"", **kw: Any) -> bytes:
         if command == RelayCommand.CONFLUX_LINK:
             links[id(self)] = data
-        return real_send(self, command, stream_id, data, **kw)
+        return real_seal(self, command, stream_id, data, **kw)
 
-    monkeypatch.setattr(Circuit, "send_relay", spy)
+    monkeypatch.setattr(Circuit, "seal", spy)
     variants = {"default": {}, "latency": {"ConfluxClientUX": "latency"}}
 
     async def main() -> dict[str, list[int]]:
@@ -617,7 +638,8 @@ def test_conflux_client_ux_goes_into_the_link_cells(
                     await asyncio.sleep(0.1)
                 _, circuit = await get_ip(tor, IsolationToken())
                 assert circuit.conflux is not None, "the stream did not go on a conflux set"
-                legs = [leg.circuit for leg in circuit.conflux_legs]
+                legs = circuit.tunnel.circuits
+                assert len(legs) > 1
                 return [LinkPayload.decode(links[id(leg)]).desired_ux for leg in legs]
 
             got = await asyncio.gather(*(on_a_set(tor) for tor in tors.values()))

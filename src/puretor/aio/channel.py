@@ -28,6 +28,7 @@ from dataclasses import dataclass
 from puretor.aio.reactor import Reactor
 from puretor.errors import ChannelError
 from puretor.proto.channel import Channel, ChannelState
+from puretor.proto.circuitmux import DEFAULT_HALFLIFE
 from puretor.proto.events import ChannelClosed, ChannelOpened
 
 log = logging.getLogger("puretor.channel")
@@ -185,8 +186,11 @@ class ChannelManager:
         self,
         allow: Callable[[ChannelTarget], str | None] | None = None,
         reactor: Reactor | None = None,
+        priority_halflife: Callable[[], float] | None = None,
     ) -> None:
         self.reactor = reactor or Reactor()
+        # The circuit scheduler's EWMA half-life for each new channel (torrc/consensus).
+        self.priority_halflife = priority_halflife or (lambda: DEFAULT_HALFLIFE)
         self._channels: dict[bytes, Channel] = {}
         self._pending: dict[bytes, asyncio.Task[Channel]] = {}
         self.connects = 0  # channels opened (for tests and stats)
@@ -214,6 +218,7 @@ class ChannelManager:
             expected_ed_id=target.ed_id,
             events=self.reactor.events,
             flush_wanted=self.reactor.flush_wanted,
+            priority_halflife=self.priority_halflife(),
         )
         proto = ChannelProtocol(channel, self.reactor, loop)
         sys.audit("puretor.channel.connect", target.address, target.or_port, target.rsa_id.hex())

@@ -32,6 +32,7 @@ from puretor.config.values import (
     DEFAULT_LOG,
     DEFAULT_SOCKS_PORT,
     FILENAME,
+    FLOAT,
     INTERVAL,
     MSEC_INTERVAL,
     OPTIONAL_BOOL,
@@ -213,6 +214,10 @@ class TorConfig:
         "CircuitBuildTimeout", INTERVAL, None, zero_means_default=True
     )  # None: learn it (initially 60 s)
     learn_circuit_build_timeout: bool = option("LearnCircuitBuildTimeout", BOOL, True)
+    # Seconds over which a circuit's count of recently sent cells halves (the channel's
+    # scheduler serves the lowest count first); negative: the consensus
+    # CircuitPriorityHalflifeMsec (30 s by default).  See circuitmux.choose_halflife.
+    circuit_priority_halflife: float = option("CircuitPriorityHalflife", FLOAT, -1.0)
     circuit_stream_timeout: float | None = option(
         "CircuitStreamTimeout",
         INTERVAL,

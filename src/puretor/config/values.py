@@ -86,6 +86,7 @@ AUTOBOOL = Kind(
     lambda v: "auto" if v is None else _format_bool(v),
 )
 POSINT = Kind("Integer", _parse_posint)
+FLOAT = Kind("Float", float, _format_number)
 INTERVAL = Kind("TimeInterval", parse_interval, lambda v: f"{v:g} seconds")
 MSEC_INTERVAL = Kind(
     "TimeMsecInterval",

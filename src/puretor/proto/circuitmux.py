@@ -26,6 +26,26 @@ CELL_LEN = 514
 QUANTUM_CELLS = 32
 DEFAULT_HALFLIFE = 30.0  # seconds: C tor's CircuitPriorityHalflifeMsec default
 _RESCALE_AT = 40.0  # halflives: past this the weights are rescaled (floats stay exact)
+_EPSILON = 0.00001  # C tor's EPSILON in circuitmux_ewma.c
+
+
+def choose_halflife(configured: float, consensus_msec: int | None) -> tuple[float, str | None]:
+    """The half-life to use, as C tor's get_circuit_priority_halflife: the torrc
+    ``CircuitPriorityHalflife`` unless it is negative, else the consensus
+    ``CircuitPriorityHalflifeMsec`` (30 s when absent).  A value too small to be a
+    half-life (0 included: C tor no longer has a FIFO mode) falls back to 30 s, with
+    the warning returned as the second element."""
+    if configured >= -_EPSILON:
+        halflife, source = configured, "CircuitPriorityHalflife in configuration"
+    else:
+        msec = DEFAULT_HALFLIFE * 1000 if consensus_msec is None else consensus_msec
+        halflife = min(max(msec, 1), 2**31 - 1) / 1000
+        source = "CircuitPriorityHalflifeMsec in consensus"
+    if halflife < _EPSILON:
+        return DEFAULT_HALFLIFE, (
+            f"{source} is too small ({halflife:g}); using the default, {DEFAULT_HALFLIFE:g} seconds"
+        )
+    return halflife, None
 
 
 class _Entry:
@@ -48,6 +68,15 @@ class CircuitMux:
         self._channel_cells: deque[bytes | bytearray] = deque()  # circuit ID 0, first
         self._ref_time: float | None = None  # weights are relative to 2**(t - ref)/halflife
         self._turn = 0  # round robin when the priority is off
+
+    def set_halflife(self, halflife: float) -> None:
+        """A new half-life (a new consensus, as C tor's cmux_ewma_set_options): counts
+        start over."""
+        self.halflife = halflife
+        self._ref_time = None
+        self._turn = 0
+        for entry in self._entries.values():
+            entry.weight = 0.0
 
     # -- circuits ------------------------------------------------------------------------
 

@@ -7,7 +7,7 @@ import struct
 from hypothesis import given
 from hypothesis import strategies as st
 
-from puretor.proto.circuitmux import CELL_LEN, QUANTUM_CELLS, CircuitMux
+from puretor.proto.circuitmux import CELL_LEN, QUANTUM_CELLS, CircuitMux, choose_halflife
 
 
 def cells(circ: int, first: int, n: int) -> bytes:
@@ -119,3 +119,12 @@ def test_every_cell_leaves_once_and_each_circuit_in_order(
     out += parse(mux.take(now))
     for c in range(4):
         assert [i for circ, i in out if circ == c + 1] == list(range(sent[c]))
+
+
+def test_halflife_from_torrc_or_consensus_as_c_tor() -> None:
+    assert choose_halflife(-1.0, None) == (30.0, None)
+    assert choose_halflife(-1.0, 5000) == (5.0, None)
+    assert choose_halflife(2.5, 5000) == (2.5, None)
+    halflife, warning = choose_halflife(0.0, 5000)  # C tor has no FIFO mode any more
+    assert halflife == 30.0 and warning is not None and "too small" in warning
+    assert choose_halflife(-1.0, 0)[0] == 0.001  # consensus minimum: 1 msec
