@@ -64,6 +64,12 @@ def test_bench_quick_smoke(testnet: TestNetwork, tmp_path: Path) -> None:
     failures = [f for f in doc["failures"] if not ("[C tor]" in f and "SOCKS 0xf0" in f)]
     assert failures == [], failures
     assert proc.returncode == 0 or len(failures) < len(doc["failures"]), proc.stderr[-4000:]
+    # The fairness scenario ran for both: page fetches idle, under a download and under an
+    # upload that the target received intact.
+    for kind in KINDS:
+        fair = doc["runs"][0][kind]["fairness"]
+        assert fair["download"]["ok"] and fair["upload"]["ok"], fair
+        assert fair["idle_ttfb"] and fair["download_ttfb"] and fair["upload_ttfb"], fair
     assert {t["row"] for t in doc["targets"]} == {t.row for t in TARGETS}
     assert all(t["result"] in ("PASS", "MISS", "n/a") for t in doc["targets"])
     assert doc["micro"]["cell_pipeline"]["outbound"]["mb_per_s"] > 0

@@ -369,6 +369,8 @@ def guide_torrc(sandbox: Sandbox) -> bytes:
 README_QUICK = "sudo apt-get install -y python3-venv"
 GUIDE_DAEMON = "puretor-testnet exec --dir /tmp/ptnet -- tor-client -f /tmp/ptnet/puretor.torrc &"
 HARDENING_CAMPAIGN = "python -m puretor.testnet up --dir /tmp/tn"
+REALISTIC_UP = "puretor-testnet up --dir /tmp/ptnet --network-profile realistic"
+PERF_REALISTIC = "python -m puretor.testnet up --dir /tmp/tn --network-profile realistic"
 
 
 def _collect(cmd: str) -> Expect:
@@ -516,6 +518,25 @@ PLAN: list[Step] = [
         check=_fuzz_targets_listed,
         needs=("atheris",),
     )),
+    # -- session "realistic": the realistic network profile (README, guide, performance.md) ---
+    Step("inline", "README.md", REALISTIC_UP, Expect(
+        session="realistic",
+        means="up with the realistic profile; `status` lists each relay's delay and cap and "
+        "the stalling relay; then down (the performance.md block brings up its own)",
+        run_as=f"{REALISTIC_UP}\npuretor-testnet status --dir /tmp/ptnet\n"
+        "puretor-testnet down --dir /tmp/ptnet",
+        output=(r"^ready in", r"network profile: realistic \(seed 1\)",
+                r"^\s+stall1\s.*STALLS after 20 s", r"^\s+problems: none",
+                r"^stopped \d+ processes"),
+    )),
+    Step("block", "docs/performance.md", PERF_REALISTIC, Expect(
+        session="realistic",
+        means="up with the realistic profile; the benchmark until its first run starts, then "
+        "Ctrl-C (the session's final `down` stops the network)",
+        cmds=(Cmd("python -m puretor.bench --netdir /tmp/tn --json bench-realistic.json",
+                  until=BENCH_RUN, ok=CTRL_C_OK),),
+        output=(r"^ready in", r"network profile: realistic", r"realistic profile"),
+    )),
     # -- session "misc": single commands from the prose ---------------------------------------
     Step("inline", "README.md", "tor-client --list-torrc-options", Expect(
         session="misc", means="exit 0, and it lists every option of README's table",
@@ -606,6 +627,8 @@ PLAN: list[Step] = [
     Step("inline", "docs/performance.md", "python -m puretor.bench",
          Same("README.md: python3 -m puretor.bench", "the same benchmark (python = the "
               "environment's python3)")),
+    Step("inline", "docs/guide.md", REALISTIC_UP,
+         Same(f"README.md: `{REALISTIC_UP}`", "the same command")),
     Step("inline", "docs/api.md", "tor-client -f PATH",
          Same(f"docs/guide.md: {GUIDE_DAEMON}", "PATH is a placeholder (a docstring)")),
     Step("inline", "docs/errors.md", "tor-client --verify-install",

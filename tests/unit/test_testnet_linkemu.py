@@ -120,3 +120,62 @@ def test_an_unreachable_target_closes_the_client_connection() -> None:
             emu.close()
 
     assert asyncio.run(main()) == b""
+
+
+def test_keep_source_connects_onwards_from_the_clients_address() -> None:
+    """A target behind the emulator still sees who connected (an exit's own 127.N.0.1)."""
+
+    async def main() -> list[str]:
+        seen: list[str] = []
+
+        async def record(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+            seen.append(writer.get_extra_info("peername")[0])
+            writer.close()
+
+        server = await asyncio.start_server(record, "127.0.0.1", 0)
+        target = server.sockets[0].getsockname()[1]
+        plain, port = await _emulator(target, 0.0)
+        keeping, kport = await _emulator(target, 0.0, keep_source=True)
+        try:
+            for p in (port, kport):
+                reader, writer = await asyncio.open_connection(
+                    "127.0.0.1", p, local_addr=("127.0.0.7", 0)
+                )
+                await asyncio.wait_for(reader.read(), 5)
+                writer.close()
+            return seen
+        finally:
+            plain.close()
+            keeping.close()
+            server.close()
+
+    assert asyncio.run(main()) == ["127.0.0.1", "127.0.0.7"]
+
+
+def test_eof_follows_the_data_it_came_after() -> None:
+    """Many small writes then EOF: all of them, then the EOF (a half-close, in order)."""
+
+    async def main() -> bytes:
+        server, target = await _echo_server()
+        emu, port = await _emulator(target, 0.02)
+        try:
+            reader, writer = await asyncio.open_connection("127.0.0.1", port)
+            for i in range(200):
+                writer.write(b"%04d" % i)
+                await asyncio.sleep(0)
+            writer.write_eof()
+            data = await asyncio.wait_for(reader.read(), 5)  # until the echoed EOF
+            writer.close()
+            return data
+        finally:
+            emu.close()
+            server.close()
+
+    assert asyncio.run(main()) == b"".join(b"%04d" % i for i in range(200))
+
+
+def test_link_json_round_trip() -> None:
+    link = Link("t", ("198.18.0.10", 80), ("198.18.1.10", 80), 0.039, None, keep_source=True)
+    assert Link.from_json(link.to_json()) == link
+    old = {k: v for k, v in link.to_json().items() if k != "keep_source"}  # an older config
+    assert Link.from_json(old).keep_source is False

@@ -2,11 +2,14 @@
 
     python -m puretor.bench [--runs N] [--quick] [--netdir DIR] [--json out.json]
                             [--profile py-spy|cprofile] [--profile-dir DIR] [--no-micro]
+                            [--network-profile loopback|realistic]
 
 Without --netdir it starts its own private network (root: in a fresh network namespace of its
 own; if the current namespace is already sealed - only `lo`, as inside the test suite - right
 here). With --netdir it uses the network that `python -m puretor.testnet up --dir DIR` started,
 entering its named namespace (needs root), or the current namespace for one started there.
+--network-profile realistic starts the realistic network instead (per-relay delays, bandwidth
+caps, 18 relays: see puretor.testnet.profiles); with --netdir the network is what it is.
 
 Exit status: 0 when every measurement succeeded (targets may still be missed), 1 when any
 failed or any download had a wrong SHA-256, 2 when the benchmark could not run at all.
@@ -148,6 +151,11 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     ap.add_argument("--profile", choices=("py-spy", "cprofile"), help="profile puretor (skews it)")
     ap.add_argument("--profile-dir", type=Path, help="where profiles go (default: workdir)")
     ap.add_argument("--no-micro", action="store_true", help="skip the microbenchmarks")
+    ap.add_argument(
+        "--network-profile",
+        choices=("loopback", "realistic"),
+        help="the network to start (default loopback; with --netdir: the network's own)",
+    )
     ap.add_argument("--clients", default="puretor,ctor", help=argparse.SUPPRESS)
     ap.add_argument(
         "--debug-logs", action="store_true", help="both clients also log at info level (skews)"
@@ -172,9 +180,19 @@ def main(argv: list[str] | None = None) -> int:
     try:
         if args.netdir is not None:
             info = attach(args.netdir.resolve())
-            say(f"using the network in {args.netdir} ({info['netns']['mode']} namespace)")
+            running = _network_profile(info)
+            say(
+                f"using the network in {args.netdir} ({info['netns']['mode']} namespace, "
+                f"{running} profile)"
+            )
+            if args.network_profile not in (None, running):
+                raise BenchSetupError(
+                    f"the network in {args.netdir} has the {running} profile, not "
+                    f"{args.network_profile}"
+                )
         else:
             from puretor.testnet import TestNetwork, missing_requirements
+            from puretor.testnet.profiles import plan_for
 
             missing = missing_requirements()
             if missing:
@@ -184,10 +202,16 @@ def main(argv: list[str] | None = None) -> int:
                 say(f"entered a private network namespace ({mode})")
             say("starting the private network ...")
             network = TestNetwork.start(
-                workdir / "network", netns=None, timeout=300, progress=lambda m: say(f"  {m}")
+                workdir / "network",
+                netns=None,
+                timeout=300,
+                plan=plan_for(args.network_profile or "loopback"),
+                progress=lambda m: say(f"  {m}"),
             )
             info = network.info
-            say(f"network ready in {info['ready_seconds']:.1f} s")
+            say(
+                f"network ready in {info['ready_seconds']:.1f} s ({_network_profile(info)} profile)"
+            )
     except (BenchSetupError, netns.NamespaceError, OSError, ValueError) as exc:
         print(f"puretor.bench: cannot run: {exc}", file=sys.stderr)
         if network is not None:
@@ -234,6 +258,7 @@ def main(argv: list[str] | None = None) -> int:
         },
         "rlimit_nofile": [soft, hard],
         "netdir": info["workdir"],
+        "network_profile": info.get("network_profile") or {"name": "loopback"},
         "torrc": "identical for both (puretor.bench.clients.torrc_text)",
         "profile": args.profile,
         "debug_logs": args.debug_logs,
@@ -262,6 +287,7 @@ def main(argv: list[str] | None = None) -> int:
         f"host: {os.cpu_count()} CPUs, load average {_la(meta['host']['loadavg_start'])} at start, "
         f"{_la(meta['host']['loadavg_end'])} at end; {meta['seconds']['benchmark']:.0f} s "
         f"(network start {meta['seconds']['network_start']:.0f} s)",
+        f"network profile: {_network_profile(info)}",
         f"git {meta['git'].get('commit', '?')[:12]}"
         + (
             f" + modified {', '.join(meta['git']['src_modified'])}"
@@ -345,6 +371,12 @@ def _profiles(bench: Bench) -> str:
         lines.append("cProfile of puretor's tor-client (whole process life, after warm start):")
         lines.append(summarize_cprofile(bench.cprofiles))
     return "\n".join(lines)
+
+
+def _network_profile(info: NetworkInfo) -> str:
+    """The network's profile name (networks from before profiles: loopback)."""
+    prof = info.get("network_profile")
+    return prof["name"] if prof else "loopback"
 
 
 def _order(kinds: tuple[str, ...], r: int) -> tuple[str, ...]:

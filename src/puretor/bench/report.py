@@ -20,7 +20,7 @@ from puretor.bench.clients import CTOR, KINDS, LABELS, PURETOR
 @dataclass(frozen=True)
 class Row:
     id: str
-    label: str  # may contain {small} {single} {conc} {onion} {idle} {active}
+    label: str  # may contain {small} {single} {conc} {onion} {idle} {active} {fair}
     unit: str
     better: str  # "lower" | "higher"
     section: str
@@ -70,9 +70,21 @@ ROWS: tuple[Row, ...] = (
     Row("idle_kib_per_conn", "RSS growth per idle connection", "KiB", "lower", "idle", 1),
     Row("idle_active_s", "{active} active under idle load: wall time", "s", "lower", "idle"),
     Row("idle_complete", "idle conns alive + active streams complete", "%", "higher", "idle", 1),
+    Row("fair_idle_ttfb", "page TTFB, warm circuit, idle", "s", "lower", "fairness", 3),
+    Row("fair_down_ttfb", "page TTFB, another circuit gets {fair}", "s", "lower", "fairness", 3),
+    Row("fair_up_ttfb", "page TTFB, another circuit sends {fair}", "s", "lower", "fairness", 3),
+    Row("fair_down_vs_idle", "page TTFB under download / idle (per run)", "x", "lower", "fairness"),
+    Row("fair_up_vs_idle", "page TTFB under upload / idle (per run)", "x", "lower", "fairness"),
 )
 ROW_IDS = tuple(r.id for r in ROWS)
 ONION_ROWS = ("onion_cold_total", "onion_warm_total", "onion_bulk_mbps")
+FAIR_ROWS = (
+    "fair_idle_ttfb",
+    "fair_down_ttfb",
+    "fair_up_ttfb",
+    "fair_down_vs_idle",
+    "fair_up_vs_idle",
+)
 
 
 @dataclass(frozen=True)
@@ -81,6 +93,7 @@ class Target:
     row: str
     op: str  # "<=" | ">="
     limit: float
+    own: bool = False  # compare puretor's own median of the row, not the ratio to C tor
 
 
 TARGETS: tuple[Target, ...] = (
@@ -92,6 +105,9 @@ TARGETS: tuple[Target, ...] = (
     Target("cold bootstrap (Bootstrapped 100%)", "boot_cold_log", "<=", 1.0),
     Target("CPU s/GB (all bulk)", "cpu_bulk", "<=", 1.5),
     Target("peak RSS", "peak_rss", "<=", 2.0),
+    Target("fairness: TTFB under download", "fair_down_ttfb", "<=", 1.0),
+    Target("fairness: TTFB under upload", "fair_up_ttfb", "<=", 1.0),
+    Target("fairness: upload TTFB / own idle", "fair_up_vs_idle", "<=", 1.5, own=True),
 )
 
 
@@ -152,8 +168,10 @@ class Results:
     def target_results(self) -> list[dict[str, Any]]:
         out = []
         for t in TARGETS:
-            ratio = self.ratio(t.row)
-            ok_cells = all(self.cells[t.row][k].status == "ok" for k in KINDS)
+            own = self.cells[t.row][PURETOR].stats()
+            ratio = (own["median"] if own else None) if t.own else self.ratio(t.row)
+            kinds = (PURETOR,) if t.own else KINDS
+            ok_cells = all(self.cells[t.row][k].status == "ok" for k in kinds)
             if ratio is None or not ok_cells:
                 verdict = "MISS" if self.cells[t.row][PURETOR].failures else "n/a"
             else:
@@ -166,7 +184,8 @@ class Results:
                     "row": t.row,
                     "op": t.op,
                     "limit": t.limit,
-                    "ratio": ratio,
+                    "ratio": ratio,  # with "own": puretor's median, not a ratio to C tor
+                    "own": t.own,
                     "result": verdict,
                 }
             )
@@ -241,10 +260,11 @@ def table(results: Results, labels: dict[str, str], header: Sequence[str]) -> st
         if ratio is not None:
             rtxt += "  (higher is better)" if r.better == "higher" else ""
         lines.append(f"{labels[r.id]:<{w_label}}{r.unit:<6}{p:<{w_p}}{c:<{w_c}}{rtxt}")
-    lines += ["", "Targets (ratio of medians, puretor / C tor):"]
+    lines += ["", "Targets (ratio of medians, puretor / C tor; 'own': puretor's median alone):"]
     for t in results.target_results():
         rt = "-" if t["ratio"] is None else f"{t['ratio']:.2f}"
-        lines.append(f"  {t['result']:<5} {t['name']:<38} {t['op']} {t['limit']:.2f}   ratio {rt}")
+        what = "own  " if t["own"] else "ratio"
+        lines.append(f"  {t['result']:<5} {t['name']:<38} {t['op']} {t['limit']:.2f}   {what} {rt}")
     return "\n".join(lines)
 
 
@@ -288,3 +308,9 @@ def labels_for(sizes: dict[str, str]) -> dict[str, str]:
 def median_or_none(values: Iterable[float]) -> float | None:
     vals = list(values)
     return statistics.median(vals) if vals else None
+
+
+def ratio_of_medians(top: Iterable[float], bottom: Iterable[float]) -> float | None:
+    """median(top) / median(bottom); None when either is empty or the bottom median is 0."""
+    a, b = median_or_none(top), median_or_none(bottom)
+    return None if a is None or not b else a / b

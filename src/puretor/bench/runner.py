@@ -15,7 +15,15 @@ A run (clients alternate who goes first from run to run; `order` below):
    idle       `idle_n` SOCKS connections CONNECTed to the HTTP target and left silent (the
               server waits for a request that never comes), then `active_n` concurrent 1 MiB
               GETs while they stay open; RSS before/after, and whether all of it survives
-4. peak RSS (VmHWM) of each client, stop.
+4. peak RSS (VmHWM) of each client;
+5. the fairness scenario, for each client in `order` (after 4: the upload raises C tor's peak
+   RSS): the target's index page on one primed username, a new SOCKS connection each (TTFB of
+   interactive traffic): `fair_n` fetches idle, then up to `fair_n` while a `fair_bulk` GET
+   runs on another username (another circuit of the same client), then up to `fair_n` while a
+   POST of as much to the target's /upload runs on a third. Fetches start once the bulk
+   transfer has moved FLOWING_BYTES and stop when it ends; it must complete (the upload: the
+   SHA-256 the target received);
+6. stop.
 
 CPU seconds are /proc/PID/stat utime+stime deltas of the client process around the transfers
 (priming excluded). MB/s are 10^6 bytes per second; GB are 10^9 bytes.
@@ -30,6 +38,7 @@ import inspect
 import os
 import sys
 import time
+from collections.abc import Awaitable, Callable, Coroutine
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -37,7 +46,7 @@ from typing import Any
 from puretor.bench import procstat
 from puretor.bench.clients import CTOR, KINDS, LABELS, PURETOR, BenchClient, ClientError
 from puretor.bench.profiling import PySpy
-from puretor.bench.report import ROW_IDS, Results
+from puretor.bench.report import FAIR_ROWS, ROW_IDS, Results, median_or_none, ratio_of_medians
 from puretor.bench.socks import (
     Credentials,
     FetchResult,
@@ -45,6 +54,7 @@ from puretor.bench.socks import (
     fetch_many,
     socks_connect,
     split_url,
+    upload,
 )
 from puretor.testnet.info import NetworkInfo
 
@@ -67,6 +77,9 @@ class Plan:
     idle_n: int = 1000
     active_n: int = 100
     active: str = "1MiB"
+    # Two rounds of page fetches under load swung from 0.8x to 1.4x C tor: many per run.
+    fair_n: int = 30
+    fair_bulk: str = "100MiB"
     micro_mb: float = 20.0
     micro_repeat: int = 3
 
@@ -82,6 +95,8 @@ class Plan:
             onion="1MiB",
             idle_n=50,
             active_n=4,
+            fair_n=3,
+            fair_bulk="10MiB",
             micro_mb=2.0,
             micro_repeat=1,
         )
@@ -97,6 +112,7 @@ class Plan:
             "onion": h(self.onion),
             "idle": str(self.idle_n),
             "active": f"{self.active_n} x {h(self.active)}",
+            "fair": h(self.fair_bulk),
         }
 
 
@@ -137,6 +153,13 @@ class Bench:
         self.onion_url = info["onion"]["plain"]["url"]
         self.onion_sha = hashlib.sha256(info["onion"]["plain"]["index_text"].encode()).hexdigest()
         self.onion_stub = puretor_onion_stub()
+        self.upload_url = info["targets"]["upload_urls"]["http_host"]
+        self.upload_block = hashlib.shake_256(b"puretor-bench upload").digest(1 << 20)
+        self.upload_count = self.files[plan.fair_bulk]["size"] // len(self.upload_block)
+        digest = hashlib.sha256()
+        for _ in range(self.upload_count):
+            digest.update(self.upload_block)
+        self.upload_sha = digest.hexdigest()
         self.runs: list[dict[str, Any]] = []
         self.profiles: dict[str, list[Path]] = {}
         self.cprofiles: list[Path] = []
@@ -253,6 +276,8 @@ class Bench:
                 self.isolated,
                 self.onion_rows,
                 self.idle,
+                self.peak_memory,
+                self.fairness,
             )
             for scenario in scenarios:
                 for k in alive:
@@ -268,16 +293,6 @@ class Bench:
                         for row in _scenario_rows(scenario.__name__):
                             self.results.fail(row, k, f"run {r + 1}: {exc!r}")
                     await asyncio.sleep(0.5)
-            for k in alive:
-                c = clients[k]
-                if c.is_running():
-                    mem = c.memory()
-                    raw[k]["memory_kib_end"] = mem
-                    self.results.add("peak_rss", k, mem.get("VmHWM", 0) / 1024)
-                    self._cpu_rows(k, r, raw[k])
-                    say(f"run {r + 1}: {c.label:7} peak RSS {mem.get('VmHWM', 0) / 1024:.1f} MiB")
-                else:
-                    self.results.fail("peak_rss", k, f"run {r + 1}: client died")
         finally:
             for c in clients.values():
                 c.stop()
@@ -285,6 +300,15 @@ class Bench:
                     self.cprofiles.append(c.cprofile_out.with_suffix(f".{c.starts}.prof"))
         raw["loadavg_end"] = _loadavg()
         return raw
+
+    async def peak_memory(self, c: BenchClient, r: int, raw: dict[str, Any]) -> None:
+        """Peak RSS and the CPU rows. Before `fairness`: its upload raises C tor's VmHWM (by
+        10 MiB for a 10 MiB upload), which would change what the peak RSS row measures."""
+        mem = c.memory()
+        raw["memory_kib_end"] = mem
+        self.results.add("peak_rss", c.kind, mem.get("VmHWM", 0) / 1024)
+        self._cpu_rows(c.kind, r, raw)
+        say(f"run {r + 1}: {c.label:7} peak RSS {mem.get('VmHWM', 0) / 1024:.1f} MiB")
 
     def _cpu_rows(self, k: str, r: int, raw: dict[str, Any]) -> None:
         cpu = raw.get("cpu", {})
@@ -561,6 +585,80 @@ class Bench:
             f"RSS {rss0:.1f} -> {rss_idle:.1f} -> peak {peak:.1f} MiB"
         )
 
+    async def fairness(self, c: BenchClient, r: int, raw: dict[str, Any]) -> None:
+        p, k = self.plan, c.kind
+        page, down_user, up_user = f"fair-{r}", f"fair-down-{r}", f"fair-up-{r}"
+        if not await self.prime(c, [page, down_user, up_user], FAIR_ROWS, r):
+            return
+        out = raw["fairness"] = {"vmhwm_kib_before": c.memory().get("VmHWM")}
+
+        async def once() -> FetchResult:
+            return await fetch(
+                c.proxy, self.boot_url, creds=Credentials(page), expected_sha256=self.boot_sha
+            )
+
+        def ttfbs(results: list[FetchResult], row: str) -> list[float]:
+            ok = [x for x in results if self.check(x, (row,), k, r)]
+            for x in ok:
+                assert x.ttfb is not None
+                self.results.add(row, k, x.ttfb)
+            return [x.ttfb for x in ok if x.ttfb is not None]
+
+        def download(flowing: asyncio.Event) -> Coroutine[Any, Any, FetchResult]:
+            meta = self.files[p.fair_bulk]
+            return fetch(
+                c.proxy,
+                self.url(p.fair_bulk),
+                creds=Credentials(down_user),
+                expected_sha256=meta["sha256"],
+                expected_size=meta["size"],
+                timeout=900,
+                flowing=flowing,
+            )
+
+        def send(flowing: asyncio.Event) -> Coroutine[Any, Any, FetchResult]:
+            return upload(
+                c.proxy,
+                self.upload_url,
+                creds=Credentials(up_user),
+                block=self.upload_block,
+                count=self.upload_count,
+                expected_sha256=self.upload_sha,
+                timeout=900,
+                flowing=flowing,
+            )
+
+        idle = out["idle_ttfb"] = ttfbs([await once() for _ in range(p.fair_n)], "fair_idle_ttfb")
+        text = [f"idle {_ms(median_or_none(idle))} ({len(idle)})"]
+        for what, start, row, vs_row in (
+            ("download", download, "fair_down_ttfb", "fair_down_vs_idle"),
+            ("upload", send, "fair_up_ttfb", "fair_up_vs_idle"),
+        ):
+            flowing = asyncio.Event()
+            bulk = asyncio.ensure_future(start(flowing))
+            try:
+                loaded = await fetch_during(bulk, flowing, once, p.fair_n)
+                res = await bulk
+            finally:
+                bulk.cancel()  # only if something above was cancelled or raised
+            mbps = res.size / res.total / MB if res.ok and res.total else None
+            out[what] = {**res.to_json(), "mb_per_s": mbps, "vmhwm_kib": c.memory().get("VmHWM")}
+            if not self.check(res, (row, vs_row), k, r):
+                text.append(f"{what} FAILED ({res.error})")
+                continue
+            ttfb = out[f"{what}_ttfb"] = ttfbs(loaded, row)
+            ratio = ratio_of_medians(ttfb, idle)
+            if not loaded:
+                self.results.fail(row, k, f"run {r + 1}: the {what} ended before any page fetch")
+            if ratio is None:
+                self.results.fail(vs_row, k, f"run {r + 1}: no figure under {what} or idle")
+            else:
+                self.results.add(vs_row, k, ratio)
+            text.append(
+                f"{what} {_ms(median_or_none(ttfb))} ({len(ttfb)}; {p.fair_bulk} at {mbps:.1f} MB/s)"
+            )
+        say(f"run {r + 1}: {c.label:7} page TTFB medians: {', '.join(text)}")
+
 
 def _scenario_rows(name: str) -> tuple[str, ...]:
     return {
@@ -576,7 +674,26 @@ def _scenario_rows(name: str) -> tuple[str, ...]:
             "idle_active_s",
             "idle_complete",
         ),
+        "peak_memory": ("peak_rss",),
+        "fairness": FAIR_ROWS,
     }.get(name, ())
+
+
+async def fetch_during(
+    bulk: asyncio.Future[FetchResult],
+    flowing: asyncio.Event,
+    once: Callable[[], Awaitable[FetchResult]],
+    n: int,
+) -> list[FetchResult]:
+    """Up to `n` calls of `once`, one after another, each started after `flowing` is set and
+    before `bulk` is done (one that ends after `bulk` still counts)."""
+    waiter: asyncio.Future[Any] = asyncio.ensure_future(flowing.wait())
+    await asyncio.wait({waiter, bulk}, return_when=asyncio.FIRST_COMPLETED)
+    waiter.cancel()
+    out: list[FetchResult] = []
+    while flowing.is_set() and not bulk.done() and len(out) < n:
+        out.append(await once())
+    return out
 
 
 def _loadavg() -> list[float]:
@@ -588,6 +705,10 @@ def _loadavg() -> list[float]:
 
 def _pct(x: float | None) -> str:
     return "?" if x is None else f"{x * 100:.0f}%"
+
+
+def _ms(x: float | None) -> str:
+    return "-" if x is None else f"{x * 1000:.1f} ms"
 
 
 def _s(x: float | None) -> str:

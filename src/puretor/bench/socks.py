@@ -9,7 +9,8 @@ Every fetch is one SOCKS connection (``CONNECT`` by hostname, so the exit resolv
     total       last byte of the body
 
 A wrong hash, a short body or a non-200 status is a failure (`FetchResult.ok` is False), never
-a figure.
+a figure. `upload` POSTs a body to the test target's ``/upload`` the same way and checks the
+SHA-256 the target answers with.
 """
 
 from __future__ import annotations
@@ -25,6 +26,7 @@ from typing import Any
 
 READ_SIZE = 256 * 1024
 STREAM_LIMIT = 1 << 20  # StreamReader buffer: few pause/resume round trips at 10-100 MB/s
+FLOWING_BYTES = 1 << 20  # a bulk transfer counts as flowing once this much has passed
 
 SOCKS_REPLIES = {
     0x00: "succeeded",
@@ -183,9 +185,11 @@ async def fetch(
     expected_sha256: str | None,
     expected_size: int | None = None,
     timeout: float = 120.0,
+    flowing: asyncio.Event | None = None,
 ) -> FetchResult:
     """GET `url` through the SOCKS proxy, hashing the body as it arrives. Never raises
-    (except cancellation): failures are in the result."""
+    (except cancellation): failures are in the result. `flowing` is set once FLOWING_BYTES of
+    the body have arrived."""
     result = FetchResult(url, expected_size=expected_size, expected_sha256=expected_sha256)
     result.start = t0 = time.perf_counter()
     writer: asyncio.StreamWriter | None = None
@@ -230,6 +234,8 @@ async def fetch(
                     break
                 digest.update(chunk)
                 size += len(chunk)
+                if flowing is not None and size >= FLOWING_BYTES:
+                    flowing.set()
             result.total = time.perf_counter() - t0
             result.size = size
             result.sha256 = digest.hexdigest()
@@ -254,6 +260,79 @@ async def fetch(
             result.error = f"body is {result.size} bytes, expected {expected_size}"
         elif expected_sha256 is not None and result.sha256 != expected_sha256:
             result.error = f"SHA-256 mismatch: got {result.sha256}"
+            result.hash_mismatch = True
+        else:
+            result.ok = True
+    return result
+
+
+async def upload(
+    proxy: tuple[str, int],
+    url: str,
+    *,
+    creds: Credentials | None,
+    block: bytes,
+    count: int,
+    expected_sha256: str,
+    timeout: float = 600.0,
+    flowing: asyncio.Event | None = None,
+) -> FetchResult:
+    """POST `count` copies of `block` to the target's ``/upload``, which answers with the
+    SHA-256 (hex) of the body it received: ok only when that is `expected_sha256`. `size` is
+    the bytes sent, `ttfb` the first byte of the answer (after the whole body), `flowing` is
+    set once FLOWING_BYTES are handed to the SOCKS connection. Never raises (except
+    cancellation)."""
+    length = len(block) * count
+    result = FetchResult(url, expected_size=length, expected_sha256=expected_sha256)
+    result.start = t0 = time.perf_counter()
+    writer: asyncio.StreamWriter | None = None
+    answer = bytearray()
+    try:
+        async with asyncio.timeout(timeout):
+            host, port, path = split_url(url)
+            reader, writer = await socks_connect(proxy, host, port, creds)
+            result.connected = time.perf_counter() - t0
+            writer.write(
+                f"POST {path} HTTP/1.1\r\nHost: {host}\r\nUser-Agent: puretor-bench\r\n"
+                "Content-Type: application/octet-stream\r\n"
+                f"Content-Length: {length}\r\nConnection: close\r\n\r\n".encode()
+            )
+            for _ in range(count):
+                writer.write(block)
+                await writer.drain()
+                result.size += len(block)
+                if flowing is not None and result.size >= FLOWING_BYTES:
+                    flowing.set()
+            while chunk := await reader.read(READ_SIZE):  # the target closes after answering
+                if not answer:
+                    result.ttfb = time.perf_counter() - t0
+                answer += chunk
+                if len(answer) > 65536:
+                    raise ConnectionError("response too long")
+            result.total = time.perf_counter() - t0
+    except SocksError as exc:
+        result.error = str(exc)
+        result.socks_code = exc.code
+    except TimeoutError:
+        result.error = f"timed out after {timeout:.0f}s"
+    except (OSError, ConnectionError, ValueError) as exc:
+        result.error = f"{type(exc).__name__}: {exc}"
+    finally:
+        if writer is not None:
+            writer.close()
+            with contextlib.suppress(Exception):
+                await asyncio.wait_for(writer.wait_closed(), 2.0)
+    if not result.error:
+        head, _, body = bytes(answer).partition(b"\r\n\r\n")
+        parts = head.split(b"\r\n", 1)[0].split()
+        result.status = int(parts[1]) if len(parts) > 1 and parts[1].isdigit() else 0
+        result.sha256 = body.decode("latin-1").strip()
+        if not answer:
+            result.error = "connection closed before any response"
+        elif result.status != 200:
+            result.error = f"HTTP status {result.status}"
+        elif result.sha256 != expected_sha256:
+            result.error = f"the target received a body with SHA-256 {result.sha256[:64]!r}"
             result.hash_mismatch = True
         else:
             result.ok = True

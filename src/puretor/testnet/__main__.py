@@ -1,6 +1,7 @@
 """``puretor-testnet`` (also ``python -m puretor.testnet``): run the private Tor network by hand.
 
     up     [--dir DIR] [--rootless | --netns NAME | --current-netns]
+           [--network-profile loopback|realistic] [--seed N]
                                start, wait until usable, print "ready"
     down   [--dir DIR]         stop what `up` started and the commands `exec` runs
     status [--dir DIR]         processes and the latest consensus
@@ -8,6 +9,10 @@
 
 The network has only loopback. As root it runs in a named namespace (``ip netns add``); as any
 other user, or with --rootless, in a user + network namespace kept by a small holder process.
+
+--network-profile realistic: 18 relays with per-relay one-way delays (drawn with --seed), a
+delayed target, bandwidth caps, families and two bad relays (a stalling and a slow one); a
+userspace link emulator adds the delays. ``status`` shows them; network.json records them.
 
 Try it, in a shell where the virtualenv that has puretor is active:
 
@@ -27,8 +32,10 @@ import shutil
 import sys
 import time
 from pathlib import Path
+from typing import Any
 
-from puretor.testnet import consensus, execs, layout, netns, procs
+from puretor.testnet import consensus, execs, layout, netns, procs, profiles
+from puretor.testnet.info import NetworkInfo, NodeInfo
 from puretor.testnet.procs import ProcRecord
 
 PROG = "puretor-testnet"
@@ -47,6 +54,10 @@ def _namespace_choice(args: argparse.Namespace) -> tuple[str | None, bool]:
 def _cmd_up(args: argparse.Namespace) -> int:
     from puretor.testnet.network import NetworkError, TestNetwork
 
+    if args.seed is not None and args.network_profile != profiles.REALISTIC:
+        print("--seed only applies to --network-profile realistic", file=sys.stderr)
+        return 2
+    plan = profiles.plan_for(args.network_profile, args.seed)
     workdir = Path(args.dir).resolve()
     if (workdir / "state.json").exists():
         old = TestNetwork.attach(workdir)
@@ -73,6 +84,7 @@ def _cmd_up(args: argparse.Namespace) -> int:
             workdir,
             netns=name,
             rootless=rootless,
+            plan=plan,
             timeout=args.timeout,
             detach=True,
             progress=progress,
@@ -85,6 +97,8 @@ def _cmd_up(args: argparse.Namespace) -> int:
         return 130
     info = net.info
     print(f"ready in {info['ready_seconds']:.1f}s: {workdir / 'network.json'}")
+    if plan.emulated:
+        print(f"  network profile: {profile_summary(info)} (`status` lists each relay's)")
     print(f"  client torrc: {info['client_torrc']} (SocksPort 127.0.0.1:{info['socks_port']})")
     if name or rootless:
         print(f"  run programs inside with: {PROG} exec --dir {args.dir} -- CMD")
@@ -145,10 +159,19 @@ def _cmd_status(args: argparse.Namespace) -> int:
     if summary is None:
         print("  no consensus yet")
         return 0
+    info = net.info if (workdir / "network.json").exists() else None
+    nodes = {r["nickname"]: r for r in info["relays"]} if info else {}
+    if info and info.get("network_profile", {}).get("name", profiles.LOOPBACK) != profiles.LOOPBACK:
+        print(f"  network profile: {profile_summary(info)}")
+        stats = net.link_stats()
+        if stats is not None:
+            print(f"  link emulator: {emulator_summary(stats)}")
     print(f"  consensus valid-after {summary.valid_after}: {len(summary.routers)} relays")
     for entry in sorted(summary.routers.values(), key=lambda e: e.nickname):
-        print(f"    {entry.nickname:10} {entry.address:12} {' '.join(sorted(entry.flags))}")
-    if (workdir / "network.json").exists():
+        link = link_summary(nodes[entry.nickname]) if entry.nickname in nodes else ""
+        flags = " ".join(sorted(entry.flags))
+        print(f"    {entry.nickname:10} {entry.address:12} {link}{flags}")
+    if info is not None:
         expected = {
             r["fingerprint"]: (r["nickname"], frozenset(r["expected_flags"]))
             for r in net.info["relays"]
@@ -157,6 +180,45 @@ def _cmd_status(args: argparse.Namespace) -> int:
         problems = consensus.missing_flags(summary, expected)
         print("  problems: " + ("; ".join(problems) if problems else "none"))
     return 0
+
+
+def profile_summary(info: NetworkInfo) -> str:
+    """One line: the profile, its seed and the target's delay."""
+    prof = info["network_profile"]
+    if prof["name"] == profiles.LOOPBACK:
+        return profiles.LOOPBACK
+    return (
+        f"{prof['name']} (seed {prof['seed']}), one-way delays per relay below, "
+        f"exits to targets {prof['target_delay_ms']:g} ms"
+    )
+
+
+def link_summary(node: NodeInfo) -> str:
+    """A relay's delay, cap and fault for `status` ("" in the loopback profile)."""
+    if not node.get("one_way_delay_ms") and not node.get("bandwidth_rate_kb"):
+        return ""
+    cap = node["bandwidth_rate_kb"]
+    parts = [f"{node['one_way_delay_ms']:5.1f} ms", f"{cap / 1000:4.1f} MB/s" if cap else "no cap"]
+    if node["fault"] == "stall":
+        parts.append(f"STALLS after {node['stall_after']:g} s")
+    elif node["fault"]:
+        parts.append(node["fault"].upper())
+    if node["family"]:
+        parts.append("family " + ",".join(node["family"]))
+    return "  ".join(parts) + "  "
+
+
+def emulator_summary(stats: dict[str, Any]) -> str:
+    """The link emulator's counters (`TestNetwork.link_stats`) in one line."""
+    links: dict[str, dict[str, int]] = stats.get("links") or {}
+    total = sum(int(v.get("bytes", 0)) for v in links.values())
+    conns = sum(int(v.get("connections", 0)) for v in links.values())
+    cpu = float(stats.get("cpu_seconds", 0.0))
+    per_gb = f", {cpu / (total / 1e9):.2f} CPU s/GB" if total >= 10_000_000 else ""
+    return (
+        f"{len(links)} links, {conns} connections, {total / 1e6:.1f} MB forwarded, "
+        f"{cpu:.1f} CPU s{per_gb}"
+    )
 
 
 def _resolve(cmd: list[str]) -> list[str]:
@@ -195,6 +257,13 @@ def _cmd_exec(args: argparse.Namespace) -> int:
 
 def _cmd_serve_targets(args: argparse.Namespace) -> int:
     from puretor.testnet.targets import serve
+
+    serve(json.loads(Path(args.config).read_text()))
+    return 0
+
+
+def _cmd_serve_links(args: argparse.Namespace) -> int:
+    from puretor.testnet.linkemu import serve
 
     serve(json.loads(Path(args.config).read_text()))
     return 0
@@ -240,6 +309,17 @@ def build_parser() -> argparse.ArgumentParser:
         action="store_true",
         help="run in the current namespace (must already be sealed: only `lo`)",
     )
+    up.add_argument(
+        "--network-profile",
+        choices=profiles.PROFILES,
+        default=profiles.LOOPBACK,
+        help="loopback (default: no added latency) or realistic (delays, caps, more relays)",
+    )
+    up.add_argument(
+        "--seed",
+        type=int,
+        help=f"realistic profile: draw the delays with this seed (default {profiles.DEFAULT_SEED})",
+    )
     up.add_argument("--timeout", type=float, default=240.0)
     up.set_defaults(func=_cmd_up)
     with_dir(sub.add_parser("down", help="stop it")).set_defaults(func=_cmd_down)
@@ -252,6 +332,9 @@ def build_parser() -> argparse.ArgumentParser:
     st = sub.add_parser("serve-targets", help="(internal) the targets + DNS daemon")
     st.add_argument("--config", required=True)
     st.set_defaults(func=_cmd_serve_targets)
+    links = sub.add_parser("serve-links", help="(internal) the link emulator")
+    links.add_argument("--config", required=True)
+    links.set_defaults(func=_cmd_serve_links)
     hold = sub.add_parser("hold-netns", help="(internal) make and keep a rootless namespace")
     hold.add_argument("--ready", required=True)
     hold.set_defaults(func=_cmd_hold_netns)

@@ -15,6 +15,7 @@ from puretor.testnet.info import (
     FileInfo,
     NetworkInfo,
     NodeInfo,
+    ProfileInfo,
 )
 from puretor.testnet.layout import NetworkPlan
 from puretor.testnet.prepare import NodeFiles, Prepared
@@ -51,11 +52,21 @@ def build_info(
         }
         for name, meta in ready["files"].items()
     }
-    relays = [node_info(nf) for nf in prep.nodes.values() if nf.spec.is_relay]
+    families = {
+        nf.spec.nickname: [
+            o.spec.nickname
+            for o in prep.nodes.values()
+            if nf.spec.family and o.spec.family == nf.spec.family and o is not nf
+        ]
+        for nf in prep.nodes.values()
+    }
+    relays = [
+        node_info(nf, families[nf.spec.nickname]) for nf in prep.nodes.values() if nf.spec.is_relay
+    ]
     auth_lines = [torrc.dir_authority_line(a) for a in prep.authorities]
     authorities: list[AuthorityInfo] = [
         {
-            **node_info(prep.nodes[a.nickname]),
+            **node_info(prep.nodes[a.nickname], families[a.nickname]),
             "v3ident": a.v3ident,
             "dir_authority_line": line,
         }
@@ -92,6 +103,7 @@ def build_info(
         "tor_binary": tor,
         "tor_version": tor_version(tor),
         "ready_seconds": round(elapsed, 1),
+        "network_profile": profile_info(plan, prep),
         "voting_interval": layout.VOTING_INTERVAL,
         "hs_time_period_minutes": 24 * layout.VOTING_INTERVAL // 60,
         "consensus_params": dict(layout.CONSENSUS_PARAMS),
@@ -164,7 +176,19 @@ def build_info(
     }
 
 
-def node_info(nf: NodeFiles) -> NodeInfo:
+def profile_info(plan: NetworkPlan, prep: Prepared) -> ProfileInfo:
+    emulated = prep.links_config is not None
+    return {
+        "name": plan.profile,
+        "seed": plan.seed,
+        "target_delay_ms": plan.target_delay_ms,
+        "links_config": str(prep.links_config) if emulated else None,
+        "links_stats": str(prep.workdir / "links.stats.json") if emulated else None,
+        "links_log": str(prep.workdir / "links.log") if emulated else None,
+    }
+
+
+def node_info(nf: NodeFiles, family: Sequence[str] = ()) -> NodeInfo:
     return {
         "nickname": nf.spec.nickname,
         "role": nf.spec.role,
@@ -176,6 +200,12 @@ def node_info(nf: NodeFiles) -> NodeInfo:
         "fingerprint": nf.fingerprint,
         "ed25519": nf.ed25519,
         "bandwidth_kb": nf.spec.bandwidth_kb,
+        "listen_orport": nf.spec.listen_orport,
+        "one_way_delay_ms": nf.spec.delay_ms,
+        "bandwidth_rate_kb": nf.spec.rate_kb,
+        "family": list(family),
+        "fault": nf.spec.fault,
+        "stall_after": nf.spec.stall_after,
         "expected_flags": sorted(layout.expected_flags(nf.spec)) if nf.spec.is_relay else [],
         "exit_policy": list(nf.spec.exit_policy) if nf.spec.is_relay else [],
         "data_dir": str(nf.dir),

@@ -34,6 +34,13 @@ class NodeInfo(TypedDict):
     fingerprint: str | None  # RSA identity, 40 upper-case hex (None for onion hosts)
     ed25519: str | None  # base64 ed25519 identity
     bandwidth_kb: int  # measured value given to the authorities
+    # The network profile's link (see profiles.py); the loopback profile: 0, 0, None ...
+    listen_orport: int | None  # where tor itself listens (the emulator serves `orport`)
+    one_way_delay_ms: float  # added to each direction of every connection to it
+    bandwidth_rate_kb: int  # BandwidthRate = BandwidthBurst, KB/s (1000 bytes); 0: no cap
+    family: list[str]  # nicknames of the other relays of its family (MyFamily)
+    fault: str | None  # "stall" or "slow": a bad relay
+    stall_after: float | None  # "stall": seconds into each connection it goes silent
     expected_flags: list[str]
     exit_policy: list[str]
     data_dir: str
@@ -130,6 +137,17 @@ class ConsensusInfo(TypedDict):
     bandwidth_weights: dict[str, int]
 
 
+class ProfileInfo(TypedDict):
+    name: str  # "loopback" or "realistic"
+    seed: int | None  # the realistic profile's delays are a function of it
+    target_delay_ms: float  # one-way, between the exits and the targets (TargetsInfo.ip)
+    # The link emulator (realistic profile; else None): its config (links.json), the counters
+    # it rewrites every few seconds (cpu_seconds; per link connections, bytes, ...), its log.
+    links_config: str | None
+    links_stats: str | None
+    links_log: str | None
+
+
 class NetworkInfo(TypedDict):
     schema_version: int
     workdir: str
@@ -137,6 +155,7 @@ class NetworkInfo(TypedDict):
     tor_binary: str
     tor_version: str
     ready_seconds: float  # from start() to ready
+    network_profile: ProfileInfo
     voting_interval: int  # seconds (consensus valid for 3 intervals)
     # C tor under TestingTorNetwork: the onion time period is one shared-random protocol run,
     # 24 voting intervals, in whole minutes (8 with 20 s voting) instead of a day.

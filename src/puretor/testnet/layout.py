@@ -11,6 +11,11 @@ The authorities and two of the three guards also have an IPv6 ORPort, on fd00:0:
 ClientUseIPv6 and ClientPreferIPv6ORPort have something to choose between. Those addresses share
 one /32 on purpose: with EnforceDistinctSubnets 1 (off under TestingTorNetwork) no circuit may
 hold two dual-stack relays, which is how that option shows here.
+
+A plan has a network profile (`NetworkPlan.profile`): "loopback" (the default, the nodes below,
+no added latency) or "realistic" (more relays, per-relay delays, bandwidth caps, families and
+two bad relays; see profiles.py). In the realistic profile every advertised ORPort is served by
+the link emulator (linkemu.py) and the relay itself listens on `PRIVATE_OR_PORT`.
 """
 
 from __future__ import annotations
@@ -21,6 +26,7 @@ from typing import Literal
 Role = Literal["authority", "guard", "middle", "exit", "onion-service"]
 
 OR_PORT = 9001
+PRIVATE_OR_PORT = 9101  # realistic profile: where the relay itself listens (NoAdvertise)
 DIR_PORT = 9030  # authorities only; relays serve directory data over BEGIN_DIR
 DEFAULT_SOCKS_PORT = 9050
 DEFAULT_NETNS = "puretor-testnet"
@@ -65,6 +71,9 @@ CONSENSUS_PARAMS: dict[str, int] = {
 # --- targets (all inside the namespace) -------------------------------------------------------
 LOCAL_TARGET_NET = "198.18.0.0/15"
 TARGET_IP = "198.18.0.10"
+# Realistic profile: the targets daemon listens here; the link emulator serves TARGET_IP's
+# ports and forwards to it, adding the target's delay (and keeping the exit's source address).
+TARGET_PRIVATE_IP = "198.18.1.10"
 ONION_PLAIN_BACKEND_IP = "198.18.0.20"
 ONION_AUTH_BACKEND_IP = "198.18.0.21"
 HTTP_PORT = 80
@@ -110,6 +119,13 @@ class NodeSpec:
     onion_backend: str | None = None  # "IP:PORT" behind HiddenServicePort 80
     client_auth: bool = False
     ipv6_address: str | None = None  # a second ORPort there (relays only)
+    # Realistic profile (see profiles.py); the loopback profile leaves these at their defaults.
+    emulated: bool = False  # its advertised ORPorts are the link emulator's
+    delay_ms: float = 0.0  # one-way delay the emulator adds on every connection to it
+    rate_kb: int = 0  # BandwidthRate = BandwidthBurst in KB/s (1000 bytes); 0: no cap
+    family: str = ""  # relays with the same label declare each other (MyFamily)
+    fault: str | None = None  # "stall" or "slow": a bad relay
+    stall_after: float | None = None  # "stall": each connection goes silent after this long
 
     @property
     def is_relay(self) -> bool:
@@ -117,11 +133,19 @@ class NodeSpec:
 
     @property
     def orport(self) -> int | None:
+        """The advertised ORPort (the emulator's when `emulated`)."""
         return OR_PORT if self.is_relay else None
 
     @property
     def ipv6_orport(self) -> int | None:
         return OR_PORT if self.is_relay and self.ipv6_address else None
+
+    @property
+    def listen_orport(self) -> int | None:
+        """The port tor itself listens on: `orport`, or a private one behind the emulator."""
+        if not self.is_relay:
+            return None
+        return PRIVATE_OR_PORT if self.emulated else OR_PORT
 
     @property
     def dirport(self) -> int | None:
@@ -130,7 +154,8 @@ class NodeSpec:
     @property
     def hsdir(self) -> bool:
         # Every non-authority relay is an HSDir: 6 of them cover 2 replicas x spread 4 well enough.
-        return self.role in ("guard", "middle", "exit")
+        # Not the bad relays: onion services must stay reachable in the realistic profile.
+        return self.role in ("guard", "middle", "exit") and self.fault is None
 
 
 def _addr(n: int) -> str:
@@ -141,9 +166,20 @@ def _addr6(n: int) -> str:
     return f"fd00:0:0:{n}::1"
 
 
+DEFAULT_PROFILE = "loopback"
+
+
 @dataclass(frozen=True)
 class NetworkPlan:
     nodes: tuple[NodeSpec, ...] = field(default_factory=lambda: default_nodes())
+    profile: str = DEFAULT_PROFILE  # "loopback" or "realistic" (profiles.py makes those)
+    seed: int | None = None  # what the realistic profile's delays were drawn with
+    target_delay_ms: float = 0.0  # one-way delay between the exits and the targets
+
+    @property
+    def emulated(self) -> bool:
+        """Does this network run the link emulator (any relay behind it)?"""
+        return any(n.emulated for n in self.nodes)
 
     def by_role(self, *roles: Role) -> list[NodeSpec]:
         return [n for n in self.nodes if n.role in roles]
@@ -155,7 +191,7 @@ class NetworkPlan:
 
     def without_ipv6(self) -> NetworkPlan:
         """The same plan with IPv4 ORPorts only (for a namespace without IPv6)."""
-        return NetworkPlan(tuple(replace(n, ipv6_address=None) for n in self.nodes))
+        return replace(self, nodes=tuple(replace(n, ipv6_address=None) for n in self.nodes))
 
     def node(self, nickname: str) -> NodeSpec:
         for n in self.nodes:

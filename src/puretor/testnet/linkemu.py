@@ -25,8 +25,11 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import json
+import math
+import selectors
 import signal
 import time
+from collections import deque
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -34,6 +37,14 @@ from typing import Any
 
 MAX_IN_FLIGHT = 4 * 1024 * 1024  # per direction: above a 100 MB/s x 40 ms bandwidth-delay product
 RESUME_BELOW = MAX_IN_FLIGHT // 2
+# Wake-ups are what the emulator's CPU goes on (a context switch and a turn of asyncio's loop
+# each), so it has few: deliveries happen on a TICK grid, shared by every link, and when a
+# socket becomes readable the loop first waits COALESCE for more to arrive (`_CoalescingSelector`).
+# Each direction's delay is shortened by the average lateness that adds, so that a delivery is
+# on time on average (within about a millisecond either way).
+TICK = 0.001
+COALESCE = 0.001
+LATENESS = COALESCE + TICK / 2  # a sparse chunk's average: read COALESCE late, then the grid
 
 
 @dataclass(frozen=True)
@@ -45,6 +56,10 @@ class Link:
     target: tuple[str, int]
     delay: float  # one way, applied in each direction
     stall_after: float | None = None  # a bad relay: forwards nothing after this long
+    # Connect onwards from the accepted connection's own source address (which must be local),
+    # so the target sees who connected (the targets log exits' addresses); otherwise the
+    # kernel picks the source (127.0.0.1 towards 127/8).
+    keep_source: bool = False
 
     def to_json(self) -> dict[str, Any]:
         return {
@@ -53,6 +68,7 @@ class Link:
             "target": list(self.target),
             "delay": self.delay,
             "stall_after": self.stall_after,
+            "keep_source": self.keep_source,
         }
 
     @classmethod
@@ -63,6 +79,7 @@ class Link:
             (data["target"][0], int(data["target"][1])),
             float(data["delay"]),
             data.get("stall_after"),
+            bool(data.get("keep_source", False)),
         )
 
 
@@ -82,8 +99,40 @@ class LinkStats:
         }
 
 
+_EOF = b""  # queued after the last chunk: the source's EOF
+_LOST = None  # queued after the last chunk: the source went away
+
+
+def _on_grid(due: float) -> float:
+    """The tick a chunk due at `due` goes out at: the last one before it (the flush sends
+    what comes due within a tick)."""
+    return math.floor(due / TICK) * TICK
+
+
+class _CoalescingSelector(selectors.DefaultSelector):
+    """Once something is ready, wait COALESCE and take everything ready by then: one wake-up
+    for many chunks when busy (an idle emulator still sleeps as long as asyncio asks)."""
+
+    def select(self, timeout: float | None = None) -> list[tuple[selectors.SelectorKey, int]]:
+        ready = super().select(timeout)
+        if ready and (timeout is None or timeout > 0):
+            time.sleep(COALESCE if timeout is None else min(COALESCE, timeout))
+            ready = super().select(0)  # level-triggered: what was ready still is
+        return ready
+
+
+def new_event_loop() -> asyncio.AbstractEventLoop:
+    """The emulator's event loop (`serve` runs in it)."""
+    return asyncio.SelectorEventLoop(_CoalescingSelector())
+
+
 class _Direction:
-    """Bytes from one transport to another, each chunk held for ``delay`` seconds."""
+    """Bytes from one transport to another, each chunk held for ``delay`` seconds.
+
+    Chunks wait in a queue in arrival order, behind one timer for the oldest: whatever has
+    come due when it fires goes to the sink in one write (so a busy link costs one timer and
+    one send per batch, not per chunk), and the source's EOF keeps its place behind them.
+    """
 
     def __init__(
         self,
@@ -93,14 +142,22 @@ class _Direction:
         deadline: float | None,
     ) -> None:
         self.loop = loop
-        self.delay = delay
+        self.delay = max(0.0, delay - LATENESS) if delay else 0.0
         self.stats = stats
         self.deadline = deadline  # loop time after which nothing is forwarded (a stall)
         self.source: asyncio.Transport | None = None
         self.sink: asyncio.Transport | None = None
+        self.queue: deque[tuple[float, bytes | None]] = deque()
+        self.timer: asyncio.TimerHandle | None = None
         self.in_flight = 0
         self.paused = False
         self.eof_pending = False
+
+    def _enqueue(self, now: float, item: bytes | None) -> None:
+        due = now + self.delay
+        self.queue.append((due, item))
+        if self.timer is None:
+            self.timer = self.loop.call_at(_on_grid(due), self._flush)
 
     def feed(self, data: bytes) -> None:
         now = self.loop.time()
@@ -109,17 +166,34 @@ class _Direction:
         self.in_flight += len(data)
         self.stats.bytes += len(data)
         self.stats.chunks += 1
-        self.loop.call_at(now + self.delay, self._deliver, data)
+        self._enqueue(now, data)
         if self.in_flight > MAX_IN_FLIGHT and not self.paused and self.source is not None:
             self.paused = True
             self.stats.paused += 1
             self.source.pause_reading()
 
-    def _deliver(self, data: bytes) -> None:
-        self.in_flight -= len(data)
-        sink = self.sink
-        if sink is not None and not sink.is_closing():
-            sink.write(data)
+    def _flush(self) -> None:
+        self.timer = None
+        now = self.loop.time() + TICK  # what comes due before the next tick goes now
+        batch: list[bytes] = []
+        ended = lost = False
+        queue = self.queue
+        while queue and queue[0][0] <= now:
+            item = queue.popleft()[1]
+            if not item:  # _EOF or _LOST: nothing comes after it
+                ended, lost = True, item is _LOST
+                break
+            batch.append(item)
+        if batch:
+            size = sum(map(len, batch))
+            self.in_flight -= size
+            sink = self.sink
+            if sink is not None and not sink.is_closing():
+                sink.write(batch[0] if len(batch) == 1 else b"".join(batch))
+        if ended:
+            self._finish(lost=lost)
+        elif queue:
+            self.timer = self.loop.call_at(_on_grid(queue[0][0]), self._flush)
         self._maybe_resume()
 
     def sink_drained(self) -> None:
@@ -139,16 +213,19 @@ class _Direction:
         if self.eof_pending:
             return
         self.eof_pending = True
-        self.loop.call_at(self.loop.time() + self.delay, self._finish, lost)
+        self._enqueue(self.loop.time(), _LOST if lost else _EOF)
 
-    def _finish(self, lost: bool) -> None:
+    def _finish(self, *, lost: bool) -> None:
         sink = self.sink
         if sink is None or sink.is_closing():
             return
         if lost or not sink.can_write_eof():
             sink.close()
-        else:
+            return
+        try:
             sink.write_eof()
+        except OSError:  # the sink's peer is gone already (ENOTCONN)
+            sink.abort()
 
 
 class _Side(asyncio.Protocol):
@@ -188,11 +265,17 @@ class _ClientSide(_Side):
     """The accepted end: connects onwards first, reading nothing until that is done."""
 
     def __init__(
-        self, outbound: _Direction, inbound: _Direction, relay: _Side, target: tuple[str, int]
+        self,
+        outbound: _Direction,
+        inbound: _Direction,
+        relay: _Side,
+        target: tuple[str, int],
+        keep_source: bool = False,
     ) -> None:
         super().__init__(outbound, inbound)
         self.relay = relay
         self.target = target
+        self.keep_source = keep_source
 
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
         super().connection_made(transport)
@@ -202,8 +285,14 @@ class _ClientSide(_Side):
 
     async def _connect(self) -> None:
         assert self.transport is not None
+        source = None
+        if self.keep_source:
+            peer = self.transport.get_extra_info("peername")
+            source = (peer[0], 0) if peer else None
         try:
-            await asyncio.get_running_loop().create_connection(lambda: self.relay, *self.target)
+            await asyncio.get_running_loop().create_connection(
+                lambda: self.relay, *self.target, local_addr=source
+            )
         except OSError:
             self.transport.abort()
             return
@@ -238,7 +327,7 @@ class LinkEmulator:
         deadline = loop.time() + link.stall_after if link.stall_after is not None else None
         up = _Direction(loop, link.delay, stats, deadline)  # client -> relay
         down = _Direction(loop, link.delay, stats, deadline)  # relay -> client
-        return _ClientSide(up, down, _Side(down, up), link.target)
+        return _ClientSide(up, down, _Side(down, up), link.target, link.keep_source)
 
     def close(self) -> None:
         for server in self._servers:
@@ -279,7 +368,8 @@ def serve(config: dict[str, Any]) -> None:
             write_stats()
         emu.close()
 
-    asyncio.run(main())
+    with asyncio.Runner(loop_factory=new_event_loop) as runner:
+        runner.run(main())
 
 
 @dataclass(frozen=True)

@@ -29,7 +29,7 @@ from types import FrameType, TracebackType
 from typing import Any
 
 import puretor
-from puretor.testnet import consensus, layout, netns, procs, torrc
+from puretor.testnet import consensus, layout, netns, procs, profiles, torrc
 from puretor.testnet.describe import build_info
 from puretor.testnet.info import NetworkInfo
 from puretor.testnet.layout import NetworkPlan
@@ -37,6 +37,7 @@ from puretor.testnet.prepare import NodeFiles, Prepared, prepare
 from puretor.testnet.procs import ProcRecord
 
 TARGETS = "targets"  # process name of the targets daemon
+LINKS = "links"  # process name of the link emulator (realistic profile)
 HOLDER = "netns-holder"  # process name of the rootless namespace's holder
 UPLOAD_OK = "status 200"  # in "Uploading hidden service descriptor: finished with status 200"
 
@@ -167,7 +168,9 @@ class TestNetwork:
         """A handle on a network started earlier (by `up`), from its state file."""
         workdir = Path(workdir).resolve()
         state = json.loads((workdir / "state.json").read_text())
-        net = cls(workdir, netns=state["netns"], detach=True)
+        profile = state.get("profile") or {}
+        plan = profiles.plan_for(profile.get("name", profiles.LOOPBACK), profile.get("seed"))
+        net = cls(workdir, netns=state["netns"], plan=plan, detach=True)
         net.records = {k: ProcRecord.from_json(v) for k, v in state["processes"].items()}
         if state.get("holder"):
             net.rootless, net.holder = True, ProcRecord.from_json(state["holder"])
@@ -249,7 +252,7 @@ class TestNetwork:
         rec = self._record(nickname)
         if procs.is_alive(rec):
             return
-        env = _python_env() if nickname == TARGETS else None
+        env = _python_env() if nickname in (TARGETS, LINKS) else None
         self._spawn(nickname, rec.argv, Path(rec.log), env=env)
 
     start_authority = start_node
@@ -260,9 +263,12 @@ class TestNetwork:
         self.start_node(nickname)
 
     def node_log(self, nickname: str) -> Path:
-        """The notice log of a tor process (the targets daemon: its stdout log)."""
+        """The notice log of a tor process (the targets daemon and the link emulator: their
+        stdout logs)."""
         if nickname == TARGETS:
             return self.workdir / "targets" / "daemon.log"
+        if nickname == LINKS:
+            return self.workdir / "links.log"
         return self.workdir / "nodes" / nickname / "notice.log"
 
     def log_offset(self, nickname: str) -> int:
@@ -348,6 +354,11 @@ class TestNetwork:
 
         progress("generating keys and configuration")
         prep = prepare(self.workdir, self.plan, tor=self.tor, gencert=self.gencert)
+
+        if prep.links_config is not None:
+            # First: the advertised ORPorts (and the targets' addresses) are its listeners.
+            progress("starting the link emulator (realistic profile)")
+            self._start_links(prep.links_config)
 
         progress("starting targets, DNS and tor processes")
         self._spawn(
@@ -453,6 +464,23 @@ class TestNetwork:
         )
         self._write_outputs(prep)
 
+    def _start_links(self, config: Path) -> None:
+        ready = self.workdir / "links.ready"
+        ready.unlink(missing_ok=True)
+        log = self.workdir / "links.log"
+        argv = [sys.executable, "-m", "puretor.testnet", "serve-links", "--config", str(config)]
+        self._spawn(LINKS, argv, log, env=_python_env())
+        self._wait(ready.exists, 30.0, "the link emulator", logs=[log])
+
+    def link_stats(self) -> dict[str, Any] | None:
+        """The link emulator's counters (rewritten every few seconds): ``cpu_seconds`` and
+        per link ``connections``, ``bytes``, ``chunks``, ``paused``; None without one."""
+        try:
+            stats: dict[str, Any] = json.loads((self.workdir / "links.stats.json").read_text())
+        except (FileNotFoundError, ValueError):
+            return None
+        return stats
+
     def _start_holder(self) -> None:
         """Start the process that makes and keeps the rootless namespace; wait until it has."""
         self.workdir.mkdir(parents=True, exist_ok=True)
@@ -540,6 +568,7 @@ class TestNetwork:
         state = {
             "netns": self.netns,
             "holder": self.holder.to_json() if self.holder is not None else None,
+            "profile": {"name": self.plan.profile, "seed": self.plan.seed},
             "processes": {k: r.to_json() for k, r in self.records.items()},
         }
         tmp = self.workdir / "state.json.tmp"

@@ -8,6 +8,7 @@ Layout of the work directory::
     bandwidth-file            V3BandwidthsFile of every authority
     nodes/<nickname>/         DataDirectory, torrc, notice.log (+ rend.log for onion hosts)
     targets/                  CA, server cert, targets.json, ready.json, sources.log
+    links.json                realistic profile: the link emulator's config (linkemu.py)
 """
 
 from __future__ import annotations
@@ -20,7 +21,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from puretor.testnet import bwfile, layout, pki, torrc
+from puretor.testnet import bwfile, layout, pki, profiles, torrc
 from puretor.testnet.layout import NetworkPlan, NodeSpec
 
 
@@ -58,6 +59,7 @@ class Prepared:
     targets_config: Path
     targets_ready: Path
     source_log: Path
+    links_config: Path | None = None  # the link emulator's, when the plan has one
 
 
 def _run_all(cmds: list[tuple[list[str], Path]]) -> None:
@@ -98,7 +100,8 @@ def prepare(workdir: Path, plan: NetworkPlan, *, tor: str, gencert: str) -> Prep
     # A reused work dir must not leak the last run's consensus, logs or keys into this one.
     for stale in ("nodes", "targets", "client-data", "client-onion-auth"):
         shutil.rmtree(workdir / stale, ignore_errors=True)
-    (workdir / "network.json").unlink(missing_ok=True)
+    for stale_file in ("network.json", "links.json", "links.ready", "links.stats.json"):
+        (workdir / stale_file).unlink(missing_ok=True)
     defaults = workdir / "torrc-defaults"
     defaults.write_text("# intentionally empty: nothing from /etc/tor\n")
     nodes = {
@@ -193,12 +196,17 @@ def prepare(workdir: Path, plan: NetworkPlan, *, tor: str, gencert: str) -> Prep
         return [nf.fingerprint or "" for nf in relays if nf.spec.role in roles]
 
     hsdirs = [nf.fingerprint or "" for nf in relays if nf.spec.hsdir]
+    families = family_fingerprints(
+        [(nf.spec.nickname, nf.spec.family, nf.fingerprint or "") for nf in relays]
+    )
 
     # 3. torrcs and onion service directories.
     client_auth = pki.new_client_auth_keys()
-    offset = torrc.voting_start_offset(time.time())  # the tor processes start right after this
+    # The tor processes start right after this (the emulator first, if any).
+    offset = torrc.voting_start_offset(time.time(), first_vote_lead(plan))
     for nf in nodes.values():
         spec = nf.spec
+        family = families.get(spec.nickname, [])
         if spec.role == "authority":
             text = torrc.authority_torrc(
                 spec,
@@ -209,6 +217,7 @@ def prepare(workdir: Path, plan: NetworkPlan, *, tor: str, gencert: str) -> Prep
                 exit_fps=fps("exit"),
                 hsdir_fps=hsdirs,
                 voting_start_offset=offset,
+                family=family,
             )
         elif spec.role == "onion-service":
             text = torrc.onion_host_torrc(spec, nf.dir, authorities)
@@ -217,7 +226,7 @@ def prepare(workdir: Path, plan: NetworkPlan, *, tor: str, gencert: str) -> Prep
                 auth_dir = _private_dir(nf.hs_dir / "authorized_clients")
                 (auth_dir / "client.auth").write_text(client_auth.service_line() + "\n")
         else:
-            text = torrc.relay_torrc(spec, nf.dir, authorities, resolv_conf=resolv)
+            text = torrc.relay_torrc(spec, nf.dir, authorities, resolv_conf=resolv, family=family)
         nf.torrc.write_text(text)
 
     # 4. Targets: TLS material and the daemon's config.
@@ -226,16 +235,52 @@ def prepare(workdir: Path, plan: NetworkPlan, *, tor: str, gencert: str) -> Prep
     ready = tdir / "ready.json"
     ready.unlink(missing_ok=True)
     sources = tdir / "sources.log"
-    config = targets_config(cert=cert, key=key, ready=ready, source_log=sources)
+    # Behind the emulator, the targets listen on a private address (the emulator serves theirs).
+    target_ip = layout.TARGET_PRIVATE_IP if plan.emulated else layout.TARGET_IP
+    config = targets_config(cert=cert, key=key, ready=ready, source_log=sources, ip=target_ip)
     config_path = tdir / "targets.json"
     config_path.write_text(json.dumps(config, indent=2))
+
+    # 5. The link emulator's listeners.
+    links_path = None
+    if plan.emulated:
+        links_path = workdir / "links.json"
+        links_path.write_text(json.dumps(profiles.link_plan(plan).config(workdir), indent=2))
     return Prepared(
-        workdir, nodes, authorities, client_auth, defaults, ca, config_path, ready, sources
+        workdir,
+        nodes,
+        authorities,
+        client_auth,
+        defaults,
+        ca,
+        config_path,
+        ready,
+        sources,
+        links_path,
     )
 
 
-def targets_config(*, cert: Path, key: Path, ready: Path, source_log: Path) -> dict[str, Any]:
-    ip = layout.TARGET_IP
+def first_vote_lead(plan: NetworkPlan) -> float:
+    """Seconds from start to the first vote: every relay must have published by then. Tor
+    processes start about 0.3 s of CPU apart on a loaded 2-core machine, so a bigger network
+    needs longer (the loopback plan's 9 relays: `layout.FIRST_VOTE_LEAD`)."""
+    relays = sum(n.is_relay for n in plan.nodes)
+    return layout.FIRST_VOTE_LEAD + max(0, relays - 9) * 0.35
+
+
+def family_fingerprints(relays: list[tuple[str, str, str]]) -> dict[str, list[str]]:
+    """nickname -> the fingerprints of the other members of its family, from (nickname,
+    family label, fingerprint) of every relay (an empty label: no family)."""
+    out: dict[str, list[str]] = {}
+    for nickname, label, _ in relays:
+        if label:
+            out[nickname] = [fp for n, lab, fp in relays if lab == label and n != nickname]
+    return out
+
+
+def targets_config(
+    *, cert: Path, key: Path, ready: Path, source_log: Path, ip: str = layout.TARGET_IP
+) -> dict[str, Any]:
     return {
         "files": layout.FILE_SIZES,
         "source_log": str(source_log),

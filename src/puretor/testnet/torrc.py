@@ -66,13 +66,40 @@ def common_lines(
     ]
 
 
-def _relay_lines(node: NodeSpec) -> list[str]:
+def orport_lines(node: NodeSpec) -> list[str]:
+    """The ORPort lines: one per address, or, behind the link emulator, the advertised port
+    (the emulator's: NoListen) and the private one tor listens on (NoAdvertise)."""
+    assert node.orport is not None and node.listen_orport is not None
+    addresses = [node.address, *([f"[{node.ipv6_address}]"] if node.ipv6_address else [])]
+    if not node.emulated:
+        # A dual-stack relay: a second ORPort, published in the consensus `a` line.
+        return [f"ORPort {a}:{node.orport}" for a in addresses]
+    lines = []
+    for a in addresses:
+        lines += [
+            f"ORPort {a}:{node.orport} NoListen",
+            f"ORPort {a}:{node.listen_orport} NoAdvertise",
+        ]
+    return lines
+
+
+def capacity_lines(node: NodeSpec, family: Sequence[str] = ()) -> list[str]:
+    """A relay's bandwidth cap and its family (the other members' fingerprints)."""
+    lines = []
+    if node.rate_kb:
+        rate = node.rate_kb * 1000  # bytes/s: the bandwidth file's KB are 1000 bytes too
+        lines += [f"BandwidthRate {rate} bytes", f"BandwidthBurst {rate} bytes"]
+    if family:
+        lines.append("MyFamily " + ",".join(f"${fp}" for fp in family))
+    return lines
+
+
+def _relay_lines(node: NodeSpec, family: Sequence[str] = ()) -> list[str]:
     assert node.orport is not None
     lines = [
         f"Address {node.address}",
-        f"ORPort {node.address}:{node.orport}",
-        # A dual-stack relay: a second ORPort, published in the consensus `a` line.
-        *([f"ORPort [{node.ipv6_address}]:{node.orport}"] if node.ipv6_address else []),
+        *orport_lines(node),
+        *capacity_lines(node, family),
         # Makes the relay's own address the source of everything it sends, which is how a
         # target tells exits apart (tor skips this for 127/8 destinations, hence 198.18/15).
         f"OutboundBindAddress {node.address}",
@@ -106,13 +133,14 @@ def authority_torrc(
     hsdir_fps: Sequence[str],
     voting_start_offset: int = 0,
     consensus_params: Mapping[str, int] = layout.CONSENSUS_PARAMS,
+    family: Sequence[str] = (),
 ) -> str:
     params = " ".join(f"{k}={v}" for k, v in sorted(consensus_params.items()))
     interval, vote, dist = layout.VOTING_INTERVAL, layout.VOTE_DELAY, layout.DIST_DELAY
     return _join(
         [
             *common_lines(node.nickname, data_dir, authorities),
-            *_relay_lines(node),
+            *_relay_lines(node, family),
             f"DirPort {node.address}:{node.dirport}",
             "AuthoritativeDirectory 1",
             "V3AuthoritativeDirectory 1",
@@ -161,8 +189,10 @@ def relay_torrc(
     authorities: Sequence[AuthorityId],
     *,
     resolv_conf: Path | None = None,
+    family: Sequence[str] = (),
 ) -> str:
-    lines = [*common_lines(node.nickname, data_dir, authorities), *_relay_lines(node)]
+    """`family`: the RSA fingerprints of the other relays of its family (MyFamily)."""
+    lines = [*common_lines(node.nickname, data_dir, authorities), *_relay_lines(node, family)]
     if node.role == "exit":
         if resolv_conf is None:
             raise ValueError("an exit needs the namespace's resolv.conf")
