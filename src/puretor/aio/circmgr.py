@@ -259,6 +259,10 @@ class CircuitManager:
                 self.build_failures += 1
         raise CircuitError(f"could not build an internal circuit: {last_error}")
 
+    def current_build_timeout(self) -> float:
+        """How long a circuit build may take now (learned, or CircuitBuildTimeout)."""
+        return self.cbt.timeout() if self.learn_build_timeout else self.build_timeout
+
     async def wait_for_exit_circuit(self) -> TunnelHandle:
         """Build one clean exit circuit (bootstrap's last step) and wait for it."""
         slot = self._launch(PathRequest(exit_port=None))
@@ -383,7 +387,7 @@ class CircuitManager:
                         retries -= 1
                     else:
                         raise result
-            timeout = self.cbt.timeout() if self.learn_build_timeout else self.build_timeout
+            timeout = self.current_build_timeout()
             handle = await link_conflux(legs, timeout=timeout, desired_ux=self.conflux_ux)
         except NoPathError as exc:
             log.info("no conflux set: %s", exc)
@@ -512,7 +516,7 @@ class CircuitManager:
         netdir = self._netdir()
         cc = congestion_control
         started = time.monotonic()
-        timeout = self.cbt.timeout() if self.learn_build_timeout else self.build_timeout
+        timeout = self.current_build_timeout()
         if usage is not None:
             self.guard_waits.building(usage)
         try:

@@ -1,9 +1,9 @@
 """Reaching v3 onion services (rend-spec-v3 §2–§4), over the sans-I/O `puretor.hs`.
 
 Steps for a new service: fetch its descriptor from a responsible HSDir over a
-3-hop circuit; build a rendezvous circuit and ESTABLISH_RENDEZVOUS; build a
-circuit to an introduction point and send INTRODUCE1; on RENDEZVOUS2 add the
-virtual hop.  Streams then use that circuit with an empty BEGIN address.
+3-hop circuit while a rendezvous circuit is built and gets ESTABLISH_RENDEZVOUS;
+build a circuit to an introduction point and, once the rendezvous point has
+confirmed, send INTRODUCE1; on RENDEZVOUS2 add the virtual hop.  Streams then use that circuit with an empty BEGIN address.
 Descriptors are cached per (service, time period) and rendezvous circuits are
 reused per (service, isolation key).
 """
@@ -60,8 +60,6 @@ if TYPE_CHECKING:
 log = logging.getLogger("puretor.rend")
 
 DESC_FETCH_TIMEOUT = 30.0
-INTRO_TIMEOUT = 30.0
-REND_TIMEOUT = 60.0
 MAX_INTRO_ATTEMPTS = 6
 
 # Proposal 304 SOCKS extended errors.
@@ -124,20 +122,56 @@ class OnionClient:
 
     async def _connect(self, address: str, plan: DescriptorFetchPlan) -> TunnelHandle:
         started = time.monotonic()
-        desc = await self._descriptor(address, plan)
-        last_error: OnionError | None = None
-        tried: set[bytes] = set()
-        for _attempt in range(2):
-            try:
-                return await self._rendezvous(desc, plan, tried)
-            except OnionError as exc:
-                last_error = exc
-                if exc.socks_code not in (F2_INTRO_FAILED, F3_REND_FAILED, F7_INTRO_TIMEOUT):
-                    raise
-                log.info("rendezvous attempt failed: %s", exc)
-        assert last_error is not None
-        log.info("onion connection gave up after %.1fs", time.monotonic() - started)
-        raise last_error
+        # The rendezvous point does not depend on the descriptor: set it up while the
+        # descriptor is fetched (each step is several round trips where users live).
+        rend_task: asyncio.Task[_Rendezvous] | None = self._start_rendezvous()
+        try:
+            desc = await self._descriptor(address, plan)
+            last_error: OnionError | None = None
+            tried: set[bytes] = set()
+            for _attempt in range(2):
+                task, rend_task = rend_task or self._start_rendezvous(), None
+                try:
+                    return await self._rendezvous(desc, plan, tried, task)
+                except OnionError as exc:
+                    last_error = exc
+                    if exc.socks_code not in (F2_INTRO_FAILED, F3_REND_FAILED, F7_INTRO_TIMEOUT):
+                        raise
+                    log.info("rendezvous attempt failed: %s", exc)
+            assert last_error is not None
+            log.info("onion connection gave up after %.1fs", time.monotonic() - started)
+            raise last_error
+        finally:
+            if rend_task is not None:
+                _discard(rend_task)
+
+    def _start_rendezvous(self) -> asyncio.Task[_Rendezvous]:
+        return asyncio.ensure_future(self._establish_rendezvous())
+
+    async def _establish_rendezvous(self) -> _Rendezvous:
+        """A circuit to a rendezvous point that has our cookie (RENDEZVOUS_ESTABLISHED)."""
+        netdir = self.dirmgr.require_netdir()
+        rp = self.circmgr._selector(netdir).choose_last_hop_internal(PathRequest(internal=True))
+        try:
+            rend = await self.circmgr.build_internal_circuit(last=rp)
+        except (ChannelError, CircuitError, NoPathError) as exc:
+            raise OnionError(
+                f"could not build a rendezvous circuit: {exc}", F3_REND_FAILED
+            ) from exc
+        try:
+            cookie = secrets.token_bytes(20)
+            rend.send_relay(RelayCommand.ESTABLISH_RENDEZVOUS, 0, cookie)
+            await self._expect(
+                rend,
+                RelayCommand.RENDEZVOUS_ESTABLISHED,
+                self._establish_rendezvous_timeout(),
+                "rendezvous point did not confirm",
+                F3_REND_FAILED,
+            )
+        except BaseException:
+            rend.close()
+            raise
+        return _Rendezvous(rend, rp, cookie)
 
     def _client_auth_key(self, identity: bytes) -> bytes | None:
         if self._auth_keys is None:
@@ -199,33 +233,20 @@ class OnionClient:
         )
 
     async def _rendezvous(
-        self, desc: HsDescriptor, plan: DescriptorFetchPlan, tried: set[bytes]
+        self,
+        desc: HsDescriptor,
+        plan: DescriptorFetchPlan,
+        tried: set[bytes],
+        rend_task: asyncio.Task[_Rendezvous],
     ) -> TunnelHandle:
-        netdir = self.dirmgr.require_netdir()
-        selector = self.circmgr._selector(netdir)
-        rp = selector.choose_last_hop_internal(PathRequest(internal=True))
-        try:
-            rend = await self.circmgr.build_internal_circuit(last=rp)
-        except (ChannelError, CircuitError, NoPathError) as exc:
-            raise OnionError(
-                f"could not build a rendezvous circuit: {exc}", F3_REND_FAILED
-            ) from exc
         ok = False
         try:
-            cookie = secrets.token_bytes(20)
-            rend.send_relay(RelayCommand.ESTABLISH_RENDEZVOUS, 0, cookie)
-            await self._expect(
-                rend,
-                RelayCommand.RENDEZVOUS_ESTABLISHED,
-                INTRO_TIMEOUT,
-                "rendezvous point did not confirm",
-                F3_REND_FAILED,
-            )
-            state = await self._introduce(desc, plan, cookie, rp, tried)
+            state, rendezvous = await self._introduce(desc, plan, rend_task, tried)
+            rend = rendezvous.circuit
             body = await self._expect(
                 rend,
                 RelayCommand.RENDEZVOUS2,
-                REND_TIMEOUT,
+                self.circmgr.current_build_timeout() * 3 + 1.0,
                 "service never joined the rendezvous",
                 F3_REND_FAILED,
             )
@@ -244,7 +265,12 @@ class OnionClient:
             return rend
         finally:
             if not ok:
-                rend.close()
+                _discard(rend_task)
+
+    def _establish_rendezvous_timeout(self) -> float:
+        """C tor's cutoff for ESTABLISH_RENDEZVOUS, which behaves like a stream's:
+        max(CircuitStreamTimeout, 15 s) + 1 s."""
+        return max(self.config.circuit_stream_timeout or 0.0, 15.0) + 1.0
 
     def _congestion_control(self, desc: HsDescriptor) -> CCParams | None:
         """C tor's choice for a rendezvous circuit (setup_rendezvous_circ_congestion_control):
@@ -261,50 +287,61 @@ class OnionClient:
         self,
         desc: HsDescriptor,
         plan: DescriptorFetchPlan,
-        cookie: bytes,
-        rp: Relay,
+        rend_task: asyncio.Task[_Rendezvous],
         tried: set[bytes],
-    ) -> HsNtorClientState:
+    ) -> tuple[HsNtorClientState, _Rendezvous]:
+        """INTRODUCE1 through the first intro point that acknowledges it. Each intro circuit
+        is built while the rendezvous point is still being set up, as C tor does; INTRODUCE1
+        waits until the point has our cookie, or the service could arrive before it."""
         netdir = self.dirmgr.require_netdir()
         errors: list[str] = []
         timed_out = False
         points = intro_points_in_order(desc, exclude_auth_keys=tried)
         for ip in points[:MAX_INTRO_ATTEMPTS]:
             tried.add(ip.auth_key)
-            state, body = build_introduce1(
-                ip.auth_key,
-                ip.enc_key,
-                plan.subcredential,
-                cookie,
-                rp.ntor_key or b"",
-                rp_link_specifiers(rp),
-                extensions=introduce1_extensions(
-                    desc, netdir, congestion_control=self._congestion_control(desc) is not None
-                ),
-            )
-            intro: TunnelHandle | None = None
+            # C tor's cutoff for a circuit waiting for INTRODUCE_ACK, counted from the start
+            # of its build (circuit_expire_building: an extra round trip, and 4 hops).
+            ack_deadline = time.monotonic() + self.circmgr.current_build_timeout() * 14 / 6 + 1.0
             try:
                 intro = await self.circmgr.build_internal_circuit(last=_intro_hop(ip))
+            except (ChannelError, CircuitError, NoPathError, ProtocolError) as exc:
+                errors.append(f"intro circuit failed: {exc}")
+                continue
+            try:
+                rendezvous = await rend_task  # its failure is the rendezvous point's (F3)
+                rp = rendezvous.point
+                state, body = build_introduce1(
+                    ip.auth_key,
+                    ip.enc_key,
+                    plan.subcredential,
+                    rendezvous.cookie,
+                    rp.ntor_key or b"",
+                    rp_link_specifiers(rp),
+                    extensions=introduce1_extensions(
+                        desc, netdir, congestion_control=self._congestion_control(desc) is not None
+                    ),
+                )
                 intro.send_relay(RelayCommand.INTRODUCE1, 0, body)
                 ack = await self._expect(
                     intro,
                     RelayCommand.INTRODUCE_ACK,
-                    INTRO_TIMEOUT,
+                    max(ack_deadline - time.monotonic(), 1.0),
                     "introduction point did not answer",
                     F7_INTRO_TIMEOUT,
                 )
                 status = parse_introduce_ack(ack)
                 if status == 0:
-                    return state
+                    return state, rendezvous
                 errors.append(f"INTRODUCE_ACK status {status}")
             except OnionError as exc:
+                if exc.socks_code == F3_REND_FAILED:
+                    raise
                 timed_out = timed_out or exc.socks_code == F7_INTRO_TIMEOUT
                 errors.append(str(exc))
-            except (ChannelError, CircuitError, NoPathError, ProtocolError) as exc:
+            except (ChannelError, CircuitError, ProtocolError) as exc:
                 errors.append(f"intro circuit failed: {exc}")
             finally:
-                if intro is not None:
-                    intro.close()
+                intro.close()
         code = F7_INTRO_TIMEOUT if timed_out and len(errors) == 1 else F2_INTRO_FAILED
         raise OnionError("introduction failed: " + "; ".join(errors[:4]), socks_code=code)
 
@@ -322,6 +359,21 @@ class OnionClient:
                 raise OnionError(f"{what}: {exc}", socks_code=code) from exc
             if cell.command == command:
                 return cell.body
+
+
+@dataclass
+class _Rendezvous:
+    circuit: TunnelHandle
+    point: Relay
+    cookie: bytes
+
+
+def _discard(task: asyncio.Task[_Rendezvous]) -> None:
+    """Give up a rendezvous set-up: stop it, or close the circuit it made."""
+    if not task.done():
+        task.cancel()  # _establish_rendezvous closes what it built
+    elif not task.cancelled() and task.exception() is None:
+        task.result().circuit.close()
 
 
 def _intro_hop(ip: IntroPoint) -> HopSpec:
