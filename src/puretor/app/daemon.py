@@ -251,6 +251,21 @@ async def serve(config: Any, argv: list[str], console: StartupConsole | None = N
                 "the Internet might find your computer and use it as an open proxy.",
                 port_cfg.address,
             )
+    # HTTPTunnelPort, DNSPort, MetricsPort (app/doors.py): bound before bootstrapping too.
+    from puretor.app.doors import open_other_doors
+
+    try:
+        doors = await open_other_doors(tor, config, listeners)
+    except OSError as exc:
+        log.error(
+            "Could not bind to %s: %s. Is Tor already running?",
+            getattr(exc, "door", "?"),
+            os.strerror(exc.errno) if exc.errno else exc,
+        )
+        for other in listeners:
+            other.close()
+        await tor.aclose()
+        return 1
     pid_file = _write_pid_file(config.pid_file)
     bootstrap = asyncio.ensure_future(tor.bootstrap())
     stop_wait = asyncio.ensure_future(stop.wait())
@@ -264,6 +279,8 @@ async def serve(config: Any, argv: list[str], console: StartupConsole | None = N
     bootstrap.cancel()
     for listener in listeners:
         listener.close()
+    for door in doors:
+        door.close()
     await tor.aclose()
     _remove_pid_file(pid_file)
     log.log(NOTICE, "Clean shutdown finished. Exiting.")

@@ -16,7 +16,7 @@ import re
 import time
 from collections.abc import Callable, Hashable
 from dataclasses import dataclass
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Protocol
 
 from puretor.config.values import PolicyRule, policy_permits
 from puretor.errors import NoPathError, OnionError, StreamRefused, StreamTimeout, TorError
@@ -69,10 +69,18 @@ class SocksServerStats:
         self.refused = 0
 
 
+class _RelayOwner(Protocol):
+    """What `_TorSide` needs of the application-side connection it relays to."""
+
+    client: asyncio.Transport | None
+
+    def tor_side_lost(self, exc: Exception | None) -> None: ...
+
+
 class _TorSide(asyncio.Protocol):
     """The protocol on the Tor stream: forwards to the SOCKS client."""
 
-    def __init__(self, conn: SocksConnection) -> None:
+    def __init__(self, conn: _RelayOwner) -> None:
         self.conn = conn
 
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
@@ -443,4 +451,7 @@ class _Refuse(asyncio.Protocol):
 
 
 ProtocolFactory = Callable[[], asyncio.Protocol]
-__all__ = ["ListenerPolicy", "SocksConnection", "SocksListener", "start_socks_listener"]
+# The Tor-stream side of a relayed connection, shared with the other application ports
+# (HTTPTunnelPort, TransPort): its owner has ``client`` and ``tor_side_lost(exc)``.
+TorSide = _TorSide
+__all__ = ["ListenerPolicy", "SocksConnection", "SocksListener", "TorSide", "start_socks_listener"]

@@ -440,3 +440,58 @@ def format_policy_rule(rule: PolicyRule) -> str:
     net = rule.network
     text = f"[{net.network_address}]" if net.version == 6 else str(net.network_address)
     return f"{word} {text}/{net.prefixlen}"
+
+
+# --- the other application ports (HTTPTunnelPort, DNSPort, TransPort) and MetricsPort
+
+
+def app_port_kind(option: str) -> Kind:
+    """``Option [addr:]port|auto|0 [flags]``: SocksPort's grammar and isolation flags
+    (C tor parses every client port with the same parse_port_config)."""
+
+    def parse(value: str) -> SocksPortConfig | None:
+        try:
+            return parse_socks_port(value)
+        except ValueError as exc:
+            raise ValueError(str(exc).replace("SocksPort", option)) from None
+
+    return line_list(parse, lambda c: "0" if c is None else format_socks_port(c))
+
+
+@dataclass(frozen=True)
+class MetricsPortConfig:
+    """One ``MetricsPort [addr:]port [format]`` line."""
+
+    address: str
+    port: int | Literal["auto"]
+    format: str = "prometheus"
+
+
+def parse_metrics_port(value: str) -> MetricsPortConfig | None:
+    words = value.split()
+    if not words or len(words) > 2:
+        raise ValueError("MetricsPort takes [address:]port and an optional format")
+    address, port = parse_listen_address(words[0])
+    fmt = words[1].lower() if len(words) == 2 else "prometheus"
+    if fmt != "prometheus":
+        raise ValueError(f"unknown MetricsPort format '{words[1]}' (only prometheus)")
+    return None if port == 0 else MetricsPortConfig(address, port, fmt)
+
+
+def format_metrics_port(cfg: MetricsPortConfig | None) -> str:
+    if cfg is None:
+        return "0"
+    host = f"[{cfg.address}]" if ":" in cfg.address else cfg.address
+    return f"{host}:{cfg.port} {cfg.format}"
+
+
+def policy_permits_default_reject(rules: tuple[PolicyRule, ...], address: str) -> bool:
+    """MetricsPortPolicy: first match wins, and unmatched (or no policy) is rejected."""
+    try:
+        addr = ipaddress.ip_address(address.strip("[]"))
+    except ValueError:
+        return False
+    for rule in rules:
+        if rule.matches(addr):
+            return rule.accept
+    return False

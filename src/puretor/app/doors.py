@@ -1,0 +1,89 @@
+"""The daemon's doors other than SocksPort: HTTPTunnelPort, DNSPort, MetricsPort.
+
+`open_other_doors` opens every configured one (a port in use raises OSError, before
+bootstrapping, as for SocksPort) and returns them as `Door`s: what they are, where they
+listen, and their counters (which MetricsPort reads).
+"""
+
+from __future__ import annotations
+
+import logging
+from dataclasses import dataclass
+from typing import TYPE_CHECKING, Any
+
+from puretor.app.socks import HANDSHAKE_TIMEOUT, ListenerPolicy
+from puretor.path.isolation import ListenerFlags
+
+if TYPE_CHECKING:
+    from puretor.client import TorClient
+
+log = logging.getLogger("puretor")
+NOTICE = 25
+
+# Listener ids (isolation sessions) of the other doors: apart from SocksPort's 0, 1, ...
+HTTP_TUNNEL_IDS = 10_000
+DNS_IDS = 20_000
+
+
+@dataclass
+class Door:
+    kind: str  # "http_tunnel", "dns", "metrics" (the MetricsPort's port_type label)
+    listener: Any  # .close(), .address, .stats
+
+    def close(self) -> None:
+        self.listener.close()
+
+
+def port_policy(config: Any, port_cfg: Any, listener_id: int) -> ListenerPolicy:
+    """A SocksPort-like policy for another application port: its isolation flags, and the
+    SOCKS options that C tor applies to every application port (SocksPolicy, SocksTimeout)."""
+    return ListenerPolicy(
+        listener_id=listener_id,
+        flags=ListenerFlags(
+            isolate_socks_auth=port_cfg.isolate_socks_auth,
+            isolate_client_addr=port_cfg.isolate_client_addr,
+            isolate_dest_addr=port_cfg.isolate_dest_addr,
+            isolate_dest_port=port_cfg.isolate_dest_port,
+            isolate_client_protocol=port_cfg.isolate_client_protocol,
+            session_group=port_cfg.session_group,
+        ),
+        safe_logging=bool(config.safe_logging),
+        socks_policy=config.socks_policy,
+        handshake_timeout=min(HANDSHAKE_TIMEOUT, config.socks_timeout),
+        connect_timeout=config.socks_timeout,
+    )
+
+
+async def open_other_doors(tor: TorClient, config: Any, socks: list[Any]) -> list[Door]:
+    """Open every configured door; on OSError closes those already open and re-raises
+    with ``.door`` naming the one that failed."""
+    from puretor.app.httptunnel import start_http_tunnel_listener
+
+    doors: list[Door] = []
+    try:
+        for index, cfg in enumerate(config.http_tunnel_ports):
+            policy = port_policy(config, cfg, HTTP_TUNNEL_IDS + index)
+            listener = await _bind(
+                "HTTP tunnel", cfg, start_http_tunnel_listener(tor, cfg.address, _port(cfg), policy)
+            )
+            doors.append(Door("http_tunnel", listener))
+    except OSError:
+        for door in doors:
+            door.close()
+        raise
+    return doors
+
+
+def _port(cfg: Any) -> int:
+    return 0 if cfg.port == "auto" else int(cfg.port)
+
+
+async def _bind(what: str, cfg: Any, opening: Any) -> Any:
+    try:
+        listener = await opening
+    except OSError as exc:
+        exc.door = f"{what} {cfg.address}:{_port(cfg)}"  # type: ignore[attr-defined]
+        raise
+    host, bound = listener.address
+    log.log(NOTICE, "Opened %s listener connection (ready) on %s:%d", what, host, bound)
+    return listener
