@@ -26,6 +26,7 @@ TARGETS: dict[str, str] = {
     "onion_address": "fuzz.targets.onion_address",
     "hs_descriptor": "fuzz.targets.hs_descriptor",
     "http_connect": "fuzz.targets.http_connect",
+    "dns": "fuzz.targets.dns",
 }
 
 

@@ -33,6 +33,7 @@ from puretor.errors import (
     StreamTimeout,
     TorError,
 )
+from puretor.path.addressmap import AddressMap
 from puretor.path.guards import GuardManager
 from puretor.path.isolation import DEFAULT_TOKEN
 from puretor.path.isolation import IsolationToken as IsolationToken
@@ -99,6 +100,11 @@ class TorClient:
         self._bootstrap_task: asyncio.Task[None] | None = None
         self._onion: Any = None
         self._closed = False
+        # Automapped virtual addresses (AutomapHostsOnResolve): connections to one go to
+        # its name instead, whichever port or API they come through.
+        self.address_map = AddressMap(
+            self.config.virtual_addr_network_ipv4, self.config.virtual_addr_network_ipv6
+        )
 
     def _priority_halflife(self) -> float:
         """CircuitPriorityHalflife, or the consensus's CircuitPriorityHalflifeMsec."""
@@ -331,6 +337,7 @@ class TorClient:
         circuit), `BootstrapError` or `ClientClosedError`.
         """
         self._check_open()
+        host = self.address_map.lookup(host) or host
         host = _check_target(host, port)
         if self.config.reject_internal_addresses and (
             is_internal_address(host) or is_local_hostname(host)
@@ -573,6 +580,37 @@ class TorClient:
             raise StreamRefused(f"exit has no name for {address}", EndReason.RESOLVEFAILED)
         return out
 
+    async def resolve_with_ttl(
+        self, name: str, *, reverse: bool = False, isolation: Hashable | None = None
+    ) -> list[tuple[str, int]]:
+        """`resolve` (or, with ``reverse``, `resolve_ptr`) with each answer's TTL in
+        seconds, as the exit sent it (for a DNS server's answers).
+
+        A failure raises `StreamRefused` (RESOLVEFAILED); its ``transient`` attribute is
+        true when the exit called the failure transient (DNS: SERVFAIL, not NXDOMAIN).
+        A reverse lookup of an automapped virtual address answers from the map.
+        """
+        self._check_open()
+        if reverse:
+            ip = ipaddress.ip_address(name)
+            mapped = self.address_map.lookup(ip.compressed)
+            if mapped is not None:
+                return [(mapped, 60)]
+            wanted: tuple[int, ...] = (0,)
+            name = ip.reverse_pointer
+        else:
+            wanted = (4, 6)
+        answers = await self._closed_aware(self._resolve(name, isolation))
+        out = [(str(a.value), int(a.ttl)) for a in answers if a.type in wanted]
+        if not out:
+            raise StreamRefused(f"exit gave no answer for {name}", EndReason.RESOLVEFAILED)
+        return out
+
+    def automap_address(self, name: str, version: int = 4) -> str:
+        """A virtual address (IPv4 or IPv6, from VirtualAddrNetworkIPv4/IPv6) that
+        stands for ``name`` in later connections (C tor's AutomapHostsOnResolve)."""
+        return self.address_map.automap(name, version)
+
     async def _resolve(self, name: str, isolation: Hashable | None) -> list[Any]:
         _check_target(name, 1)
         await self.bootstrap()
@@ -604,10 +642,13 @@ class TorClient:
             answers = kept
             errors = [a for a in answers if a.type in (0xF0, 0xF1)]
             if errors and len(errors) == len(answers):
-                raise StreamRefused(
-                    f"exit could not resolve the name ({'transient' if errors[0].type == 0xF0 else 'permanent'} error)",
+                transient = errors[0].type == 0xF0
+                failed = StreamRefused(
+                    f"exit could not resolve the name ({'transient' if transient else 'permanent'} error)",
                     EndReason.RESOLVEFAILED,
                 )
+                failed.transient = transient
+                raise failed
             return answers
         raise CircuitError(f"resolve failed: {last}")
 

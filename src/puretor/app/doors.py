@@ -57,6 +57,7 @@ def port_policy(config: Any, port_cfg: Any, listener_id: int) -> ListenerPolicy:
 async def open_other_doors(tor: TorClient, config: Any, socks: list[Any]) -> list[Door]:
     """Open every configured door; on OSError closes those already open and re-raises
     with ``.door`` naming the one that failed."""
+    from puretor.app.dnsport import start_dns_listener
     from puretor.app.httptunnel import start_http_tunnel_listener
 
     doors: list[Door] = []
@@ -67,6 +68,12 @@ async def open_other_doors(tor: TorClient, config: Any, socks: list[Any]) -> lis
                 "HTTP tunnel", cfg, start_http_tunnel_listener(tor, cfg.address, _port(cfg), policy)
             )
             doors.append(Door("http_tunnel", listener))
+        for index, cfg in enumerate(config.dns_ports):
+            policy = port_policy(config, cfg, DNS_IDS + index)
+            listener = await _bind(
+                "DNS", cfg, start_dns_listener(tor, cfg.address, _port(cfg), policy)
+            )
+            doors.append(Door("dns", listener))
     except OSError:
         for door in doors:
             door.close()

@@ -39,6 +39,9 @@ from puretor.config.values import (
     OPTIONAL_BOOL,
     POSINT,
     SAFELOGGING,
+    SUFFIXES,
+    VIRTUAL_IPV4,
+    VIRTUAL_IPV6,
     Kind,
     LogSpec,
     MetricsPortConfig,
@@ -281,6 +284,23 @@ class TorConfig:
         (),
         repeatable=True,
         combine=_other_ports("HTTPTunnelPort"),
+    )
+    dns_ports: tuple[SocksPortConfig, ...] = option(
+        "DNSPort",
+        app_port_kind("DNSPort"),
+        (),
+        repeatable=True,
+        combine=_other_ports("DNSPort"),
+    )
+    automap_hosts_on_resolve: bool = option("AutomapHostsOnResolve", BOOL, False)
+    automap_hosts_suffixes: tuple[str, ...] = option(
+        "AutomapHostsSuffixes", SUFFIXES, (".exit", ".onion")
+    )
+    virtual_addr_network_ipv4: ipaddress.IPv4Network = option(
+        "VirtualAddrNetworkIPv4", VIRTUAL_IPV4, ipaddress.IPv4Network("127.192.0.0/10")
+    )
+    virtual_addr_network_ipv6: ipaddress.IPv6Network = option(
+        "VirtualAddrNetworkIPv6", VIRTUAL_IPV6, ipaddress.IPv6Network("fe80::/10")
     )
     metrics_ports: tuple[MetricsPortConfig, ...] = option(
         "MetricsPort",

@@ -495,3 +495,44 @@ def policy_permits_default_reject(rules: tuple[PolicyRule, ...], address: str) -
         if rule.matches(addr):
             return rule.accept
     return False
+
+
+def _parse_suffixes(text: str) -> tuple[str, ...]:
+    """AutomapHostsSuffixes: a comma-separated list (C tor's CSV)."""
+    items = tuple(s.strip() for s in text.split(",") if s.strip())
+    for s in items:
+        if not all(c.isalnum() or c in "-._" for c in s):
+            raise ValueError(f"'{s}' is not a host name suffix")
+    return items
+
+
+SUFFIXES = Kind("CommaList", _parse_suffixes, ",".join)
+
+
+def _virtual_network(version: int, max_prefix: int) -> Kind:
+    """VirtualAddrNetworkIPv4/IPv6 ``addr/bits`` (C tor: at most 16 bits of prefix for
+    IPv4 and 104 for IPv6, so the network has room)."""
+
+    def parse(text: str) -> Any:
+        raw = text.strip()
+        if version == 6 and raw.startswith("["):
+            close = raw.find("]")
+            raw = raw[1:close] + raw[close + 1 :] if close > 0 else raw
+        try:
+            net = ipaddress.ip_network(raw, strict=False)
+        except ValueError:
+            raise ValueError(f"'{text}' is not an IPv{version} network (ADDR/BITS)") from None
+        if net.version != version:
+            raise ValueError(f"'{text}' is not an IPv{version} network")
+        if net.prefixlen > max_prefix:
+            raise ValueError(f"a prefix of more than {max_prefix} bits leaves too few addresses")
+        return net
+
+    def fmt(net: Any) -> str:
+        return f"[{net.network_address}]/{net.prefixlen}" if version == 6 else str(net)
+
+    return Kind("String", parse, fmt)
+
+
+VIRTUAL_IPV4 = _virtual_network(4, 16)
+VIRTUAL_IPV6 = _virtual_network(6, 104)
