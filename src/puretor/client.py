@@ -34,7 +34,7 @@ from puretor.errors import (
     TorError,
 )
 from puretor.path.addressmap import AddressMap
-from puretor.path.guards import GuardManager
+from puretor.path.guards import GuardManager, Reachable
 from puretor.path.isolation import DEFAULT_TOKEN
 from puretor.path.isolation import IsolationToken as IsolationToken
 from puretor.path.reachable import is_internal_address, is_local_hostname
@@ -663,17 +663,53 @@ class TorClient:
         """Counters: ``channels_opened``, ``circuits_built``, ``circuit_build_failures``,
         ``open_circuits`` (a conflux set counts once), ``conflux_sets_linked``,
         ``conflux_failures``, ``streams_opened`` (connected streams, onion ones
-        included), and ``time`` (a `time.time()` timestamp)."""
+        included), and ``time`` (a `time.time()` timestamp).
+
+        Also (for a metrics exporter): ``circuit_build_failures_by_reason`` ({"timeout",
+        "channel", "circuit": n}), ``circuit_build_timeout`` (seconds, as learned),
+        ``conflux_sets_open``, ``congestion_windows`` (the last hop's window in cells of
+        each open circuit with congestion control), ``guards`` ({"sampled", "confirmed",
+        "primary", "unreachable": n}), ``consensus_valid_after`` (a timestamp, or None)
+        and ``bootstrap_percent``."""
         cm = self._circmgr
+        open_circuits = self.circuits
+        windows = [
+            circuit.last_hop.cc.cwnd
+            for handle in open_circuits
+            for circuit in handle.tunnel.circuits
+            if circuit.last_hop.cc is not None
+        ]
+        guards = self._guards
+        now = time.time()
+        guard_counts = {"sampled": 0, "confirmed": 0, "primary": 0, "unreachable": 0}
+        if guards is not None and guards.netdir is not None:
+            sampled = guards.sampled_guards()
+            guard_counts = {
+                "sampled": len(sampled),
+                "confirmed": len(guards.confirmed_guards()),
+                "primary": len(guards.primary_guards(now)),
+                "unreachable": sum(1 for g in sampled if guards.reachability(g) is Reachable.NO),
+            }
+        state = self._dirmgr.state
+        consensus = state.consensus if state is not None else None
         return {
             "channels_opened": self._chanmgr.connects,
             "streams_opened": self._streams_opened,
             "circuits_built": cm.circuits_built if cm else 0,
             "circuit_build_failures": cm.build_failures if cm else 0,
-            "open_circuits": len(self.circuits),
+            "circuit_build_failures_by_reason": dict(cm.build_failures_by_reason) if cm else {},
+            "circuit_build_timeout": (
+                (cm.cbt.timeout() if cm.learn_build_timeout else cm.build_timeout) if cm else None
+            ),
+            "open_circuits": len(open_circuits),
             "conflux_sets_linked": cm.conflux_sets_linked if cm else 0,
             "conflux_failures": cm.conflux_failures if cm else 0,
-            "time": time.time(),
+            "conflux_sets_open": sum(1 for h in open_circuits if h.conflux_legs),
+            "congestion_windows": windows,
+            "guards": guard_counts,
+            "consensus_valid_after": consensus.lifetime[0] if consensus is not None else None,
+            "bootstrap_percent": self.bootstrap_status.percent,
+            "time": now,
         }
 
 

@@ -59,8 +59,16 @@ async def open_other_doors(tor: TorClient, config: Any, socks: list[Any]) -> lis
     with ``.door`` naming the one that failed."""
     from puretor.app.dnsport import start_dns_listener
     from puretor.app.httptunnel import start_http_tunnel_listener
+    from puretor.app.metrics import start_metrics_listener
 
     doors: list[Door] = []
+
+    def reported() -> list[tuple[str, Any]]:
+        """The listeners MetricsPort reports on: port type and listener."""
+        return [("socks", lst) for lst in socks] + [
+            (d.kind, d.listener) for d in doors if d.kind != "metrics"
+        ]
+
     try:
         for index, cfg in enumerate(config.http_tunnel_ports):
             policy = port_policy(config, cfg, HTTP_TUNNEL_IDS + index)
@@ -74,6 +82,15 @@ async def open_other_doors(tor: TorClient, config: Any, socks: list[Any]) -> lis
                 "DNS", cfg, start_dns_listener(tor, cfg.address, _port(cfg), policy)
             )
             doors.append(Door("dns", listener))
+        for cfg in config.metrics_ports:
+            listener = await _bind(
+                "Metrics",
+                cfg,
+                start_metrics_listener(
+                    tor, cfg.address, _port(cfg), config.metrics_port_policy, reported
+                ),
+            )
+            doors.append(Door("metrics", listener))
     except OSError:
         for door in doors:
             door.close()

@@ -92,6 +92,7 @@ class HttpTunnelConnection(asyncio.Protocol):
 
     def data_received(self, data: bytes) -> None:
         if self.tor_transport is not None:
+            self.stats.bytes_from_client += len(data)
             self.tor_transport.write(data)
             return
         if self.task is not None:
@@ -198,23 +199,28 @@ class HttpTunnelConnection(asyncio.Protocol):
                 timeout=self.policy.connect_timeout,
             )
         except OnionError as exc:
+            self.stats.stream_failed(exc)
             # C tor ends failed onion lookups with RESOLVEFAILED.
             log.info("onion request from %s failed: %s", self._who(), self._why(exc))
             self._reply_error(EndReason.RESOLVEFAILED)
             return
         except StreamRefused as exc:
+            self.stats.stream_failed(exc)
             log.info("stream to %s refused: %s", self._dest(req), self._why(exc))
             self._reply_error(exc.reason)
             return
-        except (TimeoutError, StreamTimeout):
+        except (TimeoutError, StreamTimeout) as exc:
+            self.stats.stream_failed(exc)
             log.info("stream to %s timed out", self._dest(req))
             self._reply_error(EndReason.TIMEOUT)
             return
         except NoPathError as exc:
+            self.stats.stream_failed(exc)
             log.warning("no path for %s: %s", self._dest(req), self._why(exc))
             self._reply_error(EndReason.NOROUTE)
             return
         except TorError as exc:
+            self.stats.stream_failed(exc)
             log.info("stream to %s failed: %s", self._dest(req), self._why(exc))
             self._reply_error(EndReason.MISC)
             return
@@ -223,8 +229,10 @@ class HttpTunnelConnection(asyncio.Protocol):
             transport.abort()
             return
         self.tor_transport = transport
+        self.stats.streams_opened += 1
         self.client.write(connect_ok(_via()))
         if self.early:
+            self.stats.bytes_from_client += len(self.early)
             transport.write(bytes(self.early))
             self.early.clear()
             self.client.resume_reading()

@@ -14,6 +14,7 @@ import ipaddress
 import logging
 import re
 import time
+from collections import Counter
 from collections.abc import Callable, Hashable
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Protocol
@@ -63,16 +64,35 @@ class ListenerPolicy:
 
 
 class SocksServerStats:
+    """One listener's counters (SIGUSR1's statistics, the MetricsPort)."""
+
     def __init__(self) -> None:
         self.active = 0
         self.total = 0
         self.refused = 0
+        self.streams_opened = 0
+        self.stream_failures: Counter[str] = Counter()  # END reason name -> count
+        self.bytes_from_client = 0
+        self.bytes_to_client = 0
+
+    def stream_failed(self, exc: BaseException) -> None:
+        if isinstance(exc, StreamRefused):
+            self.stream_failures[exc.reason_name] += 1
+        elif isinstance(exc, (TimeoutError, StreamTimeout)):
+            self.stream_failures["TIMEOUT"] += 1
+        elif isinstance(exc, OnionError):
+            self.stream_failures["ONION"] += 1
+        elif isinstance(exc, NoPathError):
+            self.stream_failures["NOROUTE"] += 1
+        else:
+            self.stream_failures["MISC"] += 1
 
 
 class _RelayOwner(Protocol):
     """What `_TorSide` needs of the application-side connection it relays to."""
 
     client: asyncio.Transport | None
+    stats: SocksServerStats
 
     def tor_side_lost(self, exc: Exception | None) -> None: ...
 
@@ -89,6 +109,7 @@ class _TorSide(asyncio.Protocol):
     def data_received(self, data: bytes) -> None:
         client = self.conn.client
         if client is not None and not client.is_closing():
+            self.conn.stats.bytes_to_client += len(data)
             client.write(data)
 
     def eof_received(self) -> bool:
@@ -153,6 +174,7 @@ class SocksConnection(asyncio.Protocol):
 
     def data_received(self, data: bytes) -> None:
         if self.tor_transport is not None:
+            self.stats.bytes_from_client += len(data)
             self.tor_transport.write(data)
             return
         if self.handshake.request is not None:
@@ -285,23 +307,28 @@ class SocksConnection(asyncio.Protocol):
             )
         except OnionError as exc:
             log.info("onion request from %s failed: %s", self._who(), self._why(exc, req))
+            self.stats.stream_failed(exc)
             # Without ExtendedErrors C tor answers "host unreachable" (RESOLVEFAILED).
             self._reply_error(exc.socks_code, fallback=SocksReply.HOST_UNREACHABLE)
             return
         except StreamRefused as exc:
             log.info("stream to %s refused: %s", self._dest(req), self._why(exc, req))
+            self.stats.stream_failed(exc)
             self._reply_error(socks5_reply_for_end_reason(exc.reason))
             return
-        except (TimeoutError, StreamTimeout):
+        except (TimeoutError, StreamTimeout) as exc:
             log.info("stream to %s timed out", self._dest(req))
+            self.stats.stream_failed(exc)
             self._reply_error(SocksReply.TTL_EXPIRED)
             return
         except NoPathError as exc:
             log.warning("no path for %s: %s", self._dest(req), self._why(exc, req))
+            self.stats.stream_failed(exc)
             self._reply_error(SocksReply.NOT_ALLOWED)
             return
         except TorError as exc:
             log.info("stream to %s failed: %s", self._dest(req), self._why(exc, req))
+            self.stats.stream_failed(exc)
             self._reply_error(SocksReply.GENERAL_FAILURE)
             return
         assert isinstance(transport, asyncio.Transport)
@@ -309,8 +336,10 @@ class SocksConnection(asyncio.Protocol):
             transport.abort()
             return
         self.tor_transport = transport
+        self.stats.streams_opened += 1
         self.client.write(self.handshake.reply_connected())
         if self.early:
+            self.stats.bytes_from_client += len(self.early)
             transport.write(bytes(self.early))
             self.early.clear()
             self.client.resume_reading()
