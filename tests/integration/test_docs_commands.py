@@ -555,8 +555,9 @@ PLAN: list[Step] = [
         means="up; tor-client with the three ports in the background; curl --proxytunnel, "
         "git clone and pip download through HTTPTunnelPort (the files they fetch are checked), "
         "dig A and -x through DNSPort, a metrics scrape; down (pip gets the network's index, "
-        "not the wheelhouse)",
-        prelude="unset PIP_NO_INDEX PIP_FIND_LINKS",
+        "not the wheelhouse; an inherited GIT_SSL_CAINFO would override the block's "
+        "http.sslCAInfo, as a reader's shell has none it is unset)",
+        prelude="unset PIP_NO_INDEX PIP_FIND_LINKS GIT_SSL_CAINFO",
         output=(r"^ready in", r"(?m)^198\.18\.0\.10$", r"(?m)^[a-z.]*target\.test\.$",
                 r'puretor_port_bytes_total\{direction="to_client",port_type="http_tunnel"\} '
                 r"[1-9]", r"^stopped \d+ processes"),
