@@ -1,4 +1,4 @@
-"""The daemon's doors other than SocksPort: HTTPTunnelPort, DNSPort, MetricsPort.
+"""The daemon's doors other than SocksPort: HTTPTunnelPort, TransPort, DNSPort, MetricsPort.
 
 `open_other_doors` opens every configured one (a port in use raises OSError, before
 bootstrapping, as for SocksPort) and returns them as `Door`s: what they are, where they
@@ -23,6 +23,7 @@ NOTICE = 25
 # Listener ids (isolation sessions) of the other doors: apart from SocksPort's 0, 1, ...
 HTTP_TUNNEL_IDS = 10_000
 DNS_IDS = 20_000
+TRANS_IDS = 30_000
 
 
 @dataclass
@@ -60,6 +61,7 @@ async def open_other_doors(tor: TorClient, config: Any, socks: list[Any]) -> lis
     from puretor.app.dnsport import start_dns_listener
     from puretor.app.httptunnel import start_http_tunnel_listener
     from puretor.app.metrics import start_metrics_listener
+    from puretor.app.transport import start_trans_listener
 
     doors: list[Door] = []
 
@@ -76,6 +78,14 @@ async def open_other_doors(tor: TorClient, config: Any, socks: list[Any]) -> lis
                 "HTTP tunnel", cfg, start_http_tunnel_listener(tor, cfg.address, _port(cfg), policy)
             )
             doors.append(Door("http_tunnel", listener))
+        for index, cfg in enumerate(config.trans_ports):
+            policy = port_policy(config, cfg, TRANS_IDS + index)
+            listener = await _bind(
+                "Transparent pf/netfilter",
+                cfg,
+                start_trans_listener(tor, cfg.address, _port(cfg), policy),
+            )
+            doors.append(Door("trans", listener))
         for index, cfg in enumerate(config.dns_ports):
             policy = port_policy(config, cfg, DNS_IDS + index)
             listener = await _bind(

@@ -19,6 +19,7 @@ import dataclasses
 import ipaddress
 import logging
 import os
+import sys
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field, replace
 from pathlib import Path
@@ -160,6 +161,8 @@ def _other_ports(name: str) -> Callable[[list[tuple[Any, Entry]]], tuple[Any, ..
         ports = [cfg for cfg, _ in lines if cfg is not None]
         if ports and len(ports) != len(lines):
             raise ConfigError(f"you gave a nonzero {name} along with '{name} 0'; which one?")
+        if ports and name == "TransPort" and not sys.platform.startswith("linux"):
+            raise ConfigError("TransPort is not supported by puretor on this platform (Linux only)")
         for cfg, entry in lines:
             if cfg is not None and not ipaddress.ip_address(cfg.address).is_loopback:
                 log.warning(
@@ -284,6 +287,13 @@ class TorConfig:
         (),
         repeatable=True,
         combine=_other_ports("HTTPTunnelPort"),
+    )
+    trans_ports: tuple[SocksPortConfig, ...] = option(
+        "TransPort",
+        app_port_kind("TransPort"),
+        (),
+        repeatable=True,
+        combine=_other_ports("TransPort"),
     )
     dns_ports: tuple[SocksPortConfig, ...] = option(
         "DNSPort",
