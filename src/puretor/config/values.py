@@ -179,7 +179,7 @@ _SOCKS_FLAG_NOOPS: dict[str, bool | None] = {
     "groupwritable": False,
     "worldwritable": False,
     "relaxdirmodecheck": False,
-    "preferipv6automap": None,  # only matters with AutomapHostsOnResolve, which we lack
+    "preferipv6automap": None,  # SOCKS RESOLVE automapping; puretor automaps on DNSPort only
 }
 
 
