@@ -152,3 +152,23 @@ def test_hostile_requests_get_an_error(
     reply = asyncio.run(exchange())
     assert reply.split(b" ")[1] == status, reply[:100]
     assert scrape(port).startswith(b"HTTP/1.0 200 OK")
+
+
+def test_sighup_applies_a_new_policy(tor_daemon_factory: Any) -> None:
+    import signal
+
+    daemon = tor_daemon_factory(
+        extra_options=["MetricsPort auto", "MetricsPortPolicy accept 127.0.0.1"], wait=False
+    )
+    daemon.wait_for_log(r"Opened Metrics listener", timeout=60)
+    port = int(_METRICS.search(daemon.log_text()).group(1))  # type: ignore[union-attr]
+    assert scrape(port).startswith(b"HTTP/1.0 200 OK")
+    text = daemon.torrc.read_text().replace(
+        "MetricsPortPolicy accept 127.0.0.1", "MetricsPortPolicy accept 127.0.0.2"
+    )
+    daemon.torrc.write_text(text)
+    since = len(daemon.log_text())
+    daemon.send_signal(signal.SIGHUP)
+    daemon.wait_for_log(r"Configuration reloaded", since=since, timeout=30)
+    assert scrape(port) == b""
+    assert scrape(port, source="127.0.0.2").startswith(b"HTTP/1.0 200 OK")

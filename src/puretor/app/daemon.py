@@ -201,6 +201,7 @@ async def serve(config: Any, argv: list[str], console: StartupConsole | None = N
     loop = asyncio.get_running_loop()
     stop = asyncio.Event()
     listeners: list[SocksListener] = []
+    doors: list[Any] = []  # HTTPTunnelPort, TransPort, DNSPort, MetricsPort (app/doors.py)
 
     def on_signal(name: str) -> None:
         if name in ("SIGINT", "SIGTERM"):
@@ -212,6 +213,9 @@ async def serve(config: Any, argv: list[str], console: StartupConsole | None = N
         elif name == "SIGHUP":
             log.log(NOTICE, "Received reload signal (hup). Reloading config.")
             _reload(tor, argv, listeners)
+            from puretor.app.doors import reload_doors
+
+            reload_doors(tor.config, doors)
         elif name == "SIGUSR1":
             log.log(NOTICE, "%s", _statistics(tor, listeners))
 
@@ -255,7 +259,7 @@ async def serve(config: Any, argv: list[str], console: StartupConsole | None = N
     from puretor.app.doors import open_other_doors
 
     try:
-        doors = await open_other_doors(tor, config, listeners)
+        doors.extend(await open_other_doors(tor, config, listeners))
     except OSError as exc:
         log.error(
             "Could not bind to %s: %s. Is Tor already running?",

@@ -28,8 +28,9 @@ TRANS_IDS = 30_000
 
 @dataclass
 class Door:
-    kind: str  # "http_tunnel", "dns", "metrics" (the MetricsPort's port_type label)
+    kind: str  # "http_tunnel", "trans", "dns", "metrics" (the MetricsPort's port_type label)
     listener: Any  # .close(), .address, .stats
+    index: int = 0  # which line of its option
 
     def close(self) -> None:
         self.listener.close()
@@ -77,7 +78,7 @@ async def open_other_doors(tor: TorClient, config: Any, socks: list[Any]) -> lis
             listener = await _bind(
                 "HTTP tunnel", cfg, start_http_tunnel_listener(tor, cfg.address, _port(cfg), policy)
             )
-            doors.append(Door("http_tunnel", listener))
+            doors.append(Door("http_tunnel", listener, index))
         for index, cfg in enumerate(config.trans_ports):
             policy = port_policy(config, cfg, TRANS_IDS + index)
             listener = await _bind(
@@ -85,13 +86,13 @@ async def open_other_doors(tor: TorClient, config: Any, socks: list[Any]) -> lis
                 cfg,
                 start_trans_listener(tor, cfg.address, _port(cfg), policy),
             )
-            doors.append(Door("trans", listener))
+            doors.append(Door("trans", listener, index))
         for index, cfg in enumerate(config.dns_ports):
             policy = port_policy(config, cfg, DNS_IDS + index)
             listener = await _bind(
                 "DNS", cfg, start_dns_listener(tor, cfg.address, _port(cfg), policy)
             )
-            doors.append(Door("dns", listener))
+            doors.append(Door("dns", listener, index))
         for cfg in config.metrics_ports:
             listener = await _bind(
                 "Metrics",
@@ -106,6 +107,30 @@ async def open_other_doors(tor: TorClient, config: Any, socks: list[Any]) -> lis
             door.close()
         raise
     return doors
+
+
+_PORTS = {
+    "http_tunnel": ("http_tunnel_ports", HTTP_TUNNEL_IDS),
+    "trans": ("trans_ports", TRANS_IDS),
+    "dns": ("dns_ports", DNS_IDS),
+}
+
+
+def reload_doors(config: Any, doors: list[Door]) -> None:
+    """SIGHUP: new connections and queries follow the reloaded SocksPolicy, SocksTimeout
+    and MetricsPortPolicy (as for SocksPort: the ports themselves need a restart)."""
+    for door in doors:
+        if door.kind == "metrics":
+            door.listener.policy = config.metrics_port_policy
+            continue
+        attr, base = _PORTS[door.kind]
+        lines = getattr(config, attr)
+        if door.index < len(lines):
+            policy = port_policy(config, lines[door.index], base + door.index)
+            if door.kind == "dns":
+                door.listener.protocol.policy = policy
+            else:
+                door.listener.policy = policy
 
 
 def _port(cfg: Any) -> int:
