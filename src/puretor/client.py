@@ -612,7 +612,9 @@ class TorClient:
         return self.address_map.automap(name, version)
 
     async def _resolve(self, name: str, isolation: Hashable | None) -> list[Any]:
-        _check_target(name, 1)
+        if _check_target(name, 1).endswith(".onion"):
+            # C tor never asks an exit about an onion address: the exit would learn it.
+            raise StreamRefused("onion addresses cannot be resolved", EndReason.RESOLVEFAILED)
         await self.bootstrap()
         assert self._circmgr is not None
         key = _DEFAULT_ISOLATION if isolation is None else isolation

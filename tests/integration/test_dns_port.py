@@ -189,3 +189,34 @@ def test_hostile_datagrams_get_formerr_or_nothing_and_the_port_keeps_serving(
     assert dns_daemon.is_running()
     status, answers = dig(port, testnet_info["targets"]["hostname"], netns_name=dns_daemon.netns)
     assert status == "NOERROR" and answers[0].split()[-1] == testnet_info["targets"]["ip"]
+
+
+def test_socks_resolve_automaps_too_preferring_ipv6(
+    dns_daemon: PtClient, testnet_info: Any
+) -> None:
+    """AutomapHostsOnResolve also answers SOCKS RESOLVE (0xF0); PreferIPv6Automap, on by
+    default, makes a SOCKS5 answer IPv6 (from VirtualAddrNetworkIPv6); a connection to it
+    reaches the onion service."""
+    import asyncio
+
+    onion = testnet_info["onion"]["plain"]
+
+    async def main() -> tuple[bytes, bytes]:
+        reply, _r, w = await ptclient.socks5_request(
+            dns_daemon.socks_port, onion["address"], 0, command=0xF0
+        )
+        w.close()
+        assert reply[1] == 0 and reply[3] == 4, reply.hex()
+        virtual = str(ipaddress.IPv6Address(reply[4:20]))
+        assert ipaddress.ip_address(virtual) in ipaddress.ip_network("fe80::/10")
+        reply, reader, writer = await ptclient.socks5_request(dns_daemon.socks_port, virtual, 80)
+        try:
+            writer.write(b"GET / HTTP/1.0\r\nHost: x\r\n\r\n")
+            body = await asyncio.wait_for(reader.read(), 120)
+        finally:
+            writer.close()
+        return reply, body
+
+    reply, body = asyncio.run(main())
+    assert reply[1] == 0, reply.hex()
+    assert body.partition(b"\r\n\r\n")[2].decode() == onion["index_text"]

@@ -149,3 +149,19 @@ def test_metrics_exposition_passes_promtool() -> None:
     check = subprocess.run(["promtool", "check", "metrics"], input=text.encode(),
                            capture_output=True, timeout=30)  # fmt: skip
     assert check.returncode == 0, check.stdout + check.stderr
+
+
+def test_onion_names_are_never_sent_to_an_exit_for_resolving() -> None:
+    from puretor.client import TorClient
+    from puretor.errors import StreamRefused
+
+    async def main() -> None:
+        tor = TorClient(TorConfig())
+        try:
+            for call in (tor.resolve, tor.resolve_with_ttl):
+                with pytest.raises(StreamRefused, match="onion addresses cannot be resolved"):
+                    await call("a" * 56 + ".onion")  # refused before any bootstrap
+        finally:
+            await tor.aclose()
+
+    asyncio.run(main())

@@ -182,6 +182,7 @@ def listener_policy(config: Any, index: int) -> Any:
         socks_policy=config.socks_policy,
         handshake_timeout=min(HANDSHAKE_TIMEOUT, config.socks_timeout),
         connect_timeout=config.socks_timeout,
+        prefer_ipv6_automap=port_cfg.prefer_ipv6_automap,
     )
 
 

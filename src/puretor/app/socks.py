@@ -21,6 +21,7 @@ from typing import TYPE_CHECKING, Protocol
 
 from puretor.config.values import PolicyRule, policy_permits
 from puretor.errors import NoPathError, OnionError, StreamRefused, StreamTimeout, TorError
+from puretor.path.addressmap import is_automapped_suffix
 from puretor.path.isolation import ListenerFlags, isolation_key
 from puretor.proto.socks import (
     SocksCommand,
@@ -61,6 +62,8 @@ class ListenerPolicy:
     # its request may wait for a circuit and the exit's answer.
     handshake_timeout: float = HANDSHAKE_TIMEOUT
     connect_timeout: float = 120.0  # C tor's SocksTimeout default
+    # PreferIPv6Automap: a SOCKS5 RESOLVE of an automapped name gets an IPv6 address.
+    prefer_ipv6_automap: bool = True
 
 
 class SocksServerStats:
@@ -346,6 +349,24 @@ class SocksConnection(asyncio.Protocol):
         del loop
 
     async def _resolve(self, req: SocksRequest) -> None:
+        config = self.tor.config
+        if (
+            req.command is SocksCommand.RESOLVE
+            and config.automap_hosts_on_resolve
+            and is_automapped_suffix(req.host, config.automap_hosts_suffixes)
+        ):
+            # AutomapHostsOnResolve: a virtual address that later connections map back.
+            version = 6 if req.version == 5 and self.policy.prefer_ipv6_automap else 4
+            try:
+                virtual = self.tor.automap_address(req.host, version)
+            except ValueError as exc:
+                log.warning("Automapping failed: %s", exc)
+                self._reply_error(SocksReply.GENERAL_FAILURE)
+                return
+            if self.client is not None and not self.client.is_closing():
+                self.client.write(self.handshake.reply_resolved(virtual, 60))
+                self.client.close()
+            return
         try:
             if req.command is SocksCommand.RESOLVE_PTR:
                 names = await self.tor.resolve_ptr(req.host, isolation=self.isolation_key(req))

@@ -133,6 +133,7 @@ class SocksPortConfig:
     isolate_dest_port: bool = False
     extended_errors: bool = False
     prefer_socks_no_auth: bool = False  # also implied by NoIsolateSOCKSAuth (as C tor)
+    prefer_ipv6_automap: bool = True  # SOCKS5 RESOLVE of an automapped name: an IPv6 answer
     session_group: int | None = None  # ports in one group may share circuits
 
     @property
@@ -150,6 +151,7 @@ _SOCKS_FLAGS = {
     "isolatedestport": "isolate_dest_port",
     "extendederrors": "extended_errors",
     "prefersocksnoauth": "prefer_socks_no_auth",
+    "preferipv6automap": "prefer_ipv6_automap",
 }
 _FLAG_NAMES = {
     "isolate_socks_auth": "IsolateSOCKSAuth",
@@ -159,6 +161,7 @@ _FLAG_NAMES = {
     "isolate_dest_port": "IsolateDestPort",
     "extended_errors": "ExtendedErrors",
     "prefer_socks_no_auth": "PreferSOCKSNoAuth",
+    "prefer_ipv6_automap": "PreferIPv6Automap",
 }
 # C tor flags we do not implement, with C tor's default.  Setting one to its default
 # is a harmless no-op; anything else is refused (None: no value is a no-op).
@@ -179,7 +182,6 @@ _SOCKS_FLAG_NOOPS: dict[str, bool | None] = {
     "groupwritable": False,
     "worldwritable": False,
     "relaxdirmodecheck": False,
-    "preferipv6automap": None,  # SOCKS RESOLVE automapping; puretor automaps on DNSPort only
 }
 
 
