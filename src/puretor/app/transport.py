@@ -13,10 +13,9 @@ from __future__ import annotations
 import asyncio
 import ipaddress
 import logging
-import socket
 import struct
 from collections.abc import Hashable
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 from puretor.app.socks import (
     MAX_EARLY_DATA,
@@ -35,20 +34,23 @@ if TYPE_CHECKING:
 
 log = logging.getLogger("puretor.trans")
 
+# Linux's numbers (no `socket` import: this module opens nothing, it only asks the kernel).
+SOL_IP = 0
+SOL_IPV6 = 41
+AF_INET6 = 10
 SO_ORIGINAL_DST = 80  # linux/netfilter_ipv4.h
 IP6T_SO_ORIGINAL_DST = 80  # linux/netfilter_ipv6/ip6_tables.h
-SOL_IPV6 = 41
 
 
-def original_destination(sock: socket.socket) -> tuple[str, int] | None:
+def original_destination(sock: Any) -> tuple[str, int] | None:
     """Where a redirected connection was going, or None when it was not redirected."""
     try:
-        if sock.family == socket.AF_INET6:
+        if sock.family == AF_INET6:
             raw = sock.getsockopt(SOL_IPV6, IP6T_SO_ORIGINAL_DST, 28)
             port = struct.unpack_from("!H", raw, 2)[0]
             address = str(ipaddress.IPv6Address(raw[8:24]))
         else:
-            raw = sock.getsockopt(socket.SOL_IP, SO_ORIGINAL_DST, 16)
+            raw = sock.getsockopt(SOL_IP, SO_ORIGINAL_DST, 16)
             port = struct.unpack_from("!H", raw, 2)[0]
             address = str(ipaddress.IPv4Address(raw[4:8]))
     except (OSError, ValueError):
