@@ -12,9 +12,11 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import time
 from collections.abc import Hashable
 from typing import TYPE_CHECKING
 
+from puretor import __version__
 from puretor.app.socks import (
     MAX_EARLY_DATA,
     NOTICE,
@@ -34,6 +36,7 @@ from puretor.proto.httpconnect import (
     options_reply,
 )
 from puretor.proto.relaymsg import EndReason
+from puretor.ratelimit import RateLimit
 
 if TYPE_CHECKING:
     from puretor.client import TorClient
@@ -42,9 +45,11 @@ log = logging.getLogger("puretor.http")
 
 
 def _via() -> str:
-    from puretor import __version__
-
     return f"puretor {__version__}"
+
+
+# C tor warns about legacy Proxy-Authorization isolation; at most every 5 minutes here.
+_legacy_auth_warnings = RateLimit(300.0)
 
 
 class HttpTunnelConnection(asyncio.Protocol):
@@ -122,6 +127,16 @@ class HttpTunnelConnection(asyncio.Protocol):
                 parser.reset()
                 continue
             self._cancel_timer()
+            username = req.isolation_username
+            if (
+                username is not None
+                and not username.startswith(b"tor:")
+                and _legacy_auth_warnings.allow(time.monotonic())
+            ):
+                log.warning(
+                    "Proxy-Authorization header in legacy format. With modern Tor, use Basic "
+                    "auth with username=tor."
+                )
             if parser.leftover:
                 self._early_data(parser.leftover)
             self.task = asyncio.ensure_future(self._serve(req))
