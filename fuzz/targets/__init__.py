@@ -25,6 +25,8 @@ TARGETS: dict[str, str] = {
     "http": "fuzz.targets.http",
     "onion_address": "fuzz.targets.onion_address",
     "hs_descriptor": "fuzz.targets.hs_descriptor",
+    "http_connect": "fuzz.targets.http_connect",
+    "dns": "fuzz.targets.dns",
 }
 
 

@@ -33,7 +33,8 @@ from puretor.errors import (
     StreamTimeout,
     TorError,
 )
-from puretor.path.guards import GuardManager
+from puretor.path.addressmap import AddressMap
+from puretor.path.guards import GuardManager, Reachable
 from puretor.path.isolation import DEFAULT_TOKEN
 from puretor.path.isolation import IsolationToken as IsolationToken
 from puretor.path.reachable import is_internal_address, is_local_hostname
@@ -99,6 +100,11 @@ class TorClient:
         self._bootstrap_task: asyncio.Task[None] | None = None
         self._onion: Any = None
         self._closed = False
+        # Automapped virtual addresses (AutomapHostsOnResolve): connections to one go to
+        # its name instead, whichever port or API they come through.
+        self.address_map = AddressMap(
+            self.config.virtual_addr_network_ipv4, self.config.virtual_addr_network_ipv6
+        )
 
     def _priority_halflife(self) -> float:
         """CircuitPriorityHalflife, or the consensus's CircuitPriorityHalflifeMsec."""
@@ -331,6 +337,7 @@ class TorClient:
         circuit), `BootstrapError` or `ClientClosedError`.
         """
         self._check_open()
+        host = self.address_map.lookup(host) or host
         host = _check_target(host, port)
         if self.config.reject_internal_addresses and (
             is_internal_address(host) or is_local_hostname(host)
@@ -573,8 +580,41 @@ class TorClient:
             raise StreamRefused(f"exit has no name for {address}", EndReason.RESOLVEFAILED)
         return out
 
+    async def resolve_with_ttl(
+        self, name: str, *, reverse: bool = False, isolation: Hashable | None = None
+    ) -> list[tuple[str, int]]:
+        """`resolve` (or, with ``reverse``, `resolve_ptr`) with each answer's TTL in
+        seconds, as the exit sent it (for a DNS server's answers).
+
+        A failure raises `StreamRefused` (RESOLVEFAILED); its ``transient`` attribute is
+        true when the exit called the failure transient (DNS: SERVFAIL, not NXDOMAIN).
+        A reverse lookup of an automapped virtual address answers from the map.
+        """
+        self._check_open()
+        if reverse:
+            ip = ipaddress.ip_address(name)
+            mapped = self.address_map.lookup(ip.compressed)
+            if mapped is not None:
+                return [(mapped, 60)]
+            wanted: tuple[int, ...] = (0,)
+            name = ip.reverse_pointer
+        else:
+            wanted = (4, 6)
+        answers = await self._closed_aware(self._resolve(name, isolation))
+        out = [(str(a.value), int(a.ttl)) for a in answers if a.type in wanted]
+        if not out:
+            raise StreamRefused(f"exit gave no answer for {name}", EndReason.RESOLVEFAILED)
+        return out
+
+    def automap_address(self, name: str, version: int = 4) -> str:
+        """A virtual address (IPv4 or IPv6, from VirtualAddrNetworkIPv4/IPv6) that
+        stands for ``name`` in later connections (C tor's AutomapHostsOnResolve)."""
+        return self.address_map.automap(name, version)
+
     async def _resolve(self, name: str, isolation: Hashable | None) -> list[Any]:
-        _check_target(name, 1)
+        if _check_target(name, 1).endswith(".onion"):
+            # C tor never asks an exit about an onion address: the exit would learn it.
+            raise StreamRefused("onion addresses cannot be resolved", EndReason.RESOLVEFAILED)
         await self.bootstrap()
         assert self._circmgr is not None
         key = _DEFAULT_ISOLATION if isolation is None else isolation
@@ -604,10 +644,13 @@ class TorClient:
             answers = kept
             errors = [a for a in answers if a.type in (0xF0, 0xF1)]
             if errors and len(errors) == len(answers):
-                raise StreamRefused(
-                    f"exit could not resolve the name ({'transient' if errors[0].type == 0xF0 else 'permanent'} error)",
+                transient = errors[0].type == 0xF0
+                failed = StreamRefused(
+                    f"exit could not resolve the name ({'transient' if transient else 'permanent'} error)",
                     EndReason.RESOLVEFAILED,
                 )
+                failed.transient = transient
+                raise failed
             return answers
         raise CircuitError(f"resolve failed: {last}")
 
@@ -622,17 +665,53 @@ class TorClient:
         """Counters: ``channels_opened``, ``circuits_built``, ``circuit_build_failures``,
         ``open_circuits`` (a conflux set counts once), ``conflux_sets_linked``,
         ``conflux_failures``, ``streams_opened`` (connected streams, onion ones
-        included), and ``time`` (a `time.time()` timestamp)."""
+        included), and ``time`` (a `time.time()` timestamp).
+
+        Also (for a metrics exporter): ``circuit_build_failures_by_reason`` ({"timeout",
+        "channel", "circuit": n}), ``circuit_build_timeout`` (seconds, as learned),
+        ``conflux_sets_open``, ``congestion_windows`` (the last hop's window in cells of
+        each open circuit with congestion control), ``guards`` ({"sampled", "confirmed",
+        "primary", "unreachable": n}), ``consensus_valid_after`` (a timestamp, or None)
+        and ``bootstrap_percent``."""
         cm = self._circmgr
+        open_circuits = self.circuits
+        windows = [
+            circuit.last_hop.cc.cwnd
+            for handle in open_circuits
+            for circuit in handle.tunnel.circuits
+            if circuit.last_hop.cc is not None
+        ]
+        guards = self._guards
+        now = time.time()
+        guard_counts = {"sampled": 0, "confirmed": 0, "primary": 0, "unreachable": 0}
+        if guards is not None and guards.netdir is not None:
+            sampled = guards.sampled_guards()
+            guard_counts = {
+                "sampled": len(sampled),
+                "confirmed": len(guards.confirmed_guards()),
+                "primary": len(guards.primary_guards(now)),
+                "unreachable": sum(1 for g in sampled if guards.reachability(g) is Reachable.NO),
+            }
+        state = self._dirmgr.state
+        consensus = state.consensus if state is not None else None
         return {
             "channels_opened": self._chanmgr.connects,
             "streams_opened": self._streams_opened,
             "circuits_built": cm.circuits_built if cm else 0,
             "circuit_build_failures": cm.build_failures if cm else 0,
-            "open_circuits": len(self.circuits),
+            "circuit_build_failures_by_reason": dict(cm.build_failures_by_reason) if cm else {},
+            "circuit_build_timeout": (
+                (cm.cbt.timeout() if cm.learn_build_timeout else cm.build_timeout) if cm else None
+            ),
+            "open_circuits": len(open_circuits),
             "conflux_sets_linked": cm.conflux_sets_linked if cm else 0,
             "conflux_failures": cm.conflux_failures if cm else 0,
-            "time": time.time(),
+            "conflux_sets_open": sum(1 for h in open_circuits if h.conflux_legs),
+            "congestion_windows": windows,
+            "guards": guard_counts,
+            "consensus_valid_after": consensus.lifetime[0] if consensus is not None else None,
+            "bootstrap_percent": self.bootstrap_status.percent,
+            "time": now,
         }
 
 

@@ -145,6 +145,8 @@ class StreamRefused(StreamError):
     def __init__(self, message: str, reason: int = 1) -> None:
         super().__init__(message)
         self.reason = reason
+        # A resolve the exit said may work later (RESOLVED "transient error").
+        self.transient = False
 
     @property
     def reason_name(self) -> str:

@@ -70,6 +70,7 @@ import json
 import os
 import re
 import shlex
+import shutil
 import subprocess
 import sys
 import threading
@@ -340,6 +341,17 @@ def _guide_fences() -> list[tuple[str, str, str]]:
     return out
 
 
+def _doors_fetched(ctx: Ctx) -> None:
+    """The guide's HTTPTunnelPort/DNSPort/MetricsPort block: what curl, git and pip fetched
+    through the HTTP CONNECT port is what the network serves."""
+    _downloaded_1mib(ctx)
+    from puretor.testnet.demo_repos import README, WHEEL_NAME, index_files
+
+    assert ctx.read("/tmp/demo/README") == README, "git clone through HTTPTunnelPort"
+    wheel = ctx.read(f"/tmp/wheels/{WHEEL_NAME}")
+    assert wheel == index_files()[f"/packages/{WHEEL_NAME}"], "pip download: wrong wheel"
+
+
 def my_program(_: Sandbox) -> bytes:
     """The guide's ``my_program.py`` ("your program"): the guide's own setup block (the names
     for the private network, its paths as written) followed by its raw-stream example."""
@@ -537,6 +549,27 @@ PLAN: list[Step] = [
                   until=BENCH_RUN, ok=CTRL_C_OK),),
         output=(r"^ready in", r"network profile: realistic", r"realistic profile"),
     )),
+    # -- session "doors": the guide's HTTPTunnelPort, DNSPort and MetricsPort block ------------
+    Step("block", "docs/guide.md", "puretor-testnet up --dir /tmp/ptnet", Expect(
+        session="doors",
+        means="up; tor-client with the three ports in the background; curl --proxytunnel, "
+        "git clone and pip download through HTTPTunnelPort (the files they fetch are checked), "
+        "dig A and -x through DNSPort, a metrics scrape; down (pip gets the network's index, "
+        "not the wheelhouse; an inherited GIT_SSL_CAINFO would override the block's "
+        "http.sslCAInfo, as a reader's shell has none it is unset)",
+        prelude="unset PIP_NO_INDEX PIP_FIND_LINKS GIT_SSL_CAINFO",
+        output=(r"^ready in", r"(?m)^198\.18\.0\.10$", r"(?m)^[a-z.]*target\.test\.$",
+                r'puretor_port_bytes_total\{direction="to_client",port_type="http_tunnel"\} '
+                r"[1-9]", r"^stopped \d+ processes"),
+        check=_doors_fetched,
+        needs=("doors-tools",),
+    )),
+    Step("inline", "docs/guide.md", "git -c http.proxy=http://127.0.0.1:9080 …",
+         Same("docs/guide.md: puretor-testnet up --dir /tmp/ptnet", "the block's git line, "
+              "abbreviated")),
+    Step("inline", "docs/guide.md", "pip download --proxy http://127.0.0.1:9080 …",
+         Same("docs/guide.md: puretor-testnet up --dir /tmp/ptnet", "the block's pip line, "
+              "abbreviated")),
     # -- session "misc": single commands from the prose ---------------------------------------
     Step("inline", "README.md", "tor-client --list-torrc-options", Expect(
         session="misc", means="exit 0, and it lists every option of README's table",
@@ -695,6 +728,11 @@ _NEEDS: dict[str, tuple[Callable[[], bool], str]] = {
     "test-wheels": (
         lambda: _has_wheels("pytest", "hypothesis", "ruff", "mypy"),
         "the wheelhouse has no wheels of the test extras (.ci/run: pip wheel '.[test,httpx]')",
+    ),
+    "doors-tools": (
+        lambda: all(shutil.which(t) for t in ("dig", "git")),
+        "dig and git run the guide's DNSPort and HTTPTunnelPort recipes (apt-get install "
+        "dnsutils git)",
     ),
     "atheris": (
         lambda: _has_wheels("atheris"),

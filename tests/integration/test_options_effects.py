@@ -1058,3 +1058,83 @@ async def _wait_exit_serves(tor: TorClient, exit_name: str, limit: float = 45.0)
             return time.monotonic() - t0
         assert time.monotonic() - t0 < limit, f"{exit_name} does not serve again: {got}"
         await asyncio.sleep(0.5)
+
+
+# ------------------------------------------- the other doors: HTTPTunnelPort, DNSPort, automap
+
+
+def _dig(daemon: PtClient, port: int, *args: str) -> list[str]:
+    """The answer records' data of ``dig @127.0.0.1 -p PORT +short args``."""
+    import subprocess
+
+    from puretor.testnet import netns
+
+    argv = ["dig", "@127.0.0.1", "-p", str(port), "+short", "+tries=1", "+time=60", *args]
+    proc = subprocess.run(
+        netns.wrap(daemon.netns, argv), capture_output=True, text=True, timeout=90
+    )
+    assert proc.returncode == 0, proc.stdout + proc.stderr
+    return proc.stdout.split()
+
+
+@pytest.mark.options(
+    "AutomapHostsSuffixes",
+    "AutomapHostsOnResolve",
+    "VirtualAddrNetworkIPv4",
+    "VirtualAddrNetworkIPv6",
+    "DNSPort",
+    "HTTPTunnelPort",
+    "SocksPolicy",
+)
+def test_automap_suffixes_networks_and_socks_policy_on_the_other_doors(
+    testnet: TestNetwork, tmp_path: Path
+) -> None:
+    """AutomapHostsSuffixes .test automaps target.test (not only .onion); the virtual
+    addresses come from VirtualAddrNetworkIPv4/IPv6, and a SOCKS connection to one reaches
+    the name through an exit; SocksPolicy also shuts HTTPTunnelPort to a rejected address."""
+    info = testnet.info
+    lines = [
+        "SocksPort 127.0.0.1:auto",
+        "Log notice stdout",
+        "DNSPort auto",
+        "HTTPTunnelPort auto",
+        "AutomapHostsOnResolve 1",
+        "AutomapHostsSuffixes .test",
+        "VirtualAddrNetworkIPv4 10.77.0.0/16",
+        "VirtualAddrNetworkIPv6 [fc00::]/7",
+        "SocksPolicy reject 127.0.0.2",
+    ]
+    daemon = start_daemon(info, tmp_path, lines, audit=False, wait=False)
+    try:
+        wait_listening(daemon)
+        daemon.wait_bootstrapped(120)
+        log = daemon.log_text()
+        dns_port = int(re.search(r"Opened DNS listener .* on 127\.0\.0\.1:(\d+)", log).group(1))  # type: ignore[union-attr]
+        http_port = int(
+            re.search(r"Opened HTTP tunnel listener .* on 127\.0\.0\.1:(\d+)", log).group(1)
+        )  # type: ignore[union-attr]
+        v4 = _dig(daemon, dns_port, "target.test", "A")
+        v6 = _dig(daemon, dns_port, "target.test", "AAAA")
+        assert len(v4) == 1 and ipaddress.ip_address(v4[0]) in ipaddress.ip_network("10.77.0.0/16")
+        assert len(v6) == 1 and ipaddress.ip_address(v6[0]) in ipaddress.ip_network("fc00::/7")
+        # A name without the suffix is resolved by an exit as usual.
+        assert _dig(daemon, dns_port, "tls.target.test.", "A") != v4
+        seen = run(socks_get_ip(daemon.socks_port, v4[0]), 120)
+        assert seen in info["targets"]["exit_addresses"], seen
+
+        async def tunnel_from(source: str) -> bytes:
+            reader, writer = await asyncio.open_connection(
+                "127.0.0.1", http_port, local_addr=(source, 0)
+            )
+            try:
+                writer.write(b"OPTIONS * HTTP/1.1\r\nHost: localhost\r\n\r\n")
+                return await asyncio.wait_for(reader.read(200), 10)
+            except ConnectionError:
+                return b""
+            finally:
+                writer.close()
+
+        assert run(tunnel_from("127.0.0.1"), 20).startswith(b"HTTP/1.0 200 OK")
+        assert run(tunnel_from("127.0.0.2"), 20) == b""
+    finally:
+        daemon.stop()

@@ -151,6 +151,9 @@ def tor_client_objects(tree: ast.AST) -> set[str]:
     return known
 
 
+DNS_LISTENER = "app/dnsport.py"
+
+
 def _has_kw(node: ast.Call, name: str) -> bool:
     return any(k.arg == name for k in node.keywords)
 
@@ -201,6 +204,13 @@ def violations(source: str, rel: str) -> list[str]:
                     continue  # puretor's TorClient API: a Tor stream
                 if rel == OPENER and name == "create_connection" and receiver == "loop":
                     continue
+                if (
+                    rel == DNS_LISTENER
+                    and name == "create_datagram_endpoint"
+                    and _has_kw(node, "local_addr")
+                    and not _has_kw(node, "remote_addr")
+                ):
+                    continue  # DNSPort's listening socket: it only answers who asked
                 found.append(f"{where(node)}: calls {call}")
             elif name == "socket" and receiver == "socket":
                 found.append(f"{where(node)}: calls {call}")

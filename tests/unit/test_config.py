@@ -322,6 +322,7 @@ def test_socks_port_flags(tmp_path: Path) -> None:
         True,
         True,
     )
+    assert a.prefer_ipv6_automap and not c.prefer_ipv6_automap
 
 
 @pytest.mark.parametrize(

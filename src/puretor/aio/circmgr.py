@@ -16,6 +16,7 @@ import dataclasses
 import functools
 import logging
 import time
+from collections import Counter
 from collections.abc import Callable, Hashable
 
 from puretor.aio.channel import ChannelManager
@@ -131,6 +132,7 @@ class CircuitManager:
         self.learn_build_timeout = learn_build_timeout
         self.circuits_built = 0
         self.build_failures = 0
+        self.build_failures_by_reason: Counter[str] = Counter()  # "timeout", "channel"...
         # Conflux (prop 329): keep linked sets ready for exit streams (None: as the
         # consensus says, cfx_enabled), asking the exit's scheduler for ``conflux_ux``.
         self.conflux = conflux
@@ -256,12 +258,22 @@ class CircuitManager:
                 return await self._build_through(selector, req, hop)
             except (TimeoutError, ChannelError, CircuitError) as exc:
                 last_error = exc
-                self.build_failures += 1
+                self._note_build_failure(exc)
         raise CircuitError(f"could not build an internal circuit: {last_error}")
 
     def current_build_timeout(self) -> float:
         """How long a circuit build may take now (learned, or CircuitBuildTimeout)."""
         return self.cbt.timeout() if self.learn_build_timeout else self.build_timeout
+
+    def _note_build_failure(self, exc: BaseException) -> None:
+        self.build_failures += 1
+        if isinstance(exc, TimeoutError):
+            reason = "timeout"
+        elif isinstance(exc, ChannelError):
+            reason = "channel"  # the first hop could not be reached
+        else:
+            reason = "circuit"  # refused or destroyed on the way
+        self.build_failures_by_reason[reason] += 1
 
     async def wait_for_exit_circuit(self) -> TunnelHandle:
         """Build one clean exit circuit (bootstrap's last step) and wait for it."""
@@ -381,7 +393,7 @@ class CircuitManager:
                     if isinstance(result, TunnelHandle):
                         legs.append(result)
                     elif isinstance(result, (ChannelError, CircuitError, TimeoutError)):
-                        self.build_failures += 1
+                        self._note_build_failure(result)
                         if retries <= 0:
                             raise result
                         retries -= 1
@@ -443,7 +455,7 @@ class CircuitManager:
                 raise
             except (ChannelError, CircuitError, TimeoutError) as exc:
                 last_error = exc
-                self.build_failures += 1
+                self._note_build_failure(exc)
                 log.info("circuit build attempt %d failed: %s", attempt + 1, exc)
                 continue
             return handle

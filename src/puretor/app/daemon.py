@@ -182,6 +182,7 @@ def listener_policy(config: Any, index: int) -> Any:
         socks_policy=config.socks_policy,
         handshake_timeout=min(HANDSHAKE_TIMEOUT, config.socks_timeout),
         connect_timeout=config.socks_timeout,
+        prefer_ipv6_automap=port_cfg.prefer_ipv6_automap,
     )
 
 
@@ -201,6 +202,7 @@ async def serve(config: Any, argv: list[str], console: StartupConsole | None = N
     loop = asyncio.get_running_loop()
     stop = asyncio.Event()
     listeners: list[SocksListener] = []
+    doors: list[Any] = []  # HTTPTunnelPort, TransPort, DNSPort, MetricsPort (app/doors.py)
 
     def on_signal(name: str) -> None:
         if name in ("SIGINT", "SIGTERM"):
@@ -212,6 +214,9 @@ async def serve(config: Any, argv: list[str], console: StartupConsole | None = N
         elif name == "SIGHUP":
             log.log(NOTICE, "Received reload signal (hup). Reloading config.")
             _reload(tor, argv, listeners)
+            from puretor.app.doors import reload_doors
+
+            reload_doors(tor.config, doors)
         elif name == "SIGUSR1":
             log.log(NOTICE, "%s", _statistics(tor, listeners))
 
@@ -251,6 +256,21 @@ async def serve(config: Any, argv: list[str], console: StartupConsole | None = N
                 "the Internet might find your computer and use it as an open proxy.",
                 port_cfg.address,
             )
+    # HTTPTunnelPort, DNSPort, MetricsPort (app/doors.py): bound before bootstrapping too.
+    from puretor.app.doors import open_other_doors
+
+    try:
+        doors.extend(await open_other_doors(tor, config, listeners))
+    except OSError as exc:
+        log.error(
+            "Could not bind to %s: %s. Is Tor already running?",
+            getattr(exc, "door", "?"),
+            os.strerror(exc.errno) if exc.errno else exc,
+        )
+        for other in listeners:
+            other.close()
+        await tor.aclose()
+        return 1
     pid_file = _write_pid_file(config.pid_file)
     bootstrap = asyncio.ensure_future(tor.bootstrap())
     stop_wait = asyncio.ensure_future(stop.wait())
@@ -264,6 +284,8 @@ async def serve(config: Any, argv: list[str], console: StartupConsole | None = N
     bootstrap.cancel()
     for listener in listeners:
         listener.close()
+    for door in doors:
+        door.close()
     await tor.aclose()
     _remove_pid_file(pid_file)
     log.log(NOTICE, "Clean shutdown finished. Exiting.")

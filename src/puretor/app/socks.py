@@ -14,12 +14,14 @@ import ipaddress
 import logging
 import re
 import time
+from collections import Counter
 from collections.abc import Callable, Hashable
 from dataclasses import dataclass
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Protocol
 
 from puretor.config.values import PolicyRule, policy_permits
 from puretor.errors import NoPathError, OnionError, StreamRefused, StreamTimeout, TorError
+from puretor.path.addressmap import is_automapped_suffix
 from puretor.path.isolation import ListenerFlags, isolation_key
 from puretor.proto.socks import (
     SocksCommand,
@@ -60,19 +62,48 @@ class ListenerPolicy:
     # its request may wait for a circuit and the exit's answer.
     handshake_timeout: float = HANDSHAKE_TIMEOUT
     connect_timeout: float = 120.0  # C tor's SocksTimeout default
+    # PreferIPv6Automap: a SOCKS5 RESOLVE of an automapped name gets an IPv6 address.
+    prefer_ipv6_automap: bool = True
 
 
 class SocksServerStats:
+    """One listener's counters (SIGUSR1's statistics, the MetricsPort)."""
+
     def __init__(self) -> None:
         self.active = 0
         self.total = 0
         self.refused = 0
+        self.streams_opened = 0
+        self.stream_failures: Counter[str] = Counter()  # END reason name -> count
+        self.bytes_from_client = 0
+        self.bytes_to_client = 0
+
+    def stream_failed(self, exc: BaseException) -> None:
+        if isinstance(exc, StreamRefused):
+            self.stream_failures[exc.reason_name] += 1
+        elif isinstance(exc, (TimeoutError, StreamTimeout)):
+            self.stream_failures["TIMEOUT"] += 1
+        elif isinstance(exc, OnionError):
+            self.stream_failures["ONION"] += 1
+        elif isinstance(exc, NoPathError):
+            self.stream_failures["NOROUTE"] += 1
+        else:
+            self.stream_failures["MISC"] += 1
+
+
+class _RelayOwner(Protocol):
+    """What `_TorSide` needs of the application-side connection it relays to."""
+
+    client: asyncio.Transport | None
+    stats: SocksServerStats
+
+    def tor_side_lost(self, exc: Exception | None) -> None: ...
 
 
 class _TorSide(asyncio.Protocol):
     """The protocol on the Tor stream: forwards to the SOCKS client."""
 
-    def __init__(self, conn: SocksConnection) -> None:
+    def __init__(self, conn: _RelayOwner) -> None:
         self.conn = conn
 
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
@@ -81,6 +112,7 @@ class _TorSide(asyncio.Protocol):
     def data_received(self, data: bytes) -> None:
         client = self.conn.client
         if client is not None and not client.is_closing():
+            self.conn.stats.bytes_to_client += len(data)
             client.write(data)
 
     def eof_received(self) -> bool:
@@ -145,6 +177,7 @@ class SocksConnection(asyncio.Protocol):
 
     def data_received(self, data: bytes) -> None:
         if self.tor_transport is not None:
+            self.stats.bytes_from_client += len(data)
             self.tor_transport.write(data)
             return
         if self.handshake.request is not None:
@@ -277,23 +310,28 @@ class SocksConnection(asyncio.Protocol):
             )
         except OnionError as exc:
             log.info("onion request from %s failed: %s", self._who(), self._why(exc, req))
+            self.stats.stream_failed(exc)
             # Without ExtendedErrors C tor answers "host unreachable" (RESOLVEFAILED).
             self._reply_error(exc.socks_code, fallback=SocksReply.HOST_UNREACHABLE)
             return
         except StreamRefused as exc:
             log.info("stream to %s refused: %s", self._dest(req), self._why(exc, req))
+            self.stats.stream_failed(exc)
             self._reply_error(socks5_reply_for_end_reason(exc.reason))
             return
-        except (TimeoutError, StreamTimeout):
+        except (TimeoutError, StreamTimeout) as exc:
             log.info("stream to %s timed out", self._dest(req))
+            self.stats.stream_failed(exc)
             self._reply_error(SocksReply.TTL_EXPIRED)
             return
         except NoPathError as exc:
             log.warning("no path for %s: %s", self._dest(req), self._why(exc, req))
+            self.stats.stream_failed(exc)
             self._reply_error(SocksReply.NOT_ALLOWED)
             return
         except TorError as exc:
             log.info("stream to %s failed: %s", self._dest(req), self._why(exc, req))
+            self.stats.stream_failed(exc)
             self._reply_error(SocksReply.GENERAL_FAILURE)
             return
         assert isinstance(transport, asyncio.Transport)
@@ -301,14 +339,34 @@ class SocksConnection(asyncio.Protocol):
             transport.abort()
             return
         self.tor_transport = transport
+        self.stats.streams_opened += 1
         self.client.write(self.handshake.reply_connected())
         if self.early:
+            self.stats.bytes_from_client += len(self.early)
             transport.write(bytes(self.early))
             self.early.clear()
             self.client.resume_reading()
         del loop
 
     async def _resolve(self, req: SocksRequest) -> None:
+        config = self.tor.config
+        if (
+            req.command is SocksCommand.RESOLVE
+            and config.automap_hosts_on_resolve
+            and is_automapped_suffix(req.host, config.automap_hosts_suffixes)
+        ):
+            # AutomapHostsOnResolve: a virtual address that later connections map back.
+            version = 6 if req.version == 5 and self.policy.prefer_ipv6_automap else 4
+            try:
+                virtual = self.tor.automap_address(req.host, version)
+            except ValueError as exc:
+                log.warning("Automapping failed: %s", exc)
+                self._reply_error(SocksReply.GENERAL_FAILURE)
+                return
+            if self.client is not None and not self.client.is_closing():
+                self.client.write(self.handshake.reply_resolved(virtual, 60))
+                self.client.close()
+            return
         try:
             if req.command is SocksCommand.RESOLVE_PTR:
                 names = await self.tor.resolve_ptr(req.host, isolation=self.isolation_key(req))
@@ -443,4 +501,7 @@ class _Refuse(asyncio.Protocol):
 
 
 ProtocolFactory = Callable[[], asyncio.Protocol]
-__all__ = ["ListenerPolicy", "SocksConnection", "SocksListener", "start_socks_listener"]
+# The Tor-stream side of a relayed connection, shared with the other application ports
+# (HTTPTunnelPort, TransPort): its owner has ``client`` and ``tor_side_lost(exc)``.
+TorSide = _TorSide
+__all__ = ["ListenerPolicy", "SocksConnection", "SocksListener", "TorSide", "start_socks_listener"]

@@ -16,8 +16,10 @@ skipped with C tor's warning.
 from __future__ import annotations
 
 import dataclasses
+import ipaddress
 import logging
 import os
+import sys
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field, replace
 from pathlib import Path
@@ -38,16 +40,23 @@ from puretor.config.values import (
     OPTIONAL_BOOL,
     POSINT,
     SAFELOGGING,
+    SUFFIXES,
+    VIRTUAL_IPV4,
+    VIRTUAL_IPV6,
     Kind,
     LogSpec,
+    MetricsPortConfig,
     PolicyRule,
     SocksPortConfig,
+    app_port_kind,
     choice,
     format_log,
+    format_metrics_port,
     format_policy_rule,
     format_socks_port,
     line_list,
     parse_log,
+    parse_metrics_port,
     parse_policy_entries,
     parse_socks_port,
 )
@@ -143,6 +152,25 @@ def _combine_socks_ports(lines: list[tuple[Any, Entry]]) -> tuple[SocksPortConfi
                 cfg.address,
             )
     return tuple(ports)
+
+
+def _other_ports(name: str) -> Callable[[list[tuple[Any, Entry]]], tuple[Any, ...]]:
+    """HTTPTunnelPort, DNSPort, MetricsPort...: like SocksPort's lines, but off by default."""
+
+    def combine(lines: list[tuple[Any, Entry]]) -> tuple[Any, ...]:
+        ports = [cfg for cfg, _ in lines if cfg is not None]
+        if ports and len(ports) != len(lines):
+            raise ConfigError(f"you gave a nonzero {name} along with '{name} 0'; which one?")
+        if ports and name == "TransPort" and not sys.platform.startswith("linux"):
+            raise ConfigError("TransPort is not supported by puretor on this platform (Linux only)")
+        for cfg, entry in lines:
+            if cfg is not None and not ipaddress.ip_address(cfg.address).is_loopback:
+                log.warning(
+                    "%s: %s on %s is reachable from other hosts", entry.where, name, cfg.address
+                )
+        return tuple(ports)
+
+    return combine
 
 
 def _combine_policy(lines: list[tuple[Any, Entry]]) -> tuple[PolicyRule, ...]:
@@ -252,6 +280,52 @@ class TorConfig:
         "ClientDNSRejectInternalAddresses", OPTIONAL_BOOL, None
     )  # likewise
     client_onion_auth_dir: Path | None = option("ClientOnionAuthDir", FILENAME, None)
+    # --- the daemon's other doors (HTTP CONNECT, DNS, metrics): off unless configured
+    http_tunnel_ports: tuple[SocksPortConfig, ...] = option(
+        "HTTPTunnelPort",
+        app_port_kind("HTTPTunnelPort"),
+        (),
+        repeatable=True,
+        combine=_other_ports("HTTPTunnelPort"),
+    )
+    trans_ports: tuple[SocksPortConfig, ...] = option(
+        "TransPort",
+        app_port_kind("TransPort"),
+        (),
+        repeatable=True,
+        combine=_other_ports("TransPort"),
+    )
+    dns_ports: tuple[SocksPortConfig, ...] = option(
+        "DNSPort",
+        app_port_kind("DNSPort"),
+        (),
+        repeatable=True,
+        combine=_other_ports("DNSPort"),
+    )
+    automap_hosts_on_resolve: bool = option("AutomapHostsOnResolve", BOOL, False)
+    automap_hosts_suffixes: tuple[str, ...] = option(
+        "AutomapHostsSuffixes", SUFFIXES, (".exit", ".onion")
+    )
+    virtual_addr_network_ipv4: ipaddress.IPv4Network = option(
+        "VirtualAddrNetworkIPv4", VIRTUAL_IPV4, ipaddress.IPv4Network("127.192.0.0/10")
+    )
+    virtual_addr_network_ipv6: ipaddress.IPv6Network = option(
+        "VirtualAddrNetworkIPv6", VIRTUAL_IPV6, ipaddress.IPv6Network("fe80::/10")
+    )
+    metrics_ports: tuple[MetricsPortConfig, ...] = option(
+        "MetricsPort",
+        line_list(parse_metrics_port, format_metrics_port),
+        (),
+        repeatable=True,
+        combine=_other_ports("MetricsPort"),
+    )
+    metrics_port_policy: tuple[PolicyRule, ...] = option(
+        "MetricsPortPolicy",
+        line_list(parse_policy_entries, format_policy_rule),
+        (),
+        repeatable=True,
+        combine=_combine_policy,
+    )
     pid_file: Path | None = option("PidFile", FILENAME, None)
     conflux_enabled: bool | None = option(
         "ConfluxEnabled", AUTOBOOL, None

@@ -133,6 +133,7 @@ class SocksPortConfig:
     isolate_dest_port: bool = False
     extended_errors: bool = False
     prefer_socks_no_auth: bool = False  # also implied by NoIsolateSOCKSAuth (as C tor)
+    prefer_ipv6_automap: bool = True  # SOCKS5 RESOLVE of an automapped name: an IPv6 answer
     session_group: int | None = None  # ports in one group may share circuits
 
     @property
@@ -150,6 +151,7 @@ _SOCKS_FLAGS = {
     "isolatedestport": "isolate_dest_port",
     "extendederrors": "extended_errors",
     "prefersocksnoauth": "prefer_socks_no_auth",
+    "preferipv6automap": "prefer_ipv6_automap",
 }
 _FLAG_NAMES = {
     "isolate_socks_auth": "IsolateSOCKSAuth",
@@ -159,6 +161,7 @@ _FLAG_NAMES = {
     "isolate_dest_port": "IsolateDestPort",
     "extended_errors": "ExtendedErrors",
     "prefer_socks_no_auth": "PreferSOCKSNoAuth",
+    "prefer_ipv6_automap": "PreferIPv6Automap",
 }
 # C tor flags we do not implement, with C tor's default.  Setting one to its default
 # is a harmless no-op; anything else is refused (None: no value is a no-op).
@@ -179,7 +182,6 @@ _SOCKS_FLAG_NOOPS: dict[str, bool | None] = {
     "groupwritable": False,
     "worldwritable": False,
     "relaxdirmodecheck": False,
-    "preferipv6automap": None,  # only matters with AutomapHostsOnResolve, which we lack
 }
 
 
@@ -440,3 +442,99 @@ def format_policy_rule(rule: PolicyRule) -> str:
     net = rule.network
     text = f"[{net.network_address}]" if net.version == 6 else str(net.network_address)
     return f"{word} {text}/{net.prefixlen}"
+
+
+# --- the other application ports (HTTPTunnelPort, DNSPort, TransPort) and MetricsPort
+
+
+def app_port_kind(option: str) -> Kind:
+    """``Option [addr:]port|auto|0 [flags]``: SocksPort's grammar and isolation flags
+    (C tor parses every client port with the same parse_port_config)."""
+
+    def parse(value: str) -> SocksPortConfig | None:
+        try:
+            return parse_socks_port(value)
+        except ValueError as exc:
+            raise ValueError(str(exc).replace("SocksPort", option)) from None
+
+    return line_list(parse, lambda c: "0" if c is None else format_socks_port(c))
+
+
+@dataclass(frozen=True)
+class MetricsPortConfig:
+    """One ``MetricsPort [addr:]port [format]`` line."""
+
+    address: str
+    port: int | Literal["auto"]
+    format: str = "prometheus"
+
+
+def parse_metrics_port(value: str) -> MetricsPortConfig | None:
+    words = value.split()
+    if not words or len(words) > 2:
+        raise ValueError("MetricsPort takes [address:]port and an optional format")
+    address, port = parse_listen_address(words[0])
+    fmt = words[1].lower() if len(words) == 2 else "prometheus"
+    if fmt != "prometheus":
+        raise ValueError(f"unknown MetricsPort format '{words[1]}' (only prometheus)")
+    return None if port == 0 else MetricsPortConfig(address, port, fmt)
+
+
+def format_metrics_port(cfg: MetricsPortConfig | None) -> str:
+    if cfg is None:
+        return "0"
+    host = f"[{cfg.address}]" if ":" in cfg.address else cfg.address
+    return f"{host}:{cfg.port} {cfg.format}"
+
+
+def policy_permits_default_reject(rules: tuple[PolicyRule, ...], address: str) -> bool:
+    """MetricsPortPolicy: first match wins, and unmatched (or no policy) is rejected."""
+    try:
+        addr = ipaddress.ip_address(address.strip("[]"))
+    except ValueError:
+        return False
+    for rule in rules:
+        if rule.matches(addr):
+            return rule.accept
+    return False
+
+
+def _parse_suffixes(text: str) -> tuple[str, ...]:
+    """AutomapHostsSuffixes: a comma-separated list (C tor's CSV)."""
+    items = tuple(s.strip() for s in text.split(",") if s.strip())
+    for s in items:
+        if not all(c.isalnum() or c in "-._" for c in s):
+            raise ValueError(f"'{s}' is not a host name suffix")
+    return items
+
+
+SUFFIXES = Kind("CommaList", _parse_suffixes, ",".join)
+
+
+def _virtual_network(version: int, max_prefix: int) -> Kind:
+    """VirtualAddrNetworkIPv4/IPv6 ``addr/bits`` (C tor: at most 16 bits of prefix for
+    IPv4 and 104 for IPv6, so the network has room)."""
+
+    def parse(text: str) -> Any:
+        raw = text.strip()
+        if version == 6 and raw.startswith("["):
+            close = raw.find("]")
+            raw = raw[1:close] + raw[close + 1 :] if close > 0 else raw
+        try:
+            net = ipaddress.ip_network(raw, strict=False)
+        except ValueError:
+            raise ValueError(f"'{text}' is not an IPv{version} network (ADDR/BITS)") from None
+        if net.version != version:
+            raise ValueError(f"'{text}' is not an IPv{version} network")
+        if net.prefixlen > max_prefix:
+            raise ValueError(f"a prefix of more than {max_prefix} bits leaves too few addresses")
+        return net
+
+    def fmt(net: Any) -> str:
+        return f"[{net.network_address}]/{net.prefixlen}" if version == 6 else str(net)
+
+    return Kind("String", parse, fmt)
+
+
+VIRTUAL_IPV4 = _virtual_network(4, 16)
+VIRTUAL_IPV6 = _virtual_network(6, 104)

@@ -28,6 +28,7 @@ from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 from typing import Any
 
+from puretor.testnet.demo_repos import demo_files
 from puretor.testnet.dns import DnsServer
 
 _CHUNK = 256 * 1024
@@ -62,6 +63,9 @@ class SourceLog:
     def record(self, listener: str, peer: tuple[str, int]) -> None:
         with self._lock:
             self._file.write(f"{time.time():.3f} {listener} {peer[0]} {peer[1]}\n")
+
+
+_DEMO_FILES = demo_files()
 
 
 class TargetHTTPServer(ThreadingHTTPServer):
@@ -130,6 +134,9 @@ class _Handler(BaseHTTPRequestHandler):
             self._send(200, f"{self.client_address[0]}\n".encode())
         elif path.startswith("/files/") and path[7:] in self.server.files:
             self._send(200, self.server.files[path[7:]], "application/octet-stream")
+        elif path in _DEMO_FILES:  # the docs' git and pip recipes (demo_repos.py)
+            ctype = "text/html" if path.endswith("/") else "application/octet-stream"
+            self._send(200, _DEMO_FILES[path], ctype)
         elif path.startswith("/bytes/") and path[7:].isdigit():
             biggest = max(self.server.files.values(), key=len)
             n = int(path[7:])
