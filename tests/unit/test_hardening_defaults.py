@@ -181,6 +181,9 @@ def test_sigusr1_statistics_line() -> None:
                 "circuits_built": 4,
                 "conflux_sets_linked": 1,
                 "channels_opened": 1,
+                "queued_bytes": 1234,
+                "queued_bytes_peak": 5678,
+                "oom_tunnels_closed": 0,
             }
 
     s1, s2 = SocksServerStats(), SocksServerStats()
@@ -198,6 +201,7 @@ def test_sigusr1_statistics_line() -> None:
     assert fields["socks_active"] == "3" and fields["socks_total"] == "6"
     assert fields["socks_refused"] == "7" and fields["open_circuits"] == "2"
     assert fields["conflux_sets_linked"] == "1"
+    assert fields["queued_bytes"] == "1234" and fields["queued_bytes_peak"] == "5678"
     assert int(fields["asyncio_tasks"]) >= 1
     assert int(fields["open_fds"]) > 2 and int(fields["rss_kib"]) > 1000
 

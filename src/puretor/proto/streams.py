@@ -316,7 +316,10 @@ class StreamMap:
 
     def _hold(self, stream: Stream, flow: StreamFlow, data: bytes) -> None:
         """Keep data for a paused reader; XOFF once too much piles up (as C tor's outbuf)."""
+        if not flow.held_bytes:
+            flow.held_since = self.tunnel.clock()
         flow.hold(data)
+        self.tunnel.queue_budget.add(len(data))
         params: CCParams | None = self.tunnel.cc_params
         if flow.xoff_sent:
             flow.after_xoff += len(data)
@@ -337,6 +340,11 @@ class StreamMap:
             flow.xoffs_sent += 1
             self.tunnel.send_relay(RelayCommand.XOFF, stream.stream_id, encode_xoff())
 
+    def _take_held(self, flow: StreamFlow) -> bytes:
+        data = flow.take_held()
+        self.tunnel.queue_budget.remove(len(data))
+        return data
+
     def resume(self, stream: Stream) -> None:
         """The reader resumed: hand it what we held; XON (or SENDMEs) once it took it."""
         flow = stream.flow
@@ -347,7 +355,7 @@ class StreamMap:
         if flow.held_bytes:
             # Also after the stream ended (exit's END deferred, or our own close): it
             # arrived before the END.
-            self.tunnel.emit(StreamData(stream, flow.take_held()))
+            self.tunnel.emit(StreamData(stream, self._take_held(flow)))
         if end is not None:
             flow.end = None
             self.tunnel.emit(StreamEnded(stream, end.reason, end, "stream ended by exit"))
@@ -425,7 +433,7 @@ class StreamMap:
 
     def abort(self, stream: Stream, reason: int) -> None:
         if stream.flow is not None:
-            stream.flow.take_held()  # data held for a paused reader, and a deferred END
+            self._take_held(stream.flow)  # data held for a paused reader, and a deferred END
             stream.flow.end = None
         if stream.state is not StreamState.CLOSED:
             stream.send_buffer.clear()
@@ -490,6 +498,6 @@ class StreamMap:
             stream.deadline = None
             stream.send_buffer.clear()  # the application may keep the Stream around
             if stream.flow is not None:
-                stream.flow.take_held()  # the stream failed: no data after its end
+                self._take_held(stream.flow)  # the stream failed: no data after its end
         for stream in streams:
             self.tunnel.emit(StreamEnded(stream, EndReason.DESTROY, None, message))
