@@ -100,9 +100,14 @@ class ChannelProtocol(asyncio.BufferedProtocol):
     kept for the channel's life, instead of allocating a fresh bytes object per TLS
     record and joining them per socket read.  After each read the `Reactor` delivers
     what the core said and flushes what it wants to send - in one write per channel.
+
+    The buffer starts small and doubles whenever a read fills it, up to asyncio's own
+    read size: a bulk channel reads 256 KiB at a time, while a directory or idle channel
+    keeps 16 KiB (each byte of a buffer is resident memory: bytearray zero-fills it).
     """
 
-    _READ_BUFFER = 256 * 1024  # asyncio's own read size for TLS transports
+    _READ_BUFFER_MIN = 16 * 1024
+    _READ_BUFFER_MAX = 256 * 1024  # asyncio's own read size for TLS transports
 
     def __init__(self, channel: Channel, reactor: Reactor, loop: asyncio.AbstractEventLoop) -> None:
         self.channel = channel
@@ -110,8 +115,7 @@ class ChannelProtocol(asyncio.BufferedProtocol):
         self.loop = loop
         self.transport: asyncio.Transport | None = None
         self.opened: asyncio.Future[None] = loop.create_future()
-        self._read_buffer = bytearray(self._READ_BUFFER)
-        self._read_view = memoryview(self._read_buffer)
+        self._read_view = memoryview(bytearray(self._READ_BUFFER_MIN))
         self._write_paused = False
         channel.owner = self
 
@@ -129,7 +133,10 @@ class ChannelProtocol(asyncio.BufferedProtocol):
         return self._read_view
 
     def buffer_updated(self, nbytes: int) -> None:
-        self.data_received(self._read_view[:nbytes])
+        view = self._read_view
+        self.data_received(view[:nbytes])
+        if nbytes == len(view) and nbytes < self._READ_BUFFER_MAX:
+            self._read_view = memoryview(bytearray(2 * nbytes))  # a bulk transfer: read more
 
     def data_received(self, data: bytes | memoryview) -> None:
         self.channel.receive_data(data, time.time())
