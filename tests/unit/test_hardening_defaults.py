@@ -101,10 +101,10 @@ def test_data_directory_below_a_file(tmp_path: Path, capsys: pytest.CaptureFixtu
 
 
 def _read_only(monkeypatch: pytest.MonkeyPatch) -> None:
-    def mkstemp(*args: Any, **kwargs: Any) -> Any:
+    def create_temporary(*args: Any, **kwargs: Any) -> Any:
         raise OSError(errno.EROFS, "Read-only file system")
 
-    monkeypatch.setattr(cache_mod.tempfile, "mkstemp", mkstemp)
+    monkeypatch.setattr(cache_mod, "_create_temporary", create_temporary)
 
 
 def test_read_only_data_directory(
