@@ -23,7 +23,6 @@ from __future__ import annotations
 
 import argparse
 import asyncio
-import contextlib
 import json
 import subprocess
 import sys
@@ -262,9 +261,8 @@ async def amain(args: Any) -> int:
             results.append(await run_scenario(name, info, Path(tmp), args, traced=False))
             if args.tracemalloc:
                 results.append(await run_scenario(name, info, Path(tmp), args, traced=True))
-            print(
-                f"  {name}: peak {results[-1 - args.tracemalloc].peak_mib:.1f} MiB", file=sys.stderr
-            )
+            peak = results[-1 - args.tracemalloc].peak_mib
+            print(f"  {name}: peak {peak:.1f} MiB", flush=True)
     print(report(results, floor, args.top))
     if args.json:
         Path(args.json).write_text(
@@ -285,9 +283,10 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--json", help="write the results here")
     p.add_argument("--torrc-line", action="append", default=[], help="an extra torrc line")
     args = p.parse_args(argv)
-    with contextlib.suppress(KeyboardInterrupt):
+    try:
         return asyncio.run(amain(args))
-    return 1
+    except KeyboardInterrupt:
+        return 130  # Ctrl-C: the clients are stopped on the way out
 
 
 if __name__ == "__main__":

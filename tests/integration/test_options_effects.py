@@ -648,6 +648,8 @@ def test_max_mem_in_queues_closes_the_circuits_of_readers_that_stopped(
             # One client at a time: the target serves six stalled downloads at once.
             conns = await stalled_readers(default)
             held = await settle(default, lambda s: s["queued_bytes"] > 1_200_000)
+            await asyncio.sleep(2.0)
+            steady = default.stats()  # flow control (XOFF) stopped the exits
             for _, writer in conns:
                 writer.close()
             conns = await stalled_readers(small)
@@ -658,13 +660,16 @@ def test_max_mem_in_queues_closes_the_circuits_of_readers_that_stopped(
             ip, _ = await get_ip(small, IsolationToken("after"))
             for _, writer in conns:
                 writer.close()
-            return {"held": held, "oom": oom, "failed": failed, "ip": ip}
+            return {"held": held, "steady": steady, "oom": oom, "failed": failed, "ip": ip}
 
     out = run(main())
     held, oom = out["held"], out["oom"]
     print({k: held[k] for k in ("queued_bytes", "max_mem_in_queues", "oom_events")})
     print({k: oom[k] for k in ("queued_bytes", "queued_bytes_peak", "oom_tunnels_closed")})
     assert held["queued_bytes"] > 1_200_000 and held["oom_events"] == 0
+    # Without a small limit flow control alone bounds it: at most ~2 MB per stalled stream.
+    steady = out["steady"]
+    assert steady["queued_bytes"] < 6 * 2 * 2**20 and steady["oom_events"] == 0
     assert held["max_mem_in_queues"] >= 256 * 2**20  # C tor's default: from the RAM size
     assert oom["max_mem_in_queues"] == 2**20 and oom["oom_tunnels_closed"] >= 1
     # Under the limit after each check; the peak is at most one read past it.
