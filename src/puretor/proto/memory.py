@@ -119,7 +119,7 @@ def tunnel_queued(tunnel: Tunnel) -> Queued:
     """The bytes ``tunnel`` holds queued and when the oldest of them was queued."""
     nbytes = 0
     since = float("inf")
-    for stream in tunnel.streams.streams.values():
+    for stream in [*tunnel.streams.streams.values(), *tunnel.streams.ended_holding]:
         flow = stream.flow
         if flow is not None and flow.held_bytes:
             nbytes += flow.held_bytes

@@ -411,7 +411,7 @@ class Tunnel:
         self.build_deadline = None
         text = f"circuit closed: {message} ({DestroyReason.describe(reason)})"
         try:
-            self.streams.close_all(text)
+            self.streams.close_all(text, drop_held=reason == DestroyReason.RESOURCELIMIT)
         finally:
             self.emit(event)
             if cfx is not None:

@@ -195,3 +195,39 @@ def test_under_the_limit_nothing_is_closed() -> None:
     _exchange(channel, fake, budget)
     assert relieve(budget, [channel]) is None
     assert tunnel.state is CircuitState.OPEN and budget.ooms == 0 and budget.total > 0
+
+
+def _held_then_ended(budget: QueueBudget) -> tuple[FakeRelay, Channel, Tunnel, RecordingSink]:
+    """A paused reader's stream holding data when the exit ENDs it (the END waits)."""
+    fake, channel, tunnel = _setup(
+        FakeRelayConfig(source_ports={80: 400 * KB}, end_after_source=False), budget
+    )
+    sink = RecordingSink()
+    stream = tunnel.open_stream(sink, "big.example", 80)
+    sink.on_data = lambda _d: stream.pause_delivery()
+    _exchange(channel, fake, budget)
+    fake.exit_end_stream(tunnel.circ_id, stream.stream_id)
+    _exchange(channel, fake, budget)
+    assert stream.stream_id not in tunnel.streams and sink.ended == []  # END deferred
+    assert stream in tunnel.streams.ended_holding and budget.total > 0
+    return fake, channel, tunnel, sink
+
+
+def test_data_held_after_the_end_is_released_when_the_application_goes() -> None:
+    budget = QueueBudget()
+    _fake, _channel, tunnel, _sink = _held_then_ended(budget)
+    assert tunnel_queued(tunnel).nbytes == budget.total  # still counted, and still visible
+    stream = next(iter(tunnel.streams.ended_holding))
+    stream.discard_received()  # what the transport does when the application closes it
+    assert budget.total == 0 and not tunnel.streams.ended_holding
+
+
+def test_closing_for_the_limit_drops_data_held_after_the_end() -> None:
+    budget = QueueBudget()
+    _fake, channel, tunnel, sink = _held_then_ended(budget)
+    budget.limit = budget.total  # now over it
+    relief = relieve(budget, [channel])
+    assert relief is not None and relief.tunnels_closed == 1
+    deliver_events(channel.events)
+    assert budget.total == 0 and tunnel.state is CircuitState.CLOSED
+    assert sink.end_reason == EndReason.DESTROY  # an error, not the exit's clean END
