@@ -12,6 +12,7 @@ from __future__ import annotations
 import asyncio
 import ipaddress
 import logging
+import os
 import ssl as _ssl
 import time
 from collections.abc import Awaitable, Callable, Hashable
@@ -40,6 +41,7 @@ from puretor.path.isolation import IsolationToken as IsolationToken
 from puretor.path.reachable import is_internal_address, is_local_hostname
 from puretor.proto.circuitmux import choose_halflife
 from puretor.proto.conflux import UX_BY_NAME
+from puretor.proto.memory import choose_limit
 from puretor.proto.relaymsg import EndReason
 from puretor.ratelimit import RateLimit
 
@@ -91,7 +93,9 @@ class TorClient:
         self.bootstrap_timeout = bootstrap_timeout
         self._streams_opened = 0
         self._chanmgr = ChannelManager(
-            allow=self._channel_allowed, priority_halflife=self._priority_halflife
+            allow=self._channel_allowed,
+            priority_halflife=self._priority_halflife,
+            max_mem_in_queues=_max_mem_in_queues(self.config.max_mem_in_queues),
         )
         self._halflife_warned = False
         self._dirmgr = DirManager(self.config, self._chanmgr)
@@ -672,7 +676,10 @@ class TorClient:
         ``conflux_sets_open``, ``congestion_windows`` (the last hop's window in cells of
         each open circuit with congestion control), ``guards`` ({"sampled", "confirmed",
         "primary", "unreachable": n}), ``consensus_valid_after`` (a timestamp, or None)
-        and ``bootstrap_percent``."""
+        and ``bootstrap_percent``.
+        The queued cell data against MaxMemInQueues: ``queued_bytes`` (now),
+        ``queued_bytes_peak``, ``max_mem_in_queues`` (the limit in bytes), ``oom_events``
+        (times it was reached), ``oom_tunnels_closed`` and ``oom_bytes_removed``."""
         cm = self._circmgr
         open_circuits = self.circuits
         windows = [
@@ -712,7 +719,20 @@ class TorClient:
             "consensus_valid_after": consensus.lifetime[0] if consensus is not None else None,
             "bootstrap_percent": self.bootstrap_status.percent,
             "time": now,
+            **self._chanmgr.queue_budget.stats(),
         }
+
+
+def _max_mem_in_queues(configured: int | None) -> int:
+    """MaxMemInQueues in bytes, from the torrc value or the machine's memory (as C tor)."""
+    try:
+        ram: int | None = os.sysconf("SC_PHYS_PAGES") * os.sysconf("SC_PAGE_SIZE")
+    except (ValueError, OSError, AttributeError):
+        ram = None
+    limit, warning = choose_limit(configured, ram)
+    if warning:
+        log.warning("%s", warning)
+    return limit
 
 
 async def _cancel_until_done(task: asyncio.Task[Any] | None) -> None:

@@ -383,6 +383,7 @@ GUIDE_DAEMON = "puretor-testnet exec --dir /tmp/ptnet -- tor-client -f /tmp/ptne
 HARDENING_CAMPAIGN = "python -m puretor.testnet up --dir /tmp/tn"
 REALISTIC_UP = "puretor-testnet up --dir /tmp/ptnet --network-profile realistic"
 PERF_REALISTIC = "python -m puretor.testnet up --dir /tmp/tn --network-profile realistic"
+MEMORY_BENCH = "python bench/bench_memory.py --netdir /tmp/tn --tracemalloc"
 
 
 def _collect(cmd: str) -> Expect:
@@ -491,6 +492,13 @@ PLAN: list[Step] = [
             Cmd("python bench/bench_cells.py", timeout=300),
         ),
         output=(r"^ready in", r"^\s+inbound\s+receive_data"),
+    )),
+    Step("block", "docs/performance.md", MEMORY_BENCH, Expect(
+        session="perf",
+        means="the memory benchmark on the network the block above left up, until its first "
+        "scenario is measured, then Ctrl-C (its clients stop with it)",
+        cmds=(Cmd(MEMORY_BENCH, until=r"^  single: peak [\d.]+ MiB", ok=CTRL_C_OK, timeout=600),),
+        output=(r"^  single: peak [\d.]+ MiB",),
     )),
     # -- session "fuzz": the campaign of docs/hardening.md, then fuzz/README.md --------------
     Step("setup", "setup", "atheris, as the campaign used it", Expect(

@@ -613,6 +613,71 @@ def test_circuit_priority_halflife_sets_the_channels_scheduler(
     assert run(main()) == {"default": {30.0}, "short": {2.5}, "zero": {30.0}}
 
 
+@pytest.mark.options("MaxMemInQueues")
+def test_max_mem_in_queues_closes_the_circuits_of_readers_that_stopped(
+    testnet: TestNetwork, tmp_path: Path
+) -> None:
+    """Six streams each GET 100 MiB on a circuit of their own and read nothing.  Flow control
+    stops each exit after a few hundred KB (XOFF), so together they hold more than 1 MB: the
+    default limit lets them, ``MaxMemInQueues 1 MB`` closes the circuits with the oldest
+    queued data until the total is under it, and new streams still work."""
+    variants = {"default": {}, "small": {"MaxMemInQueues": "1 MB"}}
+    path = "/files/100MiB"
+
+    async def stalled_readers(
+        tor: TorClient, n: int = 6
+    ) -> list[tuple[asyncio.StreamReader, asyncio.StreamWriter]]:
+        conns = []
+        for i in range(n):
+            reader, writer = await tor.open_connection(
+                "target.test", 80, isolation=IsolationToken(f"slow{i}")
+            )
+            writer.write(f"GET {path} HTTP/1.0\r\nHost: target.test\r\n\r\n".encode())
+            conns.append((reader, writer))  # never read: asyncio's buffer fills, then ours
+        return conns
+
+    async def settle(tor: TorClient, done: Any, limit: float = 60.0) -> dict[str, Any]:
+        deadline = time.monotonic() + limit
+        while not done(tor.stats()) and time.monotonic() < deadline:
+            await asyncio.sleep(0.2)
+        return tor.stats()
+
+    async def main() -> dict[str, Any]:
+        async with clients(testnet.info, tmp_path, variants) as tors:
+            default, small = tors["default"], tors["small"]
+            # One client at a time: the target serves six stalled downloads at once.
+            conns = await stalled_readers(default)
+            held = await settle(default, lambda s: s["queued_bytes"] > 1_200_000)
+            await asyncio.sleep(2.0)
+            steady = default.stats()  # flow control (XOFF) stopped the exits
+            for _, writer in conns:
+                writer.close()
+            conns = await stalled_readers(small)
+            oom = await settle(small, lambda s: s["oom_tunnels_closed"] >= 1)
+            await asyncio.sleep(2.0)  # the survivors keep holding what they hold
+            oom = small.stats()
+            failed = sum(reader.exception() is not None for reader, _ in conns)
+            ip, _ = await get_ip(small, IsolationToken("after"))
+            for _, writer in conns:
+                writer.close()
+            return {"held": held, "steady": steady, "oom": oom, "failed": failed, "ip": ip}
+
+    out = run(main())
+    held, oom = out["held"], out["oom"]
+    print({k: held[k] for k in ("queued_bytes", "max_mem_in_queues", "oom_events")})
+    print({k: oom[k] for k in ("queued_bytes", "queued_bytes_peak", "oom_tunnels_closed")})
+    assert held["queued_bytes"] > 1_200_000 and held["oom_events"] == 0
+    # Without a small limit flow control alone bounds it: at most ~2 MB per stalled stream.
+    steady = out["steady"]
+    assert steady["queued_bytes"] < 6 * 2 * 2**20 and steady["oom_events"] == 0
+    assert held["max_mem_in_queues"] >= 256 * 2**20  # C tor's default: from the RAM size
+    assert oom["max_mem_in_queues"] == 2**20 and oom["oom_tunnels_closed"] >= 1
+    # Under the limit after each check; the peak is at most one read past it.
+    assert oom["queued_bytes"] < 2**20 and oom["queued_bytes_peak"] < 2**20 + 512 * 1024
+    assert out["failed"] >= oom["oom_tunnels_closed"] >= 1  # those streams got an error
+    assert out["ip"]  # a new stream works
+
+
 @pytest.mark.options("ConfluxClientUX")
 def test_conflux_client_ux_goes_into_the_link_cells(
     testnet: TestNetwork, tmp_path: Path, monkeypatch: pytest.MonkeyPatch

@@ -101,10 +101,10 @@ def test_data_directory_below_a_file(tmp_path: Path, capsys: pytest.CaptureFixtu
 
 
 def _read_only(monkeypatch: pytest.MonkeyPatch) -> None:
-    def mkstemp(*args: Any, **kwargs: Any) -> Any:
+    def create_temporary(*args: Any, **kwargs: Any) -> Any:
         raise OSError(errno.EROFS, "Read-only file system")
 
-    monkeypatch.setattr(cache_mod.tempfile, "mkstemp", mkstemp)
+    monkeypatch.setattr(cache_mod, "_create_temporary", create_temporary)
 
 
 def test_read_only_data_directory(
@@ -181,6 +181,9 @@ def test_sigusr1_statistics_line() -> None:
                 "circuits_built": 4,
                 "conflux_sets_linked": 1,
                 "channels_opened": 1,
+                "queued_bytes": 1234,
+                "queued_bytes_peak": 5678,
+                "oom_tunnels_closed": 0,
             }
 
     s1, s2 = SocksServerStats(), SocksServerStats()
@@ -198,6 +201,7 @@ def test_sigusr1_statistics_line() -> None:
     assert fields["socks_active"] == "3" and fields["socks_total"] == "6"
     assert fields["socks_refused"] == "7" and fields["open_circuits"] == "2"
     assert fields["conflux_sets_linked"] == "1"
+    assert fields["queued_bytes"] == "1234" and fields["queued_bytes_peak"] == "5678"
     assert int(fields["asyncio_tasks"]) >= 1
     assert int(fields["open_fds"]) > 2 and int(fields["rss_kib"]) > 1000
 

@@ -30,6 +30,8 @@ from puretor.errors import ChannelError
 from puretor.proto.channel import Channel, ChannelState
 from puretor.proto.circuitmux import DEFAULT_HALFLIFE
 from puretor.proto.events import ChannelClosed, ChannelOpened
+from puretor.proto.memory import relieve
+from puretor.ratelimit import RateLimit
 
 log = logging.getLogger("puretor.channel")
 
@@ -38,6 +40,8 @@ HANDSHAKE_TIMEOUT = 20.0
 # Cells handed to the TLS transport per write: a bulk circuit's cells wait in the
 # channel's scheduler, not in a transport buffer a quiet circuit cannot jump.
 FLUSH_CELLS = 256
+# Over MaxMemInQueues with nothing left to close: say so at most once a minute.
+_oom_log = RateLimit(60.0)
 
 
 @dataclass(frozen=True, slots=True)
@@ -96,9 +100,14 @@ class ChannelProtocol(asyncio.BufferedProtocol):
     kept for the channel's life, instead of allocating a fresh bytes object per TLS
     record and joining them per socket read.  After each read the `Reactor` delivers
     what the core said and flushes what it wants to send - in one write per channel.
+
+    The buffer starts small and doubles whenever a read fills it, up to asyncio's own
+    read size: a bulk channel reads 256 KiB at a time, while a directory or idle channel
+    keeps 16 KiB (each byte of a buffer is resident memory: bytearray zero-fills it).
     """
 
-    _READ_BUFFER = 256 * 1024  # asyncio's own read size for TLS transports
+    _READ_BUFFER_MIN = 16 * 1024
+    _READ_BUFFER_MAX = 256 * 1024  # asyncio's own read size for TLS transports
 
     def __init__(self, channel: Channel, reactor: Reactor, loop: asyncio.AbstractEventLoop) -> None:
         self.channel = channel
@@ -106,8 +115,7 @@ class ChannelProtocol(asyncio.BufferedProtocol):
         self.loop = loop
         self.transport: asyncio.Transport | None = None
         self.opened: asyncio.Future[None] = loop.create_future()
-        self._read_buffer = bytearray(self._READ_BUFFER)
-        self._read_view = memoryview(self._read_buffer)
+        self._read_view = memoryview(bytearray(self._READ_BUFFER_MIN))
         self._write_paused = False
         channel.owner = self
 
@@ -125,7 +133,10 @@ class ChannelProtocol(asyncio.BufferedProtocol):
         return self._read_view
 
     def buffer_updated(self, nbytes: int) -> None:
-        self.data_received(self._read_view[:nbytes])
+        view = self._read_view
+        self.data_received(view[:nbytes])
+        if nbytes == len(view) and nbytes < self._READ_BUFFER_MAX:
+            self._read_view = memoryview(bytearray(2 * nbytes))  # a bulk transfer: read more
 
     def data_received(self, data: bytes | memoryview) -> None:
         self.channel.receive_data(data, time.time())
@@ -187,8 +198,14 @@ class ChannelManager:
         allow: Callable[[ChannelTarget], str | None] | None = None,
         reactor: Reactor | None = None,
         priority_halflife: Callable[[], float] | None = None,
+        max_mem_in_queues: int = 0,
     ) -> None:
         self.reactor = reactor or Reactor()
+        # Queued cell data of every channel, against MaxMemInQueues (0: no limit).
+        self.queue_budget = self.reactor.queue_budget
+        self.queue_budget.limit = max_mem_in_queues
+        self.reactor.relieve_memory = self._relieve_memory
+        self._relief_idle_until = 0.0
         # The circuit scheduler's EWMA half-life for each new channel (torrc/consensus).
         self.priority_halflife = priority_halflife or (lambda: DEFAULT_HALFLIFE)
         self._channels: dict[bytes, Channel] = {}
@@ -219,6 +236,7 @@ class ChannelManager:
             events=self.reactor.events,
             flush_wanted=self.reactor.flush_wanted,
             priority_halflife=self.priority_halflife(),
+            queue_budget=self.queue_budget,
         )
         proto = ChannelProtocol(channel, self.reactor, loop)
         sys.audit("puretor.channel.connect", target.address, target.or_port, target.rsa_id.hex())
@@ -270,6 +288,29 @@ class ChannelManager:
         self.reactor.watch(channel)
         log.debug("channel open to %s (link protocol %d)", target.describe(), channel.link_protocol)
         return channel
+
+    def _relieve_memory(self) -> None:
+        """Over MaxMemInQueues: close the circuits holding the oldest queued data."""
+        now = time.monotonic()
+        if now < self._relief_idle_until:
+            return
+        relief = relieve(self.queue_budget, list(self._channels.values()))
+        if relief is None:
+            return
+        if not relief.tunnels_closed:
+            self._relief_idle_until = now + 1.0  # nothing of ours to close: not every pass
+            if not _oom_log.allow(now):
+                return
+        log.warning(
+            "We're low on memory (queued cell data: %d bytes, MaxMemInQueues %d). Killing "
+            "circuits with over-long queues: removed %d bytes by killing %d circuits; %d "
+            "circuits remain alive.",
+            relief.total_before,
+            relief.limit,
+            relief.bytes_removed,
+            relief.tunnels_closed,
+            relief.tunnels_left,
+        )
 
     def _check_allowed(self, target: ChannelTarget) -> None:
         """Fail closed: refuse a target the ``allow`` callback does not vouch for."""

@@ -17,6 +17,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import time
+from collections.abc import Callable
 from typing import Any
 
 from puretor.proto.channel import Channel
@@ -31,6 +32,7 @@ from puretor.proto.events import (
     StreamResolved,
     StreamWritable,
 )
+from puretor.proto.memory import QueueBudget
 
 log = logging.getLogger("puretor.channel")
 
@@ -42,6 +44,9 @@ class Reactor:
         self._timers: dict[Channel, tuple[float, asyncio.TimerHandle]] = {}
         self._kicked = False
         self._running = False
+        # MaxMemInQueues: checked once per pass (O(1)); over it, `relieve_memory` runs.
+        self.queue_budget = QueueBudget()
+        self.relieve_memory: Callable[[], None] | None = None
 
     def kick(self) -> None:
         """Something called into the core from outside a reactor pass: run soon."""
@@ -56,7 +61,11 @@ class Reactor:
             return  # a handler called back into us: the loop below picks it up
         self._running = True
         try:
-            while self.events or self.flush_wanted:
+            while True:
+                if self.queue_budget.over_limit and self.relieve_memory is not None:
+                    self.relieve_memory()  # closes tunnels: their events are delivered below
+                if not (self.events or self.flush_wanted):
+                    break
                 for event in self.events.drain():
                     try:
                         _dispatch(event)

@@ -172,6 +172,8 @@ class TorStreamTransport(asyncio.Transport):
             return
         self._lost = True
         self._closing = True
+        if self.stream is not None:
+            self.stream.discard_received()  # held for a reader that is now gone
         if self.protocol is not None:
             self.protocol.connection_lost(exc)
 

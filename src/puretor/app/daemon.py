@@ -339,6 +339,8 @@ def _statistics(tor: Any, listeners: list[Any]) -> str:
         f"circuits_built={stats['circuits_built']} "
         f"conflux_sets_linked={stats['conflux_sets_linked']} "
         f"channels_opened={stats['channels_opened']} "
+        f"queued_bytes={stats['queued_bytes']} queued_bytes_peak={stats['queued_bytes_peak']} "
+        f"oom_tunnels_closed={stats['oom_tunnels_closed']} "
         f"asyncio_tasks={len(asyncio.all_tasks())} "
         f"open_fds={fds} rss_kib={rss}"
     )

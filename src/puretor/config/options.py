@@ -36,6 +36,7 @@ from puretor.config.values import (
     FILENAME,
     FLOAT,
     INTERVAL,
+    MEMUNIT,
     MSEC_INTERVAL,
     OPTIONAL_BOOL,
     POSINT,
@@ -258,6 +259,9 @@ class TorConfig:
     max_client_circuits_pending: int = option(
         "MaxClientCircuitsPending", POSINT, 32, check=between(1, 1024, "1 and 1024")
     )
+    # Queued cell data past which circuits are closed, oldest queued data first (C tor's
+    # OOM handler); None: from the machine's memory as C tor (see proto/memory.py).
+    max_mem_in_queues: int | None = option("MaxMemInQueues", MEMUNIT, None, zero_means_default=True)
     use_entry_guards: bool = option("UseEntryGuards", BOOL, True)
     num_entry_guards: int | None = option(
         "NumEntryGuards", POSINT, None, zero_means_default=True
@@ -423,6 +427,7 @@ _CANONICAL.update(
         "useentrynodes": "UseEntryGuards",
         "numhelpernodes": "NumEntryGuards",
         "numentrynodes": "NumEntryGuards",
+        "maxmemincellqueues": "MaxMemInQueues",
     }
 )
 _CTOR_LOWER = {name.lower(): name for name in CTOR_OPTIONS | CTOR_OBSOLETE}

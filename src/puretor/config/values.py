@@ -47,6 +47,33 @@ def parse_interval(text: str, msec: bool = False) -> float:
     return float(m.group(1)) * units[unit]
 
 
+# C tor's memory_units (unitparse.c): bytes, KB, MB, GB, TB (powers of 2), and bits.
+_MEMORY_UNITS = {"": 1, "b": 1, "byte": 1, "bytes": 1}
+for _exp, _names in (
+    (10, ("kb", "kbyte", "kbytes", "kilobyte", "kilobytes")),
+    (20, ("m", "mb", "mbyte", "mbytes", "megabyte", "megabytes")),
+    (30, ("gb", "gbyte", "gbytes", "gigabyte", "gigabytes")),
+    (40, ("tb", "tbyte", "tbytes", "terabyte", "terabytes")),
+):
+    _bits = {"kb": "kilo", "m": "mega", "gb": "giga", "tb": "tera"}[_names[0]]
+    _MEMORY_UNITS |= {name: 1 << _exp for name in _names}
+    _MEMORY_UNITS |= {
+        name: 1 << (_exp - 3)
+        for name in (f"{_bits}bits", f"{_bits}bit", f"{_names[0][0]}bits", f"{_names[0][0]}bit")
+    }
+
+
+def parse_memunit(text: str) -> int:
+    """C tor's MEMUNIT: ``"512 MB"``, ``"1.5 GBytes"``, ``"65536"`` (bytes)."""
+    m = _NUMBER_UNIT.fullmatch(text)
+    if not m:
+        raise ValueError(f"'{text}' is not a number with an optional memory unit")
+    unit = m.group(2).lower()
+    if unit not in _MEMORY_UNITS:
+        raise ValueError(f"unknown memory unit '{m.group(2)}' in '{text}'")
+    return int(float(m.group(1)) * _MEMORY_UNITS[unit])
+
+
 def _parse_bool(text: str) -> bool:
     if text not in ("0", "1"):
         raise ValueError(f"boolean must be 0 or 1, not '{text}'")
@@ -86,6 +113,7 @@ AUTOBOOL = Kind(
     lambda v: "auto" if v is None else _format_bool(v),
 )
 POSINT = Kind("Integer", _parse_posint)
+MEMUNIT = Kind("DataSize", parse_memunit, lambda v: f"{v} bytes")
 FLOAT = Kind("Float", float, _format_number)
 INTERVAL = Kind("TimeInterval", parse_interval, lambda v: f"{v:g} seconds")
 MSEC_INTERVAL = Kind(

@@ -23,8 +23,8 @@ from __future__ import annotations
 import contextlib
 import os
 import pwd
+import secrets
 import stat
-import tempfile
 from collections.abc import Iterable
 from datetime import UTC, datetime
 from pathlib import Path
@@ -94,7 +94,7 @@ class DirCache:
             ) from e
         if probe:
             try:
-                fd, name = tempfile.mkstemp(prefix=".write-test.", dir=self.path)
+                fd, name = _create_temporary(self.path, ".write-test.", "")
                 os.close(fd)
                 os.unlink(name)
             except OSError as e:
@@ -118,7 +118,7 @@ class DirCache:
         path = self.path / name
         tmp: str | None = None
         try:
-            fd, tmp = tempfile.mkstemp(prefix=f".{name}.", suffix=".tmp", dir=self.path)
+            fd, tmp = _create_temporary(self.path, f".{name}.", ".tmp")
             with os.fdopen(fd, "wb") as f:
                 os.fchmod(f.fileno(), 0o600)
                 f.write(data)
@@ -232,3 +232,15 @@ def _user_name(uid: int) -> str:
         return pwd.getpwuid(uid).pw_name
     except KeyError:
         return "<unknown>"
+
+
+def _create_temporary(directory: Path, prefix: str, suffix: str) -> tuple[int, str]:
+    """A new file of our own, mode 0600, as ``tempfile.mkstemp`` - which would import
+    ``tempfile``, ``shutil``, ``bz2`` and ``lzma`` (~0.5 MB of RSS) for this alone."""
+    for _ in range(100):
+        name = str(directory / f"{prefix}{secrets.token_hex(6)}{suffix}")
+        try:
+            return os.open(name, os.O_RDWR | os.O_CREAT | os.O_EXCL | os.O_CLOEXEC, 0o600), name
+        except FileExistsError:
+            continue
+    raise FileExistsError(f"no free temporary file name in {directory}")

@@ -18,7 +18,6 @@ compressed "bomb" cannot exhaust memory.
 
 from __future__ import annotations
 
-import lzma
 import zlib
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
@@ -89,9 +88,12 @@ class _Identity:
 class _Streams:
     """Concatenated zlib/gzip/lzma/zstd streams, with output capped at ``limit`` bytes."""
 
-    def __init__(self, name: str, factory: Any, limit: int) -> None:
+    def __init__(
+        self, name: str, factory: Any, limit: int, errors: tuple[type[Exception], ...] = ()
+    ) -> None:
         self._name = name
         self._factory = factory
+        self._corrupt: tuple[type[Exception], ...] = (zlib.error, EOFError, ValueError, *errors)
         self._obj = factory()
         self._limit = limit
         self._out = 0
@@ -106,7 +108,7 @@ class _Streams:
             self._started = True
             try:
                 chunk = self._obj.decompress(data, self._cap())
-            except (zlib.error, lzma.LZMAError, EOFError, ValueError) as e:
+            except self._corrupt as e:
                 raise RemoteProtocolError(f"corrupt {self._name} body: {e}") from None
             self._out += len(chunk)
             if self._out > self._limit:
@@ -149,7 +151,11 @@ def _decoder(encoding: str, limit: int) -> _Decoder:
     if encoding in ("gzip", "x-gzip"):
         return _Streams("gzip", lambda: zlib.decompressobj(wbits=31), limit)
     if encoding == "x-tor-lzma":
-        return _Streams("x-tor-lzma", lambda: lzma.LZMADecompressor(lzma.FORMAT_AUTO), limit)
+        import lzma  # only here: we never ask for it, and the module costs memory
+
+        return _Streams(
+            "x-tor-lzma", lambda: lzma.LZMADecompressor(lzma.FORMAT_AUTO), limit, (lzma.LZMAError,)
+        )
     if encoding == "x-zstd":
         factory = _zstd_factory()
         if factory is not None:

@@ -34,6 +34,7 @@ from puretor.proto.certs import RelayIdentity, validate_relay_certs
 from puretor.proto.circuit import Circuit
 from puretor.proto.circuitmux import DEFAULT_HALFLIFE, CircuitMux
 from puretor.proto.events import ChannelClosed, ChannelOpened, EventQueue
+from puretor.proto.memory import QueueBudget
 from puretor.proto.tunnel import Tunnel
 
 LINK_PROTOCOLS = (4, 5)  # 4-byte circuit IDs; we never speak 1-3
@@ -96,6 +97,7 @@ class Channel:
         events: EventQueue | None = None,
         flush_wanted: set[Channel] | None = None,
         priority_halflife: float = DEFAULT_HALFLIFE,
+        queue_budget: QueueBudget | None = None,
     ) -> None:
         self.peer_address = peer_address
         self.expected_rsa_id = expected_rsa_id
@@ -110,7 +112,9 @@ class Channel:
         self.events = events if events is not None else EventQueue()
         # Channels with something to send: the owner flushes them after each call.
         self.flush_wanted = flush_wanted if flush_wanted is not None else set()
-        self.mux = CircuitMux(priority_halflife)
+        # What this client holds queued, shared by its channels (MaxMemInQueues).
+        self.queue_budget = queue_budget if queue_budget is not None else QueueBudget()
+        self.mux = CircuitMux(priority_halflife, self.queue_budget)
         self.now = 0.0  # the latest `now` an entry point was given
         self.owner: Any = None  # whatever the asyncio layer attaches (events name us)
         self._inbuf = bytearray()
@@ -165,7 +169,7 @@ class Channel:
             circ_id = 0x80000000 | secrets.randbits(31)
             if circ_id not in self.circuits and circ_id != 0x80000000:
                 break
-        tunnel = Tunnel(self.events, clock=clock or self.clock)
+        tunnel = Tunnel(self.events, clock=clock or self.clock, queue_budget=self.queue_budget)
         circuit = Circuit(self, circ_id, tunnel, **circuit_kwargs)
         tunnel.circuits.append(circuit)
         self.circuits[circ_id] = circuit

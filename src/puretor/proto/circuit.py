@@ -547,7 +547,7 @@ class Circuit:
         self.cells_sent += count
 
     def _out(self, cells: bytes | bytearray) -> None:
-        self.channel.mux.queue(self, cells)
+        self.channel.mux.queue(self, cells, self.channel.now)
         self.channel.wants_flush()
 
     # -- teardown --------------------------------------------------------------------

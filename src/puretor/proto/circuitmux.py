@@ -21,6 +21,8 @@ import math
 from collections import deque
 from collections.abc import Hashable
 
+from puretor.proto.memory import QueueBudget
+
 CELL_LEN = 514
 # Cells a circuit may send in one turn before the others are considered again.
 QUANTUM_CELLS = 32
@@ -49,20 +51,25 @@ def choose_halflife(configured: float, consensus_msec: int | None) -> tuple[floa
 
 
 class _Entry:
-    __slots__ = ("key", "queue", "queued_cells", "weight")
+    __slots__ = ("key", "queue", "queued_cells", "weight", "since")
 
     def __init__(self, key: Hashable) -> None:
         self.key = key
         self.queue: deque[bytes | bytearray] = deque()  # sealed cells, in order
         self.queued_cells = 0
         self.weight = 0.0  # EWMA of cells sent, in units of the current scale
+        self.since = 0.0  # when the queue last went from empty to not (MaxMemInQueues)
 
 
 class CircuitMux:
     """The per-channel cell scheduler."""
 
-    def __init__(self, halflife: float = DEFAULT_HALFLIFE) -> None:
+    def __init__(
+        self, halflife: float = DEFAULT_HALFLIFE, queue_budget: QueueBudget | None = None
+    ) -> None:
         self.halflife = halflife
+        # Counts the circuits' queued cells against MaxMemInQueues (not channel cells).
+        self.queue_budget = queue_budget if queue_budget is not None else QueueBudget()
         self._entries: dict[Hashable, _Entry] = {}
         self._active: dict[_Entry, None] = {}  # entries with something to send (ordered)
         self._channel_cells: deque[bytes | bytearray] = deque()  # circuit ID 0, first
@@ -91,16 +98,21 @@ class CircuitMux:
         if entry is None:
             return
         self._active.pop(entry, None)
+        self.queue_budget.remove(entry.queued_cells * CELL_LEN)
         if keep_queued:
             self._channel_cells.extend(entry.queue)
 
-    def queue(self, key: Hashable, cells: bytes | bytearray) -> None:
+    def queue(self, key: Hashable, cells: bytes | bytearray, now: float = 0.0) -> None:
         """Sealed, framed cells of circuit ``key``, to go after what it queued before."""
         entry = self._entries.get(key)
         if entry is None:
             return  # a circuit we already forgot
+        if not entry.queued_cells:
+            entry.since = now
         entry.queue.append(cells)
-        entry.queued_cells += len(cells) // CELL_LEN
+        n = len(cells) // CELL_LEN
+        entry.queued_cells += n
+        self.queue_budget.add(n * CELL_LEN)
         self._active[entry] = None
 
     def queue_channel_cell(self, cell: bytes | bytearray) -> None:
@@ -116,6 +128,11 @@ class CircuitMux:
     def queued_cells(self, key: Hashable) -> int:
         entry = self._entries.get(key)
         return entry.queued_cells if entry is not None else 0
+
+    def queued_since(self, key: Hashable) -> float:
+        """When circuit ``key``'s queue last went from empty to not."""
+        entry = self._entries.get(key)
+        return entry.since if entry is not None else 0.0
 
     def take(self, now: float, max_cells: int | None = None) -> bytes:
         """Up to ``max_cells`` cells (None: all there is) in the order they should go."""
@@ -133,6 +150,7 @@ class CircuitMux:
             entry = next(iter(active))
             if entry.queued_cells <= budget:  # one circuit, all of it fits: no turns
                 out.extend(entry.queue)
+                self.queue_budget.remove(entry.queued_cells * CELL_LEN)
                 self._sent(entry, entry.queued_cells, increment)
                 entry.queue.clear()
                 entry.queued_cells = 0
@@ -152,6 +170,7 @@ class CircuitMux:
             if not queue:
                 active.pop(entry, None)
             budget -= sent
+            self.queue_budget.remove(sent * CELL_LEN)
             self._sent(entry, sent, increment)
         return b"".join(out)
 

@@ -32,6 +32,7 @@ from collections import deque
 from typing import TYPE_CHECKING, NamedTuple
 
 from puretor.errors import RemoteProtocolError
+from puretor.proto.memory import QueueBudget
 from puretor.proto.relaymsg import RelayCommand
 
 if TYPE_CHECKING:
@@ -229,6 +230,9 @@ class ConfluxSet:
         self.closed = False
         self.delivered = 0  # absolute sequence number of the last cell handed on
         self.queued_cells = 0
+        self.queued_bytes = 0  # of those cells' data, counted against MaxMemInQueues
+        self.queued_since = 0.0  # when the queue last went from empty to not
+        self.queue_budget: QueueBudget | None = None  # the tunnel's, once it links
         self.max_queued_cells = max_queued_cells
         self.max_queued_seen = 0
         self.current: ConfluxLeg | None = None  # the leg we last sent on
@@ -318,10 +322,21 @@ class ConfluxSet:
             )
         return False
 
-    def hold(self, leg: ConfluxLeg, cells: int, command: int, stream_id: int, data: bytes) -> None:
+    def hold(
+        self,
+        leg: ConfluxLeg,
+        cells: int,
+        command: int,
+        stream_id: int,
+        data: bytes,
+        now: float = 0.0,
+    ) -> None:
         """Keep cells that `arrive` said are early until their turn."""
         leg.held.append(_Held(leg.last_seq_recv - cells + 1, cells, command, stream_id, data))
+        if not self.queued_cells:
+            self.queued_since = now
         self.queued_cells += cells
+        self._count_bytes(len(data))
         if self.queued_cells > self.max_queued_seen:
             self.max_queued_seen = self.queued_cells
         if self.queued_cells > self.max_queued_cells:
@@ -351,7 +366,14 @@ class ConfluxSet:
         entry = found.held.popleft()
         self.delivered += entry.cells
         self.queued_cells -= entry.cells
+        self._count_bytes(-len(entry.data))
         return entry
+
+    def _count_bytes(self, delta: int) -> None:
+        self.queued_bytes += delta
+        budget = self.queue_budget
+        if budget is not None:
+            budget.add(delta)
 
     # -- sending -------------------------------------------------------------------------
 
@@ -421,6 +443,7 @@ class ConfluxSet:
         for each in self.legs:
             each.held.clear()  # nothing will be delivered any more
         self.queued_cells = 0
+        self._count_bytes(-self.queued_bytes)
         for other in self.legs:
             if other is not leg and other.state is not LegState.CLOSED:
                 other.circuit.destroy(0, f"another conflux leg closed: {message}")

@@ -146,6 +146,10 @@ class Stream:
         congestion-controlled tunnel, hold data and XOFF the exit once too much piles up)."""
         self.delivery_paused = True
 
+    def discard_received(self) -> None:
+        """The application will not read any more: drop data held for it."""
+        self.map.discard_received(self)
+
     def resume_delivery(self) -> None:
         self.delivery_paused = False
         self.map.resume(self)
@@ -170,6 +174,9 @@ class StreamMap:
         self._pending: dict[Stream, list[Any]] = {}  # this run's data, per stream
         self._cached: Stream | None = None  # the stream of the last DATA (fast lookup)
         self._xon_due: dict[Stream, None] = {}  # resumed after our XOFF: XON at next flush
+        # Ended streams still holding data for their reader (it arrived before the END):
+        # still counted against MaxMemInQueues until the reader takes or discards it.
+        self.ended_holding: dict[Stream, None] = {}
 
     def __len__(self) -> int:
         return len(self.streams)
@@ -316,7 +323,10 @@ class StreamMap:
 
     def _hold(self, stream: Stream, flow: StreamFlow, data: bytes) -> None:
         """Keep data for a paused reader; XOFF once too much piles up (as C tor's outbuf)."""
+        if not flow.held_bytes:
+            flow.held_since = self.tunnel.clock()
         flow.hold(data)
+        self.tunnel.queue_budget.add(len(data))
         params: CCParams | None = self.tunnel.cc_params
         if flow.xoff_sent:
             flow.after_xoff += len(data)
@@ -337,6 +347,18 @@ class StreamMap:
             flow.xoffs_sent += 1
             self.tunnel.send_relay(RelayCommand.XOFF, stream.stream_id, encode_xoff())
 
+    def _take_held(self, stream: Stream, flow: StreamFlow) -> bytes:
+        data = flow.take_held()
+        self.tunnel.queue_budget.remove(len(data))
+        self.ended_holding.pop(stream, None)
+        return data
+
+    def discard_received(self, stream: Stream) -> None:
+        """The application is gone (its transport closed): drop what it will never read."""
+        if stream.flow is not None:
+            self._take_held(stream, stream.flow)
+            stream.flow.end = None
+
     def resume(self, stream: Stream) -> None:
         """The reader resumed: hand it what we held; XON (or SENDMEs) once it took it."""
         flow = stream.flow
@@ -347,7 +369,7 @@ class StreamMap:
         if flow.held_bytes:
             # Also after the stream ended (exit's END deferred, or our own close): it
             # arrived before the END.
-            self.tunnel.emit(StreamData(stream, flow.take_held()))
+            self.tunnel.emit(StreamData(stream, self._take_held(stream, flow)))
         if end is not None:
             flow.end = None
             self.tunnel.emit(StreamEnded(stream, end.reason, end, "stream ended by exit"))
@@ -425,7 +447,7 @@ class StreamMap:
 
     def abort(self, stream: Stream, reason: int) -> None:
         if stream.flow is not None:
-            stream.flow.take_held()  # data held for a paused reader, and a deferred END
+            self._take_held(stream, stream.flow)  # held for a paused reader; a deferred END
             stream.flow.end = None
         if stream.state is not StreamState.CLOSED:
             stream.send_buffer.clear()
@@ -448,6 +470,8 @@ class StreamMap:
             self._cached = None
         with contextlib.suppress(ValueError):
             self.ready.remove(stream)
+        if stream.flow is not None and stream.flow.held_bytes:
+            self.ended_holding[stream] = None
 
     def end(self, stream: Stream, reason: int) -> None:
         """Our END: the stream is gone for us (data held for a paused reader stays: it
@@ -476,8 +500,10 @@ class StreamMap:
                 soonest = deadline
         return soonest
 
-    def close_all(self, message: str) -> None:
-        """The tunnel is gone: every stream ends with DESTROY (after this run's data)."""
+    def close_all(self, message: str, *, drop_held: bool = False) -> None:
+        """The tunnel is gone: every stream ends with DESTROY (after this run's data).
+        ``drop_held`` (closed for MaxMemInQueues): ended streams lose what they still
+        held for their readers too, and end with DESTROY instead of their exit's END."""
         if self._pending:
             with contextlib.suppress(RemoteProtocolError):
                 self.flush()
@@ -490,6 +516,10 @@ class StreamMap:
             stream.deadline = None
             stream.send_buffer.clear()  # the application may keep the Stream around
             if stream.flow is not None:
-                stream.flow.take_held()  # the stream failed: no data after its end
+                self._take_held(stream, stream.flow)  # it failed: no data after its end
+        if drop_held:
+            for stream in list(self.ended_holding):
+                self.discard_received(stream)
+                streams.append(stream)
         for stream in streams:
             self.tunnel.emit(StreamEnded(stream, EndReason.DESTROY, None, message))

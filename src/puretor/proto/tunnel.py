@@ -30,6 +30,7 @@ from puretor.proto.events import (
     HopAdded,
     TunnelClosed,
 )
+from puretor.proto.memory import QueueBudget
 from puretor.proto.relaymsg import (
     RELAY_DATA_LEN,
     RelayCommand,
@@ -50,9 +51,17 @@ FAIR_SHARE_CELLS = 32
 class Tunnel:
     """Circuits (1, or the legs of a conflux set) and the streams they carry."""
 
-    def __init__(self, events: EventQueue, *, clock: Callable[[], float] = time.monotonic) -> None:
+    def __init__(
+        self,
+        events: EventQueue,
+        *,
+        clock: Callable[[], float] = time.monotonic,
+        queue_budget: QueueBudget | None = None,
+    ) -> None:
         self.events = events
         self.clock = clock  # only for RTTs between explicit `now`s (congestion control)
+        # Counts what the streams and the conflux set hold queued (MaxMemInQueues).
+        self.queue_budget = queue_budget if queue_budget is not None else QueueBudget()
         self.circuits: list[Circuit] = []
         self.streams = StreamMap(self)
         self.conflux: ConfluxSet | None = None  # once linked: a conflux set of circuits
@@ -304,7 +313,7 @@ class Tunnel:
                     break
                 self._deliver(held.command, held.stream_id, held.data, held.cells)
         else:
-            cfx.hold(leg, cells, command, stream_id, data)
+            cfx.hold(leg, cells, command, stream_id, data, self.clock())
 
     def _deliver(self, command: int, stream_id: int, data: bytes, cells: int) -> None:
         if command == _CMD_DATA:
@@ -338,6 +347,7 @@ class Tunnel:
     def start_conflux(self, cfx: ConfluxSet) -> None:
         """Make this (built, congestion-controlled) circuit a leg of ``cfx`` and send LINK."""
         circuit = self.circuit
+        cfx.queue_budget = self.queue_budget
         leg = cfx.add_leg(circuit)
         circuit.seal(RelayCommand.CONFLUX_LINK, 0, cfx.link_message(leg, self.now_usec()))
 
@@ -401,7 +411,7 @@ class Tunnel:
         self.build_deadline = None
         text = f"circuit closed: {message} ({DestroyReason.describe(reason)})"
         try:
-            self.streams.close_all(text)
+            self.streams.close_all(text, drop_held=reason == DestroyReason.RESOURCELIMIT)
         finally:
             self.emit(event)
             if cfx is not None:

@@ -302,7 +302,9 @@ def test_download_over_two_legs_in_order(slow_leg: int, switch_every: int) -> No
     if slow_leg == 0:
         # Leg 0 carries the first cells, and its link delivers last: cells queued.
         assert stats["max_queued_cells"] > 0  # type: ignore[operator]
-    assert net.cfx.queued_cells == 0
+        # ... and their bytes counted against MaxMemInQueues while they waited.
+        assert net.cfx.queue_budget is not None and net.cfx.queue_budget.peak > 0
+    assert net.cfx.queued_cells == 0 and net.cfx.queued_bytes == 0
     assert net.violations() == []
     # Circuit SENDMEs were counted on each leg as cells arrived.
     assert all(
@@ -342,7 +344,7 @@ def test_random_schedules_and_arrival_orders_keep_every_stream_intact(
         assert sink.end_reason == EndReason.DONE
         assert sink.data_after_end == 0
     assert net.violations() == []
-    assert net.cfx.queued_cells == 0
+    assert net.cfx.queued_cells == 0 and net.cfx.queued_bytes == 0
 
 
 def test_data_on_a_faster_leg_waits_for_connected() -> None:
@@ -454,6 +456,7 @@ def test_out_of_order_queue_is_bounded() -> None:
     reason = circ1.tunnel.closed_reason
     assert reason is not None and "out-of-order queue over 100 cells" in reason.message
     assert sink.end_reason == EndReason.DESTROY
+    assert net.cfx.queued_bytes == 0  # no longer counted against MaxMemInQueues
 
 
 def test_switch_that_goes_backwards_is_a_violation() -> None:
