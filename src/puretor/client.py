@@ -10,19 +10,36 @@ exit, never locally.  The ``tor-client`` SOCKS daemon is built on this API.
 from __future__ import annotations
 
 import asyncio
+import collections
+import dataclasses
 import ipaddress
 import logging
 import ssl as _ssl
 import time
-from collections.abc import Awaitable, Callable, Hashable
+from collections.abc import AsyncIterator, Awaitable, Callable, Hashable
 from typing import Any, TypeVar
 
 from puretor.aio.channel import ChannelManager, ChannelTarget
 from puretor.aio.circmgr import CircuitManager
 from puretor.aio.circuit import TunnelHandle
 from puretor.aio.dirmgr import BootstrapStatus, DirManager
+from puretor.aio.observe import (
+    BandwidthEvent as BandwidthEvent,
+)
+from puretor.aio.observe import (
+    BootstrapEvent,
+    ChannelEvent,
+    CircuitEvent,
+    ClientEvent,
+    StreamEvent,
+    new_stream_id,
+)
+from puretor.aio.observe import (
+    RelayRef as RelayRef,
+)
 from puretor.aio.stream import TorStreamTransport
 from puretor.config import TorConfig
+from puretor.dir.netdir import Relay
 from puretor.errors import (
     BootstrapError,
     CircuitError,
@@ -99,6 +116,8 @@ class TorClient:
         self._bootstrap_task: asyncio.Task[None] | None = None
         self._onion: Any = None
         self._closed = False
+        self._observer = self._chanmgr.reactor.observer
+        self.add_bootstrap_listener(self._report_bootstrap)
 
     def _priority_halflife(self) -> float:
         """CircuitPriorityHalflife, or the consensus's CircuitPriorityHalflifeMsec."""
@@ -279,6 +298,7 @@ class TorClient:
         if self._closed:
             return
         self._closed = True
+        self._observer.close()
         await _cancel_until_done(self._bootstrap_task)
         if self._onion is not None:
             await self._onion.close()
@@ -313,6 +333,7 @@ class TorClient:
         *,
         isolation: Hashable | None = None,
         timeout: float = STREAM_TOTAL_TIMEOUT,
+        source: str | None = None,
     ) -> tuple[asyncio.Transport, P]:
         """Open a stream to ``host:port`` through Tor; like `loop.create_connection`.
 
@@ -346,22 +367,45 @@ class TorClient:
                 EndReason.TORPROTOCOL,
             )
         await self.bootstrap()
+        stream_id = new_stream_id()
+        self._observer.stream(
+            stream_id, "NEW", circuit_id=0, target=f"{host}:{port}", source_address=source
+        )
         if host.endswith(".onion"):
             from puretor.hs.address import parse_onion_address
 
-            parse_onion_address(host)  # raises OnionError(0xF6) when malformed
-            connect = self._onion_connection(protocol_factory, host, port, isolation, timeout)
+            connect: Awaitable[tuple[asyncio.Transport, P]]
+            try:
+                parse_onion_address(host)  # raises OnionError(0xF6) when malformed
+            except TorError:
+                self._stream_failed(stream_id, "TORPROTOCOL")
+                raise
+            connect = self._onion_connection(
+                protocol_factory, host, port, isolation, timeout, stream_id
+            )
         else:
             key = _DEFAULT_ISOLATION if isolation is None else isolation
             connect = asyncio.wait_for(
-                self._connect_with_retries(protocol_factory, host, port, key), timeout
+                self._connect_with_retries(protocol_factory, host, port, key, stream_id), timeout
             )
         try:
             return await self._closed_aware(connect)
         except TimeoutError as exc:
+            self._stream_failed(stream_id, "TIMEOUT")
             if isinstance(exc, TorError):  # StreamTimeout, CircuitBuildTimeout
                 raise
             raise StreamTimeout(f"could not open the stream within {timeout:g} s") from None
+        except BaseException as exc:
+            reason = getattr(exc, "reason", None)
+            self._stream_failed(stream_id, EndReason.describe(reason) if reason else "MISC")
+            raise
+
+    def _stream_failed(self, stream_id: int, reason: str) -> None:
+        last = self._observer.streams.get(stream_id)
+        if last is not None:
+            failed = dataclasses.replace(last, status="FAILED", reason=reason)
+            self._observer.emit(failed)
+            self._observer.emit(dataclasses.replace(failed, status="CLOSED"))
 
     async def _onion_connection(
         self,
@@ -370,6 +414,7 @@ class TorClient:
         port: int,
         isolation: Hashable | None,
         timeout: float,
+        stream_id: int = 0,
     ) -> tuple[asyncio.Transport, P]:
         from puretor.aio.hsclient import OnionClient
 
@@ -384,7 +429,9 @@ class TorClient:
             for _attempt in range(2):
                 handle = await self._onion.rendezvous_circuit(host, key)
                 try:
-                    transport = await self._attach(handle, "", port, target=f"{host}:{port}")
+                    transport = await self._attach(
+                        handle, "", port, target=f"{host}:{port}", stream_id=stream_id
+                    )
                 except (StreamRefused, StreamTimeout) as exc:
                     # A stale rendezvous circuit: drop it and make a new one once.
                     last = exc
@@ -404,7 +451,12 @@ class TorClient:
         return self.config.dns_reject_internal_addresses and is_internal_address(address)
 
     async def _connect_with_retries(
-        self, protocol_factory: Callable[[], P], host: str, port: int, key: Hashable
+        self,
+        protocol_factory: Callable[[], P],
+        host: str,
+        port: int,
+        key: Hashable,
+        stream_id: int = 0,
     ) -> tuple[asyncio.Transport, P]:
         assert self._circmgr is not None
         circmgr = self._circmgr
@@ -425,9 +477,12 @@ class TorClient:
                     ) from None
                 raise
             try:
-                transport = await self._attach(handle, host, port, attempt=attempt)
+                transport = await self._attach(
+                    handle, host, port, attempt=attempt, stream_id=stream_id
+                )
             except StreamRefused as exc:
                 last = exc
+                self._stream_detached(stream_id, exc.reason)
                 if exc.reason in _RETRY_ELSEWHERE_REASONS and elsewhere < _MAX_RETRY_ELSEWHERE:
                     elsewhere += 1
                     excluded.add(circmgr.exit_of(handle))
@@ -439,6 +494,7 @@ class TorClient:
                 continue
             except StreamTimeout as exc:
                 last = exc
+                self._stream_detached(stream_id, EndReason.TIMEOUT)
                 circmgr.circuit_failed(handle)
                 continue
             protocol = protocol_factory()
@@ -446,6 +502,12 @@ class TorClient:
             return transport, protocol
         assert last is not None
         raise last
+
+    def _stream_detached(self, stream_id: int, reason: int) -> None:
+        if stream_id in self._observer.streams:
+            self._observer.stream(
+                stream_id, "DETACHED", circuit_id=0, reason=EndReason.describe(reason)
+            )
 
     def _stream_timeout(self, attempt: int) -> float:
         """How long to wait for the exit's answer before trying another circuit: C tor's
@@ -463,6 +525,7 @@ class TorClient:
         *,
         target: str | None = None,
         attempt: int = 0,
+        stream_id: int = 0,
     ) -> TorStreamTransport:
         loop = asyncio.get_running_loop()
         reactor = handle.reactor
@@ -479,6 +542,8 @@ class TorClient:
         except RuntimeError as exc:  # circuit closed under us
             raise StreamRefused(f"circuit unusable: {exc}", EndReason.DESTROY) from exc
         reactor.run()
+        if stream_id in self._observer.streams:
+            self._observer.stream(stream_id, "SENTCONNECT", circuit_id=handle.id)
         try:
             connected = await asyncio.shield(transport.connected)
         except StreamTimeout as exc:
@@ -497,6 +562,9 @@ class TorClient:
             exit=handle.path[-1].target,
         )
         self._streams_opened += 1
+        if stream_id in self._observer.streams:
+            self._observer.stream(stream_id, "SUCCEEDED", circuit_id=handle.id)
+            transport.stream_event_id = stream_id
         return transport
 
     async def open_connection(
@@ -610,6 +678,100 @@ class TorClient:
                 )
             return answers
         raise CircuitError(f"resolve failed: {last}")
+
+    # -- events ------------------------------------------------------------------------
+
+    def _report_bootstrap(self, status: BootstrapStatus) -> None:
+        self._observer.emit(BootstrapEvent(status.percent, status.tag, status.summary))
+
+    def add_event_listener(self, callback: Callable[[ClientEvent], None], *kinds: type) -> None:
+        """Call ``callback(event)`` for every event of the given types (all if none given).
+
+        The types are `CircuitEvent`, `StreamEvent`, `ChannelEvent`, `BandwidthEvent`
+        (once a second while such a listener exists) and `BootstrapEvent`.  Callbacks run
+        on the event loop and must not block; exceptions they raise are logged.
+        """
+        self._observer.add_listener(callback, tuple(kinds))
+
+    def remove_event_listener(self, callback: Callable[[ClientEvent], None]) -> None:
+        """Undo `add_event_listener` (no error if ``callback`` was not added)."""
+        self._observer.remove_listener(callback)
+
+    async def events(self, *kinds: type, buffer: int = 1000) -> AsyncIterator[ClientEvent]:
+        """``async for event in tor.events(CircuitEvent, StreamEvent): ...``
+
+        Events of the given types (all if none given) from now on.  If the loop body
+        falls more than ``buffer`` events behind, the oldest are dropped.
+        """
+        queue: collections.deque[ClientEvent] = collections.deque(maxlen=buffer)
+        wake = asyncio.Event()
+
+        def listener(event: ClientEvent) -> None:
+            queue.append(event)
+            wake.set()
+
+        self.add_event_listener(listener, *kinds)
+        try:
+            while True:
+                while queue:
+                    yield queue.popleft()
+                wake.clear()
+                await wake.wait()
+        finally:
+            self.remove_event_listener(listener)
+
+    def circuit_status(self) -> list[CircuitEvent]:
+        """Every circuit being built or open, as its latest `CircuitEvent` (oldest first)."""
+        return sorted(self._observer.circuits.values(), key=lambda e: e.id)
+
+    def stream_status(self) -> list[StreamEvent]:
+        """Every stream not yet closed, as its latest `StreamEvent`."""
+        return sorted(self._observer.streams.values(), key=lambda e: e.id)
+
+    def channel_status(self) -> list[ChannelEvent]:
+        """Every relay connection being opened or open, as its latest `ChannelEvent`."""
+        return sorted(self._observer.channels.values(), key=lambda e: e.id)
+
+    @property
+    def traffic(self) -> tuple[int, int]:
+        """(bytes read, bytes written) on relay connections since the client started."""
+        return self._observer.bytes_read, self._observer.bytes_written
+
+    def close_circuit(self, circuit_id: int) -> bool:
+        """Close the circuit with this `CircuitEvent.id` (its streams end); False if unknown."""
+        handle = self._handles().get(circuit_id)
+        if handle is None:
+            return False
+        handle.close()
+        return True
+
+    def _handles(self) -> dict[int, TunnelHandle]:
+        cm = self._circmgr
+        if cm is None:
+            return {}
+        return {s.circuit.id: s.circuit for s in cm.pool.slots if s.circuit is not None}
+
+    def relays(self) -> list[Relay]:
+        """The relays of the current consensus (with their microdescriptors when known);
+        [] before the first consensus."""
+        state = self._dirmgr.state
+        netdir = state.netdir(time.time()) if state is not None else None
+        return list(netdir.relays) if netdir is not None else []
+
+    def consensus_valid_after(self) -> float | None:
+        """When the current consensus became valid (a `time.time()` timestamp), or None."""
+        state = self._dirmgr.state
+        netdir = state.netdir(time.time()) if state is not None else None
+        return netdir.valid_after.timestamp() if netdir is not None else None
+
+    def entry_guards(self) -> list[tuple[RelayRef, str]]:
+        """The primary entry guards and whether each is "up", "down" or "unknown"."""
+        if self._guards is None:
+            return []
+        return [
+            (RelayRef(rsa_id.hex().upper(), nickname), state)
+            for rsa_id, nickname, state in self._guards.primary_guard_states()
+        ]
 
     # -- introspection -------------------------------------------------------------
 

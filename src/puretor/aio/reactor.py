@@ -19,6 +19,7 @@ import logging
 import time
 from typing import Any
 
+from puretor.aio.observe import Observer
 from puretor.proto.channel import Channel
 from puretor.proto.events import (
     ChannelClosed,
@@ -42,6 +43,8 @@ class Reactor:
         self._timers: dict[Channel, tuple[float, asyncio.TimerHandle]] = {}
         self._kicked = False
         self._running = False
+        # What the client reports about itself (circuit/stream/channel events, traffic).
+        self.observer = Observer()
 
     def kick(self) -> None:
         """Something called into the core from outside a reactor pass: run soon."""

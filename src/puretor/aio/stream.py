@@ -36,6 +36,7 @@ class TorStreamTransport(asyncio.Transport):
         self._write_paused = False
         self._early: list[bytes] = []
         self._end_before_attach: tuple[int, End | None, Exception] | None = None
+        self.stream_event_id = 0  # the observer's id for it, once connected
 
     # -- StreamSink --------------------------------------------------------------
 
@@ -172,6 +173,9 @@ class TorStreamTransport(asyncio.Transport):
             return
         self._lost = True
         self._closing = True
+        if self.stream_event_id:
+            reason = EndReason.describe(self.end_reason) if self.end_reason else "DONE"
+            self.reactor.observer.stream(self.stream_event_id, "CLOSED", reason=reason)
         if self.protocol is not None:
             self.protocol.connection_lost(exc)
 
