@@ -25,6 +25,7 @@ TARGETS: dict[str, str] = {
     "http": "fuzz.targets.http",
     "onion_address": "fuzz.targets.onion_address",
     "hs_descriptor": "fuzz.targets.hs_descriptor",
+    "control": "fuzz.targets.control",
 }
 
 

@@ -77,8 +77,9 @@ def parse_owning_process(value: str) -> int:
 CONTROL_PORT = line_list(parse_control_port, format_control_port)
 CONTROL_SOCKET = line_list(parse_control_socket, lambda p: "0" if p is None else str(p))
 HASHED_PASSWORD = line_list(parse_hashed_control_password, str)
-# Unset (None) and 0 both mean "off"; unset lets us tell whether the user chose no auth.
-COOKIE_AUTH = Kind("Boolean", BOOL.parse, lambda v: "1" if v else "0")
+# Unset (None, shown empty) and 0 both mean "off"; unset lets us tell whether the user
+# chose no authentication.
+COOKIE_AUTH = Kind("Boolean", BOOL.parse, lambda v: "" if v is None else "1" if v else "0")
 OWNING_PROCESS = Kind("String", parse_owning_process, lambda v: "" if v is None else str(v))
 
 
