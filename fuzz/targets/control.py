@@ -8,6 +8,8 @@ argument parsers, which may only raise `ArgumentError`; a quoted string round-tr
 
 from __future__ import annotations
 
+import contextlib
+
 from fuzz.harness import Target, check, split_chunks
 from puretor.proto.control import (
     MAX_BUFFER,
@@ -31,10 +33,8 @@ def one_input(data: bytes) -> None:
         while (cmd := reader.next_command()) is not None:
             check("\n" not in cmd.keyword + cmd.args, "a newline inside a command line")
             for parse in (split_words, parse_keywords):
-                try:
+                with contextlib.suppress(ArgumentError):
                     parse(cmd.args)
-                except ArgumentError:
-                    pass
             text = cmd.args
             check(unquote(quote(text)) == (text, len(quote(text))), "quote round trip")
             out = Reply().line(cmd.keyword).data("x=", cmd.body or "").line("OK").to_bytes()
