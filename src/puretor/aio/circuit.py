@@ -130,6 +130,7 @@ class TunnelHandle:
     conflux_legs: tuple[TunnelHandle, ...] = ()
     _link_waiter: asyncio.Future[int] | None = None
     id: int = field(default_factory=new_circuit_id)  # client-wide (control port CircuitID)
+    build_flags: tuple[str, ...] = ()  # the control port's BUILD_FLAGS, when not the default
 
     def __post_init__(self) -> None:
         self.tunnel.owner = self
@@ -149,7 +150,8 @@ class TunnelHandle:
             status,
             self.relays,
             _PURPOSES.get(self.purpose, "GENERAL"),
-            ("NEED_CAPACITY",) if self.purpose == "general" else ("IS_INTERNAL",),
+            self.build_flags
+            or (("NEED_CAPACITY",) if self.purpose == "general" else ("IS_INTERNAL",)),
             time.time() - (time.monotonic() - self.created_at),
             reason,
         )
@@ -335,6 +337,8 @@ async def build_circuit(
     # The core destroys the circuit if it is still building then (reason TIMEOUT).
     tunnel.build_deadline = started + timeout
     handle = TunnelHandle(tunnel, (first,), chanmgr.reactor)
+    if len(path) == 1:  # a directory fetch's BEGIN_DIR circuit (C tor's flags for it)
+        handle.build_flags = ("ONEHOP_TUNNEL", "IS_INTERNAL", "NEED_CAPACITY")
     handle.path = ()
     handle.report("LAUNCHED")
     handle.path = (first,)

@@ -1,0 +1,463 @@
+"""The control port against the controllers people run: stem (from PyPI) and nyx (Debian's).
+
+One ``tor-client`` daemon on the private network with a ControlPort (a hashed password made
+by C tor's ``tor --hash-password`` and a cookie at CookieAuthFile) and a ControlSocket; a
+second one with no authentication, explicitly asked for (``CookieAuthentication 0``). stem
+authenticates with each method, reads versions, circuits and streams, receives CIRC, STREAM
+and BW events while curl downloads through the SOCKS port, changes a live option and asks for
+a new identity; nyx runs in tmux against the control port while a download runs. Hostile
+controllers get control-spec replies or a closed connection, and SOCKS keeps serving.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import shutil
+import socket
+import subprocess
+import sys
+import threading
+import time
+from collections.abc import Callable, Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+import stem
+import stem.connection
+import stem.control
+import stem.version
+from ptclient import PtClient
+from stem import Signal
+from test_zz_hardening_helpers import curl_via, start_daemon
+
+pytestmark = [pytest.mark.testnet, pytest.mark.timeout(600)]
+
+PASSWORD = "correct horse"
+SMALL = "http://target.test/ip"
+DOWNLOAD = "http://target.test/files/10MiB"
+
+
+def _ctor_hash(password: str) -> str:
+    """A HashedControlPassword made by C tor itself."""
+    out = subprocess.run(
+        ["tor", "--quiet", "--hash-password", password],
+        capture_output=True,
+        text=True,
+        check=True,
+        timeout=30,
+    ).stdout
+    return next(line for line in out.splitlines() if line.startswith("16:"))
+
+
+class ControlledDaemon:
+    def __init__(self, client: PtClient, workdir: Path) -> None:
+        self.client = client
+        self.workdir = workdir
+
+    @property
+    def port(self) -> int:
+        text = (self.workdir / "control-port").read_text()
+        return int(text.split("PORT=")[1].split()[0].rsplit(":", 1)[1])
+
+    @property
+    def socket_path(self) -> Path:
+        return self.workdir / "control.sock"
+
+    @property
+    def cookie_path(self) -> Path:
+        return self.workdir / "cookie"
+
+    def controller(self, authenticate: bool = True) -> stem.control.Controller:
+        controller = stem.control.Controller.from_port(port=self.port)
+        if authenticate:
+            controller.authenticate(password=PASSWORD)
+        return controller
+
+
+def _start(info: Any, workdir: Path, extra: list[str]) -> ControlledDaemon:
+    lines = [
+        "SocksPort 127.0.0.1:auto",
+        "ControlPort 127.0.0.1:auto",
+        f"ControlPortWriteToFile {workdir / 'control-port'}",
+        "Log notice stdout",
+        *extra,
+    ]
+    client = start_daemon(info, workdir, lines, audit=False, timeout=120)
+    return ControlledDaemon(client, workdir)
+
+
+@pytest.fixture(scope="module")
+def daemon(testnet: Any, tmp_path_factory: pytest.TempPathFactory) -> Iterator[ControlledDaemon]:
+    workdir = tmp_path_factory.mktemp("control")
+    started = _start(
+        testnet.info,
+        workdir,
+        [
+            f"HashedControlPassword {_ctor_hash(PASSWORD)}",
+            "CookieAuthentication 1",
+            f"CookieAuthFile {workdir / 'cookie'}",
+            f"ControlSocket {workdir / 'control.sock'}",
+        ],
+    )
+    try:
+        yield started
+    finally:
+        started.client.stop()
+
+
+# -- authentication with each method ------------------------------------------------------------
+
+
+def _authenticate_with(method: str, d: ControlledDaemon) -> stem.control.Controller:
+    if method == "SOCKET":
+        controller = stem.control.Controller.from_socket_file(str(d.socket_path))
+        controller.authenticate(password=PASSWORD)
+        return controller
+    controller = d.controller(authenticate=False)
+    if method == "PASSWORD":
+        stem.connection.authenticate_password(controller, PASSWORD)
+    elif method == "COOKIE":
+        stem.connection.authenticate_cookie(controller, str(d.cookie_path))
+    elif method == "SAFECOOKIE":
+        stem.connection.authenticate_safecookie(controller, str(d.cookie_path))
+    return controller
+
+
+def _read_state(controller: stem.control.Controller) -> None:
+    version = controller.get_version()
+    assert "puretor" in str(version) and version >= stem.version.Version("0.4.9.0")
+    status = controller.get_info("circuit-status")
+    circuits = controller.get_circuits()
+    assert circuits, f"no circuits after bootstrap: {status!r}"
+    built = [c for c in circuits if c.status == "BUILT" and "ONEHOP_TUNNEL" not in c.build_flags]
+    assert built and all(len(c.path) == 3 for c in built), circuits
+    assert all(len(fp) == 40 for c in built for fp, _nick in c.path)
+    assert isinstance(controller.get_streams(), list)
+
+
+@pytest.mark.options(
+    "ControlPort",
+    "ControlSocket",
+    "HashedControlPassword",
+    "CookieAuthentication",
+    "CookieAuthFile",
+    "ControlPortWriteToFile",
+)
+@pytest.mark.parametrize("method", ["PASSWORD", "COOKIE", "SAFECOOKIE", "SOCKET"])
+def test_stem_authenticates_and_reads_state(daemon: ControlledDaemon, method: str) -> None:
+    assert os.stat(daemon.cookie_path).st_mode & 0o777 == 0o600
+    assert os.stat(daemon.socket_path).st_mode & 0o777 == 0o600
+    with _authenticate_with(method, daemon) as controller:
+        _read_state(controller)
+
+
+def test_protocolinfo_names_every_method_and_the_cookie(daemon: ControlledDaemon) -> None:
+    with stem.control.Controller.from_port(port=daemon.port) as controller:
+        info = stem.connection.get_protocolinfo(controller)
+    methods = {m.upper() for m in info.auth_methods}
+    assert methods == {"PASSWORD", "COOKIE", "SAFECOOKIE"}, info.auth_methods
+    assert info.cookie_path == str(daemon.cookie_path)
+
+
+@pytest.mark.options("CookieAuthentication")
+def test_no_authentication_only_when_asked_for(testnet: Any, tmp_path: Path) -> None:
+    """ControlPort without an auth method: refused at start-up; with an explicit
+    'CookieAuthentication 0' it runs, with C tor's warning, and stem gets in with NULL."""
+    refused = subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "puretor.cli",
+            "--ControlPort",
+            "auto",
+            "--DataDirectory",
+            str(tmp_path / "refused"),
+            "--verify-config",
+        ],
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+    assert refused.returncode == 1 and "no authentication method" in refused.stderr
+    d = _start(testnet.info, tmp_path / "null", ["CookieAuthentication 0"])
+    try:
+        assert "any program on your computer can reconfigure" in d.client.log_text()
+        with stem.control.Controller.from_port(port=d.port) as controller:
+            info = stem.connection.get_protocolinfo(controller)
+            assert [m.upper() for m in info.auth_methods] == ["NONE"]
+            stem.connection.authenticate_none(controller)
+            _read_state(controller)
+    finally:
+        d.client.stop()
+
+
+# -- events, NEWNYM, SETCONF ------------------------------------------------------------------
+
+
+class Recorder:
+    def __init__(self) -> None:
+        self.events: list[Any] = []
+        self.lock = threading.Lock()
+
+    def __call__(self, event: Any) -> None:
+        with self.lock:
+            self.events.append(event)
+
+    def of(self, kind: str) -> list[Any]:
+        with self.lock:
+            return [e for e in self.events if e.type == kind]
+
+    def wait(self, what: Callable[[], Any], timeout: float = 30.0) -> Any:
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            found = what()
+            if found:
+                return found
+            time.sleep(0.1)
+        raise AssertionError(f"timed out; events: {[str(e) for e in self.events][-20:]}")
+
+
+def _stream_circuit(recorder: Recorder, since: int) -> str:
+    """The circuit of the first stream that succeeded after event number ``since``."""
+    events = recorder.wait(
+        lambda: [
+            e for e in recorder.events[since:] if e.type == "STREAM" and e.status == "SUCCEEDED"
+        ]
+    )
+    return str(events[0].circ_id)
+
+
+def test_events_during_a_download_and_newnym(daemon: ControlledDaemon) -> None:
+    recorder = Recorder()
+    with daemon.controller() as controller:
+        controller.add_event_listener(recorder, "CIRC", "STREAM", "BW")
+        # A new identity first: the download then needs a circuit built now (CIRC events).
+        controller.signal(Signal.NEWNYM)
+        since = len(recorder.events)
+        result = curl_via(daemon.client, DOWNLOAD, "-o", "/dev/null")
+        assert result.returncode == 0, result.stderr
+        first = _stream_circuit(recorder, since)
+        streams = [e for e in recorder.of("STREAM") if e.target_address == "target.test"]
+        statuses = [e.status for e in streams]
+        assert "NEW" in statuses and "SENTCONNECT" in statuses and "SUCCEEDED" in statuses
+        recorder.wait(lambda: [e for e in recorder.of("STREAM") if e.status == "CLOSED"])
+        bw = recorder.wait(lambda: [e for e in recorder.of("BW") if e.read > 1_000_000])
+        assert bw[0].read > 1_000_000
+        assert any(e.status == "BUILT" for e in recorder.of("CIRC"))
+        assert any(
+            e.id == first and e.status == "BUILT" and len(e.path) == 3 for e in recorder.of("CIRC")
+        ), [str(e) for e in recorder.of("CIRC")]
+        # NEWNYM (beyond C tor's 10 s rate limit): the next SOCKS connection gets a new circuit.
+        time.sleep(10.5)
+        controller.signal(Signal.NEWNYM)
+        since = len(recorder.events)
+        assert curl_via(daemon.client, SMALL).returncode == 0
+        second = _stream_circuit(recorder, since)
+        assert second != first, "NEWNYM did not give the next stream a new circuit"
+        since = len(recorder.events)
+        assert curl_via(daemon.client, SMALL).returncode == 0
+        assert _stream_circuit(recorder, since) == second, "without NEWNYM the circuit is reused"
+
+
+def test_streams_are_listed_while_they_are_open(daemon: ControlledDaemon) -> None:
+    with daemon.controller() as controller:
+        proc = subprocess.Popen(
+            [
+                "curl",
+                "-s",
+                "--limit-rate",
+                "500k",
+                "--socks5-hostname",
+                daemon.client.socks_address,
+                DOWNLOAD,
+                "-o",
+                "/dev/null",
+            ],
+        )
+        try:
+            deadline = time.monotonic() + 30
+            streams: list[Any] = []
+            while time.monotonic() < deadline and not streams:
+                streams = [s for s in controller.get_streams() if s.target_address == "target.test"]
+                time.sleep(0.2)
+            assert streams and streams[0].status == "SUCCEEDED", streams
+            circuit_ids = {c.id for c in controller.get_circuits()}
+            assert streams[0].circ_id in circuit_ids
+        finally:
+            proc.kill()
+            proc.wait()
+
+
+def test_setconf_of_a_live_option_takes_effect(daemon: ControlledDaemon) -> None:
+    with daemon.controller() as controller:
+        assert controller.get_conf("SocksPolicy", "none") in ("", "none", None)
+        assert curl_via(daemon.client, SMALL).returncode == 0
+        controller.set_conf("SocksPolicy", "reject *")
+        try:
+            assert controller.get_conf("SocksPolicy") in ("reject *", "reject *:*")
+            refused = curl_via(daemon.client, SMALL, timeout=30)
+            assert refused.returncode != 0
+        finally:
+            controller.reset_conf("SocksPolicy")
+        assert curl_via(daemon.client, SMALL).returncode == 0
+        # Options that need a restart are refused, clearly.
+        with pytest.raises(stem.InvalidRequest):
+            controller.set_conf("DataDirectory", "/tmp")
+        with pytest.raises(stem.InvalidArguments):
+            controller.set_conf("ExitNodes", "{us}")
+
+
+# -- hostile controllers ----------------------------------------------------------------------
+
+
+def _raw(port: int, data: bytes, timeout: float = 10.0) -> tuple[bytes, bool]:
+    """Send ``data``, read until the daemon closes (True) or ``timeout`` passes (False)."""
+    with socket.create_connection(("127.0.0.1", port), timeout=timeout) as sock:
+        with contextlib.suppress(OSError):
+            sock.sendall(data)
+        got = b""
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            try:
+                chunk = sock.recv(65536)
+            except TimeoutError:
+                return got, False
+            except ConnectionResetError:
+                return got, True
+            if not chunk:
+                return got, True
+            got += chunk
+        return got, False
+
+
+def test_hostile_controllers_get_replies_or_a_closed_connection(daemon: ControlledDaemon) -> None:
+    port = daemon.port
+    cases = {
+        "wrong password": (
+            b'AUTHENTICATE "wrong"\r\nGETINFO version\r\n',
+            b"515 Authentication failed",
+        ),
+        "wrong cookie": (b"AUTHENTICATE " + b"ab" * 32 + b"\r\nGETINFO version\r\n", b"515 "),
+        "command before auth": (b"GETINFO version\r\n", b"514 Authentication required.\r\n"),
+        "100 KB line": (b"GETINFO " + b"x" * 100_000 + b"\r\n", b"500 Line too long.\r\n"),
+        "garbage": (
+            os.urandom(2000).replace(b"\n", b"") + b"\r\n",
+            b"514 Authentication required.",
+        ),
+        "bad safecookie": (
+            b"AUTHCHALLENGE SAFECOOKIE " + b"00" * 32 + b"\r\nAUTHENTICATE " + b"11" * 32 + b"\r\n",
+            b"515 Authentication failed: Safe cookie response did not match",
+        ),
+    }
+    for name, (data, expected) in cases.items():
+        got, closed = _raw(port, data)
+        assert expected in got, (name, got[:200])
+        assert closed, f"{name}: the connection stayed open"
+        assert b"version=" not in got, name
+    # HTTP on the control port, and a half-sent line: no crash, no hang of the daemon.
+    _raw(port, b"GET / HTTP/1.0\r\n\r\n", timeout=3)
+    _raw(port, b"GETINFO vers", timeout=1)
+    assert daemon.client.proc.poll() is None
+    assert curl_via(daemon.client, SMALL).returncode == 0
+    with daemon.controller() as controller:
+        assert "puretor" in str(controller.get_version())
+
+
+# -- __OwningControllerProcess ---------------------------------------------------------------
+
+
+@pytest.mark.options("__OwningControllerProcess")
+def test_the_daemon_exits_when_its_owning_controller_goes(testnet: Any, tmp_path: Path) -> None:
+    owner = subprocess.Popen(["sleep", "600"])
+    try:
+        d = _start(
+            testnet.info,
+            tmp_path / "owned",
+            ["CookieAuthentication 1", f"__OwningControllerProcess {owner.pid}"],
+        )
+        try:
+            assert d.client.proc.poll() is None
+            owner.kill()
+            owner.wait()
+            d.client.proc.wait(timeout=30)
+            assert "has vanished -- exiting now" in d.client.log_text()
+        finally:
+            d.client.stop()
+    finally:
+        owner.kill()
+        owner.wait()
+
+
+# -- nyx --------------------------------------------------------------------------------------
+
+
+@pytest.mark.skipif(not shutil.which("nyx") or not shutil.which("tmux"), reason="needs nyx, tmux")
+def test_nyx_shows_version_and_bandwidth(daemon: ControlledDaemon, tmp_path: Path) -> None:
+    """Debian's nyx (on Debian's python3-stem) in tmux, against the control port, while a
+    download runs: the screen shows our version and a bandwidth graph that is not zero."""
+    home = tmp_path / "home"
+    home.mkdir()
+    session = f"nyx{os.getpid()}"
+    env = dict(os.environ, HOME=str(home), TERM="xterm-256color")
+    env.pop("PYTHONPATH", None)  # nyx is Debian's, on the system Python
+    tmux = ["tmux", "-L", session]
+    nyx = f"/usr/bin/nyx -i 127.0.0.1:{daemon.port}"
+    subprocess.run(
+        [*tmux, "new-session", "-d", "-s", session, "-x", "120", "-y", "40", nyx],
+        env=env,
+        check=True,
+        timeout=30,
+    )
+    download = subprocess.Popen(
+        [
+            "curl",
+            "-s",
+            "--limit-rate",
+            "2M",
+            "--socks5-hostname",
+            daemon.client.socks_address,
+            "http://target.test/files/100MiB",
+            "-o",
+            "/dev/null",
+        ],
+    )
+    screen = ""
+    try:
+        deadline = time.monotonic() + 60
+        typed = False
+        while time.monotonic() < deadline:
+            screen = subprocess.run(
+                [*tmux, "capture-pane", "-p", "-t", session],
+                capture_output=True,
+                text=True,
+                env=env,
+                timeout=10,
+            ).stdout
+            if "assword" in screen and not typed:
+                subprocess.run(
+                    [*tmux, "send-keys", "-t", session, PASSWORD, "Enter"], env=env, timeout=10
+                )
+                typed = True
+            if "puretor" in screen and _bandwidth_shown(screen):
+                break
+            time.sleep(1)
+        (Path(os.environ.get("PURETOR_TEST_OUTPUT", tmp_path)) / "nyx-screen.txt").write_text(
+            screen
+        )
+        print("nyx screen:\n" + screen)
+        assert "puretor" in screen, screen
+        assert _bandwidth_shown(screen), screen
+    finally:
+        download.kill()
+        download.wait()
+        subprocess.run([*tmux, "kill-server"], env=env, timeout=10, check=False)
+
+
+def _bandwidth_shown(screen: str) -> bool:
+    """nyx's graph header: "Download (X KB/sec)" with a rate above zero."""
+    import re
+
+    rates = re.findall(r"Download \(([\d.]+) ([KMG]?B)/sec", screen)
+    return any(float(value) > 0 for value, _unit in rates)
