@@ -189,6 +189,10 @@ def test_no_authentication_only_when_asked_for(testnet: Any, tmp_path: Path) -> 
             assert [m.upper() for m in info.auth_methods] == ["NONE"]
             stem.connection.authenticate_none(controller)
             _read_state(controller)
+            # TAKEOWNERSHIP: the daemon goes when this connection does.
+            assert controller.msg("TAKEOWNERSHIP").is_ok()
+        d.client.proc.wait(timeout=30)
+        assert "Owning controller connection has closed -- exiting now." in d.client.log_text()
     finally:
         d.client.stop()
 
@@ -261,6 +265,21 @@ def test_events_during_a_download_and_newnym(daemon: ControlledDaemon) -> None:
         assert _stream_circuit(recorder, since) == second, "without NEWNYM the circuit is reused"
 
 
+def test_log_events_reach_the_controller(daemon: ControlledDaemon) -> None:
+    recorder = Recorder()
+    with daemon.controller() as controller:
+        controller.add_event_listener(recorder, "NOTICE")
+        controller.signal(Signal.DUMP)  # logs the statistics line at notice
+        notices = recorder.wait(
+            lambda: [e for e in recorder.of("NOTICE") if "Statistics:" in e.message]
+        )
+        assert "open_circuits=" in notices[0].message
+        assert controller.get_info("events/names").split()[0] == "CIRC"
+        assert controller.msg("NOSUCHCOMMAND x").raw_content() == (
+            '510 Unrecognized command "NOSUCHCOMMAND"\r\n'
+        )
+
+
 def test_streams_are_listed_while_they_are_open(daemon: ControlledDaemon) -> None:
     with daemon.controller() as controller:
         proc = subprocess.Popen(
@@ -305,7 +324,7 @@ def test_setconf_of_a_live_option_takes_effect(daemon: ControlledDaemon) -> None
         # Options that need a restart are refused, clearly.
         with pytest.raises(stem.InvalidRequest):
             controller.set_conf("DataDirectory", "/tmp")
-        with pytest.raises(stem.InvalidArguments):
+        with pytest.raises(stem.InvalidRequest, match="not supported by puretor"):
             controller.set_conf("ExitNodes", "{us}")
 
 

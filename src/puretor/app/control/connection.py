@@ -75,6 +75,7 @@ class ControlConnection:
         self.events: set[str] = set()
         self.owner = False
         self.closing = False
+        self.hangup = False  # close once the current reply is sent (a failed auth...)
 
     # -- I/O --------------------------------------------------------------------------
 
@@ -135,6 +136,8 @@ class ControlConnection:
             self.send(await handler(self, cmd))
         except proto.ArgumentError as exc:
             self.send(proto.reply(513, str(exc)))
+        if self.hangup:
+            self.close()
 
 
 # -- authentication ------------------------------------------------------------------------
@@ -143,13 +146,13 @@ class ControlConnection:
 @command("PROTOCOLINFO")
 async def _protocolinfo(conn: ControlConnection, cmd: proto.ControlCommand) -> bytes:
     if conn.sent_protocolinfo and not conn.authenticated:
-        conn.close()
+        conn.hangup = True
         return proto.reply(515, "Only one PROTOCOLINFO command allowed before AUTHENTICATE.")
     conn.sent_protocolinfo = True
     for word in cmd.args.split():
         if not word.isdigit():
             if not conn.authenticated:
-                conn.close()
+                conn.hangup = True
             return proto.reply(513, f'No such version "{word[:64]}"')
     auth = conn.server.authenticator
     methods = f"METHODS={','.join(auth.methods)}"
@@ -186,10 +189,10 @@ async def _authenticate(conn: ControlConnection, cmd: proto.ControlCommand) -> b
     try:
         secret = _secret(conn, cmd.args)
     except proto.ArgumentError as exc:
-        conn.close()
+        conn.hangup = True
         return proto.reply(512, str(exc))
     if secret is None:
-        conn.close()
+        conn.hangup = True
         return proto.reply(
             551,
             "Invalid hexadecimal encoding.  Maybe you tried a plain text password?  If so, "
@@ -209,7 +212,7 @@ async def _authenticate(conn: ControlConnection, cmd: proto.ControlCommand) -> b
         problem = conn.server.authenticator.check(secret)
     if problem is not None:
         log.warning("Bad control port authentication attempt: %s", problem)
-        conn.close()
+        conn.hangup = True
         return proto.reply(515, f"Authentication failed: {problem}")
     conn.authenticated = True
     return proto.reply(250, "OK")
@@ -219,15 +222,15 @@ async def _authenticate(conn: ControlConnection, cmd: proto.ControlCommand) -> b
 async def _authchallenge(conn: ControlConnection, cmd: proto.ControlCommand) -> bytes:
     words = cmd.args.split(None, 1)
     if not words or words[0].upper() != "SAFECOOKIE":
-        conn.close()
+        conn.hangup = True
         return proto.reply(513, "AUTHCHALLENGE only supports SAFECOOKIE authentication")
     cookie = conn.server.cookie
     if cookie is None:
-        conn.close()
+        conn.hangup = True
         return proto.reply(515, "Cookie authentication is disabled")
     nonce_text = words[1].strip() if len(words) > 1 else ""
     if not nonce_text or " " in nonce_text and not nonce_text.startswith('"'):
-        conn.close()
+        conn.hangup = True
         return proto.reply(512, "Wrong number of arguments for AUTHCHALLENGE")
     if nonce_text.startswith('"'):
         value, _end = proto.unquote(nonce_text)
@@ -236,7 +239,7 @@ async def _authchallenge(conn: ControlConnection, cmd: proto.ControlCommand) -> 
         try:
             client_nonce = bytes.fromhex(nonce_text)
         except ValueError:
-            conn.close()
+            conn.hangup = True
             return proto.reply(513, "Invalid base16 client nonce")
     server_nonce = os.urandom(SERVER_NONCE_LEN)
     server_hash, conn.safecookie_client_hash = safecookie_hashes(cookie, client_nonce, server_nonce)
