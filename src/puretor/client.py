@@ -12,10 +12,12 @@ from __future__ import annotations
 import asyncio
 import collections
 import dataclasses
+import functools
 import ipaddress
 import logging
 import ssl as _ssl
 import time
+import weakref
 from collections.abc import AsyncIterator, Awaitable, Callable, Hashable
 from typing import Any, TypeVar
 
@@ -32,6 +34,7 @@ from puretor.aio.observe import (
     CircuitEvent,
     ClientEvent,
     StreamEvent,
+    new_circuit_id,
     new_stream_id,
 )
 from puretor.aio.observe import (
@@ -117,6 +120,11 @@ class TorClient:
         self._onion: Any = None
         self._closed = False
         self._observer = self._chanmgr.reactor.observer
+        # Streams waiting for attach_stream (__LeaveStreamsUnattached), open streams by id.
+        self._awaiting_attach: dict[int, asyncio.Future[int]] = {}
+        self._transports: weakref.WeakValueDictionary[int, TorStreamTransport] = (
+            weakref.WeakValueDictionary()
+        )
         self.add_bootstrap_listener(self._report_bootstrap)
 
     def _priority_halflife(self) -> float:
@@ -334,6 +342,7 @@ class TorClient:
         isolation: Hashable | None = None,
         timeout: float = STREAM_TOTAL_TIMEOUT,
         source: str | None = None,
+        circuit: int | None = None,
     ) -> tuple[asyncio.Transport, P]:
         """Open a stream to ``host:port`` through Tor; like `loop.create_connection`.
 
@@ -342,7 +351,9 @@ class TorClient:
         ``get_extra_info`` knows ``"peername"`` (the address the exit connected to, when
         it said), ``"exit"`` (the exit relay: ``.nickname``, ``.rsa_id``...) and
         ``"circuit"``.  Streams with the same ``isolation`` key may share circuits;
-        different keys never do.  Exit-side refusals for policy, timeouts or a dead
+        different keys never do.  ``circuit``: the id of a circuit from `build_circuit`
+        (or a `CircuitEvent`) to use, and no other.  ``source``: the application's
+        address, for `StreamEvent`.  Exit-side refusals for policy, timeouts or a dead
         circuit are retried on other circuits within ``timeout`` seconds.
 
         Raises `ConfigError` (bad port), `StreamRefused` (``.reason``: RESOLVEFAILED for
@@ -383,6 +394,11 @@ class TorClient:
             connect = self._onion_connection(
                 protocol_factory, host, port, isolation, timeout, stream_id
             )
+        elif circuit is not None or self.config.leave_streams_unattached:
+            connect = asyncio.wait_for(
+                self._connect_on(protocol_factory, host, port, circuit, stream_id, isolation),
+                timeout,
+            )
         else:
             key = _DEFAULT_ISOLATION if isolation is None else isolation
             connect = asyncio.wait_for(
@@ -399,6 +415,103 @@ class TorClient:
             reason = getattr(exc, "reason", None)
             self._stream_failed(stream_id, EndReason.describe(reason) if reason else "MISC")
             raise
+
+    async def _connect_on(
+        self,
+        protocol_factory: Callable[[], P],
+        host: str,
+        port: int,
+        circuit: int | None,
+        stream_id: int,
+        isolation: Hashable | None,
+    ) -> tuple[asyncio.Transport, P]:
+        """A stream on the circuit ``circuit``, or - with __LeaveStreamsUnattached - on the
+        one `attach_stream` names for it (0 there: our own choice, as usual)."""
+        if circuit is None:
+            waiter = asyncio.get_running_loop().create_future()
+            self._awaiting_attach[stream_id] = waiter
+            try:
+                circuit = await waiter
+            finally:
+                self._awaiting_attach.pop(stream_id, None)
+            if circuit == 0:
+                key = _DEFAULT_ISOLATION if isolation is None else isolation
+                return await self._connect_with_retries(
+                    protocol_factory, host, port, key, stream_id
+                )
+        handle = self._handles().get(circuit)
+        if handle is None or not handle.is_open:
+            raise CircuitError(f"no open circuit {circuit} to attach the stream to")
+        transport = await self._attach(handle, host, port, stream_id=stream_id)
+        protocol = protocol_factory()
+        transport.attach(protocol)
+        return transport, protocol
+
+    def attach_stream(self, stream_id: int, circuit_id: int) -> None:
+        """Put a stream that waits for it (``__LeaveStreamsUnattached 1``) on the circuit
+        ``circuit_id`` (0: let the client choose).  Raises `KeyError` for a stream that is
+        not waiting, `ValueError` for a circuit that is not open."""
+        waiter = self._awaiting_attach.get(stream_id)
+        if waiter is None or waiter.done():
+            raise KeyError(stream_id)
+        if circuit_id:
+            handle = self._handles().get(circuit_id)
+            if handle is None or not handle.is_open:
+                raise ValueError(f"circuit {circuit_id} is not open")
+        waiter.set_result(circuit_id)
+
+    def close_stream(self, stream_id: int) -> bool:
+        """End the open stream with this `StreamEvent.id`; False if there is none."""
+        transport = self._transports.get(stream_id)
+        if transport is None:
+            return False
+        transport.abort()
+        return True
+
+    def launch_circuit(self, path: list[str]) -> int:
+        """Start building a circuit through ``path`` (fingerprints, ``$FP~nick`` or
+        nicknames, first hop first) and return its id at once; its `CircuitEvent`s say
+        how it goes.  Raises `NoPathError` for a relay not in the consensus."""
+        self._check_open()
+        relays = [self._relay_named(name) for name in path]
+        if self._circmgr is None:
+            raise NoPathError("not bootstrapped yet")
+        circuit_id = new_circuit_id()
+        task = asyncio.ensure_future(self._circmgr.build_path(relays, circuit_id))
+        task.add_done_callback(functools.partial(self._explicit_build_done, circuit_id))
+        return circuit_id
+
+    async def build_circuit(self, path: list[str]) -> int:
+        """Build a circuit through ``path`` (as `launch_circuit`) and wait until it is
+        open; returns its id, for ``create_connection(..., circuit=id)``."""
+        await self.bootstrap()
+        relays = [self._relay_named(name) for name in path]
+        assert self._circmgr is not None
+        handle = await self._closed_aware(self._circmgr.build_path(relays))
+        return handle.id
+
+    def _explicit_build_done(self, circuit_id: int, task: asyncio.Task[TunnelHandle]) -> None:
+        if task.cancelled():
+            return
+        exc = task.exception()
+        if exc is not None:
+            log.info("circuit %d through the given path failed: %s", circuit_id, exc)
+            if circuit_id not in self._observer.circuits:  # failed before it had a channel
+                failed = CircuitEvent(circuit_id, "FAILED", reason="CONNECTFAILED")
+                self._observer.emit(failed)
+                self._observer.emit(dataclasses.replace(failed, status="CLOSED"))
+
+    def _relay_named(self, name: str) -> Relay:
+        """A relay by ``$FP``, ``$FP~nick``, ``$FP=nick``, ``FP`` or nickname."""
+        key = name.lstrip("$").replace("=", "~").split("~")[0]
+        for relay in self.relays():
+            if relay.fingerprint == key.upper() or (
+                not name.startswith("$") and relay.nickname == name
+            ):
+                if not relay.has_md:
+                    raise NoPathError(f"no microdescriptor for {name} yet")
+                return relay
+        raise NoPathError(f"no relay {name!r} in the consensus")
 
     def _stream_failed(self, stream_id: int, reason: str) -> None:
         last = self._observer.streams.get(stream_id)
@@ -565,6 +678,7 @@ class TorClient:
         if stream_id in self._observer.streams:
             self._observer.stream(stream_id, "SUCCEEDED", circuit_id=handle.id)
             transport.stream_event_id = stream_id
+            self._transports[stream_id] = transport
         return transport
 
     async def open_connection(
@@ -577,6 +691,7 @@ class TorClient:
         server_hostname: str | None = None,
         limit: int = 2**16,
         timeout: float = STREAM_TOTAL_TIMEOUT,
+        circuit: int | None = None,
     ) -> tuple[asyncio.StreamReader, asyncio.StreamWriter]:
         """Like `asyncio.open_connection`, through Tor; returns ``(reader, writer)``.
 
@@ -597,6 +712,7 @@ class TorClient:
             port,
             isolation=isolation,
             timeout=timeout,
+            circuit=circuit,
         )
         writer = asyncio.StreamWriter(transport, protocol, reader, loop)
         if ssl:
@@ -749,7 +865,9 @@ class TorClient:
         cm = self._circmgr
         if cm is None:
             return {}
-        return {s.circuit.id: s.circuit for s in cm.pool.slots if s.circuit is not None}
+        handles = {s.circuit.id: s.circuit for s in cm.pool.slots if s.circuit is not None}
+        handles.update(cm.explicit)
+        return handles
 
     def relays(self) -> list[Relay]:
         """The relays of the current consensus (with their microdescriptors when known);

@@ -328,6 +328,52 @@ def test_setconf_of_a_live_option_takes_effect(daemon: ControlledDaemon) -> None
             controller.set_conf("ExitNodes", "{us}")
 
 
+# -- stem's custom path recipe ----------------------------------------------------------------
+
+
+@pytest.mark.options("__LeaveStreamsUnattached")
+def test_stems_custom_path_recipe_uses_the_chosen_exit(daemon: ControlledDaemon) -> None:
+    """new_circuit([guard, middle, exit]), __LeaveStreamsUnattached 1, attach_stream on
+    STREAM NEW: the target sees the exit we chose, for each exit in turn."""
+    with daemon.controller() as controller:
+        relays = list(controller.get_network_statuses())
+        exits = [r for r in relays if "Exit" in r.flags]
+        guard = next(r for r in relays if "Guard" in r.flags and "Exit" not in r.flags)
+        assert len(exits) >= 2, [r.nickname for r in relays]
+        controller.set_conf("__LeaveStreamsUnattached", "1")
+        try:
+            for exit_relay in exits[:2]:
+                middle = next(
+                    r for r in relays if r not in (guard, exit_relay) and "Exit" not in r.flags
+                )
+                path = [guard.fingerprint, middle.fingerprint, exit_relay.fingerprint]
+                circuit_id = controller.new_circuit(path, await_build=True, timeout=60)
+                attached: list[str] = []
+
+                def attach(
+                    event: Any, circuit_id: str = circuit_id, attached: list[str] = attached
+                ) -> None:
+                    if event.status == "NEW" and event.target_address == "target.test":
+                        controller.attach_stream(event.id, circuit_id)
+                        attached.append(event.id)
+
+                controller.add_event_listener(attach, stem.control.EventType.STREAM)
+                try:
+                    result = curl_via(daemon.client, SMALL)
+                finally:
+                    controller.remove_event_listener(attach)
+                assert result.returncode == 0, result.stderr
+                assert attached, "no STREAM NEW event to attach"
+                assert result.stdout.decode().strip() == exit_relay.address
+                circuit = controller.get_circuit(circuit_id)
+                assert [fp for fp, _ in circuit.path] == path
+                controller.close_circuit(circuit_id)
+        finally:
+            controller.reset_conf("__LeaveStreamsUnattached")
+        # Streams are attached by the client again.
+        assert curl_via(daemon.client, SMALL).returncode == 0
+
+
 # -- hostile controllers ----------------------------------------------------------------------
 
 

@@ -321,8 +321,11 @@ async def build_circuit(
     sendme_accept_min_version: int = 0,
     circwindow: int = 1000,
     congestion_control: CCParams | None = None,
+    circuit_id: int | None = None,
 ) -> TunnelHandle:
     """Build a tunnel of one circuit hop by hop (CREATE2/CREATE_FAST, then EXTEND2s).
+
+    ``circuit_id``: the client-wide id to give it (a controller was told it already).
 
     ``congestion_control``: ask the last hop for it (ntor v3, as C tor does with exits
     that support it); if it declines, the circuit keeps the fixed windows.  Ignored for
@@ -337,6 +340,8 @@ async def build_circuit(
     # The core destroys the circuit if it is still building then (reason TIMEOUT).
     tunnel.build_deadline = started + timeout
     handle = TunnelHandle(tunnel, (first,), chanmgr.reactor)
+    if circuit_id is not None:
+        handle.id = circuit_id
     if len(path) == 1:  # a directory fetch's BEGIN_DIR circuit (C tor's flags for it)
         handle.build_flags = ("ONEHOP_TUNNEL", "IS_INTERNAL", "NEED_CAPACITY")
     handle.path = ()

@@ -285,6 +285,8 @@ class TorConfig:
     owning_controller_process: int | None = option(
         "__OwningControllerProcess", OWNING_PROCESS, None
     )
+    # New streams wait for the controller's ATTACHSTREAM instead of getting a circuit.
+    leave_streams_unattached: bool = option("__LeaveStreamsUnattached", BOOL, False)
 
     # Resolved views of the "None = depends on TestingTorNetwork" options.
     @property

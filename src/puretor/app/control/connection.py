@@ -12,7 +12,7 @@ from typing import TYPE_CHECKING
 from puretor.app.control.getinfo import EVENT_NAMES, FEATURE_NAMES, GetinfoError, getinfo
 from puretor.config import OPTIONS
 from puretor.config.options import canonical_name, with_changes
-from puretor.errors import ConfigError
+from puretor.errors import ConfigError, TorError
 from puretor.proto import control as proto
 from puretor.proto.controlauth import SERVER_NONCE_LEN, safecookie_hashes
 
@@ -28,7 +28,7 @@ LIVE_OPTIONS = frozenset(
     (
         "SafeSocks TestSocks SocksPolicy SocksTimeout SafeLogging Log LogTimeGranularity "
         "CircuitStreamTimeout ClientRejectInternalAddresses ClientDNSRejectInternalAddresses "
-        "HashedControlPassword __OwningControllerProcess"
+        "HashedControlPassword __OwningControllerProcess __LeaveStreamsUnattached"
     ).split()
 )
 SIGNALS = {
@@ -409,4 +409,56 @@ async def _closecircuit(conn: ControlConnection, cmd: proto.ControlCommand) -> b
         return proto.reply(512, "Missing argument to CLOSECIRCUIT")
     if not words[0].isdigit() or not conn.server.tor.close_circuit(int(words[0])):
         return proto.reply(552, f'Unknown circuit "{words[0][:64]}"')
+    return proto.reply(250, "OK")
+
+
+@command("CLOSESTREAM")
+async def _closestream(conn: ControlConnection, cmd: proto.ControlCommand) -> bytes:
+    words = cmd.args.split()
+    if len(words) < 2:
+        return proto.reply(512, "Missing argument to CLOSESTREAM")
+    if not words[0].isdigit() or not conn.server.tor.close_stream(int(words[0])):
+        return proto.reply(552, f'Unknown stream "{words[0][:64]}"')
+    return proto.reply(250, "OK")
+
+
+@command("EXTENDCIRCUIT")
+async def _extendcircuit(conn: ControlConnection, cmd: proto.ControlCommand) -> bytes:
+    """``EXTENDCIRCUIT 0 FP,FP,FP [purpose=general]``: a new circuit through that path."""
+    words = cmd.args.split()
+    if not words:
+        return proto.reply(512, "Missing argument to EXTENDCIRCUIT")
+    if words[0] != "0":
+        return proto.reply(
+            552, f'Unknown circuit "{words[0][:64]}" (puretor only builds new circuits: use 0)'
+        )
+    path = [w for w in words[1:] if not w.lower().startswith("purpose=")]
+    purposes = [w.split("=", 1)[1].lower() for w in words[1:] if w.lower().startswith("purpose=")]
+    if purposes and purposes[0] != "general":
+        return proto.reply(552, f'Unknown purpose "{purposes[0][:64]}"')
+    if len(path) != 1:
+        return proto.reply(512, "puretor builds a circuit only through a path the controller gives")
+    try:
+        circuit_id = conn.server.tor.launch_circuit(path[0].split(","))
+    except TorError as exc:
+        return proto.reply(552, f"No such router: {exc}")
+    return proto.reply(250, f"EXTENDED {circuit_id}")
+
+
+@command("ATTACHSTREAM")
+async def _attachstream(conn: ControlConnection, cmd: proto.ControlCommand) -> bytes:
+    words = cmd.args.split()
+    if len(words) < 2 or not words[0].isdigit() or not words[1].isdigit():
+        return proto.reply(512, "ATTACHSTREAM needs a stream and a circuit id")
+    if any(w.upper().startswith("HOP=") for w in words[2:]):
+        return proto.reply(552, "HOP= is not supported by puretor")
+    stream_id, circuit_id = int(words[0]), int(words[1])
+    try:
+        conn.server.tor.attach_stream(stream_id, circuit_id)
+    except KeyError:
+        if stream_id in {s.id for s in conn.server.tor.stream_status()}:
+            return proto.reply(555, "Connection is not managed by controller.")
+        return proto.reply(552, f'Unknown stream "{stream_id}"')
+    except ValueError:
+        return proto.reply(551, "Can't attach stream to non-open origin circuit")
     return proto.reply(250, "OK")
