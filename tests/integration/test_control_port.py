@@ -459,18 +459,42 @@ def test_the_daemon_exits_when_its_owning_controller_goes(testnet: Any, tmp_path
 
 
 @pytest.mark.skipif(not shutil.which("nyx") or not shutil.which("tmux"), reason="needs nyx, tmux")
-def test_nyx_shows_version_and_bandwidth(daemon: ControlledDaemon, tmp_path: Path) -> None:
+def test_nyx_shows_version_bandwidth_circuits_and_gets_a_new_identity(
+    daemon: ControlledDaemon, tmp_path: Path
+) -> None:
     """Debian's nyx (on Debian's python3-stem) in tmux, against the control port, while a
-    download runs: the screen shows our version and a bandwidth graph that is not zero."""
+    download runs: the screen shows our version and a bandwidth graph that is not zero; its
+    connections page lists the circuits' relays; pressing ``n`` asks for a new identity."""
     home = tmp_path / "home"
     home.mkdir()
     session = f"nyx{os.getpid()}"
     env = dict(os.environ, HOME=str(home), TERM="xterm-256color")
     env.pop("PYTHONPATH", None)  # nyx is Debian's, on the system Python
     tmux = ["tmux", "-L", session]
+
+    def screen() -> str:
+        return subprocess.run(
+            [*tmux, "capture-pane", "-p", "-t", session],
+            capture_output=True,
+            text=True,
+            env=env,
+            timeout=10,
+        ).stdout
+
+    def keys(*names: str) -> None:
+        subprocess.run([*tmux, "send-keys", "-t", session, *names], env=env, timeout=10)
+
+    def wait_for(what: Callable[[str], bool], timeout: float = 60) -> str:
+        deadline = time.monotonic() + timeout
+        text = screen()
+        while not what(text) and time.monotonic() < deadline:
+            time.sleep(1)
+            text = screen()
+        return text
+
     nyx = f"/usr/bin/nyx -i 127.0.0.1:{daemon.port}"
     subprocess.run(
-        [*tmux, "new-session", "-d", "-s", session, "-x", "120", "-y", "40", nyx],
+        [*tmux, "new-session", "-d", "-s", session, "-x", "160", "-y", "50", nyx],
         env=env,
         check=True,
         timeout=30,
@@ -488,32 +512,30 @@ def test_nyx_shows_version_and_bandwidth(daemon: ControlledDaemon, tmp_path: Pat
             "/dev/null",
         ],
     )
-    screen = ""
+    recorder = Recorder()
+    output = Path(os.environ.get("PURETOR_TEST_OUTPUT", tmp_path))
     try:
-        deadline = time.monotonic() + 60
-        typed = False
-        while time.monotonic() < deadline:
-            screen = subprocess.run(
-                [*tmux, "capture-pane", "-p", "-t", session],
-                capture_output=True,
-                text=True,
-                env=env,
-                timeout=10,
-            ).stdout
-            if "assword" in screen and not typed:
-                subprocess.run(
-                    [*tmux, "send-keys", "-t", session, PASSWORD, "Enter"], env=env, timeout=10
-                )
-                typed = True
-            if "puretor" in screen and _bandwidth_shown(screen):
-                break
-            time.sleep(1)
-        (Path(os.environ.get("PURETOR_TEST_OUTPUT", tmp_path)) / "nyx-screen.txt").write_text(
-            screen
-        )
-        print("nyx screen:\n" + screen)
-        assert "puretor" in screen, screen
-        assert _bandwidth_shown(screen), screen
+        first = wait_for(lambda text: "puretor" in text and _bandwidth_shown(text))
+        (output / "nyx-screen.txt").write_text(first)
+        print("nyx screen:\n" + first)
+        assert "puretor" in first, first
+        assert _bandwidth_shown(first), first
+        with daemon.controller() as controller:
+            nicknames = {
+                nick
+                for c in controller.get_circuits()
+                if c.status == "BUILT"
+                for _fp, nick in c.path
+            }
+            keys("Right")  # page 2: connections
+            page = wait_for(lambda text: any(n in text for n in nicknames), timeout=30)
+            print("nyx connections page:\n" + page)
+            assert any(n in page for n in nicknames), (nicknames, page)
+            controller.add_event_listener(recorder, stem.control.EventType.SIGNAL)
+            keys("n")  # new identity
+            recorder.wait(
+                lambda: [e for e in recorder.of("SIGNAL") if e.signal == "NEWNYM"], timeout=20
+            )
     finally:
         download.kill()
         download.wait()
