@@ -52,9 +52,10 @@ def _ctor_hash(password: str) -> str:
 
 
 class ControlledDaemon:
-    def __init__(self, client: PtClient, workdir: Path) -> None:
+    def __init__(self, client: PtClient, workdir: Path, info: Any) -> None:
         self.client = client
         self.workdir = workdir
+        self.info = info
 
     @property
     def port(self) -> int:
@@ -85,7 +86,7 @@ def _start(info: Any, workdir: Path, extra: list[str]) -> ControlledDaemon:
         *extra,
     ]
     client = start_daemon(info, workdir, lines, audit=False, timeout=120)
-    return ControlledDaemon(client, workdir)
+    return ControlledDaemon(client, workdir, info)
 
 
 @pytest.fixture(scope="module")
@@ -275,6 +276,11 @@ def test_log_events_reach_the_controller(daemon: ControlledDaemon) -> None:
         )
         assert "open_circuits=" in notices[0].message
         assert controller.get_info("events/names").split()[0] == "CIRC"
+        controller.add_event_listener(recorder, stem.control.EventType.ADDRMAP)
+        assert controller.msg("RESOLVE target.test").is_ok()
+        addrmap = recorder.wait(lambda: recorder.of("ADDRMAP"))[0]
+        assert addrmap.hostname == "target.test"
+        assert addrmap.destination == daemon.info["targets"]["ip"], str(addrmap)
         assert controller.msg("NOSUCHCOMMAND x").raw_content() == (
             '510 Unrecognized command "NOSUCHCOMMAND"\r\n'
         )

@@ -6,6 +6,7 @@ import asyncio
 import contextlib
 import logging
 import os
+import time
 from collections.abc import Awaitable, Callable
 from typing import TYPE_CHECKING
 
@@ -462,3 +463,33 @@ async def _attachstream(conn: ControlConnection, cmd: proto.ControlCommand) -> b
     except ValueError:
         return proto.reply(551, "Can't attach stream to non-open origin circuit")
     return proto.reply(250, "OK")
+
+
+@command("RESOLVE")
+async def _resolve(conn: ControlConnection, cmd: proto.ControlCommand) -> bytes:
+    """``RESOLVE [mode=reverse] NAME...``: 250 OK now, an ADDRMAP event per name later
+    (resolved by an exit; puretor keeps no cache, so each answer is marked uncached)."""
+    words = cmd.args.split()
+    reverse = any(w.lower() == "mode=reverse" for w in words)
+    names = [w for w in words if "=" not in w]
+    if not names:
+        return proto.reply(512, "Missing address to RESOLVE")
+    for name in names:
+        task = asyncio.ensure_future(_resolve_one(conn.server, name, reverse))
+        conn.server.background.add(task)
+        task.add_done_callback(conn.server.background.discard)
+    return proto.reply(250, "OK")
+
+
+async def _resolve_one(server: ControlServer, name: str, reverse: bool) -> None:
+    tor = server.tor
+    error = ""
+    try:
+        answers = await (tor.resolve_ptr(name) if reverse else tor.resolve(name))
+        answer = answers[0]
+    except (TorError, ValueError) as exc:
+        log.info("RESOLVE failed: %s", "[scrubbed]" if tor.config.safe_logging else exc)
+        answer, error = "<error>", " error=yes"
+    now = time.strftime("%Y-%m-%d %H:%M:%S", time.gmtime())
+    text = f'ADDRMAP {name} {answer} "{now}"{error} EXPIRES="{now}" CACHED="NO"'
+    server.broadcast("ADDRMAP", proto.event(text))

@@ -23,7 +23,7 @@ from typing import Any
 from puretor.app.control.auth import Authenticator, cookie_path, write_cookie
 from puretor.app.control.connection import ControlConnection
 from puretor.app.control.formats import event_text
-from puretor.client import BandwidthEvent, TorClient
+from puretor.client import BandwidthEvent, BootstrapEvent, TorClient
 from puretor.config import TorConfig
 from puretor.proto import control as proto
 
@@ -69,6 +69,7 @@ class ControlServer:
         self._log_handler = _ControlLogHandler(self)
         self._owner_task: asyncio.Task[None] | None = None
         self._bw_listening = False
+        self.background: set[asyncio.Future[None]] = set()  # RESOLVE lookups in progress
 
     @property
     def authenticator(self) -> Authenticator:
@@ -130,6 +131,8 @@ class ControlServer:
         logging.getLogger("puretor").removeHandler(self._log_handler)
         if self._owner_task is not None:
             self._owner_task.cancel()
+        for task in list(self.background):
+            task.cancel()
         for server in self.servers:
             server.close()
         for conn in list(self.connections):
@@ -167,6 +170,8 @@ class ControlServer:
         text = event_text(event)
         if text is not None:
             self.broadcast(text[0], proto.event(f"{text[0]} {text[1]}"))
+        if isinstance(event, BootstrapEvent) and event.percent == 100:
+            self.broadcast("STATUS_CLIENT", proto.event("STATUS_CLIENT NOTICE CIRCUIT_ESTABLISHED"))
 
     def _on_bandwidth(self, event: Any) -> None:
         self.bandwidth_history.append((event.read, event.written))
