@@ -461,6 +461,70 @@ def test_the_daemon_exits_when_its_owning_controller_goes(testnet: Any, tmp_path
         owner.wait()
 
 
+# -- txtorcon ---------------------------------------------------------------------------------
+
+TXTORCON_SCRIPT = """
+import sys
+from twisted.internet import defer, task
+from twisted.internet.endpoints import TCP4ClientEndpoint
+import txtorcon
+
+
+@defer.inlineCallbacks
+def main(reactor, port, password):
+    endpoint = TCP4ClientEndpoint(reactor, "127.0.0.1", int(port))
+    tor = yield txtorcon.connect(reactor, endpoint, password_function=lambda: password)
+    info = yield tor.protocol.get_info("version")
+    print("version", info["version"])
+    seen = []
+    done = defer.Deferred()
+
+    def on_bw(data):
+        seen.append(data)
+        if len(seen) >= 3 and not done.called:
+            done.callback(None)
+
+    yield tor.protocol.add_event_listener("BW", on_bw)
+    yield done
+    print("BW", seen)
+    state = yield tor.create_state()
+    print("circuits", sorted(c.state for c in state.circuits.values()))
+
+
+task.react(main, sys.argv[1:])
+"""
+
+
+def _system_txtorcon() -> bool:
+    probe = subprocess.run(
+        ["/usr/bin/python3", "-c", "import txtorcon"], capture_output=True, check=False
+    )
+    return probe.returncode == 0
+
+
+@pytest.mark.skipif(
+    not os.path.exists("/usr/bin/python3") or not _system_txtorcon(),
+    reason="needs Debian's python3-txtorcon",
+)
+def test_txtorcon_connects_authenticates_and_gets_events(daemon: ControlledDaemon) -> None:
+    """A second controller library: Debian's txtorcon (Twisted), on the system Python."""
+    env = dict(os.environ)
+    env.pop("PYTHONPATH", None)
+    result = subprocess.run(
+        ["/usr/bin/python3", "-c", TXTORCON_SCRIPT, str(daemon.port), PASSWORD],
+        capture_output=True,
+        text=True,
+        timeout=120,
+        env=env,
+        check=False,
+    )
+    assert result.returncode == 0, result.stdout + result.stderr
+    lines = result.stdout.splitlines()
+    assert lines[0].startswith("version 0.4.9.0-puretor-"), result.stdout
+    assert lines[1].startswith("BW ["), result.stdout
+    assert "'BUILT'" in lines[2], result.stdout
+
+
 # -- nyx --------------------------------------------------------------------------------------
 
 

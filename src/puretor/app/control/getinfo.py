@@ -97,9 +97,9 @@ def _config_defaults(server: ControlServer, _key: str) -> str:
     defaults = type(server.tor.config)()
     lines = []
     for name, spec in OPTIONS.items():
-        lines += [
-            f"{name} {text}".rstrip() for text in spec.default_text(getattr(defaults, spec.attr))
-        ]
+        # As C tor: only the options that have a default value.
+        texts = spec.default_text(getattr(defaults, spec.attr))
+        lines += [f"{name} {text}" for text in texts if text]
     return "\n".join(lines)
 
 
@@ -308,3 +308,10 @@ def _onions_current(_server: ControlServer, _key: str) -> str:
 @_key("onions/detached", "Onion services detached from the control connection.")
 def _onions_detached(_server: ControlServer, _key: str) -> str:
     return ""
+
+
+@_key("address-mappings/*", "Current address mappings.")
+def _address_mappings(_server: ControlServer, kind: str) -> str:
+    if kind not in ("all", "config", "cache", "control"):
+        raise GetinfoError(552, f'Unrecognized key "address-mappings/{kind}"')
+    return ""  # puretor keeps none: no MapAddress, no DNS cache
