@@ -226,3 +226,13 @@ def test_control_options_parse(tmp_path: Path) -> None:
         TorConfig.from_options(ControlPort="9051", HashedControlPassword="nonsense")
     with pytest.raises(ConfigError, match="ControlSocket"):
         TorConfig.from_options(ControlPort="unix:/tmp/x", CookieAuthentication=1)
+
+
+def test_dir_authority_lines_read_back_as_written() -> None:
+    """GETCONF/config-text write DirAuthority as torrc text that parses to the same."""
+    line = "auth1 orport=5000 v3ident=" + "A" * 40 + " 127.0.0.1:7000 " + "BEEF" * 10
+    cfg = TorConfig.from_options(DirAuthority=line, TestingTorNetwork=1)
+    written = cfg.option_lines("DirAuthority")
+    assert written == [line]
+    again = TorConfig.from_options(DirAuthority=written[0], TestingTorNetwork=1)
+    assert again.dir_authorities == cfg.dir_authorities

@@ -165,7 +165,22 @@ def _dir_line_kind(parser: str) -> Kind:
 
         return getattr(authorities, parser)(text)
 
-    return line_list(parse, lambda item: getattr(item, "line", None) or str(item))
+    return line_list(parse, _dir_line_text)
+
+
+def _dir_line_text(item: Any) -> str:
+    """A DirAuthority as torrc text (GETCONF, config-text), else the item's own text."""
+    if hasattr(item, "v3ident") and hasattr(item, "dir_port"):
+        words = [item.nickname] if item.nickname else []
+        words += ["bridge"] if item.bridge else []
+        words.append(f"orport={item.or_port}")
+        if item.v3ident is not None:
+            words.append(f"v3ident={item.v3ident.hex().upper()}")
+        if item.ipv6 is not None:
+            words.append(f"ipv6=[{item.ipv6[0]}]:{item.ipv6[1]}")
+        words += [f"{item.address}:{item.dir_port}", item.rsa_id.hex().upper()]
+        return " ".join(words)
+    return getattr(item, "line", None) or str(item)
 
 
 @dataclass(frozen=True)

@@ -295,7 +295,7 @@ async def _getconf(conn: ControlConnection, cmd: proto.ControlCommand) -> bytes:
     return out.to_bytes()
 
 
-async def _change_conf(conn: ControlConnection, cmd: proto.ControlCommand, reset: bool) -> bytes:
+async def _change_conf(conn: ControlConnection, cmd: proto.ControlCommand) -> bytes:
     changes: dict[str, list[str]] = {}
     for key, value, _quoted in proto.parse_keywords(cmd.args):
         try:
@@ -303,7 +303,7 @@ async def _change_conf(conn: ControlConnection, cmd: proto.ControlCommand, reset
         except ConfigError as exc:
             return proto.reply(552, f"Unrecognized option: {exc}")
         values = changes.setdefault(name, [])
-        if value is not None and not (reset and value == ""):
+        if value:  # no value, or an empty one: the default
             values.append(value)
     if not changes:
         return proto.reply(512, f"Missing argument to {cmd.name}")
@@ -334,12 +334,12 @@ async def _change_conf(conn: ControlConnection, cmd: proto.ControlCommand, reset
 
 @command("SETCONF")
 async def _setconf(conn: ControlConnection, cmd: proto.ControlCommand) -> bytes:
-    return await _change_conf(conn, cmd, reset=False)
+    return await _change_conf(conn, cmd)
 
 
 @command("RESETCONF")
 async def _resetconf(conn: ControlConnection, cmd: proto.ControlCommand) -> bytes:
-    return await _change_conf(conn, cmd, reset=True)
+    return await _change_conf(conn, cmd)
 
 
 @command("SETEVENTS")
