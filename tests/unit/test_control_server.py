@@ -14,6 +14,8 @@ import os
 from collections.abc import AsyncIterator, Awaitable, Callable
 from pathlib import Path
 
+import pytest
+
 from puretor.app.control import ControlServer, DaemonHooks
 from puretor.client import TorClient
 from puretor.config import TorConfig
@@ -247,3 +249,29 @@ async def test_limits(tmp_path: Path) -> None:
             until=b"closing connection",
         )
         assert got.count(b"250-dormant=0\r\n") == 500
+
+
+def test_a_control_port_in_use_stops_start_up(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    import socket
+
+    from puretor.app.daemon import run_daemon
+
+    with socket.socket() as taken:
+        taken.bind(("127.0.0.1", 0))
+        taken.listen()
+        port = taken.getsockname()[1]
+        argv = [
+            "--SocksPort", "127.0.0.1:auto",
+            "--ControlPort", str(port),
+            "--CookieAuthentication", "1",
+            "--DataDirectory", str(tmp_path / "data"),
+            "--TestingTorNetwork", "1",
+            "--DirAuthority", AUTH,
+            "--Log", "notice stdout",
+        ]  # fmt: skip
+        assert run_daemon(argv, version="x") == 1
+    out = capsys.readouterr().out
+    assert "[err] Could not open the control port: Address already in use." in out
+    assert "Bootstrapped" not in out
