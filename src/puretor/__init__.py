@@ -72,11 +72,15 @@ __all__ = [
     "StreamEvent",
     "ChannelEvent",
     "BandwidthEvent",
+    "StreamBandwidthEvent",
     "BootstrapEvent",
     "RelayRef",
 ]
 _EVENTS = frozenset(
-    "CircuitEvent StreamEvent ChannelEvent BandwidthEvent BootstrapEvent RelayRef".split()
+    (
+        "CircuitEvent StreamEvent ChannelEvent BandwidthEvent StreamBandwidthEvent "
+        "BootstrapEvent RelayRef"
+    ).split()
 )
 
 if TYPE_CHECKING:
@@ -87,6 +91,7 @@ if TYPE_CHECKING:
         ChannelEvent,
         CircuitEvent,
         RelayRef,
+        StreamBandwidthEvent,
         StreamEvent,
     )
     from puretor.aio.tls import start_tls

@@ -33,6 +33,7 @@ from puretor.aio.observe import (
     ChannelEvent,
     CircuitEvent,
     ClientEvent,
+    StreamBandwidthEvent,
     StreamEvent,
     new_circuit_id,
     new_stream_id,
@@ -125,6 +126,7 @@ class TorClient:
         self._transports: weakref.WeakValueDictionary[int, TorStreamTransport] = (
             weakref.WeakValueDictionary()
         )
+        self._observer.stream_sampler = self._sample_streams
         self.add_bootstrap_listener(self._report_bootstrap)
 
     def _priority_halflife(self) -> float:
@@ -797,14 +799,27 @@ class TorClient:
 
     # -- events ------------------------------------------------------------------------
 
+    def _sample_streams(self) -> list[StreamBandwidthEvent]:
+        events = []
+        for stream_id, transport in list(self._transports.items()):
+            read, written = transport.bytes_read, transport.bytes_written
+            last_read, last_written = transport.bytes_sampled
+            if (read, written) != (last_read, last_written):
+                transport.bytes_sampled = (read, written)
+                events.append(
+                    StreamBandwidthEvent(stream_id, read - last_read, written - last_written)
+                )
+        return events
+
     def _report_bootstrap(self, status: BootstrapStatus) -> None:
         self._observer.emit(BootstrapEvent(status.percent, status.tag, status.summary))
 
     def add_event_listener(self, callback: Callable[[ClientEvent], None], *kinds: type) -> None:
         """Call ``callback(event)`` for every event of the given types (all if none given).
 
-        The types are `CircuitEvent`, `StreamEvent`, `ChannelEvent`, `BandwidthEvent`
-        (once a second while such a listener exists) and `BootstrapEvent`.  Callbacks run
+        The types are `CircuitEvent`, `StreamEvent`, `ChannelEvent`, `BandwidthEvent` and
+        `StreamBandwidthEvent` (once a second while such a listener exists) and
+        `BootstrapEvent`.  Callbacks run
         on the event loop and must not block; exceptions they raise are logged.
         """
         self._observer.add_listener(callback, tuple(kinds))

@@ -310,6 +310,13 @@ def test_streams_are_listed_while_they_are_open(daemon: ControlledDaemon) -> Non
             assert streams and streams[0].status == "SUCCEEDED", streams
             circuit_ids = {c.id for c in controller.get_circuits()}
             assert streams[0].circ_id in circuit_ids
+            # STREAM_BW: that stream's bytes, once a second.
+            recorder = Recorder()
+            controller.add_event_listener(recorder, stem.control.EventType.STREAM_BW)
+            samples = recorder.wait(
+                lambda: [e for e in recorder.of("STREAM_BW") if e.id == streams[0].id]
+            )
+            assert samples[0].read > 0, str(samples[0])
         finally:
             proc.kill()
             proc.wait()

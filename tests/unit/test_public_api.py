@@ -47,6 +47,7 @@ EXPECTED_ALL = {
     "StreamEvent",
     "ChannelEvent",
     "BandwidthEvent",
+    "StreamBandwidthEvent",
     "BootstrapEvent",
     "RelayRef",
 }

@@ -82,6 +82,16 @@ class BandwidthEvent:
 
 
 @dataclass(frozen=True, slots=True)
+class StreamBandwidthEvent:
+    """Application bytes a stream read and wrote in the last second (STREAM_BW); only
+    for streams that moved data."""
+
+    id: int
+    read: int
+    written: int
+
+
+@dataclass(frozen=True, slots=True)
 class BootstrapEvent:
     """A bootstrap step: ``percent``, ``tag``, ``summary`` (STATUS_CLIENT BOOTSTRAP)."""
 
@@ -90,7 +100,14 @@ class BootstrapEvent:
     summary: str
 
 
-ClientEvent = CircuitEvent | StreamEvent | ChannelEvent | BandwidthEvent | BootstrapEvent
+ClientEvent = (
+    CircuitEvent
+    | StreamEvent
+    | ChannelEvent
+    | BandwidthEvent
+    | StreamBandwidthEvent
+    | BootstrapEvent
+)
 Listener = Callable[[Any], None]
 
 _circuit_ids = itertools.count(1)
@@ -122,6 +139,8 @@ class Observer:
     bytes_written: int = 0
     _listeners: list[tuple[Listener, tuple[type, ...]]] = field(default_factory=list)
     _bw_task: asyncio.Task[None] | None = None
+    # The open streams' byte counters, sampled with BW: () -> [StreamBandwidthEvent].
+    stream_sampler: Callable[[], list[StreamBandwidthEvent]] | None = None
 
     # -- reports from the shell --------------------------------------------------------
 
@@ -171,13 +190,15 @@ class Observer:
 
     def add_listener(self, listener: Listener, kinds: tuple[type, ...] = ()) -> None:
         self._listeners.append((listener, kinds))
-        if (not kinds or BandwidthEvent in kinds) and self._bw_task is None:
+        sampled = not kinds or BandwidthEvent in kinds or StreamBandwidthEvent in kinds
+        if sampled and self._bw_task is None:
             with contextlib.suppress(RuntimeError):  # no loop: started by the next call
                 self._bw_task = asyncio.get_running_loop().create_task(self._sample_bandwidth())
 
     def remove_listener(self, listener: Listener) -> None:
         self._listeners = [(fn, kinds) for fn, kinds in self._listeners if fn != listener]
-        if self._bw_task is not None and not self._wants(BandwidthEvent):
+        sampled = self._wants(BandwidthEvent) or self._wants(StreamBandwidthEvent)
+        if self._bw_task is not None and not sampled:
             self._bw_task.cancel()
             self._bw_task = None
 
@@ -194,6 +215,9 @@ class Observer:
             read, written = self.bytes_read, self.bytes_written
             self.emit(BandwidthEvent(read - last_read, written - last_written))
             last_read, last_written = read, written
+            if self.stream_sampler is not None and self._wants(StreamBandwidthEvent):
+                for event in self.stream_sampler():
+                    self.emit(event)
 
     def close(self) -> None:
         if self._bw_task is not None:

@@ -11,6 +11,7 @@ from puretor.client import (
     BootstrapEvent,
     ChannelEvent,
     CircuitEvent,
+    StreamBandwidthEvent,
     StreamEvent,
 )
 from puretor.proto.control import quote
@@ -75,6 +76,8 @@ def event_text(ev: Any) -> tuple[str, str] | None:
         return "ORCONN", channel_line(ev)
     if isinstance(ev, BandwidthEvent):
         return "BW", f"{ev.read} {ev.written}"
+    if isinstance(ev, StreamBandwidthEvent):
+        return "STREAM_BW", f"{ev.id} {ev.written} {ev.read} {iso_time(time.time())}"
     if isinstance(ev, BootstrapEvent):
         return "STATUS_CLIENT", bootstrap_status(ev)
     return None

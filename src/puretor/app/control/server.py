@@ -23,7 +23,7 @@ from typing import Any
 from puretor.app.control.auth import Authenticator, cookie_path, write_cookie
 from puretor.app.control.connection import ControlConnection
 from puretor.app.control.formats import event_text
-from puretor.client import BandwidthEvent, BootstrapEvent, TorClient
+from puretor.client import BandwidthEvent, BootstrapEvent, StreamBandwidthEvent, TorClient
 from puretor.config import TorConfig
 from puretor.proto import control as proto
 
@@ -165,7 +165,7 @@ class ControlServer:
                 conn.send(data)
 
     def _on_client_event(self, event: Any) -> None:
-        if isinstance(event, BandwidthEvent):
+        if isinstance(event, BandwidthEvent | StreamBandwidthEvent):
             return  # _on_bandwidth
         text = event_text(event)
         if text is not None:
@@ -174,6 +174,11 @@ class ControlServer:
             self.broadcast("STATUS_CLIENT", proto.event("STATUS_CLIENT NOTICE CIRCUIT_ESTABLISHED"))
 
     def _on_bandwidth(self, event: Any) -> None:
+        if isinstance(event, StreamBandwidthEvent):
+            text = event_text(event)
+            if text is not None:
+                self.broadcast("STREAM_BW", proto.event(f"{text[0]} {text[1]}"))
+            return
         self.bandwidth_history.append((event.read, event.written))
         self.broadcast("BW", proto.event(f"BW {event.read} {event.written}"))
 
@@ -182,10 +187,11 @@ class ControlServer:
         wanted: set[str] = set()
         for conn in self.connections:
             wanted |= conn.events
-        if "BW" in wanted and not self._bw_listening:
-            self.tor.add_event_listener(self._on_bandwidth, BandwidthEvent)
+        sampled = bool({"BW", "STREAM_BW"} & wanted)
+        if sampled and not self._bw_listening:
+            self.tor.add_event_listener(self._on_bandwidth, BandwidthEvent, StreamBandwidthEvent)
             self._bw_listening = True
-        elif "BW" not in wanted and self._bw_listening:
+        elif not sampled and self._bw_listening:
             self.tor.remove_event_listener(self._on_bandwidth)
             self._bw_listening = False
         levels = [LOG_EVENTS[name] for name in wanted if name in LOG_EVENTS]
