@@ -28,6 +28,7 @@ through a 3-hop Tor circuit.  Options are C tor's torrc options, e.g.:
   --DirAuthority LINE     use a private network's authorities (repeatable)
   --TestingTorNetwork 1   test-network timings (needs DirAuthority lines)
   --Log "notice stdout"   logging (severity and destination)
+  --ControlPort PORT --CookieAuthentication 1   a control port for nyx and stem
   --verify-config         check the configuration and exit
   --verify-install        check the installed crypto libraries against known answers
   --hash-password PW      print a HashedControlPassword value for PW (as tor's)
