@@ -891,6 +891,18 @@ class TorClient:
         netdir = state.netdir(time.time()) if state is not None else None
         return list(netdir.relays) if netdir is not None else []
 
+    def microdescriptor(self, relay: str) -> str | None:
+        """The microdescriptor text of ``relay`` (fingerprint, ``$FP~nick`` or nickname),
+        or None when the relay or its microdescriptor is unknown."""
+        try:
+            found = self._relay_named(relay)
+        except NoPathError:
+            return None
+        state = self._dirmgr.state
+        md = state.microdescs.get(found.md_digest) if state is not None else None
+        raw = getattr(md, "raw", b"")
+        return raw.decode("ascii", "replace") if raw else None
+
     def consensus_valid_after(self) -> float | None:
         """When the current consensus became valid (a `time.time()` timestamp), or None."""
         state = self._dirmgr.state

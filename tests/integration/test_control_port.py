@@ -276,6 +276,11 @@ def test_log_events_reach_the_controller(daemon: ControlledDaemon) -> None:
         )
         assert "open_circuits=" in notices[0].message
         assert controller.get_info("events/names").split()[0] == "CIRC"
+        relay = next(iter(controller.get_network_statuses()))
+        md = controller.get_microdescriptor(relay.fingerprint)
+        assert md.onion_key and md.ntor_onion_key, str(md)
+        assert str(controller.get_microdescriptor(relay.nickname)) == str(md)
+        assert controller.get_network_status(relay.fingerprint).nickname == relay.nickname
         controller.add_event_listener(recorder, stem.control.EventType.ADDRMAP)
         assert controller.msg("RESOLVE target.test").is_ok()
         addrmap = recorder.wait(lambda: recorder.of("ADDRMAP"))[0]

@@ -315,3 +315,20 @@ def _address_mappings(_server: ControlServer, kind: str) -> str:
     if kind not in ("all", "config", "cache", "control"):
         raise GetinfoError(552, f'Unrecognized key "address-mappings/{kind}"')
     return ""  # puretor keeps none: no MapAddress, no DNS cache
+
+
+def _microdescriptor(server: ControlServer, key: str, relay: str) -> str:
+    text = server.tor.microdescriptor(relay)
+    if text is None:
+        raise GetinfoError(552, f'Unrecognized key "{key}"')
+    return text.rstrip("\n")
+
+
+@_key("md/id/*", "Microdescriptors by ID")
+def _md_id(server: ControlServer, ident: str) -> str:
+    return _microdescriptor(server, f"md/id/{ident}", "$" + ident.lstrip("$"))
+
+
+@_key("md/name/*", "Microdescriptors by name")
+def _md_name(server: ControlServer, name: str) -> str:
+    return _microdescriptor(server, f"md/name/{name}", name)
