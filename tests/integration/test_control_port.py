@@ -630,3 +630,60 @@ def _bandwidth_shown(screen: str) -> bool:
 
     rates = re.findall(r"Download \(([\d.]+) ([KMG]?B)/sec", screen)
     return any(float(value) > 0 for value, _unit in rates)
+
+
+# -- the library's view ---------------------------------------------------------------------
+
+
+def test_circuit_status_lists_exactly_the_open_circuits(testnet: Any, tmp_path: Path) -> None:
+    """The library's events and lists, in process: every circuit the client has open (the
+    legs of conflux sets included) is listed as BUILT, none that closed is, and a stream's
+    events come in order."""
+    import asyncio
+
+    from test_library_api import net_config, run
+
+    from puretor import CircuitEvent, StreamEvent, TorClient
+
+    async def main() -> None:
+        async with TorClient(net_config(testnet.info, tmp_path / "data")) as tor:
+            statuses: list[str] = []
+
+            async def watch() -> None:
+                async for event in tor.events(StreamEvent):
+                    statuses.append(event.status)
+
+            watcher = asyncio.create_task(watch())
+            await asyncio.sleep(0)
+            for _ in range(3):
+                reader, writer = await tor.open_connection("target.test", 80)
+                writer.write(b"GET /ip HTTP/1.0\r\nHost: target.test\r\n\r\n")
+                await reader.read()
+                writer.close()
+                await tor.new_identity()
+            await asyncio.sleep(1.0)
+            watcher.cancel()
+            assert statuses[:3] == ["NEW", "SENTCONNECT", "SUCCEEDED"], statuses
+            assert statuses.count("CLOSED") == 3, statuses
+            cm = tor._circmgr
+            assert cm is not None
+            # Close a conflux set (its legs must all leave the list) and a plain circuit.
+            open_handles = [s.circuit for s in cm.pool.slots if s.circuit is not None]
+            sets = [h for h in open_handles if h.is_open and h.conflux_legs]
+            plain = [h for h in open_handles if h.is_open and not h.conflux_legs]
+            assert sets, "no conflux set to close"
+            for handle in (sets[0], *plain[:1]):
+                handle.close()
+            await asyncio.sleep(0.5)
+            handles = [s.circuit for s in cm.pool.slots if s.circuit is not None]
+            open_ids = {leg.id for h in handles if h.is_open for leg in (h.conflux_legs or (h,))}
+            built = {c.id for c in tor.circuit_status() if c.status == "BUILT"}
+            onehop = {c.id for c in tor.circuit_status() if "ONEHOP_TUNNEL" in c.build_flags}
+            assert built - onehop == open_ids, (built, onehop, open_ids)
+            assert all(
+                isinstance(c, CircuitEvent) and len(c.path) == 3
+                for c in tor.circuit_status()
+                if c.id in open_ids
+            )
+
+    run(main())

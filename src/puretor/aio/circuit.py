@@ -170,9 +170,13 @@ class TunnelHandle:
         elif isinstance(event, TunnelClosed):
             self.closed.set()
             last = self.reactor.observer.circuits.get(self.id)
+            reason = DestroyReason.describe(event.reason).upper()
+            reason = "DESTROYED" if event.remote else reason
             if last is not None and last.status == "BUILT":
-                reason = DestroyReason.describe(event.reason).upper()
-                self.report("CLOSED", "DESTROYED" if event.remote else reason)
+                self.report("CLOSED", reason)
+            # A conflux set's other legs belong to this tunnel now: they close with it.
+            for leg in self.conflux_legs[1:]:
+                leg.report("CLOSED", reason)
             for waiter in (self._hop_waiter, self._link_waiter):
                 if waiter is not None and not waiter.done():
                     waiter.set_exception(_closed_error(event))
