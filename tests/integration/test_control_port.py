@@ -665,6 +665,9 @@ def test_circuit_status_lists_exactly_the_open_circuits(testnet: Any, tmp_path: 
             watcher.cancel()
             assert statuses[:3] == ["NEW", "SENTCONNECT", "SUCCEEDED"], statuses
             assert statuses.count("CLOSED") == 3, statuses
+            assert tor.stream_status() == [], tor.stream_status()
+            connected = [c for c in tor.channel_status() if c.status == "CONNECTED"]
+            assert connected and all(len(c.relay.fingerprint) == 40 for c in connected)
             cm = tor._circmgr
             assert cm is not None
             # Close a conflux set (its legs must all leave the list) and a plain circuit.
