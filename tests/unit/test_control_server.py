@@ -10,6 +10,7 @@ import contextlib
 import functools
 import hashlib
 import hmac
+import logging
 import os
 from collections.abc import AsyncIterator, Awaitable, Callable
 from pathlib import Path
@@ -271,7 +272,14 @@ def test_a_control_port_in_use_stops_start_up(
             "--DirAuthority", AUTH,
             "--Log", "notice stdout",
         ]  # fmt: skip
-        assert run_daemon(argv, version="x") == 1
+        logger = logging.getLogger("puretor")
+        saved = (list(logger.handlers), logger.level, logger.propagate)
+        try:
+            assert run_daemon(argv, version="x") == 1
+        finally:  # run_daemon set logging up for a daemon: put the test's back
+            logger.handlers[:] = saved[0]
+            logger.setLevel(saved[1])
+            logger.propagate = saved[2]
     out = capsys.readouterr().out
     assert "[err] Could not open the control port: Address already in use." in out
     assert "Bootstrapped" not in out
