@@ -131,6 +131,7 @@ class TunnelHandle:
     _link_waiter: asyncio.Future[int] | None = None
     id: int = field(default_factory=new_circuit_id)  # client-wide (control port CircuitID)
     build_flags: tuple[str, ...] = ()  # the control port's BUILD_FLAGS, when not the default
+    built: bool = False  # reported BUILT (later EXTENDED reports do not undo it)
 
     def __post_init__(self) -> None:
         self.tunnel.owner = self
@@ -156,6 +157,8 @@ class TunnelHandle:
             reason,
         )
         observer.emit(event)
+        if status == "BUILT":
+            self.built = True
         if status == "FAILED":
             observer.emit(replace(event, status="CLOSED"))
 
@@ -169,10 +172,9 @@ class TunnelHandle:
                 self._hop_waiter.set_result(event.hops)
         elif isinstance(event, TunnelClosed):
             self.closed.set()
-            last = self.reactor.observer.circuits.get(self.id)
             reason = DestroyReason.describe(event.reason).upper()
             reason = "DESTROYED" if event.remote else reason
-            if last is not None and last.status == "BUILT":
+            if self.built:  # (while building, build_circuit reports FAILED, then CLOSED)
                 self.report("CLOSED", reason)
             # A conflux set's other legs belong to this tunnel now: they close with it.
             for leg in self.conflux_legs[1:]:
