@@ -241,8 +241,12 @@ def test_events_during_a_download_and_newnym(daemon: ControlledDaemon) -> None:
         # A new identity first: the download then needs a circuit built now (CIRC events).
         controller.signal(Signal.NEWNYM)
         since = len(recorder.events)
+        read_before = int(controller.get_info("traffic/read"))
         result = curl_via(daemon.client, DOWNLOAD, "-o", "/dev/null")
         assert result.returncode == 0, result.stderr
+        # traffic/read counts the cells from relays: the 10 MiB plus cell overhead (~2 %).
+        read = int(controller.get_info("traffic/read")) - read_before
+        assert 10 * 2**20 < read < 1.15 * 10 * 2**20, read
         first = _stream_circuit(recorder, since)
         streams = [e for e in recorder.of("STREAM") if e.target_address == "target.test"]
         statuses = [e.status for e in streams]
@@ -542,7 +546,7 @@ def test_txtorcon_connects_authenticates_and_gets_events(daemon: ControlledDaemo
 
 @pytest.mark.skipif(not shutil.which("nyx") or not shutil.which("tmux"), reason="needs nyx, tmux")
 def test_nyx_shows_version_bandwidth_circuits_and_gets_a_new_identity(
-    daemon: ControlledDaemon, tmp_path: Path
+    daemon: ControlledDaemon, tmp_path: Path, capsys: pytest.CaptureFixture[str]
 ) -> None:
     """Debian's nyx (on Debian's python3-stem) in tmux, against the control port, while a
     download runs: the screen shows our version and a bandwidth graph that is not zero; its
@@ -599,7 +603,8 @@ def test_nyx_shows_version_bandwidth_circuits_and_gets_a_new_identity(
     try:
         first = wait_for(lambda text: "puretor" in text and _bandwidth_shown(text))
         (output / "nyx-screen.txt").write_text(first)
-        print("nyx screen:\n" + first)
+        with capsys.disabled():  # the screen capture goes into the test run's output
+            sys.stdout.write("\nnyx screen (tmux capture-pane):\n" + first + "\n")
         assert "puretor" in first, first
         assert _bandwidth_shown(first), first
         with daemon.controller() as controller:
