@@ -27,6 +27,7 @@ TARGETS: dict[str, str] = {
     "hs_descriptor": "fuzz.targets.hs_descriptor",
     "http_connect": "fuzz.targets.http_connect",
     "dns": "fuzz.targets.dns",
+    "control": "fuzz.targets.control",
 }
 
 

@@ -68,10 +68,32 @@ __all__ = [
     "StreamTimeout",
     "OnionError",
     "SocksError",
+    "CircuitEvent",
+    "StreamEvent",
+    "ChannelEvent",
+    "BandwidthEvent",
+    "StreamBandwidthEvent",
+    "BootstrapEvent",
+    "RelayRef",
 ]
+_EVENTS = frozenset(
+    (
+        "CircuitEvent StreamEvent ChannelEvent BandwidthEvent StreamBandwidthEvent "
+        "BootstrapEvent RelayRef"
+    ).split()
+)
 
 if TYPE_CHECKING:
     from puretor import errors
+    from puretor.aio.observe import (
+        BandwidthEvent,
+        BootstrapEvent,
+        ChannelEvent,
+        CircuitEvent,
+        RelayRef,
+        StreamBandwidthEvent,
+        StreamEvent,
+    )
     from puretor.aio.tls import start_tls
     from puretor.client import IsolationToken, TorClient
     from puretor.config import TorConfig
@@ -97,6 +119,10 @@ def __getattr__(name: str) -> Any:
         from puretor.proto.relaymsg import EndReason
 
         return EndReason
+    if name in _EVENTS:
+        from puretor.aio import observe
+
+        return getattr(observe, name)
     if name == "start_tls":
         from puretor.aio.tls import start_tls
 

@@ -10,20 +10,41 @@ exit, never locally.  The ``tor-client`` SOCKS daemon is built on this API.
 from __future__ import annotations
 
 import asyncio
+import collections
+import dataclasses
+import functools
 import ipaddress
 import logging
 import os
 import ssl as _ssl
 import time
-from collections.abc import Awaitable, Callable, Hashable
+import weakref
+from collections.abc import AsyncIterator, Awaitable, Callable, Hashable
 from typing import Any, TypeVar
 
 from puretor.aio.channel import ChannelManager, ChannelTarget
 from puretor.aio.circmgr import CircuitManager
 from puretor.aio.circuit import TunnelHandle
 from puretor.aio.dirmgr import BootstrapStatus, DirManager
+from puretor.aio.observe import (
+    BandwidthEvent as BandwidthEvent,
+)
+from puretor.aio.observe import (
+    BootstrapEvent,
+    ChannelEvent,
+    CircuitEvent,
+    ClientEvent,
+    StreamBandwidthEvent,
+    StreamEvent,
+    new_circuit_id,
+    new_stream_id,
+)
+from puretor.aio.observe import (
+    RelayRef as RelayRef,
+)
 from puretor.aio.stream import TorStreamTransport
 from puretor.config import TorConfig
+from puretor.dir.netdir import Relay
 from puretor.errors import (
     BootstrapError,
     CircuitError,
@@ -109,6 +130,14 @@ class TorClient:
         self.address_map = AddressMap(
             self.config.virtual_addr_network_ipv4, self.config.virtual_addr_network_ipv6
         )
+        self._observer = self._chanmgr.reactor.observer
+        # Streams waiting for attach_stream (__LeaveStreamsUnattached), open streams by id.
+        self._awaiting_attach: dict[int, asyncio.Future[int]] = {}
+        self._transports: weakref.WeakValueDictionary[int, TorStreamTransport] = (
+            weakref.WeakValueDictionary()
+        )
+        self._observer.stream_sampler = self._sample_streams
+        self.add_bootstrap_listener(self._report_bootstrap)
 
     def _priority_halflife(self) -> float:
         """CircuitPriorityHalflife, or the consensus's CircuitPriorityHalflifeMsec."""
@@ -289,6 +318,7 @@ class TorClient:
         if self._closed:
             return
         self._closed = True
+        self._observer.close()
         await _cancel_until_done(self._bootstrap_task)
         if self._onion is not None:
             await self._onion.close()
@@ -323,6 +353,8 @@ class TorClient:
         *,
         isolation: Hashable | None = None,
         timeout: float = STREAM_TOTAL_TIMEOUT,
+        source: str | None = None,
+        circuit: int | None = None,
     ) -> tuple[asyncio.Transport, P]:
         """Open a stream to ``host:port`` through Tor; like `loop.create_connection`.
 
@@ -331,7 +363,9 @@ class TorClient:
         ``get_extra_info`` knows ``"peername"`` (the address the exit connected to, when
         it said), ``"exit"`` (the exit relay: ``.nickname``, ``.rsa_id``...) and
         ``"circuit"``.  Streams with the same ``isolation`` key may share circuits;
-        different keys never do.  Exit-side refusals for policy, timeouts or a dead
+        different keys never do.  ``circuit``: the id of a circuit from `build_circuit`
+        (or a `CircuitEvent`) to use, and no other.  ``source``: the application's
+        address, for `StreamEvent`.  Exit-side refusals for policy, timeouts or a dead
         circuit are retried on other circuits within ``timeout`` seconds.
 
         Raises `ConfigError` (bad port), `StreamRefused` (``.reason``: RESOLVEFAILED for
@@ -357,22 +391,147 @@ class TorClient:
                 EndReason.TORPROTOCOL,
             )
         await self.bootstrap()
+        stream_id = new_stream_id()
+        self._observer.stream(
+            stream_id, "NEW", circuit_id=0, target=f"{host}:{port}", source_address=source
+        )
         if host.endswith(".onion"):
             from puretor.hs.address import parse_onion_address
 
-            parse_onion_address(host)  # raises OnionError(0xF6) when malformed
-            connect = self._onion_connection(protocol_factory, host, port, isolation, timeout)
+            connect: Awaitable[tuple[asyncio.Transport, P]]
+            try:
+                parse_onion_address(host)  # raises OnionError(0xF6) when malformed
+            except TorError:
+                self._stream_failed(stream_id, "TORPROTOCOL")
+                raise
+            connect = self._onion_connection(
+                protocol_factory, host, port, isolation, timeout, stream_id
+            )
+        elif circuit is not None or self.config.leave_streams_unattached:
+            connect = asyncio.wait_for(
+                self._connect_on(protocol_factory, host, port, circuit, stream_id, isolation),
+                timeout,
+            )
         else:
             key = _DEFAULT_ISOLATION if isolation is None else isolation
             connect = asyncio.wait_for(
-                self._connect_with_retries(protocol_factory, host, port, key), timeout
+                self._connect_with_retries(protocol_factory, host, port, key, stream_id), timeout
             )
         try:
             return await self._closed_aware(connect)
         except TimeoutError as exc:
+            self._stream_failed(stream_id, "TIMEOUT")
             if isinstance(exc, TorError):  # StreamTimeout, CircuitBuildTimeout
                 raise
             raise StreamTimeout(f"could not open the stream within {timeout:g} s") from None
+        except BaseException as exc:
+            reason = getattr(exc, "reason", None)
+            self._stream_failed(stream_id, EndReason.describe(reason) if reason else "MISC")
+            raise
+
+    async def _connect_on(
+        self,
+        protocol_factory: Callable[[], P],
+        host: str,
+        port: int,
+        circuit: int | None,
+        stream_id: int,
+        isolation: Hashable | None,
+    ) -> tuple[asyncio.Transport, P]:
+        """A stream on the circuit ``circuit``, or - with __LeaveStreamsUnattached - on the
+        one `attach_stream` names for it (0 there: our own choice, as usual)."""
+        if circuit is None:
+            waiter = asyncio.get_running_loop().create_future()
+            self._awaiting_attach[stream_id] = waiter
+            try:
+                circuit = await waiter
+            finally:
+                self._awaiting_attach.pop(stream_id, None)
+            if circuit == 0:
+                key = _DEFAULT_ISOLATION if isolation is None else isolation
+                return await self._connect_with_retries(
+                    protocol_factory, host, port, key, stream_id
+                )
+        handle = self._handles().get(circuit)
+        if handle is None or not handle.is_open:
+            raise CircuitError(f"no open circuit {circuit} to attach the stream to")
+        transport = await self._attach(handle, host, port, stream_id=stream_id)
+        protocol = protocol_factory()
+        transport.attach(protocol)
+        return transport, protocol
+
+    def attach_stream(self, stream_id: int, circuit_id: int) -> None:
+        """Put a stream that waits for it (``__LeaveStreamsUnattached 1``) on the circuit
+        ``circuit_id`` (0: let the client choose).  Raises `KeyError` for a stream that is
+        not waiting, `ValueError` for a circuit that is not open."""
+        waiter = self._awaiting_attach.get(stream_id)
+        if waiter is None or waiter.done():
+            raise KeyError(stream_id)
+        if circuit_id:
+            handle = self._handles().get(circuit_id)
+            if handle is None or not handle.is_open:
+                raise ValueError(f"circuit {circuit_id} is not open")
+        waiter.set_result(circuit_id)
+
+    def close_stream(self, stream_id: int) -> bool:
+        """End the open stream with this `StreamEvent.id`; False if there is none."""
+        transport = self._transports.get(stream_id)
+        if transport is None:
+            return False
+        transport.abort()
+        return True
+
+    def launch_circuit(self, path: list[str]) -> int:
+        """Start building a circuit through ``path`` (fingerprints, ``$FP~nick`` or
+        nicknames, first hop first) and return its id at once; its `CircuitEvent`s say
+        how it goes.  Raises `NoPathError` for a relay not in the consensus."""
+        self._check_open()
+        relays = [self._relay_named(name) for name in path]
+        if self._circmgr is None:
+            raise NoPathError("not bootstrapped yet")
+        circuit_id = new_circuit_id()
+        task = asyncio.ensure_future(self._circmgr.build_path(relays, circuit_id))
+        task.add_done_callback(functools.partial(self._explicit_build_done, circuit_id))
+        return circuit_id
+
+    async def build_circuit(self, path: list[str]) -> int:
+        """Build a circuit through ``path`` (as `launch_circuit`) and wait until it is
+        open; returns its id, for ``create_connection(..., circuit=id)``."""
+        await self.bootstrap()
+        relays = [self._relay_named(name) for name in path]
+        assert self._circmgr is not None
+        handle = await self._closed_aware(self._circmgr.build_path(relays))
+        return handle.id
+
+    def _explicit_build_done(self, circuit_id: int, task: asyncio.Task[TunnelHandle]) -> None:
+        if task.cancelled():
+            return
+        exc = task.exception()
+        if exc is not None:
+            log.info("circuit %d through the given path failed: %s", circuit_id, exc)
+            if circuit_id not in self._observer.circuits:  # failed before it had a channel
+                failed = CircuitEvent(circuit_id, "FAILED", reason="CONNECTFAILED")
+                self._observer.emit(failed)
+                self._observer.emit(dataclasses.replace(failed, status="CLOSED"))
+
+    def _relay_named(self, name: str) -> Relay:
+        """A relay by ``$FP``, ``$FP~nick``, ``$FP=nick``, ``FP`` or nickname."""
+        key = name.lstrip("$").replace("=", "~").split("~")[0]
+        for relay in self.relays():
+            if relay.fingerprint == key.upper() or (
+                not name.startswith("$") and relay.nickname == name
+            ):
+                if not relay.has_md:
+                    raise NoPathError(f"no microdescriptor for {name} yet")
+                return relay
+        raise NoPathError(f"no relay {name!r} in the consensus")
+
+    def _stream_failed(self, stream_id: int, reason: str) -> None:
+        last = self._observer.streams.get(stream_id)
+        if last is not None:
+            failed = dataclasses.replace(last, status="FAILED", reason=reason)
+            self._observer.emit(failed)
+            self._observer.emit(dataclasses.replace(failed, status="CLOSED"))
 
     async def _onion_connection(
         self,
@@ -381,6 +540,7 @@ class TorClient:
         port: int,
         isolation: Hashable | None,
         timeout: float,
+        stream_id: int = 0,
     ) -> tuple[asyncio.Transport, P]:
         from puretor.aio.hsclient import OnionClient
 
@@ -395,7 +555,9 @@ class TorClient:
             for _attempt in range(2):
                 handle = await self._onion.rendezvous_circuit(host, key)
                 try:
-                    transport = await self._attach(handle, "", port, target=f"{host}:{port}")
+                    transport = await self._attach(
+                        handle, "", port, target=f"{host}:{port}", stream_id=stream_id
+                    )
                 except (StreamRefused, StreamTimeout) as exc:
                     # A stale rendezvous circuit: drop it and make a new one once.
                     last = exc
@@ -415,7 +577,12 @@ class TorClient:
         return self.config.dns_reject_internal_addresses and is_internal_address(address)
 
     async def _connect_with_retries(
-        self, protocol_factory: Callable[[], P], host: str, port: int, key: Hashable
+        self,
+        protocol_factory: Callable[[], P],
+        host: str,
+        port: int,
+        key: Hashable,
+        stream_id: int = 0,
     ) -> tuple[asyncio.Transport, P]:
         assert self._circmgr is not None
         circmgr = self._circmgr
@@ -436,9 +603,12 @@ class TorClient:
                     ) from None
                 raise
             try:
-                transport = await self._attach(handle, host, port, attempt=attempt)
+                transport = await self._attach(
+                    handle, host, port, attempt=attempt, stream_id=stream_id
+                )
             except StreamRefused as exc:
                 last = exc
+                self._stream_detached(stream_id, exc.reason)
                 if exc.reason in _RETRY_ELSEWHERE_REASONS and elsewhere < _MAX_RETRY_ELSEWHERE:
                     elsewhere += 1
                     excluded.add(circmgr.exit_of(handle))
@@ -450,6 +620,7 @@ class TorClient:
                 continue
             except StreamTimeout as exc:
                 last = exc
+                self._stream_detached(stream_id, EndReason.TIMEOUT)
                 circmgr.circuit_failed(handle)
                 continue
             protocol = protocol_factory()
@@ -457,6 +628,12 @@ class TorClient:
             return transport, protocol
         assert last is not None
         raise last
+
+    def _stream_detached(self, stream_id: int, reason: int) -> None:
+        if stream_id in self._observer.streams:
+            self._observer.stream(
+                stream_id, "DETACHED", circuit_id=0, reason=EndReason.describe(reason)
+            )
 
     def _stream_timeout(self, attempt: int) -> float:
         """How long to wait for the exit's answer before trying another circuit: C tor's
@@ -474,6 +651,7 @@ class TorClient:
         *,
         target: str | None = None,
         attempt: int = 0,
+        stream_id: int = 0,
     ) -> TorStreamTransport:
         loop = asyncio.get_running_loop()
         reactor = handle.reactor
@@ -490,6 +668,8 @@ class TorClient:
         except RuntimeError as exc:  # circuit closed under us
             raise StreamRefused(f"circuit unusable: {exc}", EndReason.DESTROY) from exc
         reactor.run()
+        if stream_id in self._observer.streams:
+            self._observer.stream(stream_id, "SENTCONNECT", circuit_id=handle.id)
         try:
             connected = await asyncio.shield(transport.connected)
         except StreamTimeout as exc:
@@ -508,6 +688,10 @@ class TorClient:
             exit=handle.path[-1].target,
         )
         self._streams_opened += 1
+        if stream_id in self._observer.streams:
+            self._observer.stream(stream_id, "SUCCEEDED", circuit_id=handle.id)
+            transport.stream_event_id = stream_id
+            self._transports[stream_id] = transport
         return transport
 
     async def open_connection(
@@ -520,6 +704,7 @@ class TorClient:
         server_hostname: str | None = None,
         limit: int = 2**16,
         timeout: float = STREAM_TOTAL_TIMEOUT,
+        circuit: int | None = None,
     ) -> tuple[asyncio.StreamReader, asyncio.StreamWriter]:
         """Like `asyncio.open_connection`, through Tor; returns ``(reader, writer)``.
 
@@ -540,6 +725,7 @@ class TorClient:
             port,
             isolation=isolation,
             timeout=timeout,
+            circuit=circuit,
         )
         writer = asyncio.StreamWriter(transport, protocol, reader, loop)
         if ssl:
@@ -657,6 +843,127 @@ class TorClient:
                 raise failed
             return answers
         raise CircuitError(f"resolve failed: {last}")
+
+    # -- events ------------------------------------------------------------------------
+
+    def _sample_streams(self) -> list[StreamBandwidthEvent]:
+        events = []
+        for stream_id, transport in list(self._transports.items()):
+            read, written = transport.bytes_read, transport.bytes_written
+            last_read, last_written = transport.bytes_sampled
+            if (read, written) != (last_read, last_written):
+                transport.bytes_sampled = (read, written)
+                events.append(
+                    StreamBandwidthEvent(stream_id, read - last_read, written - last_written)
+                )
+        return events
+
+    def _report_bootstrap(self, status: BootstrapStatus) -> None:
+        self._observer.emit(BootstrapEvent(status.percent, status.tag, status.summary))
+
+    def add_event_listener(self, callback: Callable[[ClientEvent], None], *kinds: type) -> None:
+        """Call ``callback(event)`` for every event of the given types (all if none given).
+
+        The types are `CircuitEvent`, `StreamEvent`, `ChannelEvent`, `BandwidthEvent` and
+        `StreamBandwidthEvent` (once a second while such a listener exists) and
+        `BootstrapEvent`.  Callbacks run
+        on the event loop and must not block; exceptions they raise are logged.
+        """
+        self._observer.add_listener(callback, tuple(kinds))
+
+    def remove_event_listener(self, callback: Callable[[ClientEvent], None]) -> None:
+        """Undo `add_event_listener` (no error if ``callback`` was not added)."""
+        self._observer.remove_listener(callback)
+
+    async def events(self, *kinds: type, buffer: int = 1000) -> AsyncIterator[ClientEvent]:
+        """``async for event in tor.events(CircuitEvent, StreamEvent): ...``
+
+        Events of the given types (all if none given) from now on.  If the loop body
+        falls more than ``buffer`` events behind, the oldest are dropped.
+        """
+        queue: collections.deque[ClientEvent] = collections.deque(maxlen=buffer)
+        wake = asyncio.Event()
+
+        def listener(event: ClientEvent) -> None:
+            queue.append(event)
+            wake.set()
+
+        self.add_event_listener(listener, *kinds)
+        try:
+            while True:
+                while queue:
+                    yield queue.popleft()
+                wake.clear()
+                await wake.wait()
+        finally:
+            self.remove_event_listener(listener)
+
+    def circuit_status(self) -> list[CircuitEvent]:
+        """Every circuit being built or open, as its latest `CircuitEvent` (oldest first)."""
+        return sorted(self._observer.circuits.values(), key=lambda e: e.id)
+
+    def stream_status(self) -> list[StreamEvent]:
+        """Every stream not yet closed, as its latest `StreamEvent`."""
+        return sorted(self._observer.streams.values(), key=lambda e: e.id)
+
+    def channel_status(self) -> list[ChannelEvent]:
+        """Every relay connection being opened or open, as its latest `ChannelEvent`."""
+        return sorted(self._observer.channels.values(), key=lambda e: e.id)
+
+    @property
+    def traffic(self) -> tuple[int, int]:
+        """(bytes read, bytes written) on relay connections since the client started."""
+        return self._observer.bytes_read, self._observer.bytes_written
+
+    def close_circuit(self, circuit_id: int) -> bool:
+        """Close the circuit with this `CircuitEvent.id` (its streams end); False if unknown."""
+        handle = self._handles().get(circuit_id)
+        if handle is None:
+            return False
+        handle.close()
+        return True
+
+    def _handles(self) -> dict[int, TunnelHandle]:
+        cm = self._circmgr
+        if cm is None:
+            return {}
+        handles = {s.circuit.id: s.circuit for s in cm.pool.slots if s.circuit is not None}
+        handles.update(cm.explicit)
+        return handles
+
+    def relays(self) -> list[Relay]:
+        """The relays of the current consensus (with their microdescriptors when known);
+        [] before the first consensus."""
+        state = self._dirmgr.state
+        netdir = state.netdir(time.time()) if state is not None else None
+        return list(netdir.relays) if netdir is not None else []
+
+    def microdescriptor(self, relay: str) -> str | None:
+        """The microdescriptor text of ``relay`` (fingerprint, ``$FP~nick`` or nickname),
+        or None when the relay or its microdescriptor is unknown."""
+        try:
+            found = self._relay_named(relay)
+        except NoPathError:
+            return None
+        state = self._dirmgr.state
+        md = state.microdescs.get(found.md_digest) if state is not None else None
+        raw = getattr(md, "raw", b"")
+        return raw.decode("ascii", "replace") if raw else None
+
+    def consensus_valid_after(self) -> float | None:
+        """When the current consensus became valid (a `time.time()` timestamp), or None."""
+        state = self._dirmgr.state
+        netdir = state.netdir(time.time()) if state is not None else None
+        return netdir.valid_after.timestamp() if netdir is not None else None
+
+    def entry_guards(self) -> list[tuple[RelayRef, str]]:
+        """The primary entry guards and whether each is "up", "down" or "unknown"."""
+        if self._guards is None:
+            return []
+        return [
+            (RelayRef(rsa_id.hex().upper(), nickname), state)
+            for rsa_id, nickname, state in self._guards.primary_guard_states()
+        ]
 
     # -- introspection -------------------------------------------------------------
 

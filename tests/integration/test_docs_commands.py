@@ -583,6 +583,10 @@ PLAN: list[Step] = [
         session="misc", means="exit 0, and it lists every option of README's table",
         check=_readme_options_listed,
     )),
+    Step("inline", "README.md", "tor-client --hash-password 'my password'", Expect(
+        session="misc", means="prints a HashedControlPassword value: 16: and 58 hex digits",
+        output=(r"^16:[0-9A-F]{58}$",),
+    )),
     Step("inline", "docs/api.md", "tor-client --verify-install", Expect(
         session="misc", means="the crypto self-test: exit status 0",
     )),

@@ -228,7 +228,7 @@ def test_command_line_forms() -> None:
         (["--SocksPort"], "with no value"),
         (["-f"], "needs a value"),
         (["--Bogus", "1"], "unknown option 'Bogus'"),
-        (["--hash-password", "x"], "not supported"),
+        (["--list-fingerprint"], "not supported"),
         (["--ExitNodes", "{de}"], "not supported by puretor"),
     ],
 )

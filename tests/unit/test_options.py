@@ -60,7 +60,7 @@ def test_list_torrc_options(capsys: pytest.CaptureFixture[str]) -> None:
 
 
 @pytest.mark.parametrize(
-    "name", ["OutboundBindAddress", "DataDirectoryGroupReadable", "ExitNodes", "ControlPort"]
+    "name", ["OutboundBindAddress", "DataDirectoryGroupReadable", "ExitNodes", "ORPort"]
 )
 def test_c_tor_options_we_lack_are_refused_as_not_supported(tmp_path: Path, name: str) -> None:
     with pytest.raises(ConfigError, match=f"C tor option '{name}' is not supported by puretor"):

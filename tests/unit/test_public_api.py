@@ -29,6 +29,7 @@ PUBLIC_MODULES = [
     "src/puretor/config/__init__.py",
     "src/puretor/config/options.py",
     "src/puretor/config/values.py",
+    "src/puretor/aio/observe.py",
 ]
 
 EXPECTED_ALL = {
@@ -41,6 +42,14 @@ EXPECTED_ALL = {
     "start_tls",
     "errors",
     *errors.__all__,
+    # What `TorClient.events` yields (the control port's CIRC/STREAM/ORCONN/BW/STATUS_CLIENT).
+    "CircuitEvent",
+    "StreamEvent",
+    "ChannelEvent",
+    "BandwidthEvent",
+    "StreamBandwidthEvent",
+    "BootstrapEvent",
+    "RelayRef",
 }
 
 

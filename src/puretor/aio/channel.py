@@ -25,6 +25,7 @@ import time
 from collections.abc import Callable
 from dataclasses import dataclass
 
+from puretor.aio.observe import ChannelEvent, RelayRef, new_channel_id
 from puretor.aio.reactor import Reactor
 from puretor.errors import ChannelError
 from puretor.proto.channel import Channel, ChannelState
@@ -118,6 +119,7 @@ class ChannelProtocol(asyncio.BufferedProtocol):
         self._read_view = memoryview(bytearray(self._READ_BUFFER_MIN))
         self._write_paused = False
         channel.owner = self
+        self.event: ChannelEvent | None = None  # the last ORCONN state reported
 
     # asyncio.Protocol
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
@@ -133,6 +135,7 @@ class ChannelProtocol(asyncio.BufferedProtocol):
         return self._read_view
 
     def buffer_updated(self, nbytes: int) -> None:
+        self.reactor.observer.bytes_read += nbytes
         view = self._read_view
         self.data_received(view[:nbytes])
         if nbytes == len(view) and nbytes < self._READ_BUFFER_MAX:
@@ -148,6 +151,7 @@ class ChannelProtocol(asyncio.BufferedProtocol):
         return None
 
     def connection_lost(self, exc: Exception | None) -> None:
+        self.report("CLOSED", "DONE" if exc is None else "IOERROR")
         self.channel.close(f"connection lost: {exc}" if exc else "connection closed")
         self.reactor.forget(self.channel)
         self.reactor.run()
@@ -159,6 +163,14 @@ class ChannelProtocol(asyncio.BufferedProtocol):
         self._write_paused = False
         if self.channel.has_output:
             self.flush()
+
+    def report(self, status: str, reason: str | None = None) -> None:
+        """Tell the observer this connection's new state (ORCONN), once per state."""
+        event = self.event
+        if event is None or event.status == status or event.status in ("FAILED", "CLOSED"):
+            return
+        self.event = ChannelEvent(event.id, status, event.relay, event.address, reason)
+        self.reactor.observer.emit(self.event)
 
     # the reactor
     def flush(self) -> None:
@@ -176,6 +188,7 @@ class ChannelProtocol(asyncio.BufferedProtocol):
             data = channel.data_to_send(time.time(), FLUSH_CELLS)
             if not data:
                 break
+            self.reactor.observer.bytes_written += len(data)
             transport.write(data)  # may call pause_writing at once
 
     def handle_event(self, event: ChannelOpened | ChannelClosed) -> None:
@@ -239,6 +252,13 @@ class ChannelManager:
             queue_budget=self.queue_budget,
         )
         proto = ChannelProtocol(channel, self.reactor, loop)
+        proto.event = ChannelEvent(
+            new_channel_id(),
+            "LAUNCHED",
+            RelayRef(target.rsa_id.hex().upper(), target.nickname),
+            f"{target.address}:{target.or_port}",
+        )
+        self.reactor.observer.emit(proto.event)
         sys.audit("puretor.channel.connect", target.address, target.or_port, target.rsa_id.hex())
         try:
             await asyncio.wait_for(
@@ -253,6 +273,7 @@ class ChannelManager:
             )
         except (TimeoutError, OSError) as exc:
             reason, warning = _connect_failure(exc)
+            proto.report("FAILED", reason)
             state = (
                 "handshaking (TLS) with SSL state (unknown)"
                 if isinstance(exc, ssl.SSLError)
@@ -267,6 +288,7 @@ class ChannelManager:
         try:
             await asyncio.wait_for(asyncio.shield(proto.opened), HANDSHAKE_TIMEOUT)
         except TimeoutError as exc:
+            proto.report("FAILED", "TIMEOUT")
             channel.close("link handshake timed out")
             self.reactor.run()
             raise ChannelError(
@@ -277,6 +299,7 @@ class ChannelManager:
             ) from exc
         except ChannelError as exc:
             identity = "identity" in str(exc).lower() or "certs" in str(exc).lower()
+            proto.report("FAILED", "IDENTITY" if identity else "MISC")
             raise ChannelError(
                 f"link handshake with {target.describe()} failed: {exc}",
                 "IDENTITY" if identity else "MISC",
@@ -284,6 +307,7 @@ class ChannelManager:
                 state="handshaking (Tor, v3 handshake)",
             ) from exc
         self.connects += 1
+        proto.report("CONNECTED")
         self._channels[target.rsa_id] = channel
         self.reactor.watch(channel)
         log.debug("channel open to %s (link protocol %d)", target.describe(), channel.link_protocol)

@@ -140,6 +140,7 @@ class CircuitManager:
         self.conflux_sets_linked = 0
         self.conflux_failures = 0
         self.conflux_backoff = ConfluxBackoff()
+        self.explicit: dict[int, TunnelHandle] = {}  # circuits built through given paths
 
     # -- public ------------------------------------------------------------------
 
@@ -153,6 +154,8 @@ class CircuitManager:
             self._maintenance = None
         for task in self._tasks.values():
             task.cancel()
+        for handle in self.explicit.values():
+            handle.close()
         for slot in list(self.pool.slots):
             if slot.circuit is not None:
                 slot.circuit.close()
@@ -274,6 +277,32 @@ class CircuitManager:
         else:
             reason = "circuit"  # refused or destroyed on the way
         self.build_failures_by_reason[reason] += 1
+
+    async def build_path(self, relays: list[Relay], circuit_id: int | None = None) -> TunnelHandle:
+        """A circuit through exactly ``relays`` (a controller's or the application's
+        choice), with congestion control at the last hop when it is an exit that can.
+        Kept in `explicit` until it closes; the pool never hands it to other streams."""
+        if not relays:
+            raise NoPathError("an explicit path needs at least one relay")
+        hops = [hop_for(relays[0], self.families), *(hop_for(r) for r in relays[1:])]
+        cc = None
+        if self.congestion_control and len(relays) > 1:
+            cc = congestion_control_for(self._netdir(), relays[-1], internal=False)
+        netdir = self._netdir()
+        timeout = self.cbt.timeout() if self.learn_build_timeout else self.build_timeout
+        handle = await build_circuit(
+            self.chanmgr,
+            hops,
+            timeout=max(timeout, 30.0),
+            sendme_accept_min_version=netdir.param("sendme_accept_min_version", 0, 0, 255),
+            circwindow=netdir.param("circwindow", 1000, 100, 1000),
+            congestion_control=cc,
+            circuit_id=circuit_id,
+        )
+        self.circuits_built += 1
+        self.explicit = {i: h for i, h in self.explicit.items() if h.is_open}
+        self.explicit[handle.id] = handle
+        return handle
 
     async def wait_for_exit_circuit(self) -> TunnelHandle:
         """Build one clean exit circuit (bootstrap's last step) and wait for it."""

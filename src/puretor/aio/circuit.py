@@ -12,10 +12,11 @@ from __future__ import annotations
 import asyncio
 import time
 from collections.abc import Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from typing import Protocol
 
 from puretor.aio.channel import ChannelManager, ChannelTarget
+from puretor.aio.observe import CircuitEvent, RelayRef, new_circuit_id
 from puretor.aio.reactor import Reactor
 from puretor.errors import (
     CircuitBuildTimeout,
@@ -128,9 +129,38 @@ class TunnelHandle:
     # A conflux set's handle lists the handles its legs were built with (itself first).
     conflux_legs: tuple[TunnelHandle, ...] = ()
     _link_waiter: asyncio.Future[int] | None = None
+    id: int = field(default_factory=new_circuit_id)  # client-wide (control port CircuitID)
+    build_flags: tuple[str, ...] = ()  # the control port's BUILD_FLAGS, when not the default
+    built: bool = False  # reported BUILT (later EXTENDED reports do not undo it)
 
     def __post_init__(self) -> None:
         self.tunnel.owner = self
+
+    @property
+    def relays(self) -> tuple[RelayRef, ...]:
+        """The hops built so far, as fingerprint and nickname."""
+        return tuple(RelayRef(h.target.rsa_id.hex().upper(), h.target.nickname) for h in self.path)
+
+    def report(self, status: str, reason: str | None = None) -> None:
+        """Tell the observer this circuit's new state (CIRC); FAILED is followed by CLOSED."""
+        observer = self.reactor.observer
+        if status != "LAUNCHED" and self.id not in observer.circuits:
+            return  # never reported, or already closed
+        event = CircuitEvent(
+            self.id,
+            status,
+            self.relays,
+            _PURPOSES.get(self.purpose, "GENERAL"),
+            self.build_flags
+            or (("NEED_CAPACITY",) if self.purpose == "general" else ("IS_INTERNAL",)),
+            time.time() - (time.monotonic() - self.created_at),
+            reason,
+        )
+        observer.emit(event)
+        if status == "BUILT":
+            self.built = True
+        if status == "FAILED":
+            observer.emit(replace(event, status="CLOSED"))
 
     @property
     def is_open(self) -> bool:
@@ -142,6 +172,13 @@ class TunnelHandle:
                 self._hop_waiter.set_result(event.hops)
         elif isinstance(event, TunnelClosed):
             self.closed.set()
+            reason = DestroyReason.describe(event.reason).upper()
+            reason = "DESTROYED" if event.remote else reason
+            if self.built:  # (while building, build_circuit reports FAILED, then CLOSED)
+                self.report("CLOSED", reason)
+            # A conflux set's other legs belong to this tunnel now: they close with it.
+            for leg in self.conflux_legs[1:]:
+                leg.report("CLOSED", reason)
             for waiter in (self._hop_waiter, self._link_waiter):
                 if waiter is not None and not waiter.done():
                     waiter.set_exception(_closed_error(event))
@@ -175,6 +212,7 @@ class TunnelHandle:
         )
         await self._wait_hop()
         self.path = self.path + (hop,)
+        self.report("EXTENDED")
 
     def send_relay(self, command: int, stream_id: int, data: bytes = b"") -> None:
         """A relay message (onion-service cells) at the last hop."""
@@ -289,8 +327,11 @@ async def build_circuit(
     sendme_accept_min_version: int = 0,
     circwindow: int = 1000,
     congestion_control: CCParams | None = None,
+    circuit_id: int | None = None,
 ) -> TunnelHandle:
     """Build a tunnel of one circuit hop by hop (CREATE2/CREATE_FAST, then EXTEND2s).
+
+    ``circuit_id``: the client-wide id to give it (a controller was told it already).
 
     ``congestion_control``: ask the last hop for it (ntor v3, as C tor does with exits
     that support it); if it declines, the circuit keeps the fixed windows.  Ignored for
@@ -305,17 +346,26 @@ async def build_circuit(
     # The core destroys the circuit if it is still building then (reason TIMEOUT).
     tunnel.build_deadline = started + timeout
     handle = TunnelHandle(tunnel, (first,), chanmgr.reactor)
+    if circuit_id is not None:
+        handle.id = circuit_id
+    if len(path) == 1:  # a directory fetch's BEGIN_DIR circuit (C tor's flags for it)
+        handle.build_flags = ("ONEHOP_TUNNEL", "IS_INTERNAL", "NEED_CAPACITY")
+    handle.path = ()
+    handle.report("LAUNCHED")
+    handle.path = (first,)
     try:
         if first.ntor_key is None:
             tunnel.send_create_fast()
         else:
             tunnel.send_create2(first.target.rsa_id, first.ntor_key)
         await handle._wait_hop()
+        handle.report("EXTENDED")
         for i, hop in enumerate(path[1:], start=2):
             await handle.extend(
                 hop, congestion_control=congestion_control if i == len(path) else None
             )
     except CircuitError as exc:
+        handle.report("FAILED", "TIMEOUT" if isinstance(exc, CircuitBuildTimeout) else "DESTROYED")
         # Tell the caller which hop could not be reached, so a retry avoids it.
         exc.failed_hop = tunnel.hop_count  # type: ignore[attr-defined]
         if isinstance(exc, CircuitBuildTimeout):
@@ -329,11 +379,17 @@ async def build_circuit(
         chanmgr.reactor.kick()
         raise
     except BaseException:
+        handle.report("FAILED", "REQUESTED")
         tunnel.destroy(0, "build failed")
         chanmgr.reactor.kick()
         raise
     tunnel.mark_open()
+    handle.report("BUILT")
     return handle
+
+
+# TunnelHandle.purpose -> the control port's circuit purposes.
+_PURPOSES = {"general": "GENERAL", "rendezvous": "HS_CLIENT_REND"}
 
 
 def end_reason_error(reason: int, target: str, message: str) -> StreamRefused:

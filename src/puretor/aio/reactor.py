@@ -20,6 +20,7 @@ import time
 from collections.abc import Callable
 from typing import Any
 
+from puretor.aio.observe import Observer
 from puretor.proto.channel import Channel
 from puretor.proto.events import (
     ChannelClosed,
@@ -47,6 +48,8 @@ class Reactor:
         # MaxMemInQueues: checked once per pass (O(1)); over it, `relieve_memory` runs.
         self.queue_budget = QueueBudget()
         self.relieve_memory: Callable[[], None] | None = None
+        # What the client reports about itself (circuit/stream/channel events, traffic).
+        self.observer = Observer()
 
     def kick(self) -> None:
         """Something called into the core from outside a reactor pass: run soon."""

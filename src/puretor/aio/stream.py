@@ -36,6 +36,10 @@ class TorStreamTransport(asyncio.Transport):
         self._write_paused = False
         self._early: list[bytes] = []
         self._end_before_attach: tuple[int, End | None, Exception] | None = None
+        self.stream_event_id = 0  # the observer's id for it, once connected
+        self.bytes_read = 0  # application bytes, for StreamBandwidthEvent
+        self.bytes_written = 0
+        self.bytes_sampled = (0, 0)  # (read, written) at the last sample
 
     # -- StreamSink --------------------------------------------------------------
 
@@ -45,6 +49,7 @@ class TorStreamTransport(asyncio.Transport):
             self.connected.set_result(connected)
 
     def stream_data(self, data: bytes) -> None:
+        self.bytes_read += len(data)  # one add per run of cells (STREAM_BW)
         proto = self.protocol
         if proto is not None:
             proto.data_received(data)  # type: ignore[attr-defined]
@@ -104,6 +109,7 @@ class TorStreamTransport(asyncio.Transport):
         if self._closing or self.stream is None:
             return
         full = self.stream.write(bytes(data))
+        self.bytes_written += len(data)
         self.reactor.kick()
         if full and not self._write_paused and self.protocol is not None:
             self._write_paused = True
@@ -174,6 +180,9 @@ class TorStreamTransport(asyncio.Transport):
         self._closing = True
         if self.stream is not None:
             self.stream.discard_received()  # held for a reader that is now gone
+        if self.stream_event_id:
+            reason = EndReason.describe(self.end_reason) if self.end_reason else "DONE"
+            self.reactor.observer.stream(self.stream_event_id, "CLOSED", reason=reason)
         if self.protocol is not None:
             self.protocol.connection_lost(exc)
 

@@ -28,8 +28,10 @@ through a 3-hop Tor circuit.  Options are C tor's torrc options, e.g.:
   --DirAuthority LINE     use a private network's authorities (repeatable)
   --TestingTorNetwork 1   test-network timings (needs DirAuthority lines)
   --Log "notice stdout"   logging (severity and destination)
+  --ControlPort PORT --CookieAuthentication 1   a control port for nyx and stem
   --verify-config         check the configuration and exit
   --verify-install        check the installed crypto libraries against known answers
+  --hash-password PW      print a HashedControlPassword value for PW (as tor's)
   --list-torrc-options    the torrc options puretor implements
   --version, --help
 
@@ -203,6 +205,7 @@ async def serve(config: Any, argv: list[str], console: StartupConsole | None = N
     stop = asyncio.Event()
     listeners: list[SocksListener] = []
     doors: list[Any] = []  # HTTPTunnelPort, TransPort, DNSPort, MetricsPort (app/doors.py)
+    control: Any = None
 
     def on_signal(name: str) -> None:
         if name in ("SIGINT", "SIGTERM"):
@@ -213,10 +216,9 @@ async def serve(config: Any, argv: list[str], console: StartupConsole | None = N
             asyncio.ensure_future(tor.new_identity())
         elif name == "SIGHUP":
             log.log(NOTICE, "Received reload signal (hup). Reloading config.")
-            _reload(tor, argv, listeners)
-            from puretor.app.doors import reload_doors
-
-            reload_doors(tor.config, doors)
+            _reload(tor, argv, listeners, doors)
+            if control:
+                control.reinstall_log_handler()
         elif name == "SIGUSR1":
             log.log(NOTICE, "%s", _statistics(tor, listeners))
 
@@ -271,6 +273,14 @@ async def serve(config: Any, argv: list[str], console: StartupConsole | None = N
             other.close()
         await tor.aclose()
         return 1
+    control = await _start_control(tor, config, argv, listeners, doors, stop)
+    if control is False:
+        for listener in listeners:
+            listener.close()
+        for door in doors:
+            door.close()
+        await tor.aclose()
+        return 1
     pid_file = _write_pid_file(config.pid_file)
     bootstrap = asyncio.ensure_future(tor.bootstrap())
     stop_wait = asyncio.ensure_future(stop.wait())
@@ -282,6 +292,8 @@ async def serve(config: Any, argv: list[str], console: StartupConsole | None = N
     else:
         await stop_wait
     bootstrap.cancel()
+    if control:
+        control.close()
     for listener in listeners:
         listener.close()
     for door in doors:
@@ -346,7 +358,68 @@ def _statistics(tor: Any, listeners: list[Any]) -> str:
     )
 
 
-def _reload(tor: Any, argv: list[str], listeners: list[Any]) -> None:
+async def _start_control(
+    tor: Any,
+    config: Any,
+    argv: list[str],
+    listeners: list[Any],
+    doors: list[Any],
+    stop: asyncio.Event,
+) -> Any:
+    """The ControlPort/ControlSocket listeners, None without any, False if one cannot
+    be opened (a start-up error, as for SocksPort)."""
+    if not config.control_ports and not config.control_sockets:
+        return None
+    from puretor.app.control import ControlServer, DaemonHooks
+    from puretor.config import default_torrc_path, parse_command_line
+
+    torrc = parse_command_line(argv).torrc_path
+    if torrc is None and default_torrc_path().exists():
+        torrc = default_torrc_path()
+
+    def shutdown(message: str) -> None:
+        log.log(NOTICE, "%s", message)
+        stop.set()
+
+    def apply_config(new: Any) -> None:
+        _apply_config(tor, new, listeners)
+
+    hooks = DaemonHooks(
+        torrc_path=torrc,
+        socks_addresses=lambda: [
+            f"[{h}]:{p}" if ":" in h else f"{h}:{p}" for h, p in (x.address for x in listeners)
+        ],
+        apply_config=apply_config,
+        reload=lambda: _reload(tor, argv, listeners, doors),
+        shutdown=shutdown,
+        statistics=lambda: _statistics(tor, listeners),
+        started=time.monotonic(),
+    )
+    control = ControlServer(tor, hooks)
+    try:
+        await control.start()
+    except OSError as exc:
+        log.error(
+            "Could not open the control port: %s.",
+            os.strerror(exc.errno) if exc.errno else exc,
+        )
+        control.close()
+        return False
+    return control
+
+
+def _apply_config(tor: Any, new: Any, listeners: list[Any]) -> None:
+    """A changed configuration (SETCONF): the SOCKS options and logging at once."""
+    old = tor.config
+    if len(new.socks_ports) == len(listeners):
+        for index, listener in enumerate(listeners):
+            listener.policy = listener_policy(new, index)
+    if (old.logs, old.log_time_granularity) != (new.logs, new.log_time_granularity):
+        setup_logging(new.logs, granularity=new.log_time_granularity)
+    tor.config = new
+
+
+def _reload(tor: Any, argv: list[str], listeners: list[Any], doors: list[Any]) -> None:
     """SIGHUP: read the torrc again.  As in C tor, logging and the SOCKS options apply
     at once; listeners and the DataDirectory only change with a restart."""
     from puretor.config import load_config
@@ -361,6 +434,9 @@ def _reload(tor: Any, argv: list[str], listeners: list[Any]) -> None:
             listener.policy = listener_policy(new, index)
     setup_logging(new.logs, granularity=new.log_time_granularity)
     tor.config = new
+    from puretor.app.doors import reload_doors
+
+    reload_doors(new, doors)  # the other doors' policies and timeouts, as the SocksPort's
     log.log(NOTICE, "Configuration reloaded (listeners and data directory changes need a restart).")
 
 
@@ -378,6 +454,15 @@ def run_daemon(argv: list[str], *, version: str) -> int:
         from puretor.selftest import main as verify_install
 
         return verify_install()
+    if "--hash-password" in argv:
+        from puretor.proto.controlauth import hash_password
+
+        index = argv.index("--hash-password")
+        if index + 1 >= len(argv):
+            sys.stderr.write("tor-client: --hash-password needs a password\n")
+            return 1
+        sys.stdout.write(hash_password(argv[index + 1].encode()) + "\n")
+        return 0
     if "--list-torrc-options" in argv:
         from puretor.config import OPTION_NAMES
 

@@ -155,6 +155,7 @@ class SocksConnection(asyncio.Protocol):
         self.task: asyncio.Task[None] | None = None
         self.timer: asyncio.TimerHandle | None = None
         self.peer: str = "?"
+        self.source: str | None = None  # address:port, for the control port's STREAM events
         self._done = False
 
     # -- client side -------------------------------------------------------------
@@ -166,6 +167,8 @@ class SocksConnection(asyncio.Protocol):
         self.stats.total += 1
         peer = transport.get_extra_info("peername")
         self.peer = peer[0] if peer else "?"
+        if peer and len(peer) >= 2:
+            self.source = f"{peer[0]}:{peer[1]}"
         if not policy_permits(self.policy.socks_policy, self.peer):
             log.log(NOTICE, "Denying socks connection from untrusted address %s.", self._who())
             transport.abort()
@@ -307,6 +310,7 @@ class SocksConnection(asyncio.Protocol):
                 req.port,
                 isolation=self.isolation_key(req),
                 timeout=self.policy.connect_timeout,
+                source=self.source,
             )
         except OnionError as exc:
             log.info("onion request from %s failed: %s", self._who(), self._why(exc, req))

@@ -26,6 +26,15 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any, Literal
 
 from puretor.config import torrc
+from puretor.config.control_values import (
+    CONTROL_PORT,
+    CONTROL_SOCKET,
+    COOKIE_AUTH,
+    HASHED_PASSWORD,
+    OWNING_PROCESS,
+    ControlPortConfig,
+    combine_disablable,
+)
 from puretor.config.ctor_names import CTOR_OBSOLETE, CTOR_OPTIONS
 from puretor.config.torrc import Entry
 from puretor.config.values import (
@@ -185,7 +194,22 @@ def _dir_line_kind(parser: str) -> Kind:
 
         return getattr(authorities, parser)(text)
 
-    return line_list(parse, lambda item: getattr(item, "line", None) or str(item))
+    return line_list(parse, _dir_line_text)
+
+
+def _dir_line_text(item: Any) -> str:
+    """A DirAuthority as torrc text (GETCONF, config-text), else the item's own text."""
+    if hasattr(item, "v3ident") and hasattr(item, "dir_port"):
+        words = [item.nickname] if item.nickname else []
+        words += ["bridge"] if item.bridge else []
+        words.append(f"orport={item.or_port}")
+        if item.v3ident is not None:
+            words.append(f"v3ident={item.v3ident.hex().upper()}")
+        if item.ipv6 is not None:
+            words.append(f"ipv6=[{item.ipv6[0]}]:{item.ipv6[1]}")
+        words += [f"{item.address}:{item.dir_port}", item.rsa_id.hex().upper()]
+        return " ".join(words)
+    return getattr(item, "line", None) or str(item)
 
 
 @dataclass(frozen=True)
@@ -336,6 +360,27 @@ class TorConfig:
     )  # None: auto, as the consensus says (cfx_enabled)
     conflux_client_ux: str = option("ConfluxClientUX", choice(*UX_BY_NAME), "throughput")
 
+    # -- the control port (control-spec; puretor.app.control) --
+    control_ports: tuple[ControlPortConfig, ...] = option(
+        "ControlPort", CONTROL_PORT, (), repeatable=True, combine=combine_disablable
+    )
+    control_sockets: tuple[Path, ...] = option(
+        "ControlSocket", CONTROL_SOCKET, (), repeatable=True, combine=combine_disablable
+    )
+    control_port_write_to_file: Path | None = option("ControlPortWriteToFile", FILENAME, None)
+    cookie_authentication: bool | None = option(
+        "CookieAuthentication", COOKIE_AUTH, None
+    )  # None: not given (off); an explicit 0 is how a user asks for no authentication
+    cookie_auth_file: Path | None = option("CookieAuthFile", FILENAME, None)
+    hashed_control_passwords: tuple[str, ...] = option(
+        "HashedControlPassword", HASHED_PASSWORD, (), repeatable=True
+    )
+    owning_controller_process: int | None = option(
+        "__OwningControllerProcess", OWNING_PROCESS, None
+    )
+    # New streams wait for the controller's ATTACHSTREAM instead of getting a circuit.
+    leave_streams_unattached: bool = option("__LeaveStreamsUnattached", BOOL, False)
+
     # Resolved views of the "None = depends on TestingTorNetwork" options.
     @property
     def distinct_subnets(self) -> bool:
@@ -397,6 +442,31 @@ class TorConfig:
         """The current value of torrc option ``name`` as torrc lines (``GETCONF``)."""
         spec = OPTIONS[canonical_name(name, "GETCONF")]
         return spec.default_text(getattr(self, spec.attr))
+
+
+def with_changes(cfg: TorConfig, changes: dict[str, list[str]]) -> TorConfig:
+    """``cfg`` with options replaced (SETCONF/RESETCONF): name -> torrc values, [] for the
+    default.  Checked as at start-up; raises `ConfigError`."""
+    values: dict[str, Any] = {}
+    fields = {f.name: f for f in dataclasses.fields(TorConfig)}
+    for name, texts in changes.items():
+        spec = OPTIONS[name]
+        if not texts:
+            f = fields[spec.attr]
+            if f.default_factory is not dataclasses.MISSING:
+                values[spec.attr] = f.default_factory()
+            else:
+                values[spec.attr] = f.default
+            continue
+        lines = [Entry(name, "", text, f"SETCONF {name}") for text in texts]
+        if spec.repeatable:
+            parsed = [(_parse_entry(spec, e), e) for e in lines]
+            combined = spec.combine(parsed) if spec.combine else tuple(v for v, _ in parsed)
+            values[spec.attr] = combined
+        else:
+            value = _parse_entry(spec, lines[-1])
+            values[spec.attr] = None if spec.zero_means_default and value == 0 else value
+    return _check_together(replace(cfg, **values))
 
 
 def _or_testnet_default(value: bool | None, cfg: TorConfig) -> bool:
@@ -571,7 +641,27 @@ def _check_together(cfg: TorConfig) -> TorConfig:
         raise ConfigError("ClientDNSRejectInternalAddresses used for default network.")
     if not cfg.client_use_ipv4 and not cfg.client_use_ipv6:
         raise ConfigError("ClientUseIPv4 and ClientUseIPv6 are both 0: no way to reach relays")
+    _check_control_auth(cfg)
     return cfg
+
+
+def _check_control_auth(cfg: TorConfig) -> None:
+    """A ControlPort lets whoever connects reconfigure the client: refuse one with no
+    authentication unless the user chose that with an explicit ``CookieAuthentication 0``
+    (C tor only warns; the warning is kept for the explicit choice)."""
+    if not cfg.control_ports or cfg.cookie_authentication or cfg.hashed_control_passwords:
+        return
+    if cfg.cookie_authentication is None:
+        raise ConfigError(
+            "ControlPort is open, but no authentication method has been configured: set "
+            "CookieAuthentication 1 or HashedControlPassword (tor-client --hash-password), "
+            "or 'CookieAuthentication 0' to let any program on this computer control "
+            "tor-client"
+        )
+    log.warning(
+        "ControlPort is open, but no authentication method has been configured.  This "
+        "means that any program on your computer can reconfigure your Tor.  That's bad!"
+    )
 
 
 def _read_torrc(path: Path, missing_ok: bool) -> list[Entry]:

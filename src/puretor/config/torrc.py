@@ -155,10 +155,11 @@ CMDLINE_FLAGS = {
     "--list-torrc-options": False,
     "--quiet": False,
     "--hush": False,
+    "--hash-password": True,
 }
 _CMDLINE_UNSUPPORTED = frozenset(
     (
-        "--hash-password --dump-config --list-fingerprint --keygen --key-expiration --format "
+        "--dump-config --list-fingerprint --keygen --key-expiration --format "
         "--newpass --no-passphrase --passphrase-fd --list-modules --library-versions "
         "--list-deprecated-options --nt-service -nt-service --dbg-dump-subsystem-list"
     ).split()

@@ -115,7 +115,9 @@ AUTOBOOL = Kind(
 POSINT = Kind("Integer", _parse_posint)
 MEMUNIT = Kind("DataSize", parse_memunit, lambda v: f"{v} bytes")
 FLOAT = Kind("Float", float, _format_number)
-INTERVAL = Kind("TimeInterval", parse_interval, lambda v: f"{v:g} seconds")
+# Written back as C tor's GETCONF does (config_encode): seconds with no unit - controllers
+# such as txtorcon parse a TimeInterval as an integer.
+INTERVAL = Kind("TimeInterval", parse_interval, lambda v: f"{v:g}")
 MSEC_INTERVAL = Kind(
     "TimeMsecInterval",
     lambda text: parse_interval(text, msec=True) / 1000,

@@ -186,6 +186,18 @@ class GuardManager:
 
     # -- consensus ---------------------------------------------------------------------------
 
+    def primary_guard_states(self) -> list[tuple[bytes, str, str]]:
+        """(identity, nickname, "up"/"down"/"unknown") of the primary guards, in order."""
+        states = {Reachable.UNKNOWN: "unknown"}
+        return [
+            (
+                g.rsa_id,
+                g.nickname,
+                states.get(g.reachable, "up" if g.failing_since is None else "down"),
+            )
+            for g in self._primary
+        ]
+
     def set_netdir(self, netdir: NetDir, now: float) -> None:
         """A new consensus (guard-spec §4.10): update IS_LISTED, expire old entries, refill.
 

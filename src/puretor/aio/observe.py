@@ -1,0 +1,225 @@
+"""What a client reports about itself: circuit, stream, channel, bandwidth and bootstrap
+events as typed objects, and the latest state of each circuit and stream.
+
+The shell reports state changes here (a circuit launched, extended, built or closed; a
+stream attached or ended; a channel opened) - never per cell.  Bandwidth is a sample of
+two byte counters, once a second, only while someone listens for it.  `TorClient.events`
+and the control port both read these; the control port is only a text view of them.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import itertools
+import logging
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field, replace
+from typing import Any
+
+log = logging.getLogger("puretor")
+
+
+@dataclass(frozen=True, slots=True)
+class RelayRef:
+    """A relay in a path: ``fingerprint`` (40 upper-case hex digits) and ``nickname``."""
+
+    fingerprint: str
+    nickname: str = ""
+
+    def __str__(self) -> str:  # control-spec LongName
+        return f"${self.fingerprint}~{self.nickname}" if self.nickname else f"${self.fingerprint}"
+
+
+@dataclass(frozen=True, slots=True)
+class CircuitEvent:
+    """A circuit changed state: LAUNCHED, EXTENDED, BUILT, FAILED or CLOSED (as C tor's
+    CIRC event).  ``id`` is the client-wide circuit number; ``path`` the hops so far."""
+
+    id: int
+    status: str
+    path: tuple[RelayRef, ...] = ()
+    purpose: str = "GENERAL"
+    build_flags: tuple[str, ...] = ()
+    time_created: float = 0.0  # time.time()
+    reason: str | None = None  # FAILED/CLOSED: why (C tor's reason names)
+    remote_reason: str | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class StreamEvent:
+    """A stream changed state: NEW, SENTCONNECT, SENTRESOLVE, SUCCEEDED, FAILED, CLOSED or
+    DETACHED (as C tor's STREAM event).  ``circuit_id`` is 0 while unattached."""
+
+    id: int
+    status: str
+    circuit_id: int
+    target: str  # host:port
+    reason: str | None = None
+    remote_reason: str | None = None
+    source_address: str | None = None  # the SOCKS client's address:port, if known
+    purpose: str = "USER"
+
+
+@dataclass(frozen=True, slots=True)
+class ChannelEvent:
+    """A connection to a relay: LAUNCHED, CONNECTED, FAILED or CLOSED (ORCONN)."""
+
+    id: int
+    status: str
+    relay: RelayRef
+    address: str  # address:port
+    reason: str | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class BandwidthEvent:
+    """Bytes read and written on relay connections in the last second (BW)."""
+
+    read: int
+    written: int
+
+
+@dataclass(frozen=True, slots=True)
+class StreamBandwidthEvent:
+    """Application bytes a stream read and wrote in the last second (STREAM_BW); only
+    for streams that moved data."""
+
+    id: int
+    read: int
+    written: int
+
+
+@dataclass(frozen=True, slots=True)
+class BootstrapEvent:
+    """A bootstrap step: ``percent``, ``tag``, ``summary`` (STATUS_CLIENT BOOTSTRAP)."""
+
+    percent: int
+    tag: str
+    summary: str
+
+
+ClientEvent = (
+    CircuitEvent
+    | StreamEvent
+    | ChannelEvent
+    | BandwidthEvent
+    | StreamBandwidthEvent
+    | BootstrapEvent
+)
+Listener = Callable[[Any], None]
+
+_circuit_ids = itertools.count(1)
+_stream_ids = itertools.count(1)
+_channel_ids = itertools.count(1)
+
+
+def new_circuit_id() -> int:
+    return next(_circuit_ids)
+
+
+def new_stream_id() -> int:
+    return next(_stream_ids)
+
+
+def new_channel_id() -> int:
+    return next(_channel_ids)
+
+
+@dataclass
+class Observer:
+    """Collects the shell's reports, keeps the live circuits and streams, and passes each
+    event to the listeners that asked for its type."""
+
+    circuits: dict[int, CircuitEvent] = field(default_factory=dict)
+    streams: dict[int, StreamEvent] = field(default_factory=dict)
+    channels: dict[int, ChannelEvent] = field(default_factory=dict)
+    bytes_read: int = 0  # relay connections, since start (GETINFO traffic/read)
+    bytes_written: int = 0
+    _listeners: list[tuple[Listener, tuple[type, ...]]] = field(default_factory=list)
+    _bw_task: asyncio.Task[None] | None = None
+    # The open streams' byte counters, sampled with BW: () -> [StreamBandwidthEvent].
+    stream_sampler: Callable[[], list[StreamBandwidthEvent]] | None = None
+
+    # -- reports from the shell --------------------------------------------------------
+
+    def emit(self, event: ClientEvent) -> None:
+        if isinstance(event, CircuitEvent):
+            if event.status in ("FAILED", "CLOSED"):
+                self.circuits.pop(event.id, None)
+            else:
+                self.circuits[event.id] = event
+        elif isinstance(event, StreamEvent):
+            if event.status in ("FAILED", "CLOSED"):
+                self.streams.pop(event.id, None)
+            else:
+                self.streams[event.id] = event
+        elif isinstance(event, ChannelEvent):
+            if event.status in ("FAILED", "CLOSED"):
+                self.channels.pop(event.id, None)
+            else:
+                self.channels[event.id] = event
+        for listener, kinds in list(self._listeners):
+            if not kinds or isinstance(event, kinds):
+                try:
+                    listener(event)
+                except Exception:  # a broken listener must not break the client
+                    log.exception("event listener failed on %s", type(event).__name__)
+
+    def circuit(self, circuit_id: int, status: str, **changes: Any) -> None:
+        """Report a circuit's new ``status``; unchanged fields keep their last values."""
+        last = self.circuits.get(circuit_id)
+        if last is None:
+            event = CircuitEvent(circuit_id, status, **changes)
+        else:
+            event = replace(last, status=status, **changes)
+        self.emit(event)
+
+    def stream(self, stream_id: int, status: str, **changes: Any) -> None:
+        last = self.streams.get(stream_id)
+        if last is None:
+            if status != "NEW":
+                return  # already closed
+            event = StreamEvent(stream_id, status, **changes)
+        else:
+            event = replace(last, status=status, **changes)
+        self.emit(event)
+
+    # -- listeners -------------------------------------------------------------------
+
+    def add_listener(self, listener: Listener, kinds: tuple[type, ...] = ()) -> None:
+        self._listeners.append((listener, kinds))
+        sampled = not kinds or BandwidthEvent in kinds or StreamBandwidthEvent in kinds
+        if sampled and self._bw_task is None:
+            with contextlib.suppress(RuntimeError):  # no loop: started by the next call
+                self._bw_task = asyncio.get_running_loop().create_task(self._sample_bandwidth())
+
+    def remove_listener(self, listener: Listener) -> None:
+        self._listeners = [(fn, kinds) for fn, kinds in self._listeners if fn != listener]
+        sampled = self._wants(BandwidthEvent) or self._wants(StreamBandwidthEvent)
+        if self._bw_task is not None and not sampled:
+            self._bw_task.cancel()
+            self._bw_task = None
+
+    def _wants(self, kind: type) -> bool:
+        return any(not kinds or kind in kinds for _, kinds in self._listeners)
+
+    async def _sample_bandwidth(self) -> None:
+        """Once a second, the bytes moved since the last sample (C tor's BW cadence)."""
+        last_read, last_written = self.bytes_read, self.bytes_written
+        next_at = time.monotonic() + 1.0
+        while True:
+            await asyncio.sleep(max(0.0, next_at - time.monotonic()))
+            next_at += 1.0
+            read, written = self.bytes_read, self.bytes_written
+            self.emit(BandwidthEvent(read - last_read, written - last_written))
+            last_read, last_written = read, written
+            if self.stream_sampler is not None and self._wants(StreamBandwidthEvent):
+                for event in self.stream_sampler():
+                    self.emit(event)
+
+    def close(self) -> None:
+        if self._bw_task is not None:
+            self._bw_task.cancel()
+            self._bw_task = None

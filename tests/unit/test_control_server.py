@@ -1,0 +1,285 @@
+"""The control port in process: a real `TorClient` (not bootstrapped, so no network) under a
+`ControlServer` on a loopback port, driven by raw control-spec bytes: authentication rules,
+replies, configuration, events and limits.  The private-network tests (stem, nyx) are in
+tests/integration/test_control_port.py."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import functools
+import hashlib
+import hmac
+import logging
+import os
+from collections.abc import AsyncIterator, Awaitable, Callable
+from pathlib import Path
+
+import pytest
+
+from puretor.app.control import ControlServer, DaemonHooks
+from puretor.client import TorClient
+from puretor.config import TorConfig
+from puretor.proto.controlauth import hash_password
+
+AUTH = "test000a orport=5000 v3ident=" + "A" * 40 + " 127.0.0.1:7000 " + " ".join(["BEEF"] * 10)
+
+
+class Harness:
+    def __init__(self, server: ControlServer, stopped: list[str]) -> None:
+        self.server = server
+        self.stopped = stopped
+
+    @property
+    def port(self) -> int:
+        return int(self.server.addresses[0].rsplit(":", 1)[1])
+
+    async def talk(self, data: bytes, *, until: bytes = b"", timeout: float = 5.0) -> bytes:
+        """Send ``data``; read until ``until`` is seen, the server closes, or timeout."""
+        reader, writer = await asyncio.open_connection("127.0.0.1", self.port)
+        writer.write(data)
+        got = b""
+        try:
+            while until not in got or not until:
+                chunk = await asyncio.wait_for(reader.read(65536), timeout)
+                if not chunk:
+                    break
+                got += chunk
+        except TimeoutError:
+            pass
+        finally:
+            writer.close()
+            with contextlib.suppress(ConnectionError):
+                await writer.wait_closed()
+        return got
+
+
+@contextlib.asynccontextmanager
+async def control(tmp_path: Path, **options: object) -> AsyncIterator[Harness]:
+    config = TorConfig.from_options(
+        DataDirectory=str(tmp_path / "data"),
+        TestingTorNetwork=1,
+        DirAuthority=AUTH,
+        ControlPort="127.0.0.1:auto",
+        **options,  # type: ignore[arg-type]
+    )
+    tor = TorClient(config)
+    stopped: list[str] = []
+
+    def apply(new: TorConfig) -> None:
+        tor.config = new
+
+    hooks = DaemonHooks(
+        torrc_path=None,
+        socks_addresses=lambda: ["127.0.0.1:9050"],
+        apply_config=apply,
+        reload=lambda: None,
+        shutdown=stopped.append,
+        statistics=lambda: "Statistics: test",
+        started=0.0,
+    )
+    server = ControlServer(tor, hooks)
+    await server.start()
+    try:
+        yield Harness(server, stopped)
+    finally:
+        server.close()
+        await tor.aclose()
+
+
+def run_in_loop(test: Callable[[Path], Awaitable[None]]) -> Callable[[Path], None]:
+    @functools.wraps(test)
+    def run(tmp_path: Path) -> None:
+        asyncio.run(asyncio.wait_for(test(tmp_path), 60))
+
+    return run
+
+
+def _authenticate(secret: str) -> bytes:
+    return f"AUTHENTICATE {secret}\r\n".encode()
+
+
+@run_in_loop
+async def test_password_authentication_and_replies(tmp_path: Path) -> None:
+    async with control(tmp_path, HashedControlPassword=hash_password(b"pw")) as h:
+        got = await h.talk(b"PROTOCOLINFO 1\r\n", until=b"250 OK\r\n")
+        assert got.startswith(b"250-PROTOCOLINFO 1\r\n250-AUTH METHODS=HASHEDPASSWORD\r\n")
+        assert b'250-VERSION Tor="0.4.9.0-puretor-' in got
+        got = await h.talk(
+            _authenticate('"pw"') + b"GETINFO version events/names\r\nQUIT\r\n",
+            until=b"closing connection",
+        )
+        lines = got.split(b"\r\n")
+        assert lines[0] == b"250 OK"
+        assert lines[1].startswith(b"250-version=0.4.9.0-puretor-")
+        assert lines[2].startswith(b"250-events/names=CIRC CIRC_MINOR STREAM ORCONN BW")
+        assert lines[3:5] == [b"250 OK", b"250 closing connection"]
+        # Hex works too; a wrong password gets 515 and the connection closes.
+        assert (await h.talk(_authenticate(b"pw".hex()), until=b"\r\n")) == b"250 OK\r\n"
+        got = await h.talk(_authenticate('"nope"') + b"GETINFO version\r\n")
+        assert got.startswith(b"515 Authentication failed: Password did not match")
+        assert b"version=" not in got
+
+
+@run_in_loop
+async def test_before_authentication_only_four_commands(tmp_path: Path) -> None:
+    async with control(tmp_path, CookieAuthentication=1) as h:
+        got = await h.talk(b"GETINFO version\r\nPROTOCOLINFO\r\n")
+        assert got == b"514 Authentication required.\r\n"
+        got = await h.talk(b"PROTOCOLINFO\r\nPROTOCOLINFO\r\n")
+        assert got.endswith(b"515 Only one PROTOCOLINFO command allowed before AUTHENTICATE.\r\n")
+        assert (await h.talk(b"QUIT\r\n")) == b"250 closing connection\r\n"
+
+
+@run_in_loop
+async def test_cookie_and_safecookie(tmp_path: Path) -> None:
+    async with control(tmp_path, CookieAuthentication=1) as h:
+        cookie_file = tmp_path / "data" / "control_auth_cookie"
+        assert os.stat(cookie_file).st_mode & 0o777 == 0o600
+        cookie = cookie_file.read_bytes()
+        assert len(cookie) == 32
+        info = await h.talk(b"PROTOCOLINFO\r\n", until=b"250 OK\r\n")
+        assert f'METHODS=COOKIE,SAFECOOKIE COOKIEFILE="{cookie_file}"'.encode() in info
+        assert (await h.talk(_authenticate(cookie.hex()), until=b"\r\n")) == b"250 OK\r\n"
+        wrong = await h.talk(_authenticate((b"x" * 32).hex()))
+        assert wrong == (
+            b"515 Authentication failed: Authentication cookie did not match expected value.\r\n"
+        )
+        # SAFECOOKIE: prove the cookie without sending it.
+        reader, writer = await asyncio.open_connection("127.0.0.1", h.port)
+        client_nonce = os.urandom(32)
+        writer.write(b"AUTHCHALLENGE SAFECOOKIE " + client_nonce.hex().encode() + b"\r\n")
+        line = (await reader.readline()).decode().split()
+        server_hash = bytes.fromhex(line[2].split("=")[1])
+        server_nonce = bytes.fromhex(line[3].split("=")[1])
+        message = cookie + client_nonce + server_nonce
+        key = b"Tor safe cookie authentication server-to-controller hash"
+        assert server_hash == hmac.new(key, message, hashlib.sha256).digest()
+        key = b"Tor safe cookie authentication controller-to-server hash"
+        response = hmac.new(key, message, hashlib.sha256).hexdigest()
+        writer.write(f"AUTHENTICATE {response}\r\nGETINFO uptime\r\n".encode())
+        assert await reader.readline() == b"250 OK\r\n"
+        assert (await reader.readline()).startswith(b"250-uptime=")
+        writer.close()
+
+
+@run_in_loop
+async def test_configuration_commands(tmp_path: Path) -> None:
+    async with control(tmp_path, CookieAuthentication=0) as h:
+        got = await h.talk(
+            _authenticate("")
+            + b"GETCONF SocksTimeout __OwningControllerProcess\r\n"
+            + b"SETEVENTS CONF_CHANGED\r\n"
+            + b'SETCONF SafeSocks=1 SocksTimeout="30 seconds"\r\n'
+            + b"GETCONF SafeSocks ORPort\r\n"
+            + b"SETCONF DataDirectory=/tmp\r\n"
+            + b"SETCONF ExitNodes=x\r\n"
+            + b"RESETCONF SafeSocks\r\nGETCONF SafeSocks\r\n"
+            + b"SETEVENTS NOSUCHEVENT\r\nUSEFEATURE VERBOSE_NAMES\r\nFROB\r\nQUIT\r\n",
+            until=b"closing connection",
+        )
+        text = got.decode()
+        assert "250-SocksTimeout=120\r\n250 __OwningControllerProcess\r\n" in text
+        assert "650-CONF_CHANGED\r\n650-SafeSocks=1\r\n650-SocksTimeout=30\r\n650 OK" in text
+        assert '552 Unrecognized configuration key "ORPort" (not supported by puretor)' in text
+        assert "553 Transition not allowed: puretor applies DataDirectory only at start-up" in text
+        assert "552 Unrecognized option: SETCONF: C tor option 'ExitNodes' is not supported" in text
+        assert "250 SafeSocks=0\r\n" in text
+        assert h.server.tor.config.safe_socks is False
+        assert h.server.tor.config.socks_timeout == 30.0
+        assert '552 Unrecognized event "NOSUCHEVENT"' in text
+        assert '510 Unrecognized command "FROB"' in text
+
+
+@run_in_loop
+async def test_getinfo_keys_a_client_can_answer_offline(tmp_path: Path) -> None:
+    async with control(tmp_path, CookieAuthentication=0) as h:
+        got = await h.talk(
+            _authenticate("")
+            + b"GETINFO config-text\r\nGETINFO info/names\r\nGETINFO net/listeners/socks\r\n"
+            + b"GETINFO status/bootstrap-phase circuit-status traffic/read dormant\r\n"
+            + b"GETINFO fingerprint\r\nGETINFO exit-policy/full\r\nGETINFO ip-to-country/1.2.3.4\r\n"
+            + b"GETINFO no/such/key\r\nQUIT\r\n",
+            until=b"closing connection",
+        )
+        text = got.decode()
+        assert "250+config-text=\r\n" in text and "ControlPort 127.0.0.1:auto\r\n" in text
+        assert "250+info/names=\r\n" in text and "circuit-status -- " in text
+        assert '250-net/listeners/socks="127.0.0.1:9050"\r\n' in text
+        assert (
+            '250-status/bootstrap-phase=NOTICE BOOTSTRAP PROGRESS=0 TAG=starting SUMMARY="Starting"'
+            in text
+        )
+        assert "250-circuit-status=\r\n250-traffic/read=0\r\n250-dormant=0\r\n250 OK" in text
+        assert "551 Not running in server mode\r\n552 Not running in server mode\r\n" in text
+        assert "551 GeoIP data not loaded" in text
+        assert '552 Unrecognized key "no/such/key"' in text
+
+
+@run_in_loop
+async def test_signals_and_ownership(tmp_path: Path) -> None:
+    async with control(tmp_path, CookieAuthentication=0) as h:
+        got = await h.talk(
+            _authenticate("") + b"SETEVENTS SIGNAL NOTICE\r\nSIGNAL DUMP\r\nSIGNAL BOGUS\r\n"
+            b"SIGNAL NEWNYM\r\nSIGNAL NEWNYM\r\nQUIT\r\n",
+            until=b"closing connection",
+        )
+        text = got.decode()
+        assert "650 NOTICE Statistics: test\r\n" in text
+        assert "650 SIGNAL DUMP\r\n" in text
+        assert '552 Unrecognized signal code "BOGUS"' in text
+        assert text.count("650 SIGNAL NEWNYM") == 1  # the second waits 10 s (rate limit)
+        assert "650 NOTICE Rate limiting NEWNYM request: delaying by 10 second(s)" in text
+        await h.talk(_authenticate("") + b"TAKEOWNERSHIP\r\nQUIT\r\n", until=b"closing")
+        await asyncio.sleep(0.1)
+        assert h.stopped == ["Owning controller connection has closed -- exiting now."]
+        await h.talk(_authenticate("") + b"SIGNAL HALT\r\n", until=b"250 OK")
+        assert h.stopped[-1].startswith("Received HALT signal")
+
+
+@run_in_loop
+async def test_limits(tmp_path: Path) -> None:
+    async with control(tmp_path, CookieAuthentication=0) as h:
+        got = await h.talk(b"GETINFO " + b"x" * 100_000 + b"\r\n")
+        assert got == b"500 Line too long.\r\n"
+        got = await h.talk(bytes(b for b in range(256) if b != 10) + b"\r\n")
+        assert got == b"514 Authentication required.\r\n"
+        # Many commands in one write are answered in order, one at a time.
+        got = await h.talk(
+            _authenticate("") + b"GETINFO dormant\r\n" * 500 + b"QUIT\r\n",
+            until=b"closing connection",
+        )
+        assert got.count(b"250-dormant=0\r\n") == 500
+
+
+def test_a_control_port_in_use_stops_start_up(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    import socket
+
+    from puretor.app.daemon import run_daemon
+
+    with socket.socket() as taken:
+        taken.bind(("127.0.0.1", 0))
+        taken.listen()
+        port = taken.getsockname()[1]
+        argv = [
+            "--SocksPort", "127.0.0.1:auto",
+            "--ControlPort", str(port),
+            "--CookieAuthentication", "1",
+            "--DataDirectory", str(tmp_path / "data"),
+            "--TestingTorNetwork", "1",
+            "--DirAuthority", AUTH,
+            "--Log", "notice stdout",
+        ]  # fmt: skip
+        logger = logging.getLogger("puretor")
+        saved = (list(logger.handlers), logger.level, logger.propagate)
+        try:
+            assert run_daemon(argv, version="x") == 1
+        finally:  # run_daemon set logging up for a daemon: put the test's back
+            logger.handlers[:] = saved[0]
+            logger.setLevel(saved[1])
+            logger.propagate = saved[2]
+    out = capsys.readouterr().out
+    assert "[err] Could not open the control port: Address already in use." in out
+    assert "Bootstrapped" not in out
