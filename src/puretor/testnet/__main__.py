@@ -116,6 +116,13 @@ def _cmd_down(args: argparse.Namespace) -> int:
     alive = [r for r in net.records.values() if procs.is_alive(r)]
     try:
         commands = execs.stop_all(workdir)  # first: they are clients of the network
+        if not alive and net.netns and netns.netns_exists(net.netns) and netns.pids_in(net.netns):
+            # Stopped before: a namespace of that name now belongs to another network.
+            print(
+                f"already stopped; netns {net.netns} now holds processes {workdir} did not "
+                f"start, so it stays (stopped {len(commands)} run with `exec`)"
+            )
+            return 0
         net.stop()
     except PermissionError:
         print(
