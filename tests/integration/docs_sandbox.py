@@ -302,10 +302,14 @@ def members(holder: int, named_nets: set[tuple[int, int]], marker: str) -> list[
         pid = int(entry)
         if _state(pid) in (None, "Z"):
             continue
-        ours = _ns(pid, "mnt") == mnt or _ns(pid, "net") in nets
-        if not ours:
-            with contextlib.suppress(OSError):
-                ours = mark in Path(f"/proc/{pid}/environ").read_bytes().split(b"\0")
+        environ: list[bytes] = []
+        with contextlib.suppress(OSError):
+            environ = Path(f"/proc/{pid}/environ").read_bytes().split(b"\0")
+        # Another sandbox's process: a remembered named namespace may be gone and its inode
+        # number reused by the other sandbox's namespace.
+        other = any(e.startswith(f"{MARKER_ENV}=".encode()) and e != mark for e in environ)
+        ours = _ns(pid, "mnt") == mnt or mark in environ
+        ours = ours or (_ns(pid, "net") in nets and not other)
         if ours:
             found.append(pid)
     return found

@@ -38,6 +38,10 @@ from puretor.proto.memory import QueueBudget
 log = logging.getLogger("puretor.channel")
 
 
+# Rounds of events and flushes in one turn of the event loop before it gets the CPU back.
+MAX_ROUNDS_PER_RUN = 64
+
+
 class Reactor:
     def __init__(self) -> None:
         self.events = EventQueue()
@@ -64,7 +68,7 @@ class Reactor:
             return  # a handler called back into us: the loop below picks it up
         self._running = True
         try:
-            while True:
+            for _round in range(MAX_ROUNDS_PER_RUN):
                 if self.queue_budget.over_limit and self.relieve_memory is not None:
                     self.relieve_memory()  # closes tunnels: their events are delivered below
                 if not (self.events or self.flush_wanted):
@@ -79,6 +83,10 @@ class Reactor:
                     protocol = channel.owner
                     if protocol is not None:
                         protocol.flush()
+            else:
+                # Handlers keep making work: let the event loop have a turn (sockets,
+                # signals, timers) and come back, rather than starve it.
+                self.kick()
         finally:
             self._running = False
         self._arm_timers()

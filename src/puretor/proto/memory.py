@@ -157,7 +157,8 @@ def relieve(budget: QueueBudget, channels: Sequence[Channel]) -> Relief | None:
     tunnels: dict[Tunnel, None] = {}
     for channel in channels:
         for circuit in channel.circuits.values():
-            tunnels[circuit.tunnel] = None
+            if circuit.tunnel.closed_reason is None:  # a closing one frees its data anyway
+                tunnels[circuit.tunnel] = None
     victims = choose_victims((tunnel_queued(t) for t in tunnels), to_recover)
     for victim in victims:
         tunnel: Tunnel = victim.key
