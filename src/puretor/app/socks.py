@@ -479,6 +479,32 @@ async def start_socks_listener(
     max_concurrent_requests: int = 1024,
 ) -> SocksListener:
     """Listen on ``host:port``; a port in use raises OSError (never another port)."""
+    return await start_listener(
+        tor,
+        host,
+        port,
+        policy,
+        SocksConnection,
+        max_connections=max_connections,
+        max_concurrent_requests=max_concurrent_requests,
+    )
+
+
+async def start_listener(
+    tor: TorClient,
+    host: str,
+    port: int,
+    policy: ListenerPolicy,
+    connection: Callable[
+        [TorClient, ListenerPolicy, SocksServerStats, asyncio.Semaphore], asyncio.Protocol
+    ],
+    *,
+    max_connections: int = 8192,
+    max_concurrent_requests: int = 1024,
+) -> SocksListener:
+    """A listener of any application port (SOCKS, HTTP CONNECT, TransPort): one
+    ``connection(tor, policy, stats, limit)`` per client, refused above ``max_connections``;
+    a port in use raises OSError."""
     loop = asyncio.get_running_loop()
     limit = asyncio.Semaphore(max_concurrent_requests)
     listener: SocksListener | None = None
@@ -488,7 +514,7 @@ async def start_socks_listener(
         stats = listener.stats
         if stats.active >= max_connections:
             return _Refuse(stats)
-        return SocksConnection(tor, listener.policy, stats, limit)
+        return connection(tor, listener.policy, stats, limit)
 
     server = await loop.create_server(factory, host, port, reuse_address=True, backlog=1024)
     listener = SocksListener(server, policy)
@@ -508,4 +534,11 @@ ProtocolFactory = Callable[[], asyncio.Protocol]
 # The Tor-stream side of a relayed connection, shared with the other application ports
 # (HTTPTunnelPort, TransPort): its owner has ``client`` and ``tor_side_lost(exc)``.
 TorSide = _TorSide
-__all__ = ["ListenerPolicy", "SocksConnection", "SocksListener", "TorSide", "start_socks_listener"]
+__all__ = [
+    "ListenerPolicy",
+    "SocksConnection",
+    "SocksListener",
+    "TorSide",
+    "start_listener",
+    "start_socks_listener",
+]

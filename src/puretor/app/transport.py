@@ -24,6 +24,7 @@ from puretor.app.socks import (
     SocksListener,
     SocksServerStats,
     TorSide,
+    start_listener,
 )
 from puretor.config.values import policy_permits
 from puretor.errors import TorError
@@ -206,23 +207,12 @@ async def start_trans_listener(
     max_concurrent_requests: int = 1024,
 ) -> SocksListener:
     """Listen on ``host:port`` for redirected connections; a port in use raises OSError."""
-    loop = asyncio.get_running_loop()
-    limit = asyncio.Semaphore(max_concurrent_requests)
-    listener: SocksListener | None = None
-
-    def factory() -> asyncio.Protocol:
-        assert listener is not None
-        stats = listener.stats
-        if stats.active >= max_connections:
-            stats.refused += 1
-            return _Refuse()
-        return TransConnection(tor, listener.policy, stats, limit)
-
-    server = await loop.create_server(factory, host, port, reuse_address=True, backlog=1024)
-    listener = SocksListener(server, policy)
-    return listener
-
-
-class _Refuse(asyncio.Protocol):
-    def connection_made(self, transport: asyncio.BaseTransport) -> None:
-        transport.close()
+    return await start_listener(
+        tor,
+        host,
+        port,
+        policy,
+        TransConnection,
+        max_connections=max_connections,
+        max_concurrent_requests=max_concurrent_requests,
+    )
