@@ -67,6 +67,7 @@ from puretor.proto.relaymsg import EndReason
 from puretor.ratelimit import RateLimit
 
 log = logging.getLogger("puretor")
+MAPPED_ANSWER_TTL = 60  # seconds, for a DNS answer that comes from the address map
 
 P = TypeVar("P", bound=asyncio.BaseProtocol)
 T = TypeVar("T")
@@ -110,7 +111,7 @@ class TorClient:
     def __init__(
         self, config: TorConfig | None = None, *, bootstrap_timeout: float | None = None
     ) -> None:
-        self.config = config if config is not None else TorConfig()
+        self._config = config if config is not None else TorConfig()
         self.bootstrap_timeout = bootstrap_timeout
         self._streams_opened = 0
         self._chanmgr = ChannelManager(
@@ -130,6 +131,7 @@ class TorClient:
         self.address_map = AddressMap(
             self.config.virtual_addr_network_ipv4, self.config.virtual_addr_network_ipv6
         )
+        self._apply_map_address()
         self._observer = self._chanmgr.reactor.observer
         # Streams waiting for attach_stream (__LeaveStreamsUnattached), open streams by id.
         self._awaiting_attach: dict[int, asyncio.Future[int]] = {}
@@ -138,6 +140,21 @@ class TorClient:
         )
         self._observer.stream_sampler = self._sample_streams
         self.add_bootstrap_listener(self._report_bootstrap)
+
+    @property
+    def config(self) -> TorConfig:
+        """The configuration; assigning a new one applies what can change while running
+        (e.g. ``MapAddress``), as the control port's SETCONF does."""
+        return self._config
+
+    @config.setter
+    def config(self, new: TorConfig) -> None:
+        self._config = new
+        self._apply_map_address()
+
+    def _apply_map_address(self) -> None:
+        for problem in self.address_map.set_config_mappings(self._config.map_address):
+            log.warning("%s", problem)
 
     def _priority_halflife(self) -> float:
         """CircuitPriorityHalflife, or the consensus's CircuitPriorityHalflifeMsec."""
@@ -375,8 +392,7 @@ class TorClient:
         circuit), `BootstrapError` or `ClientClosedError`.
         """
         self._check_open()
-        host = self.address_map.lookup(host) or host
-        host = _check_target(host, port)
+        host = _check_target(self.address_map.rewrite(host), port)
         if self.config.reject_internal_addresses and (
             is_internal_address(host) or is_local_hostname(host)
         ):
@@ -750,6 +766,9 @@ class TorClient:
         reason RESOLVEFAILED; no answer at all `CircuitError`.
         """
         self._check_open()
+        hostname = self.address_map.rewrite(hostname)
+        if _ip_literal(hostname):  # MapAddress to an address: the answer is the map's
+            return [hostname]
         answers = await self._closed_aware(self._resolve(hostname, isolation))
         out = [str(a.value) for a in answers if a.type in (4, 6)]
         if not out:
@@ -785,10 +804,13 @@ class TorClient:
             ip = ipaddress.ip_address(name)
             mapped = self.address_map.lookup(ip.compressed)
             if mapped is not None:
-                return [(mapped, 60)]
+                return [(mapped, MAPPED_ANSWER_TTL)]
             wanted: tuple[int, ...] = (0,)
             name = ip.reverse_pointer
         else:
+            name = self.address_map.rewrite(name)
+            if _ip_literal(name):
+                return [(name, MAPPED_ANSWER_TTL)]
             wanted = (4, 6)
         answers = await self._closed_aware(self._resolve(name, isolation))
         out = [(str(a.value), int(a.ttl)) for a in answers if a.type in wanted]
@@ -1052,6 +1074,14 @@ async def _cancel_until_done(task: asyncio.Task[Any] | None) -> None:
     while task is not None and not task.done():
         task.cancel()
         await asyncio.wait([task], timeout=0.5)
+
+
+def _ip_literal(text: str) -> bool:
+    try:
+        ipaddress.ip_address(text)
+    except ValueError:
+        return False
+    return True
 
 
 def _check_target(host: str, port: int) -> str:

@@ -100,6 +100,7 @@ def daemon(testnet: Any, tmp_path_factory: pytest.TempPathFactory) -> Iterator[C
             "CookieAuthentication 1",
             f"CookieAuthFile {workdir / 'cookie'}",
             f"ControlSocket {workdir / 'control.sock'}",
+            "MapAddress *.mapped.test target.test",
         ],
     )
     try:
@@ -348,6 +349,34 @@ def test_setconf_of_a_live_option_takes_effect(daemon: ControlledDaemon) -> None
             controller.set_conf("DataDirectory", "/tmp")
         with pytest.raises(stem.InvalidRequest, match="not supported by puretor"):
             controller.set_conf("ExitNodes", "{us}")
+
+
+@pytest.mark.options("MapAddress")
+def test_mapaddress_from_torrc_and_from_the_controller(daemon: ControlledDaemon) -> None:
+    """torrc's ``MapAddress *.mapped.test target.test`` sends www.mapped.test to the target;
+    MAPADDRESS (stem's map_address) adds a name and a virtual address, each announced by an
+    ADDRMAP event and listed by GETINFO address-mappings/*; a bad target gets 512."""
+    ok = curl_via(daemon.client, "http://www.mapped.test/ip")
+    assert ok.returncode == 0 and ok.stdout.strip(), ok.stderr
+    with daemon.controller() as controller:
+        assert controller.get_info("address-mappings/config") == "*.mapped.test target.test"
+        recorder = Recorder()
+        controller.add_event_listener(recorder, stem.control.EventType.ADDRMAP)
+        mapped = controller.map_address({"alias.test": "target.test", "0.0.0.0": "target.test"})
+        virtual = next(addr for addr in mapped if addr != "alias.test")
+        assert mapped == {"alias.test": "target.test", virtual: "target.test"}
+        assert virtual.startswith("127."), virtual  # VirtualAddrNetworkIPv4 127.192.0.0/10
+        recorder.wait(lambda: len(recorder.of("ADDRMAP")) >= 2)
+        control = controller.get_info("address-mappings/control").splitlines()
+        assert {"alias.test target.test", f"{virtual} target.test"} <= set(control), control
+        for url in ("http://alias.test/ip", f"http://{virtual}/ip"):
+            got = curl_via(daemon.client, url)
+            assert got.returncode == 0 and got.stdout.strip(), (url, got.stderr)
+        bad = controller.msg("MAPADDRESS bad.test=no/such/name")
+        assert bad.raw_content().startswith("512 syntax error: invalid address"), bad.raw_content()
+        assert controller.map_address({"alias.test": "alias.test"}) == {"alias.test": "alias.test"}
+        control = controller.get_info("address-mappings/control").splitlines()
+        assert "alias.test target.test" not in control, control
 
 
 # -- stem's custom path recipe ----------------------------------------------------------------

@@ -45,6 +45,7 @@ from puretor.config.values import (
     FILENAME,
     FLOAT,
     INTERVAL,
+    MAP_ADDRESS,
     MEMUNIT,
     MSEC_INTERVAL,
     OPTIONAL_BOOL,
@@ -333,6 +334,9 @@ class TorConfig:
     automap_hosts_on_resolve: bool = option("AutomapHostsOnResolve", BOOL, False)
     automap_hosts_suffixes: tuple[str, ...] = option(
         "AutomapHostsSuffixes", SUFFIXES, (".exit", ".onion")
+    )
+    map_address: tuple[tuple[str, str], ...] = option(
+        "MapAddress", MAP_ADDRESS, (), repeatable=True
     )
     virtual_addr_network_ipv4: ipaddress.IPv4Network = option(
         "VirtualAddrNetworkIPv4", VIRTUAL_IPV4, ipaddress.IPv4Network("127.192.0.0/10")

@@ -541,6 +541,18 @@ def _parse_suffixes(text: str) -> tuple[str, ...]:
 SUFFIXES = Kind("CommaList", _parse_suffixes, ",".join)
 
 
+def _parse_map_address(text: str) -> tuple[str, str]:
+    """``MapAddress address newaddress``: the pair; C tor checks the pair itself only
+    when it applies the mapping (an invalid one is skipped with a warning there)."""
+    words = text.split()
+    if len(words) != 2:
+        raise ValueError("MapAddress needs an address and a new address")
+    return words[0], words[1]
+
+
+MAP_ADDRESS = line_list(_parse_map_address, " ".join)
+
+
 def _virtual_network(version: int, max_prefix: int) -> Kind:
     """VirtualAddrNetworkIPv4/IPv6 ``addr/bits`` (C tor: at most 16 bits of prefix for
     IPv4 and 104 for IPv6, so the network has room)."""

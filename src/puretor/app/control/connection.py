@@ -14,6 +14,7 @@ from puretor.app.control.getinfo import EVENT_NAMES, FEATURE_NAMES, GetinfoError
 from puretor.config import OPTIONS
 from puretor.config.options import canonical_name, with_changes
 from puretor.errors import ConfigError, TorError
+from puretor.path.addressmap import SOURCE_CONTROL, MappingError, is_valid_destination
 from puretor.proto import control as proto
 from puretor.proto.controlauth import SERVER_NONCE_LEN, safecookie_hashes
 
@@ -29,7 +30,7 @@ LIVE_OPTIONS = frozenset(
     (
         "SafeSocks TestSocks SocksPolicy SocksTimeout SafeLogging Log LogTimeGranularity "
         "CircuitStreamTimeout ClientRejectInternalAddresses ClientDNSRejectInternalAddresses "
-        "HashedControlPassword __OwningControllerProcess __LeaveStreamsUnattached"
+        "HashedControlPassword __OwningControllerProcess __LeaveStreamsUnattached MapAddress"
     ).split()
 )
 SIGNALS = {
@@ -49,6 +50,8 @@ SIGNALS = {
     "ACTIVE": "ACTIVE",
     "DORMANT": "DORMANT",
 }
+
+VIRTUAL_KINDS = {"0.0.0.0": 4, "::": 6, ".": 0}  # MAPADDRESS's "pick an address for me"
 
 Handler = Callable[["ControlConnection", proto.ControlCommand], Awaitable[bytes]]
 COMMANDS: dict[str, Handler] = {}
@@ -463,6 +466,49 @@ async def _attachstream(conn: ControlConnection, cmd: proto.ControlCommand) -> b
     except ValueError:
         return proto.reply(551, "Can't attach stream to non-open origin circuit")
     return proto.reply(250, "OK")
+
+
+@command("MAPADDRESS")
+async def _mapaddress(conn: ControlConnection, cmd: proto.ControlCommand) -> bytes:
+    """``MAPADDRESS old=new ...``: one reply line per pair.  ``0.0.0.0``, ``::`` and
+    ``.`` as old pick an unused virtual IPv4/IPv6 address or ``.virtual`` name."""
+    tor = conn.server.tor
+    lines: list[tuple[int, str]] = []
+    for key, value, _quoted in proto.parse_keywords(cmd.args):
+        if value is None or not key:
+            lines.append((512, f"syntax error: mapping '{key[:128]}' is not of expected form 'foo=bar'."))
+            continue
+        if not is_valid_destination(value[2:] if value.startswith("*.") else value):
+            lines.append((512, f"syntax error: invalid address '{value[:128]}'"))
+            continue
+        if key in VIRTUAL_KINDS:
+            try:
+                virtual = tor.automap_address(value, VIRTUAL_KINDS[key])
+            except ValueError:
+                lines.append((451, f"resource exhausted: skipping '{key}={value[:128]}'"))
+                continue
+            lines.append((250, f"{virtual}={value}"))
+            _addrmap_event(conn.server, virtual, value)
+            continue
+        try:
+            tor.address_map.map(key, value, SOURCE_CONTROL)
+        except MappingError as exc:
+            lines.append(
+                (512, f"syntax error: invalid address mapping  '{key[:128]}={value[:128]}': {exc}")
+            )
+            continue
+        lines.append((250, f"{key}={value}"))
+        _addrmap_event(conn.server, key, value)
+    if not lines:
+        return proto.reply(512, "syntax error: not enough arguments to mapaddress.")
+    out = proto.Reply()
+    for code, text in lines:
+        out.line(text, code)
+    return out.to_bytes()
+
+
+def _addrmap_event(server: ControlServer, address: str, target: str) -> None:
+    server.broadcast("ADDRMAP", proto.event(f'ADDRMAP {address} {target} NEVER CACHED="YES"'))
 
 
 @command("RESOLVE")

@@ -311,10 +311,12 @@ def _onions_detached(_server: ControlServer, _key: str) -> str:
 
 
 @_key("address-mappings/*", "Current address mappings.")
-def _address_mappings(_server: ControlServer, kind: str) -> str:
+def _address_mappings(server: ControlServer, kind: str) -> str:
     if kind not in ("all", "config", "cache", "control"):
         raise GetinfoError(552, f'Unrecognized key "address-mappings/{kind}"')
-    return ""  # puretor keeps none: no MapAddress, no DNS cache
+    if kind == "cache":
+        return ""  # puretor keeps no DNS cache
+    return "\n".join(server.tor.address_map.mappings(None if kind == "all" else kind))
 
 
 def _microdescriptor(server: ControlServer, key: str, relay: str) -> str:
