@@ -74,12 +74,18 @@ __all__ = [
     "BandwidthEvent",
     "StreamBandwidthEvent",
     "BootstrapEvent",
+    "CircuitBandwidthEvent",
+    "GuardEvent",
+    "NetworkLivenessEvent",
+    "BuildTimeoutEvent",
+    "NewConsensusEvent",
     "RelayRef",
 ]
 _EVENTS = frozenset(
     (
         "CircuitEvent StreamEvent ChannelEvent BandwidthEvent StreamBandwidthEvent "
-        "BootstrapEvent RelayRef"
+        "BootstrapEvent RelayRef CircuitBandwidthEvent GuardEvent NetworkLivenessEvent "
+        "BuildTimeoutEvent NewConsensusEvent"
     ).split()
 )
 
@@ -88,8 +94,13 @@ if TYPE_CHECKING:
     from puretor.aio.observe import (
         BandwidthEvent,
         BootstrapEvent,
+        BuildTimeoutEvent,
         ChannelEvent,
+        CircuitBandwidthEvent,
         CircuitEvent,
+        GuardEvent,
+        NetworkLivenessEvent,
+        NewConsensusEvent,
         RelayRef,
         StreamBandwidthEvent,
         StreamEvent,

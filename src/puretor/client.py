@@ -32,12 +32,23 @@ from puretor.aio.observe import (
 from puretor.aio.observe import (
     BootstrapEvent,
     ChannelEvent,
+    CircuitBandwidthEvent,
     CircuitEvent,
     ClientEvent,
+    GuardEvent,
     StreamBandwidthEvent,
     StreamEvent,
     new_circuit_id,
     new_stream_id,
+)
+from puretor.aio.observe import (
+    BuildTimeoutEvent as BuildTimeoutEvent,
+)
+from puretor.aio.observe import (
+    NetworkLivenessEvent as NetworkLivenessEvent,
+)
+from puretor.aio.observe import (
+    NewConsensusEvent as NewConsensusEvent,
 )
 from puretor.aio.observe import (
     RelayRef as RelayRef,
@@ -60,6 +71,7 @@ from puretor.path.guards import GuardManager, Reachable
 from puretor.path.isolation import DEFAULT_TOKEN
 from puretor.path.isolation import IsolationToken as IsolationToken
 from puretor.path.reachable import is_internal_address, is_local_hostname
+from puretor.proto.cells import CELL_LEN
 from puretor.proto.circuitmux import choose_halflife
 from puretor.proto.conflux import UX_BY_NAME
 from puretor.proto.memory import choose_limit
@@ -135,10 +147,13 @@ class TorClient:
         self._observer = self._chanmgr.reactor.observer
         # Streams waiting for attach_stream (__LeaveStreamsUnattached), open streams by id.
         self._awaiting_attach: dict[int, asyncio.Future[int]] = {}
+        self._redirects: dict[int, tuple[str, int]] = {}  # redirect_stream, until attached
         self._transports: weakref.WeakValueDictionary[int, TorStreamTransport] = (
             weakref.WeakValueDictionary()
         )
         self._observer.stream_sampler = self._sample_streams
+        self._observer.circuit_sampler = self._sample_circuits
+        self._guard_states: dict[bytes, tuple[str, str]] = {}
         self.add_bootstrap_listener(self._report_bootstrap)
 
     @property
@@ -299,6 +314,8 @@ class TorClient:
         verify_dependencies()
         await self._dirmgr.bootstrap()
         self._guards = self._dirmgr.load_guards()
+        self._guard_states = self._guards.guard_states()
+        self._dirmgr.guards_listener = self._report_guards
         cfg = self.config
         self._circmgr = CircuitManager(
             self._chanmgr,
@@ -463,6 +480,7 @@ class TorClient:
                 circuit = await waiter
             finally:
                 self._awaiting_attach.pop(stream_id, None)
+            host, port = self._redirects.pop(stream_id, (host, port))
             if circuit == 0:
                 key = _DEFAULT_ISOLATION if isolation is None else isolation
                 return await self._connect_with_retries(
@@ -489,6 +507,71 @@ class TorClient:
                 raise ValueError(f"circuit {circuit_id} is not open")
         waiter.set_result(circuit_id)
 
+    def redirect_stream(self, stream_id: int, host: str, port: int | None = None) -> None:
+        """Send a stream that waits for `attach_stream` to ``host`` (and ``port``) instead
+        of where its application asked (the control port's REDIRECTSTREAM).  Raises
+        `KeyError` for a stream that is not waiting, `ConfigError` for a bad target."""
+        waiter = self._awaiting_attach.get(stream_id)
+        if waiter is None or waiter.done():
+            raise KeyError(stream_id)
+        last = self._observer.streams.get(stream_id)
+        old_port = int(last.target.rpartition(":")[2]) if last is not None else 0
+        port = old_port if port is None else port
+        host = _check_target(self.address_map.rewrite(host), port)
+        self._redirects[stream_id] = (host, port)
+        if last is not None:
+            self._observer.streams[stream_id] = dataclasses.replace(last, target=f"{host}:{port}")
+
+    def set_circuit_purpose(self, circuit_id: int, purpose: str) -> None:
+        """``"controller"`` or ``"general"`` for a circuit built by `launch_circuit` or
+        `build_circuit` (the control port's SETCIRCUITPURPOSE; either way such a circuit
+        carries only the streams put on it).  Raises `KeyError` for an unknown circuit,
+        `ValueError` for another purpose."""
+        if purpose not in ("controller", "general"):
+            raise ValueError(f"unknown purpose {purpose!r}")
+        handle = self._circmgr.explicit.get(circuit_id) if self._circmgr is not None else None
+        if handle is None or not handle.is_open:
+            raise KeyError(circuit_id)
+        old, handle.purpose = handle.purpose, purpose
+        if old != purpose:
+            handle.report("PURPOSE_CHANGED", old_purpose=old)
+
+    def launch_extension(self, circuit_id: int, path: list[str]) -> asyncio.Task[None]:
+        """Start adding the relays in ``path`` to the end of a circuit built by
+        `launch_circuit` or `build_circuit` (the control port's EXTENDCIRCUIT of an
+        existing circuit); its `CircuitEvent`s say how it goes (EXTENDED, then BUILT, or
+        FAILED).  Raises `KeyError` for an unknown circuit, `NoPathError` for an unknown
+        relay, at once."""
+        self._check_open()
+        handle = self._circmgr.explicit.get(circuit_id) if self._circmgr is not None else None
+        if handle is None or not handle.is_open:
+            raise KeyError(circuit_id)
+        assert self._circmgr is not None
+        relays = [self._relay_named(name) for name in path]
+        task = asyncio.ensure_future(self._circmgr.extend_path(handle, relays))
+        task.add_done_callback(functools.partial(self._extension_done, circuit_id))
+        return task
+
+    async def extend_circuit(self, circuit_id: int, path: list[str]) -> None:
+        """`launch_extension`, waiting until the new hops are in (`CircuitError` if not)."""
+        await self._closed_aware(self.launch_extension(circuit_id, path))
+
+    @staticmethod
+    def _extension_done(circuit_id: int, task: asyncio.Task[None]) -> None:
+        if not task.cancelled() and task.exception() is not None:
+            log.info("extending circuit %d failed: %s", circuit_id, task.exception())
+
+    def drop_guards(self) -> None:
+        """Forget every entry guard and choose new ones (the control port's DROPGUARDS;
+        C tor's advice: only when you know why)."""
+        if self._guards is not None:
+            # Every guard is dropped, even one sampled again at once (a small network).
+            for rsa_id, (nickname, _state) in self._guard_states.items():
+                self._observer.emit(GuardEvent(RelayRef(rsa_id.hex().upper(), nickname), "DROPPED"))
+            self._guard_states = {}
+            self._guards.drop_all(time.time())
+            self._dirmgr.save_guards_soon()
+
     def close_stream(self, stream_id: int) -> bool:
         """End the open stream with this `StreamEvent.id`; False if there is none."""
         transport = self._transports.get(stream_id)
@@ -497,16 +580,20 @@ class TorClient:
         transport.abort()
         return True
 
-    def launch_circuit(self, path: list[str]) -> int:
+    def launch_circuit(self, path: list[str], *, purpose: str = "general") -> int:
         """Start building a circuit through ``path`` (fingerprints, ``$FP~nick`` or
         nicknames, first hop first) and return its id at once; its `CircuitEvent`s say
-        how it goes.  Raises `NoPathError` for a relay not in the consensus."""
+        how it goes.  ``purpose``: ``"general"`` or ``"controller"`` (as the events show
+        it; either way the circuit carries only the streams put on it).  Raises
+        `NoPathError` for a relay not in the consensus."""
+        if purpose not in ("general", "controller"):
+            raise ValueError(f"unknown purpose {purpose!r}")
         self._check_open()
         relays = [self._relay_named(name) for name in path]
         if self._circmgr is None:
             raise NoPathError("not bootstrapped yet")
         circuit_id = new_circuit_id()
-        task = asyncio.ensure_future(self._circmgr.build_path(relays, circuit_id))
+        task = asyncio.ensure_future(self._circmgr.build_path(relays, circuit_id, purpose))
         task.add_done_callback(functools.partial(self._explicit_build_done, circuit_id))
         return circuit_id
 
@@ -880,16 +967,55 @@ class TorClient:
                 )
         return events
 
+    def _report_guards(self) -> None:
+        """GuardEvents for what changed since the last look (C tor's GUARD events)."""
+        if self._guards is None:
+            return
+        now_states = self._guards.guard_states()
+        before = self._guard_states
+        self._guard_states = now_states
+        for rsa_id, (nickname, state) in now_states.items():
+            relay = RelayRef(rsa_id.hex().upper(), nickname)
+            old = before.get(rsa_id)
+            if old is None:
+                self._observer.emit(GuardEvent(relay, "NEW"))
+            elif old[1] == state:
+                continue
+            elif old[1] == "BAD":
+                self._observer.emit(GuardEvent(relay, "GOOD"))
+            if state != "UNKNOWN":
+                self._observer.emit(GuardEvent(relay, state))
+        for rsa_id, (nickname, _state) in before.items():
+            if rsa_id not in now_states:
+                self._observer.emit(GuardEvent(RelayRef(rsa_id.hex().upper(), nickname), "DROPPED"))
+
+    def _sample_circuits(self) -> list[CircuitBandwidthEvent]:
+        events = []
+        for handle in self._handles().values():
+            counts = (handle.tunnel.cells_received, handle.tunnel.cells_sent)
+            last = handle.cells_sampled
+            if counts != last:
+                handle.cells_sampled = counts
+                events.append(
+                    CircuitBandwidthEvent(
+                        handle.id,
+                        (counts[0] - last[0]) * CELL_LEN,
+                        (counts[1] - last[1]) * CELL_LEN,
+                    )
+                )
+        return events
+
     def _report_bootstrap(self, status: BootstrapStatus) -> None:
         self._observer.emit(BootstrapEvent(status.percent, status.tag, status.summary))
 
     def add_event_listener(self, callback: Callable[[ClientEvent], None], *kinds: type) -> None:
         """Call ``callback(event)`` for every event of the given types (all if none given).
 
-        The types are `CircuitEvent`, `StreamEvent`, `ChannelEvent`, `BandwidthEvent` and
-        `StreamBandwidthEvent` (once a second while such a listener exists) and
-        `BootstrapEvent`.  Callbacks run
-        on the event loop and must not block; exceptions they raise are logged.
+        The types are `CircuitEvent`, `StreamEvent`, `ChannelEvent`, `BandwidthEvent`,
+        `StreamBandwidthEvent` and `CircuitBandwidthEvent` (once a second while such a
+        listener exists), `BootstrapEvent`, `GuardEvent`, `NetworkLivenessEvent`,
+        `BuildTimeoutEvent` and `NewConsensusEvent`.  Callbacks run on the event loop and
+        must not block; exceptions they raise are logged.
         """
         self._observer.add_listener(callback, tuple(kinds))
 

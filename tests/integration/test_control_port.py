@@ -425,6 +425,82 @@ def test_stems_custom_path_recipe_uses_the_chosen_exit(daemon: ControlledDaemon)
         assert curl_via(daemon.client, SMALL).returncode == 0
 
 
+def test_extend_repurpose_and_redirect(daemon: ControlledDaemon) -> None:
+    """EXTENDCIRCUIT of the controller's two-hop CONTROLLER circuit by an exit,
+    SETCIRCUITPURPOSE back to GENERAL (a CIRC_MINOR event), and REDIRECTSTREAM of a
+    waiting stream to the target before it is attached to that circuit."""
+    with daemon.controller() as controller:
+        relays = list(controller.get_network_statuses())
+        exit_relay = next(r for r in relays if "Exit" in r.flags)
+        guard = next(r for r in relays if "Guard" in r.flags and "Exit" not in r.flags)
+        middle = next(r for r in relays if r not in (guard, exit_relay) and "Exit" not in r.flags)
+        recorder = Recorder()
+        controller.add_event_listener(recorder, stem.control.EventType.CIRC_MINOR)
+        circuit_id = controller.new_circuit(
+            [guard.fingerprint, middle.fingerprint], purpose="controller", await_build=True
+        )
+        assert controller.get_circuit(circuit_id).purpose == "CONTROLLER"
+        controller.extend_circuit(circuit_id, [exit_relay.fingerprint], await_build=True)
+        circuit = controller.get_circuit(circuit_id)
+        assert [fp for fp, _ in circuit.path] == [
+            guard.fingerprint,
+            middle.fingerprint,
+            exit_relay.fingerprint,
+        ]
+        controller.repurpose_circuit(circuit_id, "general")
+        changed = recorder.wait(lambda: recorder.of("CIRC_MINOR"))
+        assert changed[0].event == "PURPOSE_CHANGED" and changed[0].old_purpose == "CONTROLLER"
+        assert controller.get_circuit(circuit_id).purpose == "GENERAL"
+
+        def redirect_and_attach(event: Any) -> None:
+            if event.status == "NEW" and event.target_address == "elsewhere.test":
+                reply = controller.msg(f"REDIRECTSTREAM {event.id} target.test")
+                assert reply.is_ok(), str(reply)
+                controller.attach_stream(event.id, circuit_id)
+
+        controller.set_conf("__LeaveStreamsUnattached", "1")
+        controller.add_event_listener(redirect_and_attach, stem.control.EventType.STREAM)
+        try:
+            result = curl_via(daemon.client, "http://elsewhere.test/ip")
+        finally:
+            controller.remove_event_listener(redirect_and_attach)
+            controller.reset_conf("__LeaveStreamsUnattached")
+        assert result.returncode == 0, result.stderr
+        assert result.stdout.decode().strip() == exit_relay.address
+        controller.close_circuit(circuit_id)
+
+
+def test_circ_bw_guard_newconsensus_and_dropguards(daemon: ControlledDaemon) -> None:
+    """CIRC_BW while curl downloads; DROPGUARDS gives GUARD DROPPED for the old guards
+    and NEW for the next; a NEWCONSENSUS event within the next voting intervals (20 s
+    on the private network) lists the relays."""
+    with daemon.controller() as controller:
+        recorder = Recorder()
+        kinds = ("CIRC_BW", "GUARD", "NEWCONSENSUS")
+        controller.add_event_listener(
+            recorder, *(getattr(stem.control.EventType, k) for k in kinds)
+        )
+        assert curl_via(daemon.client, DOWNLOAD, "-o", "/dev/null").returncode == 0
+        samples = recorder.wait(lambda: [e for e in recorder.of("CIRC_BW") if e.read > 0])
+        assert samples[0].read >= 498 * 2  # at least two cells' worth
+        before = {line.split()[0] for line in controller.get_info("entry-guards").splitlines()}
+        controller.drop_guards()
+        assert curl_via(daemon.client, SMALL).returncode == 0
+        guards = recorder.wait(lambda: [e for e in recorder.of("GUARD") if e.status == "NEW"])
+        dropped = {e.endpoint_fingerprint for e in recorder.of("GUARD") if e.status == "DROPPED"}
+        assert {g.split("~")[0] for g in before} <= {f"${fp}" for fp in dropped}, dropped
+        assert guards[0].guard_type == "ENTRY"
+        deadline = time.monotonic() + 90
+        while time.monotonic() < deadline and not recorder.of("NEWCONSENSUS"):
+            curl_via(daemon.client, SMALL)  # keeps the client using (and refreshing) its directory
+            time.sleep(2)
+        consensus = recorder.of("NEWCONSENSUS")
+        assert consensus, "no NEWCONSENSUS event in 90 s"
+        assert {r.nickname for r in consensus[0].desc} >= {
+            r.nickname for r in controller.get_network_statuses()
+        }
+
+
 # -- hostile controllers ----------------------------------------------------------------------
 
 

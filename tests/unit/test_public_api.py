@@ -49,6 +49,11 @@ EXPECTED_ALL = {
     "BandwidthEvent",
     "StreamBandwidthEvent",
     "BootstrapEvent",
+    "CircuitBandwidthEvent",
+    "GuardEvent",
+    "NetworkLivenessEvent",
+    "BuildTimeoutEvent",
+    "NewConsensusEvent",
     "RelayRef",
 }
 

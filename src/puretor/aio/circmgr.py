@@ -21,6 +21,7 @@ from collections.abc import Callable, Hashable
 
 from puretor.aio.channel import ChannelManager
 from puretor.aio.circuit import HopSpec, TunnelHandle, build_circuit, hop_for, link_conflux
+from puretor.aio.observe import BuildTimeoutEvent
 from puretor.dir.netdir import NetDir, Relay
 from puretor.errors import ChannelError, CircuitBuildTimeout, CircuitError, NoPathError, TorError
 from puretor.path import choose_first_hops
@@ -278,7 +279,9 @@ class CircuitManager:
             reason = "circuit"  # refused or destroyed on the way
         self.build_failures_by_reason[reason] += 1
 
-    async def build_path(self, relays: list[Relay], circuit_id: int | None = None) -> TunnelHandle:
+    async def build_path(
+        self, relays: list[Relay], circuit_id: int | None = None, purpose: str = "general"
+    ) -> TunnelHandle:
         """A circuit through exactly ``relays`` (a controller's or the application's
         choice), with congestion control at the last hop when it is an exit that can.
         Kept in `explicit` until it closes; the pool never hands it to other streams."""
@@ -298,11 +301,31 @@ class CircuitManager:
             circwindow=netdir.param("circwindow", 1000, 100, 1000),
             congestion_control=cc,
             circuit_id=circuit_id,
+            purpose=purpose,
         )
         self.circuits_built += 1
         self.explicit = {i: h for i, h in self.explicit.items() if h.is_open}
         self.explicit[handle.id] = handle
         return handle
+
+    async def extend_path(self, handle: TunnelHandle, relays: list[Relay]) -> None:
+        """Add ``relays`` to the end of an explicit circuit (EXTENDCIRCUIT ID ...)."""
+        timeout = self.cbt.timeout() if self.learn_build_timeout else self.build_timeout
+        handle.tunnel.reopen_for_extension()
+        try:
+            for relay in relays:
+                await asyncio.wait_for(handle.extend(hop_for(relay)), max(timeout, 30.0))
+        except BaseException as exc:
+            handle.report("FAILED", "TIMEOUT" if isinstance(exc, TimeoutError) else "DESTROYED")
+            handle.tunnel.destroy(0, "extension failed")
+            self.chanmgr.reactor.kick()
+            if isinstance(exc, TimeoutError):
+                raise CircuitBuildTimeout("extending the circuit timed out") from None
+            raise
+        handle.tunnel.mark_open()
+        handle.report(
+            "BUILT"
+        )  # as C tor: built again once the new hops are in  # as C tor: built again once the new hops are in
 
     async def wait_for_exit_circuit(self) -> TunnelHandle:
         """Build one clean exit circuit (bootstrap's last step) and wait for it."""
@@ -570,6 +593,10 @@ class CircuitManager:
                 congestion_control=cc,
             )
         except ChannelError:
+            if not any(
+                c.status == "CONNECTED" for c in self.chanmgr.reactor.observer.channels.values()
+            ):
+                self.chanmgr.reactor.observer.liveness(False)  # no relay answers at all
             # The guard itself is unreachable: the guard manager moves on to the next.
             if usage is not None:
                 self.guard_waits.failed(usage)
@@ -589,7 +616,15 @@ class CircuitManager:
         except BaseException:
             self._guard_cancel(usage)
             raise
-        self.cbt.record_success(time.monotonic() - started)
+        observer = self.chanmgr.reactor.observer
+        if self.cbt.record_success(time.monotonic() - started):
+            cbt = self.cbt
+            observer.emit(
+                BuildTimeoutEvent(
+                    cbt.recorded, cbt.timeout(), cbt.xm, cbt.alpha, cbt.quantile, cbt.timeout_rate
+                )
+            )
+        observer.liveness(True)
         self.circuits_built += 1
         log.debug("built circuit %s", " → ".join(h.target.nickname for h in hops))
         if usage is not None:

@@ -132,6 +132,7 @@ class TunnelHandle:
     id: int = field(default_factory=new_circuit_id)  # client-wide (control port CircuitID)
     build_flags: tuple[str, ...] = ()  # the control port's BUILD_FLAGS, when not the default
     built: bool = False  # reported BUILT (later EXTENDED reports do not undo it)
+    cells_sampled: tuple[int, int] = (0, 0)  # (received, sent) at the last CIRC_BW sample
 
     def __post_init__(self) -> None:
         self.tunnel.owner = self
@@ -141,8 +142,11 @@ class TunnelHandle:
         """The hops built so far, as fingerprint and nickname."""
         return tuple(RelayRef(h.target.rsa_id.hex().upper(), h.target.nickname) for h in self.path)
 
-    def report(self, status: str, reason: str | None = None) -> None:
-        """Tell the observer this circuit's new state (CIRC); FAILED is followed by CLOSED."""
+    def report(
+        self, status: str, reason: str | None = None, *, old_purpose: str | None = None
+    ) -> None:
+        """Tell the observer this circuit's new state (CIRC); FAILED is followed by CLOSED.
+        PURPOSE_CHANGED (with ``old_purpose``) is a minor event (CIRC_MINOR)."""
         observer = self.reactor.observer
         if status != "LAUNCHED" and self.id not in observer.circuits:
             return  # never reported, or already closed
@@ -155,6 +159,7 @@ class TunnelHandle:
             or (("NEED_CAPACITY",) if self.purpose == "general" else ("IS_INTERNAL",)),
             time.time() - (time.monotonic() - self.created_at),
             reason,
+            old_purpose=_PURPOSES.get(old_purpose or "", old_purpose),
         )
         observer.emit(event)
         if status == "BUILT":
@@ -328,6 +333,7 @@ async def build_circuit(
     circwindow: int = 1000,
     congestion_control: CCParams | None = None,
     circuit_id: int | None = None,
+    purpose: str = "general",
 ) -> TunnelHandle:
     """Build a tunnel of one circuit hop by hop (CREATE2/CREATE_FAST, then EXTEND2s).
 
@@ -345,7 +351,7 @@ async def build_circuit(
     )
     # The core destroys the circuit if it is still building then (reason TIMEOUT).
     tunnel.build_deadline = started + timeout
-    handle = TunnelHandle(tunnel, (first,), chanmgr.reactor)
+    handle = TunnelHandle(tunnel, (first,), chanmgr.reactor, purpose=purpose)
     if circuit_id is not None:
         handle.id = circuit_id
     if len(path) == 1:  # a directory fetch's BEGIN_DIR circuit (C tor's flags for it)
@@ -389,7 +395,7 @@ async def build_circuit(
 
 
 # TunnelHandle.purpose -> the control port's circuit purposes.
-_PURPOSES = {"general": "GENERAL", "rendezvous": "HS_CLIENT_REND"}
+_PURPOSES = {"general": "GENERAL", "rendezvous": "HS_CLIENT_REND", "controller": "CONTROLLER"}
 
 
 def end_reason_error(reason: int, target: str, message: str) -> StreamRefused:

@@ -24,6 +24,7 @@ from typing import TYPE_CHECKING, Any
 from puretor.aio.channel import ChannelManager, ChannelTarget
 from puretor.aio.circuit import HopSpec, TunnelHandle, build_circuit, hop_for
 from puretor.aio.dirclient import fetch_raw
+from puretor.aio.observe import NewConsensusEvent
 from puretor.dir.authorities import (
     DEFAULT_AUTHORITIES,
     Authority,
@@ -88,6 +89,7 @@ class DirManager:
         self._bad_sources: dict[bytes, float] = {}
         self._refresh_task: asyncio.Task[None] | None = None
         self._netdir_seen: NetDir | None = None
+        self.guards_listener: Callable[[], None] | None = None  # on every guard change
         self._save_handle: asyncio.TimerHandle | None = None
         self._rng = random.SystemRandom()
 
@@ -174,6 +176,7 @@ class DirManager:
             raise DirectoryError("no usable consensus (expired more than 24 hours ago?)")
         if netdir is not self._netdir_seen:
             self._netdir_seen = netdir
+            self.chanmgr.reactor.observer.emit(NewConsensusEvent(netdir.valid_after.timestamp()))
             if self.guards is not None:
                 self.guards.set_netdir(netdir, time.time())
                 self.save_guards_soon()
@@ -383,6 +386,9 @@ class DirManager:
         return mgr
 
     def save_guards_soon(self) -> None:
+        """The guards changed: tell the listener (GUARD events) and save them soon."""
+        if self.guards_listener is not None:
+            self.guards_listener()
         if self._save_handle is None:
             loop = asyncio.get_running_loop()
             self._save_handle = loop.call_later(1.0, self.save_guards)

@@ -45,6 +45,7 @@ class CircuitEvent:
     time_created: float = 0.0  # time.time()
     reason: str | None = None  # FAILED/CLOSED: why (C tor's reason names)
     remote_reason: str | None = None
+    old_purpose: str | None = None  # PURPOSE_CHANGED (CIRC_MINOR): the purpose before
 
 
 @dataclass(frozen=True, slots=True)
@@ -100,13 +101,64 @@ class BootstrapEvent:
     summary: str
 
 
+@dataclass(frozen=True, slots=True)
+class CircuitBandwidthEvent:
+    """Cells a circuit moved in the last second, as bytes (CIRC_BW: 514 per cell, as C
+    tor counts them); only for circuits that moved any."""
+
+    id: int
+    read: int
+    written: int
+
+
+@dataclass(frozen=True, slots=True)
+class GuardEvent:
+    """An entry guard's state changed (GUARD): NEW (sampled), UP, DOWN or DROPPED."""
+
+    relay: RelayRef
+    status: str
+
+
+@dataclass(frozen=True, slots=True)
+class NetworkLivenessEvent:
+    """The network looks reachable (``up``) or not any more (NETWORK_LIVENESS): up at
+    the first circuit built and after a failure, down when no relay can be reached."""
+
+    up: bool
+
+
+@dataclass(frozen=True, slots=True)
+class BuildTimeoutEvent:
+    """The learned circuit build timeout changed (BUILDTIMEOUT_SET COMPUTED): times in
+    seconds, ``alpha`` and ``quantile`` of the Pareto fit (path-spec §2.4)."""
+
+    total_times: int
+    timeout: float
+    xm: float
+    alpha: float
+    quantile: float
+    timeout_rate: float
+
+
+@dataclass(frozen=True, slots=True)
+class NewConsensusEvent:
+    """A new consensus is in use (NEWCONSENSUS); ``valid_after`` as time.time()."""
+
+    valid_after: float
+
+
 ClientEvent = (
     CircuitEvent
     | StreamEvent
     | ChannelEvent
     | BandwidthEvent
     | StreamBandwidthEvent
+    | CircuitBandwidthEvent
     | BootstrapEvent
+    | GuardEvent
+    | NetworkLivenessEvent
+    | BuildTimeoutEvent
+    | NewConsensusEvent
 )
 Listener = Callable[[Any], None]
 
@@ -139,14 +191,20 @@ class Observer:
     bytes_written: int = 0
     _listeners: list[tuple[Listener, tuple[type, ...]]] = field(default_factory=list)
     _bw_task: asyncio.Task[None] | None = None
-    # The open streams' byte counters, sampled with BW: () -> [StreamBandwidthEvent].
+    # The open streams' and circuits' counters, sampled with BW: () -> [events].
     stream_sampler: Callable[[], list[StreamBandwidthEvent]] | None = None
+    circuit_sampler: Callable[[], list[CircuitBandwidthEvent]] | None = None
+    network_live: bool | None = None  # None: nothing known yet
 
     # -- reports from the shell --------------------------------------------------------
 
     def emit(self, event: ClientEvent) -> None:
         if isinstance(event, CircuitEvent):
-            if event.status in ("FAILED", "CLOSED"):
+            if event.status == "PURPOSE_CHANGED":  # a minor event: the state stays
+                last = self.circuits.get(event.id)
+                if last is not None:
+                    self.circuits[event.id] = replace(last, purpose=event.purpose)
+            elif event.status in ("FAILED", "CLOSED"):
                 self.circuits.pop(event.id, None)
             else:
                 self.circuits[event.id] = event
@@ -186,18 +244,29 @@ class Observer:
             event = replace(last, status=status, **changes)
         self.emit(event)
 
+    def liveness(self, up: bool) -> None:
+        """Report whether relays answer; only a change is an event."""
+        if self.network_live is not up:
+            self.network_live = up
+            self.emit(NetworkLivenessEvent(up))
+
     # -- listeners -------------------------------------------------------------------
 
     def add_listener(self, listener: Listener, kinds: tuple[type, ...] = ()) -> None:
         self._listeners.append((listener, kinds))
-        sampled = not kinds or BandwidthEvent in kinds or StreamBandwidthEvent in kinds
+        sampled = not kinds or bool(
+            {BandwidthEvent, StreamBandwidthEvent, CircuitBandwidthEvent} & set(kinds)
+        )
         if sampled and self._bw_task is None:
             with contextlib.suppress(RuntimeError):  # no loop: started by the next call
                 self._bw_task = asyncio.get_running_loop().create_task(self._sample_bandwidth())
 
     def remove_listener(self, listener: Listener) -> None:
         self._listeners = [(fn, kinds) for fn, kinds in self._listeners if fn != listener]
-        sampled = self._wants(BandwidthEvent) or self._wants(StreamBandwidthEvent)
+        sampled = any(
+            self._wants(kind)
+            for kind in (BandwidthEvent, StreamBandwidthEvent, CircuitBandwidthEvent)
+        )
         if self._bw_task is not None and not sampled:
             self._bw_task.cancel()
             self._bw_task = None
@@ -218,6 +287,9 @@ class Observer:
             if self.stream_sampler is not None and self._wants(StreamBandwidthEvent):
                 for event in self.stream_sampler():
                     self.emit(event)
+            if self.circuit_sampler is not None and self._wants(CircuitBandwidthEvent):
+                for circuit_event in self.circuit_sampler():
+                    self.emit(circuit_event)
 
     def close(self) -> None:
         if self._bw_task is not None:

@@ -328,6 +328,19 @@ def _remove_pid_file(path: Path | None) -> None:
             path.unlink()
 
 
+# GETINFO net/listeners/KIND -> the kind of door (app/doors.py) that listens for it.
+_DOOR_KINDS = {"dns": "dns", "httptunnel": "http_tunnel", "trans": "trans", "metrics": "metrics"}
+
+
+def _listener_addresses(kind: str, listeners: list[Any], doors: list[Any]) -> list[str]:
+    """The bound addresses of the SOCKS listeners or of one kind of other door."""
+    if kind == "socks":
+        bound = [x.address for x in listeners]
+    else:
+        bound = [d.listener.address for d in doors if d.kind == _DOOR_KINDS.get(kind)]
+    return [f"[{h}]:{p}" if ":" in h else f"{h}:{p}" for h, p in bound]
+
+
 def _statistics(tor: Any, listeners: list[Any]) -> str:
     """One line for SIGUSR1 (C tor dumps its statistics then): connections, circuits,
     and the process's own resources, to spot leaks under load."""
@@ -371,11 +384,9 @@ async def _start_control(
     if not config.control_ports and not config.control_sockets:
         return None
     from puretor.app.control import ControlServer, DaemonHooks
-    from puretor.config import default_torrc_path, parse_command_line
+    from puretor.config import default_torrc_path, load_config, parse_command_line
 
-    torrc = parse_command_line(argv).torrc_path
-    if torrc is None and default_torrc_path().exists():
-        torrc = default_torrc_path()
+    torrc = parse_command_line(argv).torrc_path or default_torrc_path()
 
     def shutdown(message: str) -> None:
         log.log(NOTICE, "%s", message)
@@ -386,9 +397,8 @@ async def _start_control(
 
     hooks = DaemonHooks(
         torrc_path=torrc,
-        socks_addresses=lambda: [
-            f"[{h}]:{p}" if ":" in h else f"{h}:{p}" for h, p in (x.address for x in listeners)
-        ],
+        config_from_text=lambda text: load_config(argv, torrc_text=text),
+        listener_addresses=lambda kind: _listener_addresses(kind, listeners, doors),
         apply_config=apply_config,
         reload=lambda: _reload(tor, argv, listeners, doors),
         shutdown=shutdown,

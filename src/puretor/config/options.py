@@ -675,15 +675,20 @@ def _read_torrc(path: Path, missing_ok: bool) -> list[Entry]:
     return torrc.entries(parse_torrc(text, str(path)), str(path), cmdline=False)
 
 
-def load_config(argv: Sequence[str]) -> TorConfig:
-    """Command line (without the program name) + torrc files -> validated `TorConfig`."""
+def load_config(argv: Sequence[str], *, torrc_text: str | None = None) -> TorConfig:
+    """Command line (without the program name) + torrc files -> validated `TorConfig`.
+
+    ``torrc_text``: use this in place of the torrc file (the control port's LOADCONF)."""
     cmd = parse_command_line(argv)
     domains: list[list[Entry]] = []
     missing_ok = "--ignore-missing-torrc" in cmd.flags or "--allow-missing-torrc" in cmd.flags
     defaults = cmd.flags.get("--defaults-torrc")
     if defaults:
         domains.append(_read_torrc(Path(defaults).expanduser(), missing_ok=True))
-    if cmd.torrc_path is not None:
+    if torrc_text is not None:
+        where = "LOADCONF"
+        domains.append(torrc.entries(parse_torrc(torrc_text, where), where, cmdline=False))
+    elif cmd.torrc_path is not None:
         domains.append(_read_torrc(cmd.torrc_path, missing_ok=missing_ok))
     else:
         domains.append(_read_torrc(default_torrc_path(), missing_ok=True))

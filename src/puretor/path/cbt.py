@@ -43,12 +43,27 @@ class BuildTimeout:
         self._times: deque[float] = deque(maxlen=MAX_RECORDED)
         self._timeout = initial_timeout
         self.timeouts = 0  # builds abandoned at the learned timeout
+        self.xm = 0.0  # the last fit's parameters (BUILDTIMEOUT_SET), 0 before one
+        self.alpha = 0.0
 
-    def record_success(self, seconds: float) -> None:
-        """A circuit completed after ``seconds``."""
+    def record_success(self, seconds: float) -> bool:
+        """A circuit completed after ``seconds``; True if the timeout changed."""
         self._times.append(max(seconds, BIN_WIDTH / 2))
-        if len(self._times) >= self.min_builds:
-            self._timeout = self._fit()
+        if len(self._times) < self.min_builds:
+            return False
+        before = self._timeout
+        self._timeout = self._fit()
+        return self._timeout != before
+
+    @property
+    def recorded(self) -> int:
+        return len(self._times)
+
+    @property
+    def timeout_rate(self) -> float:
+        """Share of builds abandoned at the timeout."""
+        total = len(self._times) + self.timeouts
+        return self.timeouts / total if total else 0.0
 
     def record_timeout(self) -> None:
         self.timeouts += 1
@@ -68,9 +83,10 @@ class BuildTimeout:
         modes = bins.most_common(N_MODES)
         total = sum(count for _, count in modes)
         xm = sum((b + 0.5) * BIN_WIDTH * count for b, count in modes) / total
+        self.xm = xm
         logs = sum(math.log(t / xm) for t in times if t > xm)
         if logs <= 0:
             return self.min_timeout
-        alpha = len(times) / logs
+        alpha = self.alpha = len(times) / logs
         fitted = xm / (1.0 - self.quantile) ** (1.0 / alpha)
         return min(max(fitted, self.min_timeout), self.max_timeout)

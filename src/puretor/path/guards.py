@@ -198,6 +198,33 @@ class GuardManager:
             for g in self._primary
         ]
 
+    def guard_states(self) -> dict[bytes, tuple[str, str]]:
+        """Every sampled guard: identity -> (nickname, C tor's GUARD event state: "UP",
+        "DOWN", "UNKNOWN", or "BAD" while the consensus does not list it as a guard)."""
+        out = {}
+        for g in self._sampled:
+            if not g.listed:
+                state = "BAD"
+            elif g.reachable is Reachable.YES:
+                state = "UP"
+            elif g.reachable is Reachable.NO:
+                state = "DOWN"
+            else:
+                state = "UNKNOWN"
+            out[g.rsa_id] = (g.nickname, state)
+        return out
+
+    def drop_all(self, now: float) -> None:
+        """Forget every guard (the control port's DROPGUARDS) and sample afresh."""
+        self._sampled = []
+        self._by_id = {}
+        self._primary = []
+        self._next_confirmed_idx = 0
+        self._primary_up_to_date = False
+        self._changed()
+        if self.netdir is not None:
+            self._update_primary(now)
+
     def set_netdir(self, netdir: NetDir, now: float) -> None:
         """A new consensus (guard-spec §4.10): update IS_LISTED, expire old entries, refill.
 

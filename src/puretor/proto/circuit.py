@@ -73,6 +73,8 @@ class CircuitState(enum.Enum):
 
 # What may happen to a circuit in each state (the rest are programming errors).
 _OPENS = {CircuitState.BUILDING: CircuitState.OPEN}
+# A controller extends a built circuit (EXTENDCIRCUIT ID): building again until it opens.
+_EXTENDS = {CircuitState.OPEN: CircuitState.BUILDING}
 
 
 class _PaddingPool:
@@ -251,6 +253,13 @@ class Circuit:
         state = _OPENS.get(self.state)
         if state is not None:
             self.state = state
+
+    def reopen_for_extension(self) -> None:
+        """An open circuit gets more hops: EXTEND2 is allowed again until `mark_open`."""
+        state = _EXTENDS.get(self.state)
+        if state is None:
+            raise ValueError(f"cannot extend a circuit that is {self.state.value}")
+        self.state = state
 
     def _add_hop(self, crypto: HopCrypto, cc: Vegas | None) -> None:
         self.crypto.add_hop(crypto)

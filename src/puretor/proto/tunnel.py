@@ -134,6 +134,9 @@ class Tunnel:
         self.circuit.mark_open()
         self.build_deadline = None
 
+    def reopen_for_extension(self) -> None:
+        self.circuit.reopen_for_extension()
+
     def hop_added(self, circuit: Circuit, cc_params: CCParams | None) -> None:
         if cc_params is not None:
             self.cc_params = cc_params

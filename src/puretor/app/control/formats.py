@@ -9,12 +9,18 @@ from typing import Any
 from puretor.client import (
     BandwidthEvent,
     BootstrapEvent,
+    BuildTimeoutEvent,
     ChannelEvent,
+    CircuitBandwidthEvent,
     CircuitEvent,
+    GuardEvent,
+    NetworkLivenessEvent,
     StreamBandwidthEvent,
     StreamEvent,
 )
 from puretor.proto.control import quote
+
+MINOR_STATUSES = frozenset({"PURPOSE_CHANGED", "CANNIBALIZED"})  # CIRC_MINOR, not CIRC
 
 
 def iso_time(stamp: float, fraction: bool = True) -> str:
@@ -36,6 +42,8 @@ def circuit_line(ev: CircuitEvent) -> str:
         words.append(f"REASON={ev.reason}")
     if ev.remote_reason:
         words.append(f"REMOTE_REASON={ev.remote_reason}")
+    if ev.old_purpose:
+        words.append(f"OLD_PURPOSE={ev.old_purpose}")
     return " ".join(words)
 
 
@@ -69,7 +77,7 @@ def bootstrap_status(ev: BootstrapEvent) -> str:
 def event_text(ev: Any) -> tuple[str, str] | None:
     """(event name, its text after the name) for a client event, or None."""
     if isinstance(ev, CircuitEvent):
-        return "CIRC", circuit_line(ev)
+        return ("CIRC_MINOR" if ev.status in MINOR_STATUSES else "CIRC"), circuit_line(ev)
     if isinstance(ev, StreamEvent):
         return "STREAM", stream_line(ev)
     if isinstance(ev, ChannelEvent):
@@ -80,7 +88,27 @@ def event_text(ev: Any) -> tuple[str, str] | None:
         return "STREAM_BW", f"{ev.id} {ev.written} {ev.read} {iso_time(time.time())}"
     if isinstance(ev, BootstrapEvent):
         return "STATUS_CLIENT", bootstrap_status(ev)
+    if isinstance(ev, CircuitBandwidthEvent):
+        stamp = iso_time(time.time())
+        return "CIRC_BW", f"ID={ev.id} READ={ev.read} WRITTEN={ev.written} TIME={stamp}"
+    if isinstance(ev, GuardEvent):
+        return "GUARD", f"ENTRY {ev.relay} {ev.status}"
+    if isinstance(ev, NetworkLivenessEvent):
+        return "NETWORK_LIVENESS", "UP" if ev.up else "DOWN"
+    if isinstance(ev, BuildTimeoutEvent):
+        return "BUILDTIMEOUT_SET", buildtimeout_text(ev)
     return None
+
+
+def buildtimeout_text(ev: BuildTimeoutEvent) -> str:
+    """``COMPUTED TOTAL_TIMES=.. TIMEOUT_MS=..`` as C tor prints it (puretor closes a
+    build at its timeout, so CLOSE_MS/CLOSE_RATE equal TIMEOUT_MS/TIMEOUT_RATE)."""
+    timeout_ms = round(ev.timeout * 1000)
+    return (
+        f"COMPUTED TOTAL_TIMES={ev.total_times} TIMEOUT_MS={timeout_ms} "
+        f"XM={round(ev.xm * 1000)} ALPHA={ev.alpha:f} CUTOFF_QUANTILE={ev.quantile:f} "
+        f"TIMEOUT_RATE={ev.timeout_rate:f} CLOSE_MS={timeout_ms} CLOSE_RATE={ev.timeout_rate:f}"
+    )
 
 
 def router_status(relay: Any, valid_after: float | None) -> str:

@@ -10,7 +10,7 @@ from collections.abc import Callable
 from typing import TYPE_CHECKING
 
 from puretor.app.control import formats
-from puretor.config import OPTIONS
+from puretor.config import OPTIONS, TorConfig
 
 if TYPE_CHECKING:
     from puretor.app.control.server import ControlServer
@@ -72,12 +72,16 @@ def _version(server: ControlServer, _key: str) -> str:
 
 @_key("config-file", 'Current location of the "torrc" file.')
 def _config_file(server: ControlServer, _key: str) -> str:
-    return str(server.daemon.torrc_path or "")
+    return str(server.daemon.torrc_path)
 
 
 @_key("config-text", "Return the string that would be written by a saveconf command.")
 def _config_text(server: ControlServer, _key: str) -> str:
-    config = server.tor.config
+    return config_text(server.tor.config)
+
+
+def config_text(config: TorConfig) -> str:
+    """The options that differ from their defaults, as torrc lines (C tor's minimal dump)."""
     defaults = type(config)()
     lines = []
     for name, spec in OPTIONS.items():
@@ -150,12 +154,12 @@ def _fd_limit(_server: ControlServer, _key: str) -> str:
 
 @_key("net/listeners/*", "Bound addresses by type")
 def _listeners(server: ControlServer, kind: str) -> str:
-    if kind == "socks":
-        addresses = server.daemon.socks_addresses()
-    elif kind == "control":
+    if kind == "control":
         addresses = server.addresses
-    elif kind in ("or", "dir", "dns", "trans", "natd", "httptunnel", "extor", "metrics"):
-        addresses = []
+    elif kind in ("socks", "dns", "trans", "httptunnel", "metrics"):
+        addresses = server.daemon.listener_addresses(kind)
+    elif kind in ("or", "dir", "natd", "extor"):
+        addresses = []  # a client has no relay, directory, NATD or ExtOR listeners
     else:
         raise GetinfoError(552, f'Unrecognized key "net/listeners/{kind}"')
     return " ".join(f'"{a}"' for a in addresses)

@@ -23,7 +23,15 @@ from typing import Any
 from puretor.app.control.auth import Authenticator, cookie_path, write_cookie
 from puretor.app.control.connection import ControlConnection
 from puretor.app.control.formats import event_text
-from puretor.client import BandwidthEvent, BootstrapEvent, StreamBandwidthEvent, TorClient
+from puretor.app.control.getinfo import getinfo
+from puretor.client import (
+    BandwidthEvent,
+    BootstrapEvent,
+    CircuitBandwidthEvent,
+    NewConsensusEvent,
+    StreamBandwidthEvent,
+    TorClient,
+)
 from puretor.config import TorConfig
 from puretor.proto import control as proto
 
@@ -39,8 +47,9 @@ LOG_EVENTS = {"DEBUG": 10, "INFO": 20, "NOTICE": 25, "WARN": 30, "ERR": 40}
 class DaemonHooks:
     """What the control port may ask of the daemon around the client."""
 
-    torrc_path: Path | None
-    socks_addresses: Callable[[], list[str]]
+    torrc_path: Path  # where SAVECONF writes (C tor: the -f file, or the default torrc)
+    config_from_text: Callable[[str], TorConfig]  # LOADCONF: torrc text + command line
+    listener_addresses: Callable[[str], list[str]]  # "socks", "dns", "httptunnel"...
     apply_config: Callable[[TorConfig], None]
     reload: Callable[[], None]
     shutdown: Callable[[str], None]
@@ -165,8 +174,13 @@ class ControlServer:
                 conn.send(data)
 
     def _on_client_event(self, event: Any) -> None:
-        if isinstance(event, BandwidthEvent | StreamBandwidthEvent):
+        if isinstance(event, BandwidthEvent | StreamBandwidthEvent | CircuitBandwidthEvent):
             return  # _on_bandwidth
+        if isinstance(event, NewConsensusEvent):
+            if any("NEWCONSENSUS" in conn.events for conn in self.connections):
+                body = getinfo(self, "ns/all")
+                self.broadcast("NEWCONSENSUS", proto.event("NEWCONSENSUS", body))
+            return
         text = event_text(event)
         if text is not None:
             self.broadcast(text[0], proto.event(f"{text[0]} {text[1]}"))
@@ -174,10 +188,10 @@ class ControlServer:
             self.broadcast("STATUS_CLIENT", proto.event("STATUS_CLIENT NOTICE CIRCUIT_ESTABLISHED"))
 
     def _on_bandwidth(self, event: Any) -> None:
-        if isinstance(event, StreamBandwidthEvent):
+        if isinstance(event, StreamBandwidthEvent | CircuitBandwidthEvent):
             text = event_text(event)
             if text is not None:
-                self.broadcast("STREAM_BW", proto.event(f"{text[0]} {text[1]}"))
+                self.broadcast(text[0], proto.event(f"{text[0]} {text[1]}"))
             return
         self.bandwidth_history.append((event.read, event.written))
         self.broadcast("BW", proto.event(f"BW {event.read} {event.written}"))
@@ -187,9 +201,11 @@ class ControlServer:
         wanted: set[str] = set()
         for conn in self.connections:
             wanted |= conn.events
-        sampled = bool({"BW", "STREAM_BW"} & wanted)
+        sampled = bool({"BW", "STREAM_BW", "CIRC_BW"} & wanted)
         if sampled and not self._bw_listening:
-            self.tor.add_event_listener(self._on_bandwidth, BandwidthEvent, StreamBandwidthEvent)
+            self.tor.add_event_listener(
+                self._on_bandwidth, BandwidthEvent, StreamBandwidthEvent, CircuitBandwidthEvent
+            )
             self._bw_listening = True
         elif not sampled and self._bw_listening:
             self.tor.remove_event_listener(self._on_bandwidth)
