@@ -79,13 +79,14 @@ __all__ = [
     "NetworkLivenessEvent",
     "BuildTimeoutEvent",
     "NewConsensusEvent",
+    "GeneralStatusEvent",
     "RelayRef",
 ]
 _EVENTS = frozenset(
     (
         "CircuitEvent StreamEvent ChannelEvent BandwidthEvent StreamBandwidthEvent "
         "BootstrapEvent RelayRef CircuitBandwidthEvent GuardEvent NetworkLivenessEvent "
-        "BuildTimeoutEvent NewConsensusEvent"
+        "BuildTimeoutEvent NewConsensusEvent GeneralStatusEvent"
     ).split()
 )
 
@@ -98,6 +99,7 @@ if TYPE_CHECKING:
         ChannelEvent,
         CircuitBandwidthEvent,
         CircuitEvent,
+        GeneralStatusEvent,
         GuardEvent,
         NetworkLivenessEvent,
         NewConsensusEvent,

@@ -45,6 +45,9 @@ from puretor.aio.observe import (
     BuildTimeoutEvent as BuildTimeoutEvent,
 )
 from puretor.aio.observe import (
+    GeneralStatusEvent as GeneralStatusEvent,
+)
+from puretor.aio.observe import (
     NetworkLivenessEvent as NetworkLivenessEvent,
 )
 from puretor.aio.observe import (
@@ -1014,7 +1017,7 @@ class TorClient:
         The types are `CircuitEvent`, `StreamEvent`, `ChannelEvent`, `BandwidthEvent`,
         `StreamBandwidthEvent` and `CircuitBandwidthEvent` (once a second while such a
         listener exists), `BootstrapEvent`, `GuardEvent`, `NetworkLivenessEvent`,
-        `BuildTimeoutEvent` and `NewConsensusEvent`.  Callbacks run on the event loop and
+        `BuildTimeoutEvent`, `NewConsensusEvent` and `GeneralStatusEvent`.  Callbacks run on the event loop and
         must not block; exceptions they raise are logged.
         """
         self._observer.add_listener(callback, tuple(kinds))

@@ -76,3 +76,27 @@ def test_build_timeout_reports_a_changed_fit() -> None:
     assert cbt.xm > 0 and cbt.alpha > 0 and cbt.recorded == 40
     cbt.record_timeout()
     assert cbt.timeout_rate == 1 / 41
+
+
+def test_clock_skew_from_an_authority_is_a_status_general_warning() -> None:
+    from puretor.aio.channel import ChannelManager, ChannelTarget
+    from puretor.client import GeneralStatusEvent
+
+    chanmgr = ChannelManager()
+    authority = ChannelTarget("127.1.0.1", 9001, b"\x01" * 20, nickname="auth1")
+    relay = ChannelTarget("127.4.0.1", 9001, b"\x02" * 20, nickname="relay")
+    chanmgr.trusted_ids = frozenset({authority.rsa_id})
+    seen: list[object] = []
+    chanmgr.reactor.observer.add_listener(seen.append, (GeneralStatusEvent,))
+    chanmgr._check_clock(-1800.0, authority)  # within an hour: nothing
+    chanmgr._check_clock(-7200.0, relay)  # not trusted: only logged
+    chanmgr._check_clock(-7200.0, authority)  # their clock is behind: ours is ahead
+    assert seen == [
+        GeneralStatusEvent(
+            "WARN", "CLOCK_SKEW", (("SKEW", "7200"), ("SOURCE", "OR:127.1.0.1:9001"))
+        )
+    ]
+    assert event_text(seen[0]) == (
+        "STATUS_GENERAL",
+        "WARN CLOCK_SKEW SKEW=7200 SOURCE=OR:127.1.0.1:9001",
+    )

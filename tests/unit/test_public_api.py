@@ -54,6 +54,7 @@ EXPECTED_ALL = {
     "NetworkLivenessEvent",
     "BuildTimeoutEvent",
     "NewConsensusEvent",
+    "GeneralStatusEvent",
     "RelayRef",
 }
 

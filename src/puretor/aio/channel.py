@@ -25,7 +25,7 @@ import time
 from collections.abc import Callable
 from dataclasses import dataclass
 
-from puretor.aio.observe import ChannelEvent, RelayRef, new_channel_id
+from puretor.aio.observe import ChannelEvent, GeneralStatusEvent, RelayRef, new_channel_id
 from puretor.aio.reactor import Reactor
 from puretor.errors import ChannelError
 from puretor.proto.channel import Channel, ChannelState
@@ -38,6 +38,7 @@ log = logging.getLogger("puretor.channel")
 
 CONNECT_TIMEOUT = 10.0
 HANDSHAKE_TIMEOUT = 20.0
+NETINFO_NOTICE_SKEW = 3600  # seconds of clock difference before C tor says so
 # Cells handed to the TLS transport per write: a bulk circuit's cells wait in the
 # channel's scheduler, not in a transport buffer a quiet circuit cannot jump.
 FLUSH_CELLS = 256
@@ -227,6 +228,7 @@ class ChannelManager:
         # allow(target) -> None to connect, or why not. None: every target (tests, tools).
         self.allow = allow
         self.refused = 0  # connections refused by `allow`
+        self.trusted_ids: frozenset[bytes] = frozenset()  # the authorities' identities
 
     async def get_channel(self, target: ChannelTarget) -> Channel:
         chan = self._channels.get(target.rsa_id)
@@ -308,10 +310,34 @@ class ChannelManager:
             ) from exc
         self.connects += 1
         proto.report("CONNECTED")
+        if channel.relay_time:
+            self._check_clock(channel.relay_time - time.time(), target)
         self._channels[target.rsa_id] = channel
         self.reactor.watch(channel)
         log.debug("channel open to %s (link protocol %d)", target.describe(), channel.link_protocol)
         return channel
+
+    def _check_clock(self, skew: float, target: ChannelTarget) -> None:
+        """NETINFO's time against ours (C tor: warn past an hour; a directory authority's
+        word is trusted enough for STATUS_GENERAL CLOCK_SKEW, another relay's only logs)."""
+        if abs(skew) <= NETINFO_NOTICE_SKEW:
+            return
+        trusted = target.rsa_id in self.trusted_ids
+        source = f"OR:{target.address}:{target.or_port}"
+        log.log(
+            logging.WARNING if trusted else logging.INFO,
+            "Received NETINFO cell with skewed time (%s): It seems that our clock is %s by "
+            "%d seconds, or that theirs is %s%s. Tor requires an accurate clock to work: "
+            "please check your time, timezone, and date settings.",
+            source,
+            "ahead" if skew < 0 else "behind",
+            abs(int(skew)),
+            "behind" if skew < 0 else "ahead",
+            "" if trusted else ", or they are sending us the wrong time",
+        )
+        if trusted:
+            arguments = (("SKEW", str(int(-skew))), ("SOURCE", source))
+            self.reactor.observer.emit(GeneralStatusEvent("WARN", "CLOCK_SKEW", arguments))
 
     def _relieve_memory(self) -> None:
         """Over MaxMemInQueues: close the circuits holding the oldest queued data."""

@@ -67,6 +67,8 @@ class DirManager:
         self.config = config
         self.chanmgr = chanmgr
         self.authorities = tuple(config.dir_authorities) or tuple(DEFAULT_AUTHORITIES)
+        # Their NETINFO time is trusted enough to report our clock skew (STATUS_GENERAL).
+        chanmgr.trusted_ids = frozenset(a.rsa_id for a in self.authorities)
         fallbacks = list(config.fallback_dirs)
         if config.uses_default_fallbacks:
             fallbacks.extend(default_fallbacks())

@@ -141,6 +141,16 @@ class BuildTimeoutEvent:
 
 
 @dataclass(frozen=True, slots=True)
+class GeneralStatusEvent:
+    """Something about the client as a whole (STATUS_GENERAL), e.g. ``CLOCK_SKEW`` with
+    ``SKEW`` and ``SOURCE``: ``severity`` NOTICE, WARN or ERR."""
+
+    severity: str
+    action: str
+    arguments: tuple[tuple[str, str], ...] = ()
+
+
+@dataclass(frozen=True, slots=True)
 class NewConsensusEvent:
     """A new consensus is in use (NEWCONSENSUS); ``valid_after`` as time.time()."""
 
@@ -159,6 +169,7 @@ ClientEvent = (
     | NetworkLivenessEvent
     | BuildTimeoutEvent
     | NewConsensusEvent
+    | GeneralStatusEvent
 )
 Listener = Callable[[Any], None]
 

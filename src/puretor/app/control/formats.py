@@ -13,6 +13,7 @@ from puretor.client import (
     ChannelEvent,
     CircuitBandwidthEvent,
     CircuitEvent,
+    GeneralStatusEvent,
     GuardEvent,
     NetworkLivenessEvent,
     StreamBandwidthEvent,
@@ -97,6 +98,9 @@ def event_text(ev: Any) -> tuple[str, str] | None:
         return "NETWORK_LIVENESS", "UP" if ev.up else "DOWN"
     if isinstance(ev, BuildTimeoutEvent):
         return "BUILDTIMEOUT_SET", buildtimeout_text(ev)
+    if isinstance(ev, GeneralStatusEvent):
+        words = [ev.severity, ev.action, *(f"{k}={v}" for k, v in ev.arguments)]
+        return "STATUS_GENERAL", " ".join(words)
     return None
 
 
