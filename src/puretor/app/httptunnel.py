@@ -17,16 +17,13 @@ from collections.abc import Hashable
 from typing import TYPE_CHECKING
 
 from puretor import __version__
+from puretor.app.proxied import ProxiedConnection, TorSide
 from puretor.app.socks import (
-    MAX_EARLY_DATA,
-    NOTICE,
     ListenerPolicy,
     SocksListener,
     SocksServerStats,
-    TorSide,
     start_listener,
 )
-from puretor.config.values import policy_permits
 from puretor.errors import NoPathError, OnionError, StreamRefused, StreamTimeout, TorError
 from puretor.path.isolation import isolation_key
 from puretor.proto.httpconnect import (
@@ -53,8 +50,10 @@ def _via() -> str:
 _legacy_auth_warnings = RateLimit(300.0)
 
 
-class HttpTunnelConnection(asyncio.Protocol):
+class HttpTunnelConnection(ProxiedConnection):
     """One HTTP CONNECT client connection."""
+
+    door = "HTTP tunnel"
 
     def __init__(
         self,
@@ -63,43 +62,17 @@ class HttpTunnelConnection(asyncio.Protocol):
         stats: SocksServerStats,
         limit: asyncio.Semaphore | None,
     ) -> None:
-        self.tor = tor
-        self.policy = policy
-        self.stats = stats
-        self.limit = limit
-        self.client: asyncio.Transport | None = None
+        super().__init__(tor, policy, stats, limit)
         self.parser = HttpConnectParser(via=_via())
-        self.tor_transport: asyncio.Transport | None = None
-        self.early = bytearray()
-        self.task: asyncio.Task[None] | None = None
-        self.timer: asyncio.TimerHandle | None = None
-        self.peer = "?"
-        self._done = False
 
     # -- client side -------------------------------------------------------------
 
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
-        assert isinstance(transport, asyncio.Transport)
-        self.client = transport
-        self.stats.active += 1
-        self.stats.total += 1
-        peer = transport.get_extra_info("peername")
-        self.peer = peer[0] if peer else "?"
-        if not policy_permits(self.policy.socks_policy, self.peer):
-            log.log(
-                NOTICE, "Denying HTTP tunnel connection from untrusted address %s.", self._who()
-            )
-            transport.abort()
-            return
-        transport.set_write_buffer_limits(high=256 * 1024)
-        self.timer = asyncio.get_running_loop().call_later(
-            self.policy.handshake_timeout, self._handshake_timeout
-        )
+        if self.accept(transport):
+            self.start_handshake_timer()
 
     def data_received(self, data: bytes) -> None:
-        if self.tor_transport is not None:
-            self.stats.bytes_from_client += len(data)
-            self.tor_transport.write(data)
+        if self.relay_to_tor(data):
             return
         if self.task is not None:
             self._early_data(data)
@@ -142,33 +115,6 @@ class HttpTunnelConnection(asyncio.Protocol):
                 self._early_data(parser.leftover)
             self.task = asyncio.ensure_future(self._serve(req))
             return
-
-    def _early_data(self, data: bytes) -> None:
-        self.early += data
-        if len(self.early) > MAX_EARLY_DATA and self.client is not None:
-            self.client.pause_reading()
-
-    def eof_received(self) -> bool:
-        if self.tor_transport is not None:
-            self.tor_transport.write_eof()
-        return False
-
-    def connection_lost(self, exc: Exception | None) -> None:
-        self.stats.active -= 1
-        self._cancel_timer()
-        self._done = True
-        if self.task is not None and not self.task.done():
-            self.task.cancel()
-        if self.tor_transport is not None and not self.tor_transport.is_closing():
-            self.tor_transport.close()
-
-    def pause_writing(self) -> None:
-        if self.tor_transport is not None:
-            self.tor_transport.pause_reading()
-
-    def resume_writing(self) -> None:
-        if self.tor_transport is not None:
-            self.tor_transport.resume_reading()
 
     # -- serving a request ---------------------------------------------------------
 
@@ -240,50 +186,14 @@ class HttpTunnelConnection(asyncio.Protocol):
             log.info("stream to %s failed: %s", self._dest(req), self._why(exc))
             self._reply_error(EndReason.MISC)
             return
-        assert isinstance(transport, asyncio.Transport)
-        if self._done or self.client is None or self.client.is_closing():
-            transport.abort()
-            return
-        self.tor_transport = transport
-        self.stats.streams_opened += 1
-        self.client.write(connect_ok(_via()))
-        if self.early:
-            self.stats.bytes_from_client += len(self.early)
-            transport.write(bytes(self.early))
-            self.early.clear()
-            self.client.resume_reading()
+        self.stream_opened(transport, connect_ok(_via()))
 
     # -- helpers ---------------------------------------------------------------------
-
-    def tor_side_lost(self, exc: Exception | None) -> None:
-        if self.client is not None and not self.client.is_closing():
-            if exc is None:
-                self.client.close()
-            else:
-                self.client.abort()
 
     def _reply_error(self, reason: int) -> None:
         if self.client is not None and not self.client.is_closing():
             self.client.write(connect_failed(reason, _via()))
             self.client.close()
-
-    def _handshake_timeout(self) -> None:
-        self.timer = None
-        if self.task is None and self.client is not None:
-            log.info(
-                "HTTP tunnel client %s did not finish its request in %.0fs",
-                self._who(),
-                self.policy.handshake_timeout,
-            )
-            self.client.abort()
-
-    def _cancel_timer(self) -> None:
-        if self.timer is not None:
-            self.timer.cancel()
-            self.timer = None
-
-    def _who(self) -> str:
-        return "[scrubbed]" if self.policy.safe_logging else self.peer
 
     def _dest(self, req: HttpRequest) -> str:
         return "[scrubbed]" if self.policy.safe_logging else f"{req.host}:{req.port}"

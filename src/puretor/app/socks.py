@@ -17,9 +17,10 @@ import time
 from collections import Counter
 from collections.abc import Callable, Hashable
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Protocol
+from typing import TYPE_CHECKING
 
-from puretor.config.values import PolicyRule, policy_permits
+from puretor.app.proxied import NOTICE, ProxiedConnection, TorSide
+from puretor.config.values import PolicyRule
 from puretor.errors import NoPathError, OnionError, StreamRefused, StreamTimeout, TorError
 from puretor.path.addressmap import is_automapped_suffix
 from puretor.path.isolation import ListenerFlags, isolation_key
@@ -36,15 +37,12 @@ if TYPE_CHECKING:
     from puretor.client import TorClient
 
 log = logging.getLogger("puretor.socks")
-NOTICE = 25
 # C tor warns about IP-only requests (with SafeSocks) at most every 5 s (SOCKS_WARN_INTERVAL).
 _unsafe_socks_warnings = RateLimit(5.0)
 
 # A client must finish its SOCKS handshake within this long (stricter than C tor, which
 # allows SocksTimeout, 2 minutes); a smaller SocksTimeout lowers it (ListenerPolicy).
 HANDSHAKE_TIMEOUT = 30.0
-# Optimistic data a client may send before the stream is connected.
-MAX_EARLY_DATA = 64 * 1024
 
 
 @dataclass(frozen=True, slots=True)
@@ -91,51 +89,10 @@ class SocksServerStats:
             self.stream_failures["MISC"] += 1
 
 
-class _RelayOwner(Protocol):
-    """What `_TorSide` needs of the application-side connection it relays to."""
-
-    client: asyncio.Transport | None
-    stats: SocksServerStats
-
-    def tor_side_lost(self, exc: Exception | None) -> None: ...
-
-
-class _TorSide(asyncio.Protocol):
-    """The protocol on the Tor stream: forwards to the SOCKS client."""
-
-    def __init__(self, conn: _RelayOwner) -> None:
-        self.conn = conn
-
-    def connection_made(self, transport: asyncio.BaseTransport) -> None:
-        pass
-
-    def data_received(self, data: bytes) -> None:
-        client = self.conn.client
-        if client is not None and not client.is_closing():
-            self.conn.stats.bytes_to_client += len(data)
-            client.write(data)
-
-    def eof_received(self) -> bool:
-        client = self.conn.client
-        if client is not None and not client.is_closing():
-            # The exit ended the stream cleanly: finish sending, then close.
-            client.close()
-        return False
-
-    def connection_lost(self, exc: Exception | None) -> None:
-        self.conn.tor_side_lost(exc)
-
-    def pause_writing(self) -> None:
-        if self.conn.client is not None:
-            self.conn.client.pause_reading()
-
-    def resume_writing(self) -> None:
-        if self.conn.client is not None and not self.conn.client.is_closing():
-            self.conn.client.resume_reading()
-
-
-class SocksConnection(asyncio.Protocol):
+class SocksConnection(ProxiedConnection):
     """One SOCKS client connection."""
+
+    door = "socks"
 
     def __init__(
         self,
@@ -144,44 +101,17 @@ class SocksConnection(asyncio.Protocol):
         stats: SocksServerStats,
         limit: asyncio.Semaphore | None,
     ) -> None:
-        self.tor = tor
-        self.policy = policy
-        self.stats = stats
-        self.limit = limit
-        self.client: asyncio.Transport | None = None
+        super().__init__(tor, policy, stats, limit)
         self.handshake = SocksHandshake(extended_errors=policy.extended_errors)
-        self.tor_transport: asyncio.Transport | None = None
-        self.early = bytearray()
-        self.task: asyncio.Task[None] | None = None
-        self.timer: asyncio.TimerHandle | None = None
-        self.peer: str = "?"
-        self.source: str | None = None  # address:port, for the control port's STREAM events
-        self._done = False
 
     # -- client side -------------------------------------------------------------
 
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
-        assert isinstance(transport, asyncio.Transport)
-        self.client = transport
-        self.stats.active += 1
-        self.stats.total += 1
-        peer = transport.get_extra_info("peername")
-        self.peer = peer[0] if peer else "?"
-        if peer and len(peer) >= 2:
-            self.source = f"{peer[0]}:{peer[1]}"
-        if not policy_permits(self.policy.socks_policy, self.peer):
-            log.log(NOTICE, "Denying socks connection from untrusted address %s.", self._who())
-            transport.abort()
-            return
-        transport.set_write_buffer_limits(high=256 * 1024)
-        self.timer = asyncio.get_running_loop().call_later(
-            self.policy.handshake_timeout, self._handshake_timeout
-        )
+        if self.accept(transport):
+            self.start_handshake_timer()
 
     def data_received(self, data: bytes) -> None:
-        if self.tor_transport is not None:
-            self.stats.bytes_from_client += len(data)
-            self.tor_transport.write(data)
+        if self.relay_to_tor(data):
             return
         if self.handshake.request is not None:
             self._early_data(data)
@@ -200,35 +130,6 @@ class SocksConnection(asyncio.Protocol):
             if hs.leftover:
                 self._early_data(hs.leftover)
             self.task = asyncio.ensure_future(self._serve(hs.request))
-
-    def _early_data(self, data: bytes) -> None:
-        self.early += data
-        if len(self.early) > MAX_EARLY_DATA and self.client is not None:
-            self.client.pause_reading()
-
-    def eof_received(self) -> bool:
-        if self.tor_transport is not None:
-            # Client finished sending: END (DONE) once pending data is out; like
-            # C tor, the connection then closes (Tor streams have no half-close).
-            self.tor_transport.write_eof()
-        return False
-
-    def connection_lost(self, exc: Exception | None) -> None:
-        self.stats.active -= 1
-        self._cancel_timer()
-        self._done = True
-        if self.task is not None and not self.task.done():
-            self.task.cancel()
-        if self.tor_transport is not None and not self.tor_transport.is_closing():
-            self.tor_transport.close()
-
-    def pause_writing(self) -> None:
-        if self.tor_transport is not None:
-            self.tor_transport.pause_reading()
-
-    def resume_writing(self) -> None:
-        if self.tor_transport is not None:
-            self.tor_transport.resume_reading()
 
     # -- serving a request ---------------------------------------------------------
 
@@ -302,10 +203,9 @@ class SocksConnection(asyncio.Protocol):
             self._reply_error(SocksReply.GENERAL_FAILURE)
 
     async def _connect(self, req: SocksRequest) -> None:
-        loop = asyncio.get_running_loop()
         try:
             transport, _ = await self.tor.create_connection(
-                lambda: _TorSide(self),
+                lambda: TorSide(self),
                 req.host,
                 req.port,
                 isolation=self.isolation_key(req),
@@ -338,19 +238,7 @@ class SocksConnection(asyncio.Protocol):
             self.stats.stream_failed(exc)
             self._reply_error(SocksReply.GENERAL_FAILURE)
             return
-        assert isinstance(transport, asyncio.Transport)
-        if self._done or self.client is None or self.client.is_closing():
-            transport.abort()
-            return
-        self.tor_transport = transport
-        self.stats.streams_opened += 1
-        self.client.write(self.handshake.reply_connected())
-        if self.early:
-            self.stats.bytes_from_client += len(self.early)
-            transport.write(bytes(self.early))
-            self.early.clear()
-            self.client.resume_reading()
-        del loop
+        self.stream_opened(transport, self.handshake.reply_connected())
 
     async def _resolve(self, req: SocksRequest) -> None:
         config = self.tor.config
@@ -391,41 +279,15 @@ class SocksConnection(asyncio.Protocol):
 
     # -- helpers ---------------------------------------------------------------------
 
-    def tor_side_lost(self, exc: Exception | None) -> None:
-        if self.client is not None and not self.client.is_closing():
-            if exc is None:
-                self.client.close()
-            else:
-                # The stream failed mid-transfer: make the failure visible (RST).
-                self.client.abort()
-
     def _reply_error(self, code: int, *, fallback: int = SocksReply.GENERAL_FAILURE) -> None:
         if self.client is not None and not self.client.is_closing():
             # The handshake downgrades extended codes unless the port has ExtendedErrors.
             self.client.write(self.handshake.reply_error(code, fallback=fallback))
             self.client.close()
 
-    def _handshake_timeout(self) -> None:
-        self.timer = None
-        if self.handshake.request is None and self.client is not None:
-            log.info(
-                "SOCKS client %s did not finish its handshake in %.0fs",
-                self._who(),
-                self.policy.handshake_timeout,
-            )
-            self.client.abort()
-
-    def _cancel_timer(self) -> None:
-        if self.timer is not None:
-            self.timer.cancel()
-            self.timer = None
-
     def _finish(self) -> None:
         if self.client is not None:
             self.client.close()
-
-    def _who(self) -> str:
-        return "[scrubbed]" if self.policy.safe_logging else self.peer
 
     def _dest(self, req: SocksRequest) -> str:
         return "[scrubbed]" if self.policy.safe_logging else f"{req.host}:{req.port}"
@@ -531,9 +393,6 @@ class _Refuse(asyncio.Protocol):
 
 
 ProtocolFactory = Callable[[], asyncio.Protocol]
-# The Tor-stream side of a relayed connection, shared with the other application ports
-# (HTTPTunnelPort, TransPort): its owner has ``client`` and ``tor_side_lost(exc)``.
-TorSide = _TorSide
 __all__ = [
     "ListenerPolicy",
     "SocksConnection",

@@ -17,16 +17,13 @@ import struct
 from collections.abc import Hashable
 from typing import TYPE_CHECKING, Any
 
+from puretor.app.proxied import ProxiedConnection, TorSide
 from puretor.app.socks import (
-    MAX_EARLY_DATA,
-    NOTICE,
     ListenerPolicy,
     SocksListener,
     SocksServerStats,
-    TorSide,
     start_listener,
 )
-from puretor.config.values import policy_permits
 from puretor.errors import TorError
 from puretor.path.isolation import isolation_key
 
@@ -65,7 +62,9 @@ def original_destination(sock: Any) -> tuple[str, int] | None:
     return address, port
 
 
-class TransConnection(asyncio.Protocol):
+class TransConnection(ProxiedConnection):
+    door = "TransPort"
+
     def __init__(
         self,
         tor: TorClient,
@@ -73,28 +72,12 @@ class TransConnection(asyncio.Protocol):
         stats: SocksServerStats,
         limit: asyncio.Semaphore,
     ) -> None:
-        self.tor = tor
-        self.policy = policy
-        self.stats = stats
-        self.limit = limit
-        self.client: asyncio.Transport | None = None
-        self.tor_transport: asyncio.Transport | None = None
-        self.early = bytearray()
-        self.task: asyncio.Task[None] | None = None
-        self.peer = "?"
-        self._done = False
+        super().__init__(tor, policy, stats, limit)
 
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
-        assert isinstance(transport, asyncio.Transport)
-        self.client = transport
-        self.stats.active += 1
-        self.stats.total += 1
-        peer = transport.get_extra_info("peername")
-        self.peer = peer[0] if peer else "?"
-        if not policy_permits(self.policy.socks_policy, self.peer):
-            log.log(NOTICE, "Denying TransPort connection from untrusted address.")
-            transport.abort()
+        if not self.accept(transport):
             return
+        assert isinstance(transport, asyncio.Transport)
         sock = transport.get_extra_info("socket")
         dest = original_destination(sock) if sock is not None else None
         if dest is None:
@@ -104,38 +87,11 @@ class TransConnection(asyncio.Protocol):
             )
             transport.abort()
             return
-        transport.set_write_buffer_limits(high=256 * 1024)
         self.task = asyncio.ensure_future(self._serve(*dest))
 
     def data_received(self, data: bytes) -> None:
-        if self.tor_transport is not None:
-            self.stats.bytes_from_client += len(data)
-            self.tor_transport.write(data)
-            return
-        self.early += data
-        if len(self.early) > MAX_EARLY_DATA and self.client is not None:
-            self.client.pause_reading()
-
-    def eof_received(self) -> bool:
-        if self.tor_transport is not None:
-            self.tor_transport.write_eof()
-        return False
-
-    def connection_lost(self, exc: Exception | None) -> None:
-        self.stats.active -= 1
-        self._done = True
-        if self.task is not None and not self.task.done():
-            self.task.cancel()
-        if self.tor_transport is not None and not self.tor_transport.is_closing():
-            self.tor_transport.close()
-
-    def pause_writing(self) -> None:
-        if self.tor_transport is not None:
-            self.tor_transport.pause_reading()
-
-    def resume_writing(self) -> None:
-        if self.tor_transport is not None:
-            self.tor_transport.resume_reading()
+        if not self.relay_to_tor(data):
+            self._early_data(data)
 
     def isolation_key(self, host: str, port: int) -> Hashable:
         return isolation_key(
@@ -172,24 +128,7 @@ class TransConnection(asyncio.Protocol):
             log.warning("TransPort stream failed unexpectedly: %r", exc)
             self._abort()
             return
-        assert isinstance(transport, asyncio.Transport)
-        if self._done or self.client is None or self.client.is_closing():
-            transport.abort()
-            return
-        self.tor_transport = transport
-        self.stats.streams_opened += 1
-        if self.early:
-            self.stats.bytes_from_client += len(self.early)
-            transport.write(bytes(self.early))
-            self.early.clear()
-            self.client.resume_reading()
-
-    def tor_side_lost(self, exc: Exception | None) -> None:
-        if self.client is not None and not self.client.is_closing():
-            if exc is None:
-                self.client.close()
-            else:
-                self.client.abort()
+        self.stream_opened(transport)
 
     def _abort(self) -> None:
         # No protocol to say why: a reset, as C tor gives a transparent client.
