@@ -157,6 +157,7 @@ class TorClient:
         self._observer.stream_sampler = self._sample_streams
         self._observer.circuit_sampler = self._sample_circuits
         self._guard_states: dict[bytes, tuple[str, str]] = {}
+        self._save_cbt_handle: asyncio.TimerHandle | None = None
         self.add_bootstrap_listener(self._report_bootstrap)
 
     @property
@@ -340,6 +341,9 @@ class TorClient:
         )
         self._dirmgr.guards = self._guards
         self._dirmgr.circmgr = self._circmgr
+        if cfg.learn_circuit_build_timeout:
+            self._dirmgr.load_build_times(self._circmgr.cbt)
+            self._circmgr.on_build_times_changed = self._save_build_times_soon
         # Refresh from now on: a cached consensus that is only "reasonably live" gets
         # replaced while the first circuit is being built (C tor does the same).
         self._dirmgr.start_refresh()
@@ -356,16 +360,32 @@ class TorClient:
             return
         self._closed = True
         self._observer.close()
+        if self._save_cbt_handle is not None:
+            self._save_cbt_handle.cancel()
         await _cancel_until_done(self._bootstrap_task)
         if self._onion is not None:
             await self._onion.close()
         if self._circmgr is not None:
+            if self.config.learn_circuit_build_timeout:
+                self._dirmgr.save_build_times(self._circmgr.cbt)
             await self._circmgr.close()
         # DirManager.close() cancels its refresher once and then awaits it; make sure that
         # cancellation sticks (see _cancel_until_done), or close() would wait forever.
         await _cancel_until_done(self._dirmgr._refresh_task)
         await self._dirmgr.close()
         self._chanmgr.close_all()
+
+    def _save_build_times_soon(self) -> None:
+        """The learned build timeout changed: keep it for the next start (at most every
+        30 s; `aclose` saves the last state)."""
+        if self._save_cbt_handle is None and self._circmgr is not None:
+            cbt = self._circmgr.cbt
+
+            def save() -> None:
+                self._save_cbt_handle = None
+                self._dirmgr.save_build_times(cbt)
+
+            self._save_cbt_handle = asyncio.get_running_loop().call_later(30.0, save)
 
     async def new_identity(self) -> None:
         """Like C tor's NEWNYM: circuits used so far take no new streams.

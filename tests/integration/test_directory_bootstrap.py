@@ -8,6 +8,7 @@ consensus altered by one byte in the cache, and authorities whose configured v3i
 from __future__ import annotations
 
 import asyncio
+import json
 import logging
 import re
 import shutil
@@ -266,6 +267,15 @@ def test_warm_restart_makes_no_directory_fetch(
     assert bootstrap_lines(run)[-1] == (100, "done")
     assert any("from the directory cache" in m for m in run.log)
     check_netdir(run.netdir, testnet.info)
+    # The circuit build times the cold run recorded come back (a learned timeout, once
+    # there are enough of them, instead of the initial 60 s).
+    saved = json.loads((cold[1] / "circuit-build-times.json").read_text())
+    assert saved["build_times_ms"], saved
+    loaded = [m for m in run.log if m.startswith("Loaded ") and "circuit build times" in m]
+    assert loaded == [
+        f"Loaded {len(saved['build_times_ms'])} circuit build times: build timeout 60.0 s "
+        "(not learned yet)"
+    ] or (loaded and "not learned" not in loaded[0]), run.log
 
 
 # --------------------------------------------------------------------------- refusals

@@ -261,6 +261,8 @@ def test_intervals(text: str, seconds: float) -> None:
 def test_msec_intervals() -> None:
     assert parse_interval("250 msec", msec=True) == 250
     assert parse_interval("2 seconds", msec=True) == 2000
+    # A bare number is milliseconds for a msec interval (C tor's time_msec_units).
+    assert parse_interval("250", msec=True) == 250
     with pytest.raises(ValueError):
         parse_interval("1 month", msec=True)
 

@@ -131,6 +131,7 @@ class CircuitManager:
             initial_timeout=build_timeout, max_timeout=max(build_timeout, INITIAL_TIMEOUT)
         )
         self.learn_build_timeout = learn_build_timeout
+        self.on_build_times_changed: Callable[[], None] | None = None  # persist them
         self.circuits_built = 0
         self.build_failures = 0
         self.build_failures_by_reason: Counter[str] = Counter()  # "timeout", "channel"...
@@ -624,6 +625,8 @@ class CircuitManager:
                     cbt.recorded, cbt.timeout(), cbt.xm, cbt.alpha, cbt.quantile, cbt.timeout_rate
                 )
             )
+            if self.on_build_times_changed is not None:
+                self.on_build_times_changed()
         observer.liveness(True)
         self.circuits_built += 1
         log.debug("built circuit %s", " → ".join(h.target.nickname for h in hops))

@@ -44,6 +44,7 @@ from puretor.errors import (
     NoPathError,
     ProtocolError,
 )
+from puretor.path.cbt import BuildTimeout
 from puretor.path.guards import GuardManager
 from puretor.path.reachable import AddressFamilies
 from puretor.path.select import PathSelector
@@ -58,6 +59,7 @@ NOTICE = 25
 CONCURRENT_REQUESTS = 4
 REQUEST_TIMEOUT = 60.0
 GUARD_STATE_FILE = "state.json"
+BUILD_TIMES_FILE = "circuit-build-times.json"
 
 __all__ = ["DirManager", "BootstrapStatus", "BootstrapPhase"]
 
@@ -397,21 +399,46 @@ class DirManager:
 
     def save_guards(self) -> None:
         self._save_handle = None
-        if self.guards is None:
+        if self.guards is not None:
+            self._write_state(GUARD_STATE_FILE, self.guards.to_json(), "guard state")
+
+    def load_build_times(self, cbt: BuildTimeout) -> None:
+        """The circuit build times an earlier run learned (C tor keeps them in its state
+        file): a warm start then abandons a stuck build after a learned timeout, not the
+        initial 60 s."""
+        path = self.data_dir / BUILD_TIMES_FILE
+        try:
+            cbt.load_state(json.loads(path.read_text("utf-8")))
+        except FileNotFoundError:
             return
-        path = self.data_dir / GUARD_STATE_FILE
+        except (OSError, ValueError, TypeError) as exc:
+            log.warning("Could not read circuit build times %s (%s); learning anew.", path, exc)
+            return
+        log.info(
+            "Loaded %d circuit build times: build timeout %.1f s%s.",
+            cbt.recorded,
+            cbt.timeout(),
+            "" if cbt.learned else " (not learned yet)",
+        )
+
+    def save_build_times(self, cbt: BuildTimeout) -> None:
+        self._write_state(BUILD_TIMES_FILE, cbt.to_state(), "circuit build times")
+
+    def _write_state(self, name: str, data: Any, what: str) -> None:
+        """``data`` as JSON in the DataDirectory, whole or not at all (mode 0600)."""
+        path = self.data_dir / name
         tmp = path.with_suffix(".tmp")
         try:
             self.data_dir.mkdir(mode=0o700, parents=True, exist_ok=True)
             fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
             with os.fdopen(fd, "w", encoding="utf-8") as fh:
                 os.fchmod(fh.fileno(), 0o600)  # a leftover temporary file keeps its mode
-                json.dump(self.guards.to_json(), fh)
+                json.dump(data, fh)
                 fh.flush()
                 os.fsync(fh.fileno())
             os.replace(tmp, path)
         except OSError as exc:
-            log.warning("Could not save guard state to %s: %s", path, exc.strerror or exc)
+            log.warning("Could not save %s to %s: %s", what, path, exc.strerror or exc)
             with contextlib.suppress(OSError):
                 tmp.unlink()  # a full disk must not keep a half-written file
 

@@ -31,7 +31,8 @@ _TIME_UNITS = {"": 1, "second": 1, "seconds": 1, "minute": 60, "minutes": 60}
 _TIME_UNITS |= {"hour": 3600, "hours": 3600, "day": 86400, "days": 86400}
 _TIME_UNITS |= {"week": 604800, "weeks": 604800, "month": 2629728, "months": 2629728}
 _MSEC_UNITS = {"": 1, "msec": 1, "millisecond": 1, "milliseconds": 1}
-_MSEC_UNITS |= {unit: mult * 1000 for unit, mult in _TIME_UNITS.items() if unit[:5] != "month"}
+# A bare number stays milliseconds (C tor's time_msec_units: "" is 1).
+_MSEC_UNITS |= {u: m * 1000 for u, m in _TIME_UNITS.items() if u and u[:5] != "month"}
 _NUMBER_UNIT = re.compile(r"\s*(\d+(?:\.\d*)?|\.\d+)\s*([A-Za-z]*)\s*")
 
 

@@ -55,6 +55,31 @@ class BuildTimeout:
         self._timeout = self._fit()
         return self._timeout != before
 
+    def to_state(self) -> dict[str, object]:
+        """What a later run starts from: the recorded times (ms) and timeouts."""
+        return {"build_times_ms": [round(t * 1000) for t in self._times], "timeouts": self.timeouts}
+
+    def load_state(self, state: dict[str, object]) -> None:
+        """Start from an earlier run's `to_state`; ValueError/TypeError if it is not one
+        (nothing is changed then)."""
+        if not isinstance(state, dict):
+            raise ValueError("not an object")
+        raw = state.get("build_times_ms")
+        timeouts = state.get("timeouts", 0)
+        if not isinstance(raw, list) or not isinstance(timeouts, int) or timeouts < 0:
+            raise ValueError("not a list of build times")
+        limit = self.max_timeout * 1000
+        times = []
+        for ms in raw[-MAX_RECORDED:]:
+            if not isinstance(ms, int | float) or isinstance(ms, bool) or not 0 < ms <= limit:
+                raise ValueError(f"build time {ms!r} out of range")
+            times.append(ms / 1000)
+        self._times.clear()
+        self._times.extend(times)
+        self.timeouts = timeouts
+        if self.learned:
+            self._timeout = self._fit()
+
     @property
     def recorded(self) -> int:
         return len(self._times)

@@ -38,3 +38,29 @@ def test_floor_and_ceiling() -> None:
     for i in range(50):
         slow.record_success(100.0 + i)
     assert slow.timeout() == 60.0
+
+
+def test_learned_times_survive_a_restart_and_bad_state_changes_nothing() -> None:
+    import pytest
+
+    first = BuildTimeout(min_builds=20)
+    for i in range(30):
+        first.record_success(0.2 + (i % 5) * 0.1)
+    first.record_timeout()
+    state = first.to_state()
+    second = BuildTimeout(min_builds=20)
+    second.load_state(state)
+    assert second.learned and second.timeout() == first.timeout() and second.timeouts == 1
+    fresh = BuildTimeout(min_builds=20)
+    for bad in (
+        {"build_times_ms": "x"},
+        {"build_times_ms": [100, -5]},
+        {"build_times_ms": [100, True]},
+        {"build_times_ms": [10**9]},
+        {"build_times_ms": [100], "timeouts": -1},
+        {},
+        [],
+    ):
+        with pytest.raises(ValueError):
+            fresh.load_state(bad)  # type: ignore[arg-type]
+        assert fresh.recorded == 0 and fresh.timeout() == 60.0
