@@ -274,7 +274,7 @@ def test_warm_restart_makes_no_directory_fetch(
     loaded = [m for m in run.log if m.startswith("Loaded ") and "circuit build times" in m]
     assert loaded == [
         f"Loaded {len(saved['build_times_ms'])} circuit build times: build timeout 60.0 s "
-        "(not learned yet)"
+        "(not learned yet)."
     ] or (loaded and "not learned" not in loaded[0]), run.log
 
 

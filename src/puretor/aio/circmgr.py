@@ -329,9 +329,12 @@ class CircuitManager:
         )  # as C tor: built again once the new hops are in  # as C tor: built again once the new hops are in
 
     async def wait_for_exit_circuit(self) -> TunnelHandle:
-        """Build one clean exit circuit (bootstrap's last step) and wait for it."""
-        slot = self._launch(PathRequest(exit_port=None))
-        return await self._wait_slot(slot)
+        """Build one clean exit circuit (bootstrap's last step) and wait for it, hedged as
+        any other wait: a stuck relay on the first path must not hold bootstrap for the
+        whole initial build timeout."""
+        req = PathRequest(exit_port=None)
+        handle, _slot = await self._wait_hedged(self._launch(req), req)
+        return handle
 
     def exit_of(self, handle: TunnelHandle) -> bytes:
         return handle.path[-1].target.rsa_id
