@@ -384,6 +384,10 @@ HARDENING_CAMPAIGN = "python -m puretor.testnet up --dir /tmp/tn"
 REALISTIC_UP = "puretor-testnet up --dir /tmp/ptnet --network-profile realistic"
 PERF_REALISTIC = "python -m puretor.testnet up --dir /tmp/tn --network-profile realistic"
 MEMORY_BENCH = "python bench/bench_memory.py --netdir /tmp/tn --tracemalloc"
+MUX_BENCH = (
+    "python -m puretor.testnet exec --dir /tmp/tn -- python bench/bench_mux.py /tmp/tn "
+    "--rounds 10 --mb 32"
+)
 
 
 def _collect(cmd: str) -> Expect:
@@ -499,6 +503,13 @@ PLAN: list[Step] = [
         "scenario is measured, then Ctrl-C (its clients stop with it)",
         cmds=(Cmd(MEMORY_BENCH, until=r"^  single: peak [\d.]+ MiB", ok=CTRL_C_OK, timeout=600),),
         output=(r"^  single: peak [\d.]+ MiB",),
+    )),
+    Step("block", "docs/performance.md", MUX_BENCH, Expect(
+        session="perf",
+        means="EWMA against FIFO on the network the perf block left up, until the first "
+        "round is measured, then Ctrl-C",
+        cmds=(Cmd(MUX_BENCH, until=r"^round 1 EWMA:", ok=CTRL_C_OK, timeout=300),),
+        output=(r"^round 1 EWMA: 1 upload MB/s [\d.]+",),
     )),
     # -- session "fuzz": the campaign of docs/hardening.md, then fuzz/README.md --------------
     Step("setup", "setup", "atheris, as the campaign used it", Expect(
