@@ -167,7 +167,9 @@ class AddressMap:
             try:
                 self.map(address, target, SOURCE_CONFIG)
             except MappingError as exc:
-                problems.append(f"Skipping invalid argument '{address} {target}' to MapAddress: {exc}")
+                problems.append(
+                    f"Skipping invalid argument '{address} {target}' to MapAddress: {exc}"
+                )
         return problems
 
     def _match(self, address: str) -> tuple[_Mapping, bool, str] | None:
@@ -197,8 +199,11 @@ class AddressMap:
             if match is None:
                 break
             mapping, exact, prefix = match
-            if exact and mapping.from_wildcard and not mapping.to_wildcard and (
-                key == mapping.target.lower()
+            if (
+                exact
+                and mapping.from_wildcard
+                and not mapping.to_wildcard
+                and (key == mapping.target.lower())
             ):
                 break  # "*.example.com -> example.com" given example.com: done, not a loop
             if mapping.to_wildcard and not exact:

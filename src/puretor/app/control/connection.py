@@ -476,7 +476,9 @@ async def _mapaddress(conn: ControlConnection, cmd: proto.ControlCommand) -> byt
     lines: list[tuple[int, str]] = []
     for key, value, _quoted in proto.parse_keywords(cmd.args):
         if value is None or not key:
-            lines.append((512, f"syntax error: mapping '{key[:128]}' is not of expected form 'foo=bar'."))
+            lines.append(
+                (512, f"syntax error: mapping '{key[:128]}' is not of expected form 'foo=bar'.")
+            )
             continue
         if not is_valid_destination(value[2:] if value.startswith("*.") else value):
             lines.append((512, f"syntax error: invalid address '{value[:128]}'"))
