@@ -74,12 +74,14 @@ __all__ = [
     "BandwidthEvent",
     "StreamBandwidthEvent",
     "BootstrapEvent",
+    "OnionDescriptorEvent",
+    "OnionClientAuth",
     "RelayRef",
 ]
 _EVENTS = frozenset(
     (
         "CircuitEvent StreamEvent ChannelEvent BandwidthEvent StreamBandwidthEvent "
-        "BootstrapEvent RelayRef"
+        "BootstrapEvent OnionDescriptorEvent RelayRef"
     ).split()
 )
 
@@ -90,12 +92,13 @@ if TYPE_CHECKING:
         BootstrapEvent,
         ChannelEvent,
         CircuitEvent,
+        OnionDescriptorEvent,
         RelayRef,
         StreamBandwidthEvent,
         StreamEvent,
     )
     from puretor.aio.tls import start_tls
-    from puretor.client import IsolationToken, TorClient
+    from puretor.client import IsolationToken, OnionClientAuth, TorClient
     from puretor.config import TorConfig
     from puretor.dir.state import BootstrapStatus
     from puretor.proto.relaymsg import EndReason
@@ -103,7 +106,7 @@ if TYPE_CHECKING:
 
 def __getattr__(name: str) -> Any:
     # Imported on first use, so `python -m puretor.testnet` and the parsers stay light.
-    if name in ("TorClient", "IsolationToken"):
+    if name in ("TorClient", "IsolationToken", "OnionClientAuth"):
         from puretor import client
 
         return getattr(client, name)

@@ -49,6 +49,8 @@ EXPECTED_ALL = {
     "BandwidthEvent",
     "StreamBandwidthEvent",
     "BootstrapEvent",
+    "OnionDescriptorEvent",  # HS_DESC / HS_DESC_CONTENT
+    "OnionClientAuth",  # ONION_CLIENT_AUTH_VIEW
     "RelayRef",
 }
 
