@@ -11,6 +11,7 @@ from puretor.client import (
     BootstrapEvent,
     ChannelEvent,
     CircuitEvent,
+    OnionDescriptorEvent,
     StreamBandwidthEvent,
     StreamEvent,
 )
@@ -66,6 +67,23 @@ def bootstrap_status(ev: BootstrapEvent) -> str:
     return f"NOTICE BOOTSTRAP PROGRESS={ev.percent} TAG={ev.tag} SUMMARY={quote(ev.summary)}"
 
 
+def hs_desc_line(ev: OnionDescriptorEvent) -> str:
+    """HS_DESC's text as C tor writes it (control_events.c): REQUESTED with HSDIR_INDEX;
+    RECEIVED and FAILED with two spaces before the descriptor id (C tor puts the optional
+    id's own leading space after the separator), FAILED with REASON."""
+    head = f"{ev.action} {ev.address} NO_AUTH {ev.hsdir}"
+    if ev.action == "REQUESTED":
+        index = f" HSDIR_INDEX={ev.hsdir_index}" if ev.hsdir_index else ""
+        return f"{head} {ev.descriptor_id}{index}"
+    reason = f" REASON={ev.reason}" if ev.reason else ""
+    return f"{head}  {ev.descriptor_id}{reason}"
+
+
+def hs_desc_content(ev: OnionDescriptorEvent) -> tuple[str, str]:
+    """HS_DESC_CONTENT's first line and data (the descriptor; empty after a failure)."""
+    return f"HS_DESC_CONTENT {ev.address} {ev.descriptor_id} {ev.hsdir}", ev.content or ""
+
+
 def event_text(ev: Any) -> tuple[str, str] | None:
     """(event name, its text after the name) for a client event, or None."""
     if isinstance(ev, CircuitEvent):
@@ -80,6 +98,8 @@ def event_text(ev: Any) -> tuple[str, str] | None:
         return "STREAM_BW", f"{ev.id} {ev.written} {ev.read} {iso_time(time.time())}"
     if isinstance(ev, BootstrapEvent):
         return "STATUS_CLIENT", bootstrap_status(ev)
+    if isinstance(ev, OnionDescriptorEvent):
+        return "HS_DESC", hs_desc_line(ev)
     return None
 
 
