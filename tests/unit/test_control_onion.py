@@ -106,12 +106,12 @@ def test_hs_desc_events_as_control_events_c_writes_them() -> None:
     received = OnionDescriptorEvent("RECEIVED", ADDR1, hsdir, "B" * 43, content="hs-descriptor 3\n")
     assert event_text(received) == (
         "HS_DESC",
-        f"RECEIVED {ADDR1} NO_AUTH ${'AB' * 20}~hsdir1  {'B' * 43}",
+        f"RECEIVED {ADDR1} NO_AUTH ${'AB' * 20}~hsdir1 {'B' * 43}",
     )
     failed = OnionDescriptorEvent("FAILED", ADDR1, hsdir, "B" * 43, reason="NOT_FOUND", content="")
     assert event_text(failed) == (
         "HS_DESC",
-        f"FAILED {ADDR1} NO_AUTH ${'AB' * 20}~hsdir1  {'B' * 43} REASON=NOT_FOUND",
+        f"FAILED {ADDR1} NO_AUTH ${'AB' * 20}~hsdir1 {'B' * 43} REASON=NOT_FOUND",
     )
     header, body = hs_desc_content(received)
     assert (

@@ -68,15 +68,14 @@ def bootstrap_status(ev: BootstrapEvent) -> str:
 
 
 def hs_desc_line(ev: OnionDescriptorEvent) -> str:
-    """HS_DESC's text as C tor writes it (control_events.c): REQUESTED with HSDIR_INDEX;
-    RECEIVED and FAILED with two spaces before the descriptor id (C tor puts the optional
-    id's own leading space after the separator), FAILED with REASON."""
+    """HS_DESC's text as C tor writes it (control_events.c): REQUESTED with HSDIR_INDEX,
+    FAILED with REASON."""
     head = f"{ev.action} {ev.address} NO_AUTH {ev.hsdir}"
     if ev.action == "REQUESTED":
         index = f" HSDIR_INDEX={ev.hsdir_index}" if ev.hsdir_index else ""
         return f"{head} {ev.descriptor_id}{index}"
     reason = f" REASON={ev.reason}" if ev.reason else ""
-    return f"{head}  {ev.descriptor_id}{reason}"
+    return f"{head} {ev.descriptor_id}{reason}"
 
 
 def hs_desc_content(ev: OnionDescriptorEvent) -> tuple[str, str]:
