@@ -596,11 +596,13 @@ class TorClient:
         *,
         client_name: str | None = None,
         permanent: bool = False,
-    ) -> bool:
+    ) -> str:
         """Use the x25519 ``private_key`` (32 bytes) to decrypt ``address``'s descriptor
-        from now on (C tor's ONION_CLIENT_AUTH_ADD); True if it replaced a key.
+        from now on (C tor's ONION_CLIENT_AUTH_ADD).
 
-        ``permanent`` also writes it to ``ClientOnionAuthDir`` as
+        Returns ``"added"``, ``"replaced"`` (there was a key for the service) or
+        ``"decrypted"`` (a descriptor fetched earlier without the right key now decrypts
+        with it).  ``permanent`` also writes the key to ``ClientOnionAuthDir`` as
         ``<address>.auth_private`` (ConfigError if that option is not set or the file
         cannot be written; nothing changes then).  ``address`` may end in ``.onion``."""
         from puretor.hs.address import encode_onion_address, parse_onion_address
@@ -610,10 +612,10 @@ class TorClient:
             raise ValueError("an x25519 private key is 32 bytes, not all zero")
         label = encode_onion_address(identity).removesuffix(".onion")
         auth = OnionClientAuth(label, bytes(private_key), client_name, permanent)
-        replaced: bool = self._client_auth_keys().add(identity, auth)
-        if self._onion is not None:
-            self._onion.forget_descriptor(identity)
-        return replaced
+        replaced = self._client_auth_keys().add(identity, auth)
+        if self._onion is not None and self._onion.new_client_auth_key(identity):
+            return "decrypted"
+        return "replaced" if replaced else "added"
 
     def remove_onion_client_auth(self, address: str) -> bool:
         """Forget ``address``'s client authorization key (ONION_CLIENT_AUTH_REMOVE), and

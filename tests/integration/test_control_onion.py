@@ -93,12 +93,14 @@ def test_hsfetch_and_client_auth_through_the_control_port(testnet: Any, tmp_path
             assert _ask(controller, f"ONION_CLIENT_AUTH_VIEW {label}") == (
                 f"250-ONION_CLIENT_AUTH_VIEW {label}\n250 OK"
             )
+            # The descriptor fetched for that curl is kept (as C tor keeps it): the key
+            # decrypts it at once.
             assert (
                 _ask(
                     controller,
                     f"ONION_CLIENT_AUTH_ADD {label} x25519:{key_b64} ClientName=alice Flags=Permanent",
                 )
-                == "250 OK"
+                == "252 Registered client and decrypted desc"
             )
             assert _ask(controller, "ONION_CLIENT_AUTH_VIEW") == (
                 "250-ONION_CLIENT_AUTH_VIEW\n"

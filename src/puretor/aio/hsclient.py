@@ -200,6 +200,9 @@ class OnionClient:
         self.dirmgr = dirmgr
         self.circmgr = circmgr
         self._descriptors: dict[tuple[bytes, int], _CachedDescriptor] = {}
+        # Descriptors fetched while we lacked the right client auth key (C tor caches
+        # them too): a key added later decrypts them without a new fetch.
+        self._locked: dict[tuple[bytes, int], tuple[bytes, DescriptorFetchPlan, float]] = {}
         self._rend: dict[tuple[bytes, Hashable], TunnelHandle] = {}
         self._connecting: dict[tuple[bytes, Hashable], asyncio.Task[TunnelHandle]] = {}
         self.auth_keys = auth_keys if auth_keys is not None else ClientAuthKeys(config)
@@ -296,9 +299,37 @@ class OnionClient:
         return self.auth_keys.key(identity)
 
     def forget_descriptor(self, identity: bytes) -> None:
-        """Drop the cached descriptors of a service (its client auth key changed)."""
+        """Drop the cached descriptors of a service (its client auth key was removed)."""
         for key in [k for k in self._descriptors if k[0] == identity]:
             del self._descriptors[key]
+        for key in [k for k in self._locked if k[0] == identity]:
+            del self._locked[key]
+
+    def new_client_auth_key(self, identity: bytes) -> bool:
+        """A key for the service changed: drop its descriptors, and decrypt the ones it
+        could not read before with the new key (C tor hs_cache_client_new_auth_parse).
+        True if one now decrypts."""
+        locked = {k: v for k, v in self._locked.items() if k[0] == identity}
+        self.forget_descriptor(identity)
+        auth_key = self._client_auth_key(identity)
+        if auth_key is None or not locked:
+            return False
+        try:
+            netdir = self.dirmgr.require_netdir()
+        except DirectoryError:
+            return False
+        decrypted = False
+        for key, (body, plan, expires) in locked.items():
+            if expires <= time.time():
+                continue
+            try:
+                desc = plan.decode(body, now=time.time(), client_auth_key=auth_key, netdir=netdir)
+            except OnionError:
+                self._locked[key] = (body, plan, expires)
+                continue
+            self._descriptors[key] = _CachedDescriptor(desc, plan, expires)
+            decrypted = True
+        return decrypted
 
     async def fetch_descriptor(self, address: str, servers: list[Relay] | None = None) -> str:
         """Fetch ``address``'s descriptor again, ignoring the cache (HSFETCH): from each of
@@ -392,6 +423,8 @@ class OnionClient:
             desc = plan.decode(body, now=time.time(), client_auth_key=auth_key, netdir=netdir)
         except OnionError as exc:
             if exc.socks_code in (F4_MISSING_CLIENT_AUTH, F5_BAD_CLIENT_AUTH):
+                expires = time.time() + 180 * 60  # C tor's default descriptor lifetime
+                self._locked[(plan.identity_key, plan.period_num)] = (body, plan, expires)
                 self._report("RECEIVED", plan, hsdir, content=content)
             else:
                 self._report("FAILED", plan, hsdir, reason="BAD_DESC", content="")

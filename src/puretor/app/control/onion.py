@@ -200,13 +200,15 @@ async def _client_auth_add(conn: ControlConnection, cmd: proto.ControlCommand) -
                 return proto.reply(512, f"ClientName longer than {CLIENT_NAME_MAX_LEN} chars")
             client_name = value
     try:
-        replaced = conn.server.tor.add_onion_client_auth(
+        outcome = conn.server.tor.add_onion_client_auth(
             address, key, client_name=client_name, permanent=permanent
         )
     except ConfigError as exc:
         log.warning("ONION_CLIENT_AUTH_ADD: %s", exc)
         return proto.reply(553, f'Unable to store creds for "{address}"')
-    if replaced:
+    if outcome == "decrypted":
+        return proto.reply(252, "Registered client and decrypted desc")
+    if outcome == "replaced":
         return proto.reply(251, "Client for onion existed and replaced")
     return proto.reply(250, "OK")
 
