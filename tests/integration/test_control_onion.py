@@ -12,10 +12,13 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+import stem
 import stem.control
+from nacl.signing import SigningKey
 from stem.control import EventType
 from test_zz_hardening_helpers import curl_via, start_daemon
 
+from puretor.hs.address import encode_onion_address
 from puretor.proto.controlauth import hash_password
 
 pytestmark = [pytest.mark.testnet, pytest.mark.timeout(300)]
@@ -81,6 +84,17 @@ def test_hsfetch_and_client_auth_through_the_control_port(testnet: Any, tmp_path
                 address, servers=[received.directory_fingerprint], timeout=90
             )
             assert str(desc).startswith("hs-descriptor 3\n")
+            # A service that never published: every HSDir answers 404 (FAILED NOT_FOUND),
+            # which stem reports as DescriptorUnavailable.
+            nowhere = encode_onion_address(bytes(SigningKey(b"\x07" * 32).verify_key))
+            with pytest.raises(stem.DescriptorUnavailable, match="No running hidden service"):
+                controller.get_hidden_service_descriptor(nowhere, timeout=90)
+            failed = []
+            while not events.empty():
+                event = events.get_nowait()
+                if event.address == nowhere.removesuffix(".onion") and event.action == "FAILED":
+                    failed.append(event.reason)
+            assert failed and set(failed) == {"NOT_FOUND"}, failed
             controller.remove_event_listener(events.put)
 
             # -- client authorization at run time.

@@ -79,8 +79,9 @@ def hs_desc_line(ev: OnionDescriptorEvent) -> str:
 
 
 def hs_desc_content(ev: OnionDescriptorEvent) -> tuple[str, str]:
-    """HS_DESC_CONTENT's first line and data (the descriptor; empty after a failure)."""
-    return f"HS_DESC_CONTENT {ev.address} {ev.descriptor_id} {ev.hsdir}", ev.content or ""
+    """HS_DESC_CONTENT's first line and data: the descriptor, or after a failure one empty
+    line (C tor's write_escaped_data ends even empty data with CRLF before the ".")."""
+    return f"HS_DESC_CONTENT {ev.address} {ev.descriptor_id} {ev.hsdir}", ev.content or "\n"
 
 
 def event_text(ev: Any) -> tuple[str, str] | None:
