@@ -97,11 +97,14 @@ def test_hsfetch_and_client_auth_through_the_control_port(testnet: Any, tmp_path
             assert failed and set(failed) == {"NOT_FOUND"}, failed
             controller.remove_event_listener(events.put)
 
-            # -- client authorization at run time.
+            # -- client authorization at run time.  Without the key the descriptor is still
+            # received (as C tor: only its inner layer needs the key), but curl fails.
+            label = authed["address"].removesuffix(".onion")
+            locked = controller.get_hidden_service_descriptor(label, timeout=90)
+            assert str(locked).startswith("hs-descriptor 3\n")
             target = f"http://{authed['address']}/"
             without = curl_via(client, target, timeout=60)
             assert without.returncode != 0, without
-            label = authed["address"].removesuffix(".onion")
             key = base64.b32decode(authed["private_key_b32"].upper() + "====")
             key_b64 = base64.b64encode(key).decode()
             assert _ask(controller, f"ONION_CLIENT_AUTH_VIEW {label}") == (

@@ -126,6 +126,35 @@ def test_hs_desc_events_as_control_events_c_writes_them() -> None:
     assert proto.event(header, body).endswith(b"~hsdir1\r\n\r\n.\r\n650 OK\r\n")
 
 
+def test_client_auth_library_api(tmp_path: Path) -> None:
+    from puretor import TorClient, TorConfig
+    from puretor.errors import ConfigError, OnionError
+
+    tor = TorClient(TorConfig.from_options(DataDirectory=str(tmp_path / "data")))
+    assert tor.onion_client_auths() == []
+    assert tor.add_onion_client_auth(ADDR1 + ".onion", KEY1, client_name="a") == "added"
+    assert tor.add_onion_client_auth(ADDR1.upper(), KEY2) == "replaced"
+    [auth] = tor.onion_client_auths()
+    assert (auth.address, auth.private_key, auth.client_name, auth.permanent) == (
+        ADDR1,
+        KEY2,
+        None,
+        False,
+    )
+    with pytest.raises(ValueError):
+        tor.add_onion_client_auth(ADDR2, bytes(32))
+    with pytest.raises(ValueError):
+        tor.add_onion_client_auth(ADDR2, b"short")
+    with pytest.raises(OnionError):
+        tor.add_onion_client_auth("nope.onion", KEY1)
+    with pytest.raises(ConfigError):  # permanent needs ClientOnionAuthDir
+        tor.add_onion_client_auth(ADDR2, KEY2, permanent=True)
+    assert [a.address for a in tor.onion_client_auths()] == [ADDR1]
+    assert tor.remove_onion_client_auth(ADDR1 + ".onion") is True
+    assert tor.remove_onion_client_auth(ADDR1) is False
+    assert tor.onion_client_auths() == []
+
+
 @run_in_loop
 async def test_client_auth_commands_reply_as_c_tor(tmp_path: Path) -> None:
     async with control(tmp_path, HashedControlPassword=_pw()) as h:

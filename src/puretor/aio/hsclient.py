@@ -334,7 +334,9 @@ class OnionClient:
     async def fetch_descriptor(self, address: str, servers: list[Relay] | None = None) -> str:
         """Fetch ``address``'s descriptor again, ignoring the cache (HSFETCH): from each of
         ``servers``, or from the responsible HSDirs in turn until one has it.  Reports
-        OnionDescriptorEvents; returns the descriptor text, raises OnionError."""
+        OnionDescriptorEvents; returns the descriptor text (also one that needs a client
+        auth key we lack: it was received, and is kept for a key added later), raises
+        OnionError."""
         netdir = self.dirmgr.require_netdir()
         plan = plan_descriptor_fetch(
             netdir, address, testing_network=self.config.testing_tor_network
@@ -350,10 +352,13 @@ class OnionClient:
             try:
                 desc = self._decode(plan, hsdir, body)
             except OnionError as exc:
-                last_error = exc
-                continue
-            lifetime = getattr(desc, "lifetime_minutes", None) or 180
-            self._descriptors[key] = _CachedDescriptor(desc, plan, time.time() + lifetime * 60)
+                if exc.socks_code not in (F4_MISSING_CLIENT_AUTH, F5_BAD_CLIENT_AUTH):
+                    last_error = exc
+                    continue
+            else:
+                lifetime = getattr(desc, "lifetime_minutes", None) or 180
+                expires = time.time() + lifetime * 60
+                self._descriptors[key] = _CachedDescriptor(desc, plan, expires)
             text = body.decode("utf-8", "replace")
             if servers is None:
                 break
