@@ -80,13 +80,15 @@ __all__ = [
     "BuildTimeoutEvent",
     "NewConsensusEvent",
     "GeneralStatusEvent",
+    "OnionDescriptorEvent",
+    "OnionClientAuth",
     "RelayRef",
 ]
 _EVENTS = frozenset(
     (
         "CircuitEvent StreamEvent ChannelEvent BandwidthEvent StreamBandwidthEvent "
         "BootstrapEvent RelayRef CircuitBandwidthEvent GuardEvent NetworkLivenessEvent "
-        "BuildTimeoutEvent NewConsensusEvent GeneralStatusEvent"
+        "BuildTimeoutEvent NewConsensusEvent GeneralStatusEvent OnionDescriptorEvent"
     ).split()
 )
 
@@ -103,12 +105,13 @@ if TYPE_CHECKING:
         GuardEvent,
         NetworkLivenessEvent,
         NewConsensusEvent,
+        OnionDescriptorEvent,
         RelayRef,
         StreamBandwidthEvent,
         StreamEvent,
     )
     from puretor.aio.tls import start_tls
-    from puretor.client import IsolationToken, TorClient
+    from puretor.client import IsolationToken, OnionClientAuth, TorClient
     from puretor.config import TorConfig
     from puretor.dir.state import BootstrapStatus
     from puretor.proto.relaymsg import EndReason
@@ -116,7 +119,7 @@ if TYPE_CHECKING:
 
 def __getattr__(name: str) -> Any:
     # Imported on first use, so `python -m puretor.testnet` and the parsers stay light.
-    if name in ("TorClient", "IsolationToken"):
+    if name in ("TorClient", "IsolationToken", "OnionClientAuth"):
         from puretor import client
 
         return getattr(client, name)

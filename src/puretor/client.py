@@ -54,6 +54,9 @@ from puretor.aio.observe import (
     NewConsensusEvent as NewConsensusEvent,
 )
 from puretor.aio.observe import (
+    OnionDescriptorEvent as OnionDescriptorEvent,
+)
+from puretor.aio.observe import (
     RelayRef as RelayRef,
 )
 from puretor.aio.stream import TorStreamTransport
@@ -69,6 +72,7 @@ from puretor.errors import (
     StreamTimeout,
     TorError,
 )
+from puretor.hs.clientauth import OnionClientAuth as OnionClientAuth
 from puretor.path.addressmap import AddressMap
 from puretor.path.guards import GuardManager, Reachable
 from puretor.path.isolation import DEFAULT_TOKEN
@@ -140,6 +144,7 @@ class TorClient:
         self._guards: GuardManager | None = None
         self._bootstrap_task: asyncio.Task[None] | None = None
         self._onion: Any = None
+        self._client_auth: Any = None  # aio.hsclient.ClientAuthKeys, made on first use
         self._closed = False
         # Automapped virtual addresses (AutomapHostsOnResolve): connections to one go to
         # its name instead, whichever port or API they come through.
@@ -659,6 +664,84 @@ class TorClient:
             self._observer.emit(failed)
             self._observer.emit(dataclasses.replace(failed, status="CLOSED"))
 
+    def _client_auth_keys(self) -> Any:
+        from puretor.aio.hsclient import ClientAuthKeys
+
+        if self._client_auth is None:
+            self._client_auth = ClientAuthKeys(self.config)
+        return self._client_auth
+
+    def _onion_client(self) -> Any:
+        from puretor.aio.hsclient import OnionClient
+
+        assert self._circmgr is not None
+        if self._onion is None:
+            self._onion = OnionClient(
+                self.config,
+                self._dirmgr,
+                self._circmgr,
+                auth_keys=self._client_auth_keys(),
+                emit=self._observer.emit,
+            )
+        return self._onion
+
+    # -- onion services: descriptors and client authorization -------------------------
+
+    async def fetch_onion_descriptor(self, address: str, servers: list[str] | None = None) -> str:
+        """Fetch an onion service's descriptor from its HSDirs now, ignoring the cache
+        (C tor's HSFETCH), and return it as the HSDir sent it.
+
+        ``servers`` (relay fingerprints) asks each of those HSDirs instead of the
+        responsible ones in turn.  Reports an `OnionDescriptorEvent` per request and
+        answer.  Raises `OnionError` if no HSDir gave a valid descriptor, `NoPathError`
+        for an unknown server."""
+        await self.bootstrap()
+        relays = [self._relay_named(name) for name in servers] if servers else None
+        return str(await self._closed_aware(self._onion_client().fetch_descriptor(address, relays)))
+
+    def add_onion_client_auth(
+        self,
+        address: str,
+        private_key: bytes,
+        *,
+        client_name: str | None = None,
+        permanent: bool = False,
+    ) -> str:
+        """Use the x25519 ``private_key`` (32 bytes) to decrypt ``address``'s descriptor
+        from now on (C tor's ONION_CLIENT_AUTH_ADD).
+
+        Returns ``"added"``, ``"replaced"`` (there was a key for the service) or
+        ``"decrypted"`` (a descriptor fetched earlier without the right key now decrypts
+        with it).  ``permanent`` also writes the key to ``ClientOnionAuthDir`` as
+        ``<address>.auth_private`` (ConfigError if that option is not set or the file
+        cannot be written; nothing changes then).  ``address`` may end in ``.onion``."""
+        from puretor.hs.address import encode_onion_address, parse_onion_address
+
+        identity = parse_onion_address(address)
+        if len(private_key) != 32 or not any(private_key):
+            raise ValueError("an x25519 private key is 32 bytes, not all zero")
+        label = encode_onion_address(identity).removesuffix(".onion")
+        auth = OnionClientAuth(label, bytes(private_key), client_name, permanent)
+        replaced = self._client_auth_keys().add(identity, auth)
+        if self._onion is not None and self._onion.new_client_auth_key(identity):
+            return "decrypted"
+        return "replaced" if replaced else "added"
+
+    def remove_onion_client_auth(self, address: str) -> bool:
+        """Forget ``address``'s client authorization key (ONION_CLIENT_AUTH_REMOVE), and
+        its file in ``ClientOnionAuthDir`` if it is permanent; False if there was none."""
+        from puretor.hs.address import parse_onion_address
+
+        identity = parse_onion_address(address)
+        removed = self._client_auth_keys().remove(identity) is not None
+        if removed and self._onion is not None:
+            self._onion.forget_descriptor(identity)
+        return removed
+
+    def onion_client_auths(self) -> list[OnionClientAuth]:
+        """Every client authorization key: ``ClientOnionAuthDir``'s and those added."""
+        return sorted(self._client_auth_keys().all(), key=lambda a: a.address)
+
     async def _onion_connection(
         self,
         protocol_factory: Callable[[], P],
@@ -668,18 +751,13 @@ class TorClient:
         timeout: float,
         stream_id: int = 0,
     ) -> tuple[asyncio.Transport, P]:
-        from puretor.aio.hsclient import OnionClient
-
-        assert self._circmgr is not None
-        if self._onion is None:
-            self._onion = OnionClient(self.config, self._dirmgr, self._circmgr)
+        onion = self._onion_client()
         key = _DEFAULT_ISOLATION if isolation is None else isolation
 
         async def connect() -> tuple[asyncio.Transport, P]:
-            assert self._onion is not None
             last: TorError | None = None
             for _attempt in range(2):
-                handle = await self._onion.rendezvous_circuit(host, key)
+                handle = await onion.rendezvous_circuit(host, key)
                 try:
                     transport = await self._attach(
                         handle, "", port, target=f"{host}:{port}", stream_id=stream_id
@@ -1037,8 +1115,9 @@ class TorClient:
         The types are `CircuitEvent`, `StreamEvent`, `ChannelEvent`, `BandwidthEvent`,
         `StreamBandwidthEvent` and `CircuitBandwidthEvent` (once a second while such a
         listener exists), `BootstrapEvent`, `GuardEvent`, `NetworkLivenessEvent`,
-        `BuildTimeoutEvent`, `NewConsensusEvent` and `GeneralStatusEvent`.  Callbacks run on the event loop and
-        must not block; exceptions they raise are logged.
+        `BuildTimeoutEvent`, `NewConsensusEvent`, `GeneralStatusEvent` and
+        `OnionDescriptorEvent`.  Callbacks run on the event loop and must not block;
+        exceptions they raise are logged.
         """
         self._observer.add_listener(callback, tuple(kinds))
 

@@ -55,6 +55,8 @@ EXPECTED_ALL = {
     "BuildTimeoutEvent",
     "NewConsensusEvent",
     "GeneralStatusEvent",
+    "OnionDescriptorEvent",  # HS_DESC / HS_DESC_CONTENT
+    "OnionClientAuth",  # ONION_CLIENT_AUTH_VIEW
     "RelayRef",
 }
 

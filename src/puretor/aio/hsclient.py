@@ -12,16 +12,18 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import os
 import secrets
 import time
-from collections.abc import Hashable
+from collections.abc import Callable, Hashable
 from dataclasses import dataclass
 from pathlib import Path
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 from puretor.aio.channel import ChannelTarget
 from puretor.aio.circuit import HopSpec, TunnelHandle
 from puretor.aio.dirclient import fetch_raw
+from puretor.aio.observe import OnionDescriptorEvent, RelayRef
 from puretor.dir.http import HttpResponseParser, build_request
 from puretor.dir.netdir import Relay
 from puretor.errors import (
@@ -33,14 +35,23 @@ from puretor.errors import (
     OnionError,
     ProtocolError,
 )
+from puretor.hs.address import encode_onion_address
 from puretor.hs.client import (
     DescriptorFetchPlan,
+    descriptor_id,
+    hsdir_fetch_index,
     intro_points_in_order,
     introduce1_extensions,
     plan_descriptor_fetch,
     rp_link_specifiers,
 )
-from puretor.hs.clientauth import load_client_auth_dir
+from puretor.hs.clientauth import (
+    AUTH_PRIVATE_SUFFIX,
+    OnionClientAuth,
+    format_auth_private,
+    load_client_auth_dir,
+    parse_auth_private,
+)
 from puretor.hs.descriptor import HsDescriptor, IntroPoint
 from puretor.hs.ntor import (
     HsNtorClientState,
@@ -67,6 +78,105 @@ F0_DESC_NOT_FOUND = 0xF0
 F2_INTRO_FAILED = 0xF2
 F3_REND_FAILED = 0xF3
 F7_INTRO_TIMEOUT = 0xF7
+F4_MISSING_CLIENT_AUTH = 0xF4
+F5_BAD_CLIENT_AUTH = 0xF5
+# HS_DESC FAILED reasons by HTTP status (C tor client_dir_fetch_404/400/unexpected).
+_HTTP_FAILURE_REASONS = {404: "NOT_FOUND", 400: "QUERY_REJECTED"}
+
+
+class ClientAuthKeys:
+    """The client authorization keys: those of ``ClientOnionAuthDir`` (read on first use)
+    and those added at run time (ONION_CLIENT_AUTH_ADD); ``permanent`` ones are written to
+    and removed from that directory as C tor does."""
+
+    def __init__(self, config: TorConfig) -> None:
+        self.config = config
+        self._keys: dict[bytes, OnionClientAuth] | None = None
+
+    def _loaded(self) -> dict[bytes, OnionClientAuth]:
+        if self._keys is None:
+            self._keys = {}
+            directory = self.config.client_onion_auth_dir
+            if directory is not None:
+                try:
+                    found = load_client_auth_dir(Path(directory).expanduser())
+                except ConfigError as exc:
+                    log.warning("ClientOnionAuthDir: %s", exc)
+                    found = {}
+                for identity, key in found.items():
+                    address = encode_onion_address(identity).removesuffix(".onion")
+                    self._keys[identity] = OnionClientAuth(address, key, None, True)
+        return self._keys
+
+    def key(self, identity: bytes) -> bytes | None:
+        auth = self._loaded().get(identity)
+        return auth.private_key if auth is not None else None
+
+    def all(self) -> list[OnionClientAuth]:
+        return list(self._loaded().values())
+
+    def add(self, identity: bytes, auth: OnionClientAuth) -> bool:
+        """Register ``auth`` (True if it replaced a key for the service).  A permanent key
+        is written first; ConfigError (nothing changed) if that is impossible."""
+        keys = self._loaded()  # before the new file exists
+        if auth.permanent:
+            self._store(auth)
+        replaced = identity in keys
+        keys[identity] = auth
+        return replaced
+
+    def remove(self, identity: bytes) -> OnionClientAuth | None:
+        auth = self._loaded().pop(identity, None)
+        if auth is not None and auth.permanent:
+            self._unlink(identity)
+        return auth
+
+    def _directory(self) -> Path:
+        directory = self.config.client_onion_auth_dir
+        if directory is None:
+            raise ConfigError(
+                "Can't register permanent client auth credentials without ClientOnionAuthDir"
+            )
+        path = Path(directory).expanduser()
+        if not path.is_dir():
+            raise ConfigError(f"ClientOnionAuthDir {path} is not a directory")
+        return path
+
+    def _store(self, auth: OnionClientAuth) -> None:
+        target = self._directory() / (auth.address + AUTH_PRIVATE_SUFFIX)
+        tmp = target.with_name(target.name + ".tmp")
+        try:
+            fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+            with os.fdopen(fd, "w", encoding="ascii") as out:
+                out.write(format_auth_private(auth.address, auth.private_key))
+            os.replace(tmp, target)
+        except OSError as exc:
+            raise ConfigError(f"cannot write {target}: {exc}") from None
+
+    def _unlink(self, identity: bytes) -> None:
+        """Remove every credential file for the service (C tor
+        find_and_remove_client_auth_creds_file: by content, whatever the file name)."""
+        directory = self.config.client_onion_auth_dir
+        if directory is None:
+            return
+        try:
+            files = sorted(Path(directory).expanduser().iterdir())
+        except OSError as exc:
+            log.warning("ClientOnionAuthDir: %s", exc)
+            return
+        for file in files:
+            if not file.name.endswith(AUTH_PRIVATE_SUFFIX) or not file.is_file():
+                continue
+            try:
+                found, _key = parse_auth_private(file.read_text(encoding="utf-8"))
+            except (OSError, UnicodeDecodeError, ConfigError):
+                continue
+            if found == identity:
+                try:
+                    file.unlink()
+                    log.log(25, "Removed client auth file %s.", file)
+                except OSError as exc:
+                    log.warning("Failed to remove client auth file %s: %s", file, exc)
 
 
 @dataclass
@@ -77,14 +187,26 @@ class _CachedDescriptor:
 
 
 class OnionClient:
-    def __init__(self, config: TorConfig, dirmgr: DirManager, circmgr: CircuitManager) -> None:
+    def __init__(
+        self,
+        config: TorConfig,
+        dirmgr: DirManager,
+        circmgr: CircuitManager,
+        *,
+        auth_keys: ClientAuthKeys | None = None,
+        emit: Callable[[Any], None] | None = None,
+    ) -> None:
         self.config = config
         self.dirmgr = dirmgr
         self.circmgr = circmgr
         self._descriptors: dict[tuple[bytes, int], _CachedDescriptor] = {}
+        # Descriptors fetched while we lacked the right client auth key (C tor caches
+        # them too): a key added later decrypts them without a new fetch.
+        self._locked: dict[tuple[bytes, int], tuple[bytes, DescriptorFetchPlan, float]] = {}
         self._rend: dict[tuple[bytes, Hashable], TunnelHandle] = {}
         self._connecting: dict[tuple[bytes, Hashable], asyncio.Task[TunnelHandle]] = {}
-        self._auth_keys: dict[bytes, bytes] | None = None
+        self.auth_keys = auth_keys if auth_keys is not None else ClientAuthKeys(config)
+        self._emit = emit
 
     # -- public ------------------------------------------------------------------------
 
@@ -174,54 +296,159 @@ class OnionClient:
         return _Rendezvous(rend, rp, cookie)
 
     def _client_auth_key(self, identity: bytes) -> bytes | None:
-        if self._auth_keys is None:
-            directory = self.config.client_onion_auth_dir
-            if directory is None:
-                self._auth_keys = {}
+        return self.auth_keys.key(identity)
+
+    def forget_descriptor(self, identity: bytes) -> None:
+        """Drop the cached descriptors of a service (its client auth key was removed)."""
+        for key in [k for k in self._descriptors if k[0] == identity]:
+            del self._descriptors[key]
+        for key in [k for k in self._locked if k[0] == identity]:
+            del self._locked[key]
+
+    def new_client_auth_key(self, identity: bytes) -> bool:
+        """A key for the service changed: drop its descriptors, and decrypt the ones it
+        could not read before with the new key (C tor hs_cache_client_new_auth_parse).
+        True if one now decrypts."""
+        locked = {k: v for k, v in self._locked.items() if k[0] == identity}
+        self.forget_descriptor(identity)
+        auth_key = self._client_auth_key(identity)
+        if auth_key is None or not locked:
+            return False
+        try:
+            netdir = self.dirmgr.require_netdir()
+        except DirectoryError:
+            return False
+        decrypted = False
+        for key, (body, plan, expires) in locked.items():
+            if expires <= time.time():
+                continue
+            try:
+                desc = plan.decode(body, now=time.time(), client_auth_key=auth_key, netdir=netdir)
+            except OnionError:
+                self._locked[key] = (body, plan, expires)
+                continue
+            self._descriptors[key] = _CachedDescriptor(desc, plan, expires)
+            decrypted = True
+        return decrypted
+
+    async def fetch_descriptor(self, address: str, servers: list[Relay] | None = None) -> str:
+        """Fetch ``address``'s descriptor again, ignoring the cache (HSFETCH): from each of
+        ``servers``, or from the responsible HSDirs in turn until one has it.  Reports
+        OnionDescriptorEvents; returns the descriptor text (also one that needs a client
+        auth key we lack: it was received, and is kept for a key added later), raises
+        OnionError."""
+        netdir = self.dirmgr.require_netdir()
+        plan = plan_descriptor_fetch(
+            netdir, address, testing_network=self.config.testing_tor_network
+        )
+        key = (plan.identity_key, plan.period_num)
+        failures: list[str] = []
+        text: str | None = None
+        last_error: OnionError | None = None
+        for hsdir in servers if servers is not None else plan.hsdirs:
+            body = await self._fetch_from(plan, hsdir, failures)
+            if body is None:
+                continue
+            try:
+                desc = self._decode(plan, hsdir, body)
+            except OnionError as exc:
+                if exc.socks_code not in (F4_MISSING_CLIENT_AUTH, F5_BAD_CLIENT_AUTH):
+                    last_error = exc
+                    continue
             else:
-                try:
-                    self._auth_keys = load_client_auth_dir(Path(directory).expanduser())
-                except ConfigError as exc:
-                    log.warning("ClientOnionAuthDir: %s", exc)
-                    self._auth_keys = {}
-        return self._auth_keys.get(identity)
+                lifetime = getattr(desc, "lifetime_minutes", None) or 180
+                expires = time.time() + lifetime * 60
+                self._descriptors[key] = _CachedDescriptor(desc, plan, expires)
+            text = body.decode("utf-8", "replace")
+            if servers is None:
+                break
+        if text is not None:
+            return text
+        if last_error is not None:
+            raise last_error
+        raise OnionError(
+            "onion service descriptor not found (" + "; ".join(failures[:6]) + ")",
+            socks_code=F0_DESC_NOT_FOUND,
+        )
+
+    # -- HS_DESC events ------------------------------------------------------------------
+
+    def _report(self, action: str, plan: DescriptorFetchPlan, hsdir: Relay, **fields: Any) -> None:
+        if self._emit is None:
+            return
+        address = encode_onion_address(plan.identity_key).removesuffix(".onion")
+        ref = RelayRef(hsdir.fingerprint, hsdir.nickname)
+        self._emit(OnionDescriptorEvent(action, address, ref, descriptor_id(plan), **fields))
+
+    async def _fetch_from(
+        self, plan: DescriptorFetchPlan, hsdir: Relay, failures: list[str]
+    ) -> bytes | None:
+        """One HSDir's answer: the descriptor body, or None (the failure noted)."""
+        index = hsdir_fetch_index(self.dirmgr.require_netdir(), plan, hsdir)
+        self._report("REQUESTED", plan, hsdir, hsdir_index=index.hex().upper() if index else None)
+        handle: TunnelHandle | None = None
+        try:
+            handle = await self.circmgr.build_internal_circuit(last=hsdir)
+            raw = await fetch_raw(
+                handle, build_request(plan.url), timeout=DESC_FETCH_TIMEOUT, max_size=256 * 1024
+            )
+            parser = HttpResponseParser(max_body=256 * 1024)
+            parser.feed(raw)
+            resp = parser.finish()
+        except (
+            TimeoutError,
+            ChannelError,
+            CircuitError,
+            DirectoryError,
+            ProtocolError,
+            NoPathError,
+        ) as exc:
+            failures.append(f"{hsdir.nickname}: {exc}")
+            # C tor reports nothing when the directory connection itself fails; a
+            # controller waiting for this fetch learns of it here.
+            self._report("FAILED", plan, hsdir, reason="UNEXPECTED", content="")
+            return None
+        finally:
+            if handle is not None:
+                handle.close()
+        if resp.status != 200:
+            failures.append(f"{hsdir.nickname}: HTTP {resp.status}")
+            reason = _HTTP_FAILURE_REASONS.get(resp.status, "UNEXPECTED")
+            self._report("FAILED", plan, hsdir, reason=reason, content="")
+            return None
+        return resp.body
+
+    def _decode(self, plan: DescriptorFetchPlan, hsdir: Relay, body: bytes) -> HsDescriptor:
+        """Verify and decrypt; RECEIVED or FAILED BAD_DESC as C tor reports them (a
+        descriptor that only lacks the right client auth key counts as received)."""
+        netdir = self.dirmgr.require_netdir()
+        auth_key = self._client_auth_key(plan.identity_key)
+        content = body.decode("utf-8", "replace")
+        try:
+            desc = plan.decode(body, now=time.time(), client_auth_key=auth_key, netdir=netdir)
+        except OnionError as exc:
+            if exc.socks_code in (F4_MISSING_CLIENT_AUTH, F5_BAD_CLIENT_AUTH):
+                expires = time.time() + 180 * 60  # C tor's default descriptor lifetime
+                self._locked[(plan.identity_key, plan.period_num)] = (body, plan, expires)
+                self._report("RECEIVED", plan, hsdir, content=content)
+            else:
+                self._report("FAILED", plan, hsdir, reason="BAD_DESC", content="")
+            raise
+        self._report("RECEIVED", plan, hsdir, content=content)
+        return desc
 
     async def _descriptor(self, address: str, plan: DescriptorFetchPlan) -> HsDescriptor:
         key = (plan.identity_key, plan.period_num)
         cached = self._descriptors.get(key)
         if cached is not None and cached.expires > time.time():
             return cached.descriptor
-        netdir = self.dirmgr.require_netdir()
-        auth_key = self._client_auth_key(plan.identity_key)
         failures: list[str] = []
         for hsdir in plan.hsdirs:
-            handle: TunnelHandle | None = None
-            try:
-                handle = await self.circmgr.build_internal_circuit(last=hsdir)
-                raw = await fetch_raw(
-                    handle, build_request(plan.url), timeout=DESC_FETCH_TIMEOUT, max_size=256 * 1024
-                )
-                parser = HttpResponseParser(max_body=256 * 1024)
-                parser.feed(raw)
-                resp = parser.finish()
-            except (
-                TimeoutError,
-                ChannelError,
-                CircuitError,
-                DirectoryError,
-                ProtocolError,
-                NoPathError,
-            ) as exc:
-                failures.append(f"{hsdir.nickname}: {exc}")
-                continue
-            finally:
-                if handle is not None:
-                    handle.close()
-            if resp.status != 200:
-                failures.append(f"{hsdir.nickname}: HTTP {resp.status}")
+            body = await self._fetch_from(plan, hsdir, failures)
+            if body is None:
                 continue
             # Invalid descriptors and client-auth failures are final (F1, F4, F5).
-            desc = plan.decode(resp.body, now=time.time(), client_auth_key=auth_key, netdir=netdir)
+            desc = self._decode(plan, hsdir, body)
             lifetime = getattr(desc, "lifetime_minutes", None) or 180
             self._descriptors[key] = _CachedDescriptor(desc, plan, time.time() + lifetime * 60)
             return desc

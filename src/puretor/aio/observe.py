@@ -157,6 +157,26 @@ class NewConsensusEvent:
     valid_after: float
 
 
+@dataclass(frozen=True, slots=True)
+class OnionDescriptorEvent:
+    """An onion service descriptor fetch (C tor's HS_DESC and HS_DESC_CONTENT events):
+    REQUESTED from an HSDir, then RECEIVED or FAILED (``reason``: NOT_FOUND,
+    QUERY_REJECTED, BAD_DESC, UNEXPECTED).
+
+    ``address`` is the service's address without ``.onion``; ``descriptor_id`` its
+    blinded key for the time period, base64 without padding; ``hsdir_index`` (REQUESTED)
+    the HSDir's fetch position on the hash ring, hex.  ``content`` is the descriptor as
+    the HSDir sent it (RECEIVED), "" for FAILED and None for REQUESTED."""
+
+    action: str
+    address: str
+    hsdir: RelayRef
+    descriptor_id: str
+    reason: str | None = None
+    hsdir_index: str | None = None
+    content: str | None = None
+
+
 ClientEvent = (
     CircuitEvent
     | StreamEvent
@@ -170,6 +190,7 @@ ClientEvent = (
     | BuildTimeoutEvent
     | NewConsensusEvent
     | GeneralStatusEvent
+    | OnionDescriptorEvent
 )
 Listener = Callable[[Any], None]
 

@@ -28,14 +28,16 @@ from puretor.dir.netdir import NetDir, Relay
 from puretor.errors import OnionError
 from puretor.hs.address import parse_onion_address
 from puretor.hs.descriptor import MAX_DESCRIPTOR_SIZE, HsDescriptor, IntroPoint, decode_descriptor
-from puretor.hs.hsdir import responsible_hsdirs
+from puretor.hs.hsdir import fetch_srv, hs_relay_index, responsible_hsdirs
 from puretor.hs.keys import HsTimeParams, blind_public_key, subcredential
 from puretor.hs.ntor import EXT_CC_REQUEST
 from puretor.proto.relaymsg import LinkSpecifier, ls_ed_id, ls_ipv4, ls_ipv6, ls_rsa_id
 
 __all__ = [
     "DescriptorFetchPlan",
+    "descriptor_id",
     "descriptor_url",
+    "hsdir_fetch_index",
     "intro_points_in_order",
     "introduce1_extensions",
     "plan_descriptor_fetch",
@@ -85,6 +87,21 @@ class DescriptorFetchPlan:
             max_size=max_size,
             cc_sendme_inc=cc_sendme_inc,
         )
+
+
+def descriptor_id(plan: DescriptorFetchPlan) -> str:
+    """The blinded key as C tor names a v3 descriptor in HS_DESC events: base64, no
+    padding (ed25519_public_to_base64)."""
+    return base64.b64encode(plan.blinded_key).decode("ascii").rstrip("=")
+
+
+def hsdir_fetch_index(netdir: NetDir, plan: DescriptorFetchPlan, hsdir: Relay) -> bytes | None:
+    """The HSDir's position on the ring ``plan`` used (C tor's hsdir_index.fetch,
+    HS_DESC REQUESTED's HSDIR_INDEX); None for a relay without an Ed25519 id."""
+    if hsdir.ed_id is None:
+        return None
+    tp = HsTimeParams(period_length=plan.period_length, voting_interval=netdir.voting_interval)
+    return hs_relay_index(hsdir.ed_id, fetch_srv(netdir, tp), plan.period_num, plan.period_length)
 
 
 def plan_descriptor_fetch(

@@ -9,22 +9,60 @@ fields, whitespace around them ignored, the key 52 base32 characters without
 padding, not all zero).  Files with other names are ignored, as C tor does.
 We also allow blank lines and ``#`` comments, and accept the address with or
 without ``.onion``.  Reading a configuration directory is the one piece of
-I/O in ``puretor.hs``; parsing (:func:`parse_auth_private`) is separate.
+I/O in ``puretor.hs``; parsing (:func:`parse_auth_private`) and writing a
+file's text (:func:`format_auth_private`) are separate.
 """
 
 from __future__ import annotations
 
 import base64
 import binascii
+from dataclasses import dataclass
 from pathlib import Path
 
 from puretor.errors import ConfigError, OnionError
 from puretor.hs.address import parse_onion_address
 
-__all__ = ["AUTH_PRIVATE_SUFFIX", "load_client_auth_dir", "parse_auth_private"]
+__all__ = [
+    "AUTH_PRIVATE_SUFFIX",
+    "OnionClientAuth",
+    "format_auth_private",
+    "load_client_auth_dir",
+    "parse_auth_private",
+]
 
 AUTH_PRIVATE_SUFFIX = ".auth_private"
 _KEY_B32_LEN = 52  # BASE32_NOPAD_LEN(32)
+
+
+@dataclass(frozen=True, slots=True)
+class OnionClientAuth:
+    """A client authorization key for one onion service (C tor's
+    hs_client_service_authorization_t, as ONION_CLIENT_AUTH_VIEW lists it).
+
+    ``address`` is the service's 56-character address without ``.onion``;
+    ``private_key`` the 32-byte x25519 key; ``permanent`` keys live in a
+    ``ClientOnionAuthDir`` file (keys read from there are permanent too)."""
+
+    address: str
+    private_key: bytes
+    client_name: str | None = None
+    permanent: bool = False
+
+    def __repr__(self) -> str:  # never the key, even in a traceback
+        return (
+            f"OnionClientAuth(address={self.address!r}, client_name={self.client_name!r}, "
+            f"permanent={self.permanent})"
+        )
+
+
+def format_auth_private(address: str, private_key: bytes) -> str:
+    """The text C tor writes for a permanent key (store_permanent_client_auth_credentials):
+    ``<address>:descriptor:x25519:<lower-case base32 key>``, no newline."""
+    if len(private_key) != 32:
+        raise ValueError("an x25519 private key is 32 bytes")
+    key = base64.b32encode(private_key).decode("ascii").rstrip("=").lower()
+    return f"{address}:descriptor:x25519:{key}"
 
 
 def parse_auth_private(text: str, *, source: str = "<string>") -> tuple[bytes, bytes]:

@@ -16,6 +16,7 @@ from puretor.client import (
     GeneralStatusEvent,
     GuardEvent,
     NetworkLivenessEvent,
+    OnionDescriptorEvent,
     StreamBandwidthEvent,
     StreamEvent,
 )
@@ -75,6 +76,23 @@ def bootstrap_status(ev: BootstrapEvent) -> str:
     return f"NOTICE BOOTSTRAP PROGRESS={ev.percent} TAG={ev.tag} SUMMARY={quote(ev.summary)}"
 
 
+def hs_desc_line(ev: OnionDescriptorEvent) -> str:
+    """HS_DESC's text as C tor writes it (control_events.c): REQUESTED with HSDIR_INDEX,
+    FAILED with REASON."""
+    head = f"{ev.action} {ev.address} NO_AUTH {ev.hsdir}"
+    if ev.action == "REQUESTED":
+        index = f" HSDIR_INDEX={ev.hsdir_index}" if ev.hsdir_index else ""
+        return f"{head} {ev.descriptor_id}{index}"
+    reason = f" REASON={ev.reason}" if ev.reason else ""
+    return f"{head} {ev.descriptor_id}{reason}"
+
+
+def hs_desc_content(ev: OnionDescriptorEvent) -> tuple[str, str]:
+    """HS_DESC_CONTENT's first line and data: the descriptor, or after a failure one empty
+    line (C tor's write_escaped_data ends even empty data with CRLF before the ".")."""
+    return f"HS_DESC_CONTENT {ev.address} {ev.descriptor_id} {ev.hsdir}", ev.content or "\n"
+
+
 def event_text(ev: Any) -> tuple[str, str] | None:
     """(event name, its text after the name) for a client event, or None."""
     if isinstance(ev, CircuitEvent):
@@ -101,6 +119,8 @@ def event_text(ev: Any) -> tuple[str, str] | None:
     if isinstance(ev, GeneralStatusEvent):
         words = [ev.severity, ev.action, *(f"{k}={v}" for k, v in ev.arguments)]
         return "STATUS_GENERAL", " ".join(words)
+    if isinstance(ev, OnionDescriptorEvent):
+        return "HS_DESC", hs_desc_line(ev)
     return None
 
 

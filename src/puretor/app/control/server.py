@@ -20,15 +20,17 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+import puretor.app.control.onion  # noqa: F401  (registers HSFETCH, ONION_CLIENT_AUTH_*)
 from puretor.app.control.auth import Authenticator, cookie_path, write_cookie
 from puretor.app.control.connection import ControlConnection
-from puretor.app.control.formats import event_text
+from puretor.app.control.formats import event_text, hs_desc_content
 from puretor.app.control.getinfo import getinfo
 from puretor.client import (
     BandwidthEvent,
     BootstrapEvent,
     CircuitBandwidthEvent,
     NewConsensusEvent,
+    OnionDescriptorEvent,
     StreamBandwidthEvent,
     TorClient,
 )
@@ -184,6 +186,9 @@ class ControlServer:
         text = event_text(event)
         if text is not None:
             self.broadcast(text[0], proto.event(f"{text[0]} {text[1]}"))
+        if isinstance(event, OnionDescriptorEvent) and event.content is not None:
+            header, body = hs_desc_content(event)
+            self.broadcast("HS_DESC_CONTENT", proto.event(header, body))
         if isinstance(event, BootstrapEvent) and event.percent == 100:
             self.broadcast("STATUS_CLIENT", proto.event("STATUS_CLIENT NOTICE CIRCUIT_ESTABLISHED"))
 
