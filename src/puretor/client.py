@@ -153,12 +153,16 @@ class TorClient:
     def _channel_allowed(self, target: ChannelTarget) -> str | None:
         """Fail closed at the channel layer: connect only to a configured authority or
         fallback, or to a relay listed (at that address and ORPort) in the current,
-        reasonably live consensus.  Returns why not, or None.
+        reasonably live consensus; with UseBridges, only to a configured bridge.  Returns
+        why not, or None.
 
         Every hop after the first (exits, intro and rendezvous points) is reached by
         EXTEND2 through the circuit, never by a connection of ours, so these are all the
         targets a client ever needs.
         """
+        if self._dirmgr.bridges is not None:
+            # UseBridges: never an authority, fallback or listed relay directly.
+            return self._dirmgr.bridges.allows(target)
         where = (target.address, target.or_port)
         for auth in self._dirmgr.authorities:
             if auth.rsa_id == target.rsa_id and where in ((auth.address, auth.or_port), auth.ipv6):
@@ -248,9 +252,14 @@ class TorClient:
     def _stuck_message(self, limit: float | None) -> str:
         status = self._dirmgr.status
         message = f"bootstrap did not finish within {limit:g} s: stuck at {status}"
-        if status.percent < 75:  # BootstrapPhase.ENOUGH_DIRINFO
+        bridges = self._dirmgr.bridges
+        if status.percent < 75 and bridges is not None:  # BootstrapPhase.ENOUGH_DIRINFO
+            message += " (are the bridges reachable?)"
+        elif status.percent < 75:
             message += " (are the directory authorities or fallbacks reachable?)"
         problem = getattr(self._dirmgr.state, "last_error", None)
+        if bridges is not None and not bridges.relays and bridges.last_error:
+            problem = bridges.last_error
         if problem:
             message += f"; last problem: {problem}"
         return message

@@ -21,6 +21,7 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
+from puretor.aio.bridges import BridgeSet
 from puretor.aio.channel import ChannelManager, ChannelTarget
 from puretor.aio.circuit import HopSpec, TunnelHandle, build_circuit, hop_for
 from puretor.aio.dirclient import fetch_raw
@@ -57,6 +58,13 @@ NOTICE = 25
 CONCURRENT_REQUESTS = 4
 REQUEST_TIMEOUT = 60.0
 GUARD_STATE_FILE = "state.json"
+# UseBridges: C tor's separate "bridges" guard selection, in a file of its own.
+BRIDGE_GUARD_STATE_FILE = "state-bridges.json"
+_BRIDGE_PHASES = {
+    "conn": BootstrapPhase.CONN,
+    "handshake_done": BootstrapPhase.HANDSHAKE_DONE,
+    "onehop_create": BootstrapPhase.ONEHOP_CREATE,
+}
 
 __all__ = ["DirManager", "BootstrapStatus", "BootstrapPhase"]
 
@@ -90,6 +98,15 @@ class DirManager:
         self._netdir_seen: NetDir | None = None
         self._save_handle: asyncio.TimerHandle | None = None
         self._rng = random.SystemRandom()
+        # UseBridges: the bridges are the only directory sources and first hops.
+        self.bridges: BridgeSet | None = None
+        if config.use_bridges:
+            self.bridges = BridgeSet(
+                config.bridges,
+                chanmgr,
+                on_problem=self.note_problem,
+                on_progress=lambda tag: self._report(_BRIDGE_PHASES[tag]),
+            )
 
     # -- progress ------------------------------------------------------------------
 
@@ -138,6 +155,8 @@ class DirManager:
             log.warning("Ignoring part of the directory cache: %s", problem)
         self._report()
         state = self.state
+        if self.bridges is not None:
+            await self._wait_for_bridges()
         if state.have_enough_dir_info(time.time()):
             log.info("Bootstrapping from the directory cache: no fetch needed.")
         while not state.have_enough_dir_info(time.time()):
@@ -148,6 +167,22 @@ class DirManager:
                 await asyncio.sleep(delay)
         self._report(BootstrapPhase.ENOUGH_DIRINFO)
         await self._persist()
+
+    async def _wait_for_bridges(self) -> None:
+        """UseBridges: fetch the bridges' descriptors until at least one bridge is usable."""
+        bridges = self.bridges
+        assert bridges is not None
+        while True:
+            await bridges.fetch_due()
+            if bridges.relays:
+                self._update_bridges()
+                return
+            await asyncio.sleep(min(max(bridges.next_wakeup() - time.time(), 0.2), 60.0))
+
+    def _update_bridges(self) -> None:
+        if self.bridges is not None and self.guards is not None:
+            self.guards.set_bridges(self.bridges.described, time.time())
+            self.save_guards_soon()
 
     async def finish_bootstrap(self, circmgr: CircuitManager) -> None:
         """Build the first exit circuit: 80% → 100% as C tor reports it."""
@@ -273,6 +308,8 @@ class DirManager:
         (C tor's should_use_directory_guards) a bandwidth-weighted directory cache from
         the consensus; before there is a consensus, an authority or fallback."""
         now = time.time()
+        if self.bridges is not None:
+            return self._pick_bridge(now)
         if self.config.use_entry_guards and self.guards is not None and self.state is not None:
             with contextlib.suppress(NoPathError, DirectoryError):
                 relay, _usage = self.guards.select_directory_guard(now)
@@ -314,6 +351,22 @@ class DirManager:
             good = candidates
         return secrets.choice(good)
 
+    def _pick_bridge(self, now: float) -> HopSpec:
+        """UseBridges: a bridge is the only directory source (C tor fetches everything through
+        its bridges): a directory guard from the bridges once we have guards, else one of the
+        described bridges."""
+        assert self.bridges is not None
+        if self.guards is not None:
+            with contextlib.suppress(NoPathError, DirectoryError):
+                relay, _usage = self.guards.select_directory_guard(now)
+                if self._bad_sources.get(relay.rsa_id, 0) < now:
+                    return hop_for(relay, self.families)
+        described = self.bridges.described
+        if not described:
+            raise NoPathError("no bridge descriptor yet: no directory source")
+        good = [r for r in described if self._bad_sources.get(r.rsa_id, 0) < now]
+        return hop_for(secrets.choice(good or described), self.families)
+
     def _drop_source(self, rsa_id: bytes) -> None:
         handle = self._dir_circuits.pop(rsa_id, None)
         if handle is not None:
@@ -331,6 +384,8 @@ class DirManager:
         assert state is not None
         while True:
             try:
+                if self.bridges is not None and await self.bridges.fetch_due():
+                    self._update_bridges()
                 if await self._fetch_round():
                     self.require_netdir()
                     await self._persist()
@@ -356,7 +411,7 @@ class DirManager:
     # -- guard state -------------------------------------------------------------------------
 
     def load_guards(self) -> GuardManager:
-        path = self.data_dir / GUARD_STATE_FILE
+        path = self.data_dir / self._guard_state_file
         now = time.time()
         mgr: GuardManager | None = None
         try:
@@ -376,11 +431,17 @@ class DirManager:
             mgr.overrides["n_primary"] = self.config.num_primary_guards
         if self.config.num_entry_guards is not None:
             mgr.overrides["n_primary_to_use"] = self.config.num_entry_guards
+        if self.bridges is not None:
+            mgr.set_bridges(self.bridges.described, now)
         self.guards = mgr
         self._netdir_seen = None
         self.require_netdir()
         self.save_guards()
         return mgr
+
+    @property
+    def _guard_state_file(self) -> str:
+        return BRIDGE_GUARD_STATE_FILE if self.bridges is not None else GUARD_STATE_FILE
 
     def save_guards_soon(self) -> None:
         if self._save_handle is None:
@@ -391,7 +452,7 @@ class DirManager:
         self._save_handle = None
         if self.guards is None:
             return
-        path = self.data_dir / GUARD_STATE_FILE
+        path = self.data_dir / self._guard_state_file
         tmp = path.with_suffix(".tmp")
         try:
             self.data_dir.mkdir(mode=0o700, parents=True, exist_ok=True)

@@ -53,6 +53,7 @@ from puretor.config.values import (
     SUFFIXES,
     VIRTUAL_IPV4,
     VIRTUAL_IPV6,
+    BridgeLine,
     Kind,
     LogSpec,
     MetricsPortConfig,
@@ -60,11 +61,13 @@ from puretor.config.values import (
     SocksPortConfig,
     app_port_kind,
     choice,
+    format_bridge_line,
     format_log,
     format_metrics_port,
     format_policy_rule,
     format_socks_port,
     line_list,
+    parse_bridge_line,
     parse_log,
     parse_metrics_port,
     parse_policy_entries,
@@ -287,6 +290,11 @@ class TorConfig:
     # OOM handler); None: from the machine's memory as C tor (see proto/memory.py).
     max_mem_in_queues: int | None = option("MaxMemInQueues", MEMUNIT, None, zero_means_default=True)
     use_entry_guards: bool = option("UseEntryGuards", BOOL, True)
+    # Bridges: the only first hops, and the only directory sources (bridges.py).
+    use_bridges: bool = option("UseBridges", BOOL, False)
+    bridges: tuple[BridgeLine, ...] = option(
+        "Bridge", line_list(parse_bridge_line, format_bridge_line), (), repeatable=True
+    )
     num_entry_guards: int | None = option(
         "NumEntryGuards", POSINT, None, zero_means_default=True
     )  # None: consensus guard-n-primary-guards-to-use
@@ -642,7 +650,29 @@ def _check_together(cfg: TorConfig) -> TorConfig:
     if not cfg.client_use_ipv4 and not cfg.client_use_ipv6:
         raise ConfigError("ClientUseIPv4 and ClientUseIPv6 are both 0: no way to reach relays")
     _check_control_auth(cfg)
+    _check_bridges(cfg)
     return cfg
+
+
+def _check_bridges(cfg: TorConfig) -> None:
+    """C tor's options_validate rules for UseBridges and Bridge lines."""
+    if not cfg.use_bridges:
+        return
+    if not cfg.bridges:
+        raise ConfigError("If you set UseBridges, you must specify at least one bridge.")
+    if not cfg.use_entry_guards:
+        raise ConfigError("Setting UseBridges requires also setting UseEntryGuards.")
+    for b in cfg.bridges:
+        if b.rsa_id is None:
+            raise ConfigError(
+                f"Bridge {b.address}:{b.port} has no fingerprint: puretor needs the bridge's "
+                "identity fingerprint in the Bridge line"
+            )
+        if b.transport is not None:
+            raise ConfigError(
+                f"Bridge line with transport {b.transport} is missing a "
+                "ClientTransportPlugin line (not supported by puretor yet)"
+            )
 
 
 def _check_control_auth(cfg: TorConfig) -> None:

@@ -217,6 +217,10 @@ class NetworkPlan:
         """The same plan with IPv4 ORPorts only (for a namespace without IPv6)."""
         return replace(self, nodes=tuple(replace(n, ipv6_address=None) for n in self.nodes))
 
+    def without_transports(self) -> NetworkPlan:
+        """The same plan without the bridges behind a pluggable transport (no obfs4proxy)."""
+        return replace(self, nodes=tuple(n for n in self.nodes if n.transport is None))
+
     def node(self, nickname: str) -> NodeSpec:
         for n in self.nodes:
             if n.nickname == nickname:

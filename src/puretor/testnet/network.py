@@ -353,8 +353,19 @@ class TestNetwork:
         if self.plan.ipv6_addresses and not self._add_ipv6_addresses(progress):
             self.plan = self.plan.without_ipv6()
 
+        obfs4proxy = find_binary("obfs4proxy")
+        if obfs4proxy is None and any(n.transport for n in self.plan.nodes):
+            progress("no obfs4 bridge: obfs4proxy is not installed")
+            self.plan = self.plan.without_transports()
+
         progress("generating keys and configuration")
-        prep = prepare(self.workdir, self.plan, tor=self.tor, gencert=self.gencert)
+        prep = prepare(
+            self.workdir,
+            self.plan,
+            tor=self.tor,
+            gencert=self.gencert,
+            obfs4proxy=obfs4proxy or "obfs4proxy",
+        )
         self.censored = self._install_censor(progress)
 
         if prep.links_config is not None:

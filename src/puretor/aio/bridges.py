@@ -1,0 +1,170 @@
+"""Bridges (UseBridges 1): learn each configured bridge's keys from the bridge itself.
+
+A bridge is in no consensus.  For each ``Bridge`` line we open a channel to it - which proves
+the line's fingerprint in the link handshake - build a one-hop CREATE_FAST circuit and fetch
+``/tor/server/authority`` over BEGIN_DIR, as C tor does (bridges.c, fetch_bridge_descriptors).
+The verified descriptor gives the bridge's ntor and ed25519 keys; the bridge then becomes a
+guard candidate (`GuardManager.set_bridges`) and a directory source.  Nothing here ever
+connects anywhere but to a configured bridge, and `allows` is what the channel allow-check
+asks with UseBridges set.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import time
+from collections.abc import Callable, Sequence
+
+from puretor.aio.channel import ChannelManager, ChannelTarget
+from puretor.aio.circuit import HopSpec, build_circuit
+from puretor.aio.dirclient import fetch_raw
+from puretor.config.values import BridgeLine
+from puretor.dir.http import HttpResponseParser, build_request
+from puretor.dir.netdir import Relay
+from puretor.dir.routerdesc import MAX_DESCRIPTOR, bridge_relay, parse_router_descriptor
+from puretor.errors import (
+    ChannelError,
+    CircuitError,
+    DirectoryError,
+    DocumentError,
+    ProtocolError,
+)
+
+log = logging.getLogger("puretor.bridges")
+NOTICE = 25
+
+DESCRIPTOR_PATH = "/tor/server/authority"
+FETCH_TIMEOUT = 30.0
+# C tor refetches a bridge's descriptor about every 12 hours (bridges.c); after a failure it
+# retries on a short schedule, here 5 s doubling up to 5 minutes.
+REFETCH_INTERVAL = 12 * 3600.0
+RETRY_MIN, RETRY_MAX = 5.0, 300.0
+
+
+class BridgeDescriptorError(DirectoryError):
+    """A bridge served a descriptor that does not parse, or that is not its own."""
+
+
+def bridge_target(line: BridgeLine) -> ChannelTarget:
+    if line.rsa_id is None:  # refused by the configuration check
+        raise ValueError(f"{line.describe()} has no fingerprint")
+    return ChannelTarget(line.address, line.port, line.rsa_id, None, "")
+
+
+class BridgeSet:
+    """The configured bridges and what we learned about them."""
+
+    def __init__(
+        self,
+        lines: Sequence[BridgeLine],
+        chanmgr: ChannelManager,
+        on_problem: Callable[[Exception, ChannelTarget], None] = lambda exc, target: None,
+        on_progress: Callable[[str], None] = lambda tag: None,
+    ) -> None:
+        self.lines = tuple(lines)
+        self.chanmgr = chanmgr
+        self.on_problem = on_problem
+        self.on_progress = on_progress
+        self.relays: dict[bytes, Relay] = {}  # described bridges, by RSA identity
+        self.fetched_at: dict[bytes, float] = {}
+        self.failures: dict[BridgeLine, int] = {}
+        self.next_try: dict[BridgeLine, float] = {}
+        self.last_error: str | None = None
+
+    def allows(self, target: ChannelTarget) -> str | None:
+        """The channel allow-check with UseBridges: a configured bridge, at the address and
+        port of its line, with its identity; nothing else."""
+        for line in self.lines:
+            if (target.address, target.or_port) == (line.address, line.port) and (
+                line.rsa_id is None or line.rsa_id == target.rsa_id
+            ):
+                return None
+        return "UseBridges is set: only configured bridges may be connected to"
+
+    @property
+    def described(self) -> list[Relay]:
+        return list(self.relays.values())
+
+    def due(self, now: float) -> list[BridgeLine]:
+        """Lines whose descriptor we need (or need again) now."""
+        out = []
+        for line in self.lines:
+            rsa = line.rsa_id or b""
+            if now < self.next_try.get(line, 0.0):
+                continue
+            if rsa in self.relays and now - self.fetched_at.get(rsa, 0.0) < REFETCH_INTERVAL:
+                continue
+            out.append(line)
+        return out
+
+    def next_wakeup(self) -> float:
+        return min(self.next_try.values(), default=time.time() + RETRY_MIN)
+
+    async def fetch_due(self) -> bool:
+        """Fetch every due descriptor at once; True if one new or changed bridge arrived."""
+        lines = self.due(time.time())
+        if not lines:
+            return False
+        results = await asyncio.gather(*(self._fetch_one(line) for line in lines))
+        return any(results)
+
+    async def _fetch_one(self, line: BridgeLine) -> bool:
+        target = bridge_target(line)
+        try:
+            relay = await self.fetch_descriptor(line)
+        except (TimeoutError, ChannelError, CircuitError, DirectoryError, ProtocolError) as exc:
+            n = self.failures.get(line, 0) + 1
+            self.failures[line] = n
+            self.next_try[line] = time.time() + min(RETRY_MAX, RETRY_MIN * 2 ** (n - 1))
+            self.last_error = f"{line.describe()}: {exc}"
+            if isinstance(exc, DirectoryError | BridgeDescriptorError):
+                log.warning("Could not use the descriptor of %s: %s", line.describe(), exc)
+            self.on_problem(exc, target)
+            return False
+        self.failures.pop(line, None)
+        self.next_try.pop(line, None)
+        old = self.relays.get(relay.rsa_id)
+        self.relays[relay.rsa_id] = relay
+        self.fetched_at[relay.rsa_id] = time.time()
+        if old is None:
+            # C tor: "new bridge descriptor 'NICK' (fresh): $FP~NICK at ADDR"
+            log.log(
+                NOTICE,
+                "new bridge descriptor '%s' (fresh): $%s~%s at %s",
+                relay.nickname,
+                relay.fingerprint,
+                relay.nickname,
+                line.address,
+            )
+        return old != relay
+
+    async def fetch_descriptor(self, line: BridgeLine) -> Relay:
+        """Connect to the bridge, one-hop CREATE_FAST, GET /tor/server/authority."""
+        target = bridge_target(line)
+        self.on_progress("conn")
+        await self.chanmgr.get_channel(target)
+        self.on_progress("handshake_done")
+        handle = await build_circuit(self.chanmgr, [HopSpec(target, None)], timeout=FETCH_TIMEOUT)
+        try:
+            self.on_progress("onehop_create")
+            raw = await fetch_raw(
+                handle,
+                build_request(DESCRIPTOR_PATH),
+                timeout=FETCH_TIMEOUT,
+                max_size=MAX_DESCRIPTOR + 4096,
+            )
+        finally:
+            handle.close()
+        parser = HttpResponseParser()
+        parser.feed(raw)
+        resp = parser.finish()
+        if resp.status != 200:
+            raise DirectoryError(
+                f"{line.describe()} answered HTTP {resp.status} {resp.reason} for its descriptor"
+            )
+        try:
+            desc = parse_router_descriptor(resp.body, line.rsa_id)
+        except DocumentError as exc:
+            raise BridgeDescriptorError(str(exc)) from exc
+        return bridge_relay(desc, line.address, line.port)

@@ -1,0 +1,140 @@
+"""Bridges (UseBridges, Bridge) against the private network's C tor bridges, with the
+authorities and every listed relay blocked for the client by the network's censor.
+
+The censor (puretor.testnet.censor) drops packets of processes running with its group id to
+every authority and listed relay address; the daemons here run under ``setpriv --regid``
+with that group. The audit hook logs every connection the daemon makes.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import subprocess
+import time
+from collections.abc import Mapping, Sequence
+from pathlib import Path
+from typing import Any
+
+import pytest
+from test_zz_hardening_helpers import read_audit, start_daemon
+
+from puretor.testnet.network import TestNetwork
+
+
+def _censored(info: Mapping[str, Any]) -> list[str]:
+    censor = info.get("censor")
+    if not censor:
+        pytest.skip("the network has no censor (nft missing)")
+    return ["setpriv", f"--regid={censor['gid']}", "--clear-groups", "--"]
+
+
+def _bridge(info: Mapping[str, Any], transport: str | None = None) -> dict[str, Any]:
+    for b in info.get("bridges", ()):
+        if b["transport"] == transport:
+            return dict(b)
+    pytest.skip(f"the network has no {transport or 'plain'} bridge")
+
+
+def _daemon(
+    net: TestNetwork, workdir: Path, bridge_lines: Sequence[str], *, wait: bool = True
+) -> Any:
+    info = net.info
+    extra = [
+        "SocksPort 127.0.0.1:auto",
+        "Log info stdout",
+        "SafeLogging 0",
+        "UseBridges 1",
+        *(f"Bridge {line}" for line in bridge_lines),
+    ]
+    return start_daemon(info, workdir, extra, wrap=_censored(info), wait=wait)
+
+
+def _channel_targets(workdir: Path) -> set[tuple[str, int, str]]:
+    """(address, port, identity) of every channel and every TCP connect in the audit log."""
+    out = set()
+    for ev in read_audit(workdir / "audit.jsonl"):
+        if ev[0] == "channel":
+            out.add((ev[1][0], int(ev[1][1]), ev[1][2].upper()))
+        elif ev[0] == "connect":
+            out.add((ev[1][0], int(ev[1][1]), "tcp"))
+        elif ev[0] != "resolve":
+            out.add((str(ev[1]), 0, "other"))
+    return out
+
+
+def test_the_censor_blocks_the_directory(testnet: TestNetwork) -> None:
+    """What the censor does to a censored process: an authority's DirPort stays silent."""
+    info = testnet.info
+    wrap = _censored(info)
+    auth = info["authorities"][0]
+    before = testnet.dropped_packets()
+    proc = subprocess.run(
+        [*wrap, "curl", "-s", "-m", "2", f"http://{auth['address']}:{auth['dirport']}/"],
+        capture_output=True,
+        timeout=20,
+    )
+    assert proc.returncode == 28, proc  # curl: operation timed out
+    assert testnet.dropped_packets() > before
+
+
+@pytest.mark.options("UseBridges", "Bridge")
+def test_plain_bridge_is_the_only_way_in(testnet: TestNetwork, tmp_path: Path) -> None:
+    info = testnet.info
+    bridge = _bridge(info)
+    before = testnet.dropped_packets()
+    t0 = time.monotonic()
+    client = _daemon(testnet, tmp_path, [bridge["bridge_line"]])
+    try:
+        boot = time.monotonic() - t0
+        log = client.log_text()
+        assert f"new bridge descriptor '{bridge['nickname']}' (fresh)" in log
+        f = info["targets"]["files"]["10MiB"]
+        body = client.curl(f["urls"]["http_host"])
+        assert len(body) == f["size"] and hashlib.sha256(body).hexdigest() == f["sha256"]
+    finally:
+        client.stop()
+    # Every connection went to the bridge's ORPort, proving the bridge's identity.
+    targets = _channel_targets(tmp_path)
+    assert targets, "the audit log is empty"
+    allowed = {(bridge["address"], bridge["orport"], bridge["fingerprint"])}
+    allowed.add((bridge["address"], bridge["orport"], "tcp"))
+    assert targets <= allowed, targets - allowed
+    # ... and it never even tried a blocked address.
+    assert testnet.dropped_packets() == before
+    # The bridge is the persisted guard (C tor's separate "bridges" guard selection).
+    state = json.loads((tmp_path / "data" / "state-bridges.json").read_text())
+    assert [g["rsa_id"] for g in state["guards"]] == [bridge["fingerprint"]]
+    print(f"bootstrap through the plain bridge: {boot:.1f}s")
+
+
+def test_wrong_fingerprint_is_refused(testnet: TestNetwork, tmp_path: Path) -> None:
+    info = testnet.info
+    bridge = _bridge(info)
+    wrong = info["relays"][0]["fingerprint"]
+    line = f"{bridge['address']}:{bridge['orport']} {wrong}"
+    client = _daemon(testnet, tmp_path, [line], wait=False)
+    try:
+        m = client.wait_for_log(r"\[warn\] Problem bootstrapping\. Stuck at .*", timeout=40)
+        assert "IDENTITY" in m.group(0), m.group(0)
+        assert "Bootstrapped 100%" not in client.log_text()
+    finally:
+        client.stop()
+    assert {t[:2] for t in _channel_targets(tmp_path)} <= {(bridge["address"], bridge["orport"])}
+
+
+def test_unreachable_bridge_gives_the_bootstrap_warning(
+    testnet: TestNetwork, tmp_path: Path
+) -> None:
+    bridge = _bridge(testnet.info)
+    line = f"{bridge['address']}:1 {bridge['fingerprint']}"  # nothing listens on port 1
+    client = _daemon(testnet, tmp_path, [line], wait=False)
+    try:
+        m = client.wait_for_log(
+            r"\[warn\] Problem bootstrapping\. Stuck at 5% \(conn\): Connecting to a relay\. "
+            r"\(Connection refused; CONNECTREFUSED; .*",
+            timeout=30,
+        )
+        assert f"{bridge['address']}:1" in m.group(0)
+    finally:
+        client.stop()
