@@ -16,10 +16,12 @@ import functools
 import ipaddress
 import logging
 import os
+import socket
 import ssl as _ssl
 import time
 import weakref
 from collections.abc import AsyncIterator, Awaitable, Callable, Hashable
+from pathlib import Path
 from typing import Any, TypeVar
 
 from puretor.aio.channel import ChannelManager, ChannelTarget
@@ -42,6 +44,7 @@ from puretor.aio.observe import (
 from puretor.aio.observe import (
     RelayRef as RelayRef,
 )
+from puretor.aio.pt import Transports
 from puretor.aio.stream import TorStreamTransport
 from puretor.config import TorConfig
 from puretor.dir.netdir import Relay
@@ -120,6 +123,13 @@ class TorClient:
         )
         self._halflife_warned = False
         self._dirmgr = DirManager(self.config, self._chanmgr)
+        # Pluggable transports: bridges behind one are reached through its SOCKS5 proxy.
+        self._pts: Transports | None = None
+        if self.config.transport_plugins:
+            self._pts = Transports(
+                self.config.transport_plugins, Path(self.config.data_directory).expanduser()
+            )
+            self._chanmgr.connector = self._connect_through_transport
         self._circmgr: CircuitManager | None = None
         self._guards: GuardManager | None = None
         self._bootstrap_task: asyncio.Task[None] | None = None
@@ -149,6 +159,14 @@ class TorClient:
             self._halflife_warned = True
             log.warning("%s", warning)
         return halflife
+
+    def _connect_through_transport(self, target: ChannelTarget) -> Awaitable[socket.socket] | None:
+        """A bridge behind a transport: connect through its proxy (None: directly)."""
+        bridges = self._dirmgr.bridges
+        line = bridges.line_for(target) if bridges is not None else None
+        if line is None or line.transport is None or self._pts is None:
+            return None
+        return self._pts.connect(line.transport, line.address, line.port, line.args)
 
     def _channel_allowed(self, target: ChannelTarget) -> str | None:
         """Fail closed at the channel layer: connect only to a configured authority or
@@ -338,6 +356,8 @@ class TorClient:
         await _cancel_until_done(self._dirmgr._refresh_task)
         await self._dirmgr.close()
         self._chanmgr.close_all()
+        if self._pts is not None:
+            await self._pts.close()
 
     async def new_identity(self) -> None:
         """Like C tor's NEWNYM: circuits used so far take no new streams.

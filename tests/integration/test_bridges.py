@@ -10,6 +10,9 @@ from __future__ import annotations
 
 import hashlib
 import json
+import os
+import shutil
+import signal
 import subprocess
 import time
 from collections.abc import Mapping, Sequence
@@ -138,3 +141,92 @@ def test_unreachable_bridge_gives_the_bootstrap_warning(
         assert f"{bridge['address']}:1" in m.group(0)
     finally:
         client.stop()
+
+
+def _children_named(pid: int, name: str) -> list[int]:
+    out = []
+    for entry in Path("/proc").iterdir():
+        if not entry.name.isdigit():
+            continue
+        try:
+            stat = (entry / "stat").read_text()
+        except OSError:
+            continue
+        comm, rest = stat[stat.index("(") + 1 : stat.rindex(")")], stat[stat.rindex(")") + 2 :]
+        if comm == name and int(rest.split()[1]) == pid and rest[0] != "Z":
+            out.append(int(entry.name))
+    return out
+
+
+@pytest.mark.options("ClientTransportPlugin")
+def test_obfs4_bridge_with_managed_obfs4proxy(testnet: TestNetwork, tmp_path: Path) -> None:
+    """Bootstrap and fetch through the obfs4 bridge with Debian's obfs4proxy as a managed
+    transport; then kill the proxy mid-download: the stream fails, the proxy is restarted,
+    and the next fetch works."""
+    info = testnet.info
+    bridge = _bridge(info, "obfs4")
+    obfs4proxy = shutil.which("obfs4proxy")
+    if obfs4proxy is None:
+        pytest.skip("obfs4proxy is not installed")
+    before = testnet.dropped_packets()
+    extra = [
+        "SocksPort 127.0.0.1:auto",
+        "Log info stdout",
+        "SafeLogging 0",
+        "UseBridges 1",
+        f"Bridge {bridge['bridge_line']}",
+        f"ClientTransportPlugin obfs4 exec {obfs4proxy}",
+    ]
+    client = start_daemon(info, tmp_path, extra, wrap=_censored(info))
+    try:
+        log = client.log_text()
+        assert "Bootstrapped 1% (conn_pt): Connecting to pluggable transport" in log
+        assert "Registered client transport 'obfs4'" in log
+        f = info["targets"]["files"]["10MiB"]
+        body = client.curl(f["urls"]["http_host"])
+        assert len(body) == f["size"] and hashlib.sha256(body).hexdigest() == f["sha256"]
+        assert (tmp_path / "data" / "pt_state").is_dir()  # TOR_PT_STATE_LOCATION
+
+        # Kill the proxy in the middle of a big download.
+        [pt_pid] = _children_named(client.pid, "obfs4proxy")
+        big = info["targets"]["files"]["100MiB"]["urls"]["http_host"]
+        curl = subprocess.Popen(
+            client.curl_argv(big, "--limit-rate", "5M", max_time=60),
+            stdout=subprocess.DEVNULL,
+            stderr=subprocess.PIPE,
+        )
+        time.sleep(1.0)
+        os.kill(pt_pid, signal.SIGKILL)
+        assert curl.wait(timeout=60) != 0  # the stream failed, cleanly and soon
+        client.wait_for_log(r"Managed proxy at '.*obfs4proxy' died", timeout=10)
+        deadline = time.monotonic() + 60
+        while not [p for p in _children_named(client.pid, "obfs4proxy") if p != pt_pid]:
+            assert time.monotonic() < deadline, client.log_tail()
+            time.sleep(0.1)
+        small = info["targets"]["files"]["1MiB"]
+        body = _curl_retrying(client, small["urls"]["http_host"], deadline=time.monotonic() + 60)
+        assert hashlib.sha256(body).hexdigest() == small["sha256"]
+    finally:
+        client.stop()
+    assert not _children_named(client.pid, "obfs4proxy")
+    targets = _channel_targets(tmp_path)
+    for address, port, what in targets:
+        if what == "tcp":
+            assert address == "127.0.0.1", targets  # only the proxy's local SOCKS port
+        else:
+            assert (address, port, what) == (
+                bridge["transport_address"],
+                bridge["transport_port"],
+                bridge["fingerprint"],
+            ), targets
+    assert testnet.dropped_packets() == before
+
+
+def _curl_retrying(client: Any, url: str, *, deadline: float) -> bytes:
+    while True:
+        try:
+            return bytes(client.curl(url, timeout=40))
+        except Exception:
+            if time.monotonic() > deadline:
+                raise
+            time.sleep(1.0)

@@ -92,3 +92,24 @@ def test_torclient_with_bridges_refuses_authorities(tmp_path: object) -> None:
     auth = ChannelTarget("127.1.0.1", 9001, bytes.fromhex("D" * 40))
     assert "only configured bridges" in (client._channel_allowed(auth) or "")
     assert client._channel_allowed(ChannelTarget("127.12.0.1", 9001, bytes.fromhex(FP))) is None
+
+
+def test_transport_plugin_lines() -> None:
+    from puretor.config.values import format_transport_plugin, parse_transport_plugin
+
+    p = parse_transport_plugin("obfs4,meek_lite exec /usr/bin/obfs4proxy -enableLogging")
+    assert (p.transports, p.kind, p.argv) == (
+        ("obfs4", "meek_lite"), "exec", ("/usr/bin/obfs4proxy", "-enableLogging")
+    )  # fmt: skip
+    assert format_transport_plugin(p) == "obfs4,meek_lite exec /usr/bin/obfs4proxy -enableLogging"
+    s = parse_transport_plugin("obfs4 socks5 127.0.0.1:1080")
+    assert (s.kind, s.address) == ("socks5", ("127.0.0.1", 1080))
+    for bad in ("obfs4 exec", "obfs-4 exec /x", "obfs4 socks5 nohost", "obfs4 http 1.2.3.4:5"):
+        with pytest.raises(ValueError):
+            parse_transport_plugin(bad)
+    cfg = TorConfig.from_options(
+        UseBridges=1,
+        Bridge=f"obfs4 127.13.0.1:9002 {FP} cert=x iat-mode=0",
+        ClientTransportPlugin="obfs4 exec /usr/bin/obfs4proxy",
+    )
+    assert cfg.bridges[0].transport == "obfs4" and cfg.transport_plugins[0].kind == "exec"

@@ -82,6 +82,15 @@ class BridgeSet:
                 return None
         return "UseBridges is set: only configured bridges may be connected to"
 
+    def line_for(self, target: ChannelTarget) -> BridgeLine | None:
+        """The Bridge line a connection to `target` is for (None: not a bridge)."""
+        for line in self.lines:
+            if (target.address, target.or_port) == (line.address, line.port) and (
+                line.rsa_id is None or line.rsa_id == target.rsa_id
+            ):
+                return line
+        return None
+
     @property
     def described(self) -> list[Relay]:
         return list(self.relays.values())
@@ -142,8 +151,10 @@ class BridgeSet:
     async def fetch_descriptor(self, line: BridgeLine) -> Relay:
         """Connect to the bridge, one-hop CREATE_FAST, GET /tor/server/authority."""
         target = bridge_target(line)
-        self.on_progress("conn")
+        self.on_progress("conn_pt" if line.transport else "conn")
         await self.chanmgr.get_channel(target)
+        if line.transport:
+            self.on_progress("conn_done_pt")
         self.on_progress("handshake_done")
         handle = await build_circuit(self.chanmgr, [HopSpec(target, None)], timeout=FETCH_TIMEOUT)
         try:

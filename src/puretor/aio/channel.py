@@ -19,10 +19,11 @@ import contextlib
 import errno
 import logging
 import os
+import socket
 import ssl
 import sys
 import time
-from collections.abc import Callable
+from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 
 from puretor.aio.observe import ChannelEvent, RelayRef, new_channel_id
@@ -227,6 +228,12 @@ class ChannelManager:
         # allow(target) -> None to connect, or why not. None: every target (tests, tools).
         self.allow = allow
         self.refused = 0  # connections refused by `allow`
+        # connector(target) -> None to connect directly, or an awaitable of a connected
+        # socket already through a proxy (a pluggable transport's SOCKS5 port): TLS then
+        # runs over that socket.  Set by TorClient for bridges behind a transport.
+        self.connector: Callable[[ChannelTarget], Awaitable[socket.socket] | None] = lambda target: (
+            None
+        )
 
     async def get_channel(self, target: ChannelTarget) -> Channel:
         chan = self._channels.get(target.rsa_id)
@@ -261,16 +268,7 @@ class ChannelManager:
         self.reactor.observer.emit(proto.event)
         sys.audit("puretor.channel.connect", target.address, target.or_port, target.rsa_id.hex())
         try:
-            await asyncio.wait_for(
-                loop.create_connection(
-                    lambda: proto,
-                    target.address,
-                    target.or_port,
-                    ssl=_tls_context(),
-                    server_hostname="",
-                ),
-                CONNECT_TIMEOUT,
-            )
+            await asyncio.wait_for(self._connect(loop, proto, target), CONNECT_TIMEOUT)
         except (TimeoutError, OSError) as exc:
             reason, warning = _connect_failure(exc)
             proto.report("FAILED", reason)
@@ -312,6 +310,28 @@ class ChannelManager:
         self.reactor.watch(channel)
         log.debug("channel open to %s (link protocol %d)", target.describe(), channel.link_protocol)
         return channel
+
+    async def _connect(
+        self, loop: asyncio.AbstractEventLoop, proto: ChannelProtocol, target: ChannelTarget
+    ) -> None:
+        through = self.connector(target)
+        if through is None:
+            await loop.create_connection(
+                lambda: proto,
+                target.address,
+                target.or_port,
+                ssl=_tls_context(),
+                server_hostname="",
+            )
+            return
+        sock = await through
+        try:
+            await loop.create_connection(
+                lambda: proto, sock=sock, ssl=_tls_context(), server_hostname=""
+            )
+        except BaseException:
+            sock.close()
+            raise
 
     def _relieve_memory(self) -> None:
         """Over MaxMemInQueues: close the circuits holding the oldest queued data."""

@@ -61,6 +61,8 @@ GUARD_STATE_FILE = "state.json"
 # UseBridges: C tor's separate "bridges" guard selection, in a file of its own.
 BRIDGE_GUARD_STATE_FILE = "state-bridges.json"
 _BRIDGE_PHASES = {
+    "conn_pt": BootstrapPhase.CONN_PT,
+    "conn_done_pt": BootstrapPhase.CONN_DONE_PT,
     "conn": BootstrapPhase.CONN,
     "handshake_done": BootstrapPhase.HANDSHAKE_DONE,
     "onehop_create": BootstrapPhase.ONEHOP_CREATE,

@@ -59,6 +59,7 @@ from puretor.config.values import (
     MetricsPortConfig,
     PolicyRule,
     SocksPortConfig,
+    TransportPlugin,
     app_port_kind,
     choice,
     format_bridge_line,
@@ -66,12 +67,14 @@ from puretor.config.values import (
     format_metrics_port,
     format_policy_rule,
     format_socks_port,
+    format_transport_plugin,
     line_list,
     parse_bridge_line,
     parse_log,
     parse_metrics_port,
     parse_policy_entries,
     parse_socks_port,
+    parse_transport_plugin,
 )
 from puretor.errors import ConfigError
 from puretor.proto.conflux import UX_BY_NAME
@@ -294,6 +297,12 @@ class TorConfig:
     use_bridges: bool = option("UseBridges", BOOL, False)
     bridges: tuple[BridgeLine, ...] = option(
         "Bridge", line_list(parse_bridge_line, format_bridge_line), (), repeatable=True
+    )
+    transport_plugins: tuple[TransportPlugin, ...] = option(
+        "ClientTransportPlugin",
+        line_list(parse_transport_plugin, format_transport_plugin),
+        (),
+        repeatable=True,
     )
     num_entry_guards: int | None = option(
         "NumEntryGuards", POSINT, None, zero_means_default=True
@@ -668,10 +677,10 @@ def _check_bridges(cfg: TorConfig) -> None:
                 f"Bridge {b.address}:{b.port} has no fingerprint: puretor needs the bridge's "
                 "identity fingerprint in the Bridge line"
             )
-        if b.transport is not None:
+        names = {n for p in cfg.transport_plugins for n in p.transports}
+        if b.transport is not None and b.transport not in names:
             raise ConfigError(
-                f"Bridge line with transport {b.transport} is missing a "
-                "ClientTransportPlugin line (not supported by puretor yet)"
+                f"Bridge line with transport {b.transport} is missing a ClientTransportPlugin line"
             )
 
 

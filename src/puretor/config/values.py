@@ -648,3 +648,56 @@ def format_bridge_line(b: BridgeLine) -> str:
     words += [b.fingerprint] if b.fingerprint else []
     words += [f"{k}={v}" for k, v in b.args]
     return " ".join(words)
+
+
+# --- ClientTransportPlugin
+
+
+@dataclass(frozen=True)
+class TransportPlugin:
+    """``ClientTransportPlugin NAME[,NAME] exec PATH [ARGS]`` (a managed proxy we start) or
+    ``ClientTransportPlugin NAME[,NAME] socks5 IP:PORT`` (an external one already running)."""
+
+    transports: tuple[str, ...]
+    kind: Literal["exec", "socks5"]
+    argv: tuple[str, ...] = ()  # exec
+    address: tuple[str, int] | None = None  # socks5
+
+
+def parse_transport_plugin(value: str) -> TransportPlugin:
+    words = value.split()
+    if len(words) < 3:
+        raise ValueError("Too few arguments on ClientTransportPlugin line.")
+    names = tuple(words[0].split(","))
+    for name in names:
+        if not _C_IDENTIFIER.match(name):
+            raise ValueError(f"Transport name is not a C identifier ({name}).")
+    kind = words[1]
+    if kind == "exec":
+        return TransportPlugin(names, "exec", argv=tuple(words[2:]))
+    if kind == "socks5":
+        if len(words) != 3:
+            raise ValueError("Too many arguments on ClientTransportPlugin line.")
+        m = re.fullmatch(r"\[([0-9A-Fa-f:.]+)\]:(\d{1,5})|([0-9.]+):(\d{1,5})", words[2])
+        try:
+            if m is None:
+                raise ValueError
+            address = str(ipaddress.ip_address(m.group(1) or m.group(3)))
+            port = int(m.group(2) or m.group(4))
+            if not 0 < port < 65536:
+                raise ValueError
+        except ValueError:
+            raise ValueError(f"Error parsing transport address '{words[2]}'") from None
+        return TransportPlugin(names, "socks5", address=(address, port))
+    if kind == "socks4":
+        raise ValueError("socks4 transport proxies are not supported by puretor")
+    raise ValueError(f"Strange ClientTransportPlugin field '{kind}'.")
+
+
+def format_transport_plugin(p: TransportPlugin) -> str:
+    head = f"{','.join(p.transports)} {p.kind}"
+    if p.kind == "exec":
+        return f"{head} {' '.join(p.argv)}"
+    assert p.address is not None
+    host = f"[{p.address[0]}]" if ":" in p.address[0] else p.address[0]
+    return f"{head} {host}:{p.address[1]}"
