@@ -328,6 +328,8 @@ class TorClient:
             max_pending=cfg.max_client_circuits_pending,
             new_circuit_period=cfg.new_circuit_period,
         )
+        if cfg.use_bridges and len(cfg.bridges) == 1:
+            self._circmgr.one_bridge_transport = cfg.bridges[0].transport or "vanilla"
         self._dirmgr.guards = self._guards
         self._dirmgr.circmgr = self._circmgr
         # Refresh from now on: a cached consensus that is only "reasonably live" gets

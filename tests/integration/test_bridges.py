@@ -61,6 +61,8 @@ def _channel_targets(workdir: Path) -> set[tuple[str, int, str]]:
             out.add((ev[1][0], int(ev[1][1]), ev[1][2].upper()))
         elif ev[0] == "connect":
             out.add((ev[1][0], int(ev[1][1]), "tcp"))
+        elif ev[0] == "program":  # a process started: (event, its arguments)
+            out.add((str(ev[2]), 0, "program"))
         elif ev[0] != "resolve":
             out.add((str(ev[1]), 0, "other"))
     return out
@@ -211,7 +213,9 @@ def test_obfs4_bridge_with_managed_obfs4proxy(testnet: TestNetwork, tmp_path: Pa
     assert not _children_named(client.pid, "obfs4proxy")
     targets = _channel_targets(tmp_path)
     for address, port, what in targets:
-        if what == "tcp":
+        if what == "program":
+            assert obfs4proxy in address, targets  # the managed proxy, nothing else
+        elif what == "tcp":
             assert address == "127.0.0.1", targets  # only the proxy's local SOCKS port
         else:
             assert (address, port, what) == (

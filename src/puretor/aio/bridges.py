@@ -129,6 +129,16 @@ class BridgeSet:
             self.last_error = f"{line.describe()}: {exc}"
             if isinstance(exc, DirectoryError | BridgeDescriptorError):
                 log.warning("Could not use the descriptor of %s: %s", line.describe(), exc)
+            elif isinstance(exc, ChannelError) and exc.reason == "IDENTITY":
+                # C tor: "it's a bridge, it's either a misconfiguration, or unexpected".
+                log.warning(
+                    "Tried connecting to router at %s:%d, but its identity key was not as "
+                    "expected: wanted $%s (the Bridge line's fingerprint). %s",
+                    line.address,
+                    line.port,
+                    line.fingerprint,
+                    exc.warning or exc,
+                )
             self.on_problem(exc, target)
             return False
         self.failures.pop(line, None)

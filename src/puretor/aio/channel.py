@@ -373,6 +373,9 @@ class ChannelManager:
                 warning=f"refused by our own connection check: {why}",
             )
 
+    def has_open_channel(self) -> bool:
+        return any(c.state is ChannelState.OPEN for c in self._channels.values())
+
     def drop(self, rsa_id: bytes) -> None:
         chan = self._channels.pop(rsa_id, None)
         if chan is not None:

@@ -120,6 +120,8 @@ class CircuitManager:
         self._netdir = netdir
         self.guards = guards
         self._one_bridge_warned = False
+        # With exactly one Bridge line: its transport ("vanilla" for none), for C tor's warning.
+        self.one_bridge_transport: str | None = None
         self.enforce_distinct_subnets = enforce_distinct_subnets
         self.build_timeout = build_timeout
         self.on_guards_changed = on_guards_changed
@@ -369,11 +371,13 @@ class CircuitManager:
         (C tor's conflux_can_exclude_used_bridges: then the legs share it, with a warning)."""
         bridges = self.guards.bridges
         if bridges is not None and len(bridges) < 2:
-            if not self._one_bridge_warned and bridges:
+            transport = self.one_bridge_transport
+            if not self._one_bridge_warned and transport not in (None, "snowflake"):
                 self._one_bridge_warned = True
                 log.warning(
-                    "Only one bridge (transport: 'vanilla') is configured. You should have at "
-                    "least two for conflux, for any transport that is not 'snowflake'."
+                    "Only one bridge (transport: '%s') is configured. You should have at "
+                    "least two for conflux, for any transport that is not 'snowflake'.",
+                    transport,
                 )
             return []
         return [r for h in in_use if (r := self.guards.lookup(h.target.rsa_id)) is not None]

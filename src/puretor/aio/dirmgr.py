@@ -138,8 +138,11 @@ class DirManager:
             warning, reason = str(exc) or type(exc).__name__, "MISC"
         host_id = target.rsa_id.hex().upper() if target is not None else "?"
         host_addr = f"{target.address}:{target.or_port}" if target is not None else "?"
+        # C tor (control_event_bootstrap_prob_or): with bridges and no other connection
+        # open, every bridge failed: warn at once.
+        warn = self.bridges is not None and not self.chanmgr.has_open_channel()
         lines = self.reporter.problem(
-            warning, reason, time.monotonic(), host_id=host_id, host_addr=host_addr
+            warning, reason, time.monotonic(), host_id=host_id, host_addr=host_addr, warn=warn
         )
         for level, line in lines:
             log.log(level, "%s", line)

@@ -148,7 +148,7 @@ class ManagedProxy:
         elif not self._closing:
             self._note_failure()
             log.warning(
-                "Managed proxy at '%s' died (exit status %s): it is restarted when needed.",
+                "Managed proxy at '%s' died (exit status %s); restarting it.",
                 self.plugin.argv[0],
                 proc.returncode,
             )
