@@ -22,6 +22,7 @@ from typing import Any
 import pytest
 from test_zz_hardening_helpers import read_audit, start_daemon
 
+from puretor.testnet.ctor_client import start_ctor_client
 from puretor.testnet.network import TestNetwork
 
 
@@ -179,8 +180,10 @@ def test_obfs4_bridge_with_managed_obfs4proxy(testnet: TestNetwork, tmp_path: Pa
         f"Bridge {bridge['bridge_line']}",
         f"ClientTransportPlugin obfs4 exec {obfs4proxy}",
     ]
+    t0 = time.monotonic()
     client = start_daemon(info, tmp_path, extra, wrap=_censored(info))
     try:
+        print(f"puretor bootstrap through the obfs4 bridge: {time.monotonic() - t0:.1f}s")
         log = client.log_text()
         assert "Bootstrapped 1% (conn_pt): Connecting to pluggable transport" in log
         assert "Registered client transport 'obfs4'" in log
@@ -234,3 +237,36 @@ def _curl_retrying(client: Any, url: str, *, deadline: float) -> bytes:
             if time.monotonic() > deadline:
                 raise
             time.sleep(1.0)
+
+
+def test_ctor_reference_with_the_same_bridge_lines(testnet: TestNetwork, tmp_path: Path) -> None:
+    """C tor as a client with the same Bridge and ClientTransportPlugin lines, censored the
+    same way: the reference (the network's bridges work for C tor, and it too never tries a
+    blocked address)."""
+    info = testnet.info
+    bridge = _bridge(info, "obfs4")
+    obfs4proxy = shutil.which("obfs4proxy")
+    if obfs4proxy is None:
+        pytest.skip("obfs4proxy is not installed")
+    before = testnet.dropped_packets()
+    t0 = time.monotonic()
+    client = start_ctor_client(
+        info,
+        tmp_path,
+        client_auth=False,
+        extra_torrc=[
+            "UseBridges 1",
+            f"Bridge {bridge['bridge_line']}",
+            f"ClientTransportPlugin obfs4 exec {obfs4proxy}",
+        ],
+        wrap=_censored(info),
+    )
+    try:
+        boot = time.monotonic() - t0
+        f = info["targets"]["files"]["10MiB"]
+        body = client.curl(f["urls"]["http_host"])
+        assert hashlib.sha256(body).hexdigest() == f["sha256"]
+    finally:
+        client.stop()
+    assert testnet.dropped_packets() == before
+    print(f"C tor bootstrap through the obfs4 bridge: {boot:.1f}s")
