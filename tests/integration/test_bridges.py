@@ -270,3 +270,63 @@ def test_ctor_reference_with_the_same_bridge_lines(testnet: TestNetwork, tmp_pat
         client.stop()
     assert testnet.dropped_packets() == before
     print(f"C tor bootstrap through the obfs4 bridge: {boot:.1f}s")
+
+
+def test_external_socks5_transport(testnet: TestNetwork, tmp_path: Path) -> None:
+    """``ClientTransportPlugin obfs4 socks5 IP:PORT``: a transport proxy someone else runs
+    (here obfs4proxy started by the test, censored like the client)."""
+    info = testnet.info
+    bridge = _bridge(info, "obfs4")
+    obfs4proxy = shutil.which("obfs4proxy")
+    if obfs4proxy is None:
+        pytest.skip("obfs4proxy is not installed")
+    env = dict(
+        os.environ,
+        TOR_PT_MANAGED_TRANSPORT_VER="1",
+        TOR_PT_STATE_LOCATION=str(tmp_path / "external-pt"),
+        TOR_PT_CLIENT_TRANSPORTS="obfs4",
+        TOR_PT_EXIT_ON_STDIN_CLOSE="1",
+    )
+    proxy = subprocess.Popen(
+        [*_censored(info), obfs4proxy],
+        stdin=subprocess.PIPE,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.DEVNULL,
+        env=env,
+    )
+    try:
+        assert proxy.stdout is not None
+        port = 0
+        for raw in proxy.stdout:
+            line = raw.decode().strip()
+            if line.startswith("CMETHOD obfs4 socks5 "):
+                port = int(line.rsplit(":", 1)[1])
+            if line == "CMETHODS DONE":
+                break
+        assert port, "obfs4proxy offered no obfs4 method"
+        extra = [
+            "SocksPort 127.0.0.1:auto",
+            "Log info stdout",
+            "SafeLogging 0",
+            "UseBridges 1",
+            f"Bridge {bridge['bridge_line']}",
+            f"ClientTransportPlugin obfs4 socks5 127.0.0.1:{port}",
+        ]
+        client = start_daemon(info, tmp_path, extra, wrap=_censored(info))
+        try:
+            f = info["targets"]["files"]["1MiB"]
+            body = client.curl(f["urls"]["http_host"])
+            assert hashlib.sha256(body).hexdigest() == f["sha256"]
+        finally:
+            client.stop()
+        events = _channel_targets(tmp_path)
+        assert ("127.0.0.1", port, "tcp") in events
+        assert all(what != "program" for _, _, what in events)  # nothing started by us
+    finally:
+        if proxy.stdin is not None:
+            proxy.stdin.close()  # TOR_PT_EXIT_ON_STDIN_CLOSE
+        try:
+            proxy.wait(timeout=10)
+        except subprocess.TimeoutExpired:
+            proxy.kill()
+            proxy.wait()
