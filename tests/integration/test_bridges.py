@@ -330,3 +330,20 @@ def test_external_socks5_transport(testnet: TestNetwork, tmp_path: Path) -> None
         except subprocess.TimeoutExpired:
             proxy.kill()
             proxy.wait()
+
+
+def test_bridge_line_without_fingerprint(testnet: TestNetwork, tmp_path: Path) -> None:
+    """C tor accepts a Bridge line without fingerprint and learns it from the bridge."""
+    bridge = _bridge(testnet.info)
+    client = _daemon(testnet, tmp_path, [f"{bridge['address']}:{bridge['orport']}"])
+    try:
+        client.wait_for_log(
+            f"Learned fingerprint {bridge['fingerprint']} for bridge "
+            f"{bridge['address']}:{bridge['orport']}.",
+            timeout=5,
+        )
+        f = testnet.info["targets"]["files"]["1MiB"]
+        assert hashlib.sha256(client.curl(f["urls"]["http_host"])).hexdigest() == f["sha256"]
+    finally:
+        client.stop()
+    assert {t[:2] for t in _channel_targets(tmp_path)} == {(bridge["address"], bridge["orport"])}

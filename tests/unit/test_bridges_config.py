@@ -57,8 +57,8 @@ def test_option_rules() -> None:
         TorConfig.from_options(UseBridges=1)
     with pytest.raises(ConfigError, match="requires also setting UseEntryGuards"):
         TorConfig.from_options(UseBridges=1, UseEntryGuards=0, Bridge=f"127.12.0.1:9001 {FP}")
-    with pytest.raises(ConfigError, match="no fingerprint"):
-        TorConfig.from_options(UseBridges=1, Bridge="127.12.0.1:9001")
+    # Without a fingerprint: the bridge's identity is learned from the channel.
+    assert TorConfig.from_options(UseBridges=1, Bridge="127.12.0.1:9001").bridges[0].rsa_id is None
     with pytest.raises(ConfigError, match="missing a ClientTransportPlugin"):
         TorConfig.from_options(UseBridges=1, Bridge=f"obfs4 127.12.0.1:9002 {FP} cert=x")
     with pytest.raises(ConfigError, match="Bridge"):
@@ -113,3 +113,16 @@ def test_transport_plugin_lines() -> None:
         ClientTransportPlugin="obfs4 exec /usr/bin/obfs4proxy",
     )
     assert cfg.bridges[0].transport == "obfs4" and cfg.transport_plugins[0].kind == "exec"
+
+
+def test_a_bridge_without_fingerprint_is_pinned_once_learned() -> None:
+    cfg = TorConfig.from_options(UseBridges=1, Bridge="127.12.0.1:9001")
+    bridges = BridgeSet(cfg.bridges, ChannelManager())
+    [line] = cfg.bridges
+    assert bridges.target_for(line).rsa_id == b""  # any identity, proved by the channel
+    assert bridges.allows(ChannelTarget("127.12.0.1", 9001, bytes.fromhex(FP2))) is None
+    bridges.learned[line] = bytes.fromhex(FP)
+    assert bridges.target_for(line).rsa_id == bytes.fromhex(FP)
+    assert bridges.allows(ChannelTarget("127.12.0.1", 9001, bytes.fromhex(FP))) is None
+    assert bridges.allows(ChannelTarget("127.12.0.1", 9001, bytes.fromhex(FP2))) is not None
+    assert bridges.allows(ChannelTarget("127.1.0.1", 9001, bytes.fromhex(FP))) is not None

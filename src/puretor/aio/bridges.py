@@ -46,12 +46,6 @@ class BridgeDescriptorError(DirectoryError):
     """A bridge served a descriptor that does not parse, or that is not its own."""
 
 
-def bridge_target(line: BridgeLine) -> ChannelTarget:
-    if line.rsa_id is None:  # refused by the configuration check
-        raise ValueError(f"{line.describe()} has no fingerprint")
-    return ChannelTarget(line.address, line.port, line.rsa_id, None, "")
-
-
 class BridgeSet:
     """The configured bridges and what we learned about them."""
 
@@ -71,22 +65,31 @@ class BridgeSet:
         self.failures: dict[BridgeLine, int] = {}
         self.next_try: dict[BridgeLine, float] = {}
         self.last_error: str | None = None
+        self.learned: dict[BridgeLine, bytes] = {}  # identities of lines without fingerprint
+
+    def expected_id(self, line: BridgeLine) -> bytes | None:
+        """The identity the bridge must prove: its fingerprint, else the one it proved."""
+        return line.rsa_id or self.learned.get(line)
+
+    def target_for(self, line: BridgeLine) -> ChannelTarget:
+        """Without a known identity: any (b""), which the channel then proves."""
+        return ChannelTarget(line.address, line.port, self.expected_id(line) or b"", None, "")
 
     def allows(self, target: ChannelTarget) -> str | None:
         """The channel allow-check with UseBridges: a configured bridge, at the address and
         port of its line, with its identity; nothing else."""
-        for line in self.lines:
-            if (target.address, target.or_port) == (line.address, line.port) and (
-                line.rsa_id is None or line.rsa_id == target.rsa_id
-            ):
-                return None
-        return "UseBridges is set: only configured bridges may be connected to"
+        return (
+            None
+            if self.line_for(target) is not None
+            else ("UseBridges is set: only configured bridges may be connected to")
+        )
 
     def line_for(self, target: ChannelTarget) -> BridgeLine | None:
         """The Bridge line a connection to `target` is for (None: not a bridge)."""
         for line in self.lines:
+            expected = self.expected_id(line)
             if (target.address, target.or_port) == (line.address, line.port) and (
-                line.rsa_id is None or line.rsa_id == target.rsa_id
+                expected is None or expected == target.rsa_id
             ):
                 return line
         return None
@@ -99,7 +102,7 @@ class BridgeSet:
         """Lines whose descriptor we need (or need again) now."""
         out = []
         for line in self.lines:
-            rsa = line.rsa_id or b""
+            rsa = self.expected_id(line) or b""
             if now < self.next_try.get(line, 0.0):
                 continue
             if rsa in self.relays and now - self.fetched_at.get(rsa, 0.0) < REFETCH_INTERVAL:
@@ -119,7 +122,7 @@ class BridgeSet:
         return any(results)
 
     async def _fetch_one(self, line: BridgeLine) -> bool:
-        target = bridge_target(line)
+        target = self.target_for(line)
         try:
             relay = await self.fetch_descriptor(line)
         except (TimeoutError, ChannelError, CircuitError, DirectoryError, ProtocolError) as exc:
@@ -143,6 +146,8 @@ class BridgeSet:
             return False
         self.failures.pop(line, None)
         self.next_try.pop(line, None)
+        if line.rsa_id is None:
+            self.learned[line] = relay.rsa_id
         old = self.relays.get(relay.rsa_id)
         self.relays[relay.rsa_id] = relay
         self.fetched_at[relay.rsa_id] = time.time()
@@ -160,9 +165,20 @@ class BridgeSet:
 
     async def fetch_descriptor(self, line: BridgeLine) -> Relay:
         """Connect to the bridge, one-hop CREATE_FAST, GET /tor/server/authority."""
-        target = bridge_target(line)
+        target = self.target_for(line)
         self.on_progress("conn_pt" if line.transport else "conn")
-        await self.chanmgr.get_channel(target)
+        channel = await self.chanmgr.get_channel(target)
+        proven = channel.identity.rsa_id if channel.identity is not None else None
+        if line.rsa_id is None and proven is not None and line not in self.learned:
+            # C tor's learned_router_identity.
+            log.log(
+                NOTICE,
+                "Learned fingerprint %s for bridge %s:%d%s.",
+                proven.hex().upper(),
+                line.address,
+                line.port,
+                f" (with transport '{line.transport}')" if line.transport else "",
+            )
         if line.transport:
             self.on_progress("conn_done_pt")
         self.on_progress("handshake_done")
@@ -185,7 +201,7 @@ class BridgeSet:
                 f"{line.describe()} answered HTTP {resp.status} {resp.reason} for its descriptor"
             )
         try:
-            desc = parse_router_descriptor(resp.body, line.rsa_id)
+            desc = parse_router_descriptor(resp.body, self.expected_id(line) or proven)
         except DocumentError as exc:
             raise BridgeDescriptorError(str(exc)) from exc
         return bridge_relay(desc, line.address, line.port)

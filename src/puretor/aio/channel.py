@@ -48,7 +48,8 @@ _oom_log = RateLimit(60.0)
 
 @dataclass(frozen=True, slots=True)
 class ChannelTarget:
-    """Where a relay's ORPort is and who it must prove to be."""
+    """Where a relay's ORPort is and who it must prove to be.  An empty ``rsa_id``: any
+    identity (a Bridge line without fingerprint: the channel then learns it)."""
 
     address: str
     or_port: int
@@ -93,6 +94,11 @@ def _connect_failure(exc: BaseException) -> tuple[str, str]:
     if isinstance(exc, OSError) and exc.errno is not None:
         return _ERRNO_REASONS.get(exc.errno, "IOERROR"), os.strerror(exc.errno)
     return "MISC", str(exc) or type(exc).__name__
+
+
+def _channel_key(target: ChannelTarget) -> bytes:
+    """Channels are shared per relay identity; one to an unknown identity per address."""
+    return target.rsa_id or f"{target.address}:{target.or_port}".encode()
 
 
 class ChannelProtocol(asyncio.BufferedProtocol):
@@ -236,14 +242,15 @@ class ChannelManager:
         )
 
     async def get_channel(self, target: ChannelTarget) -> Channel:
-        chan = self._channels.get(target.rsa_id)
+        key = _channel_key(target)
+        chan = self._channels.get(key)
         if chan is not None and chan.state is ChannelState.OPEN:
             return chan
-        task = self._pending.get(target.rsa_id)
+        task = self._pending.get(key)
         if task is None:
             task = asyncio.ensure_future(self._open(target))
-            self._pending[target.rsa_id] = task
-            task.add_done_callback(lambda _t: self._pending.pop(target.rsa_id, None))
+            self._pending[key] = task
+            task.add_done_callback(lambda _t: self._pending.pop(key, None))
         return await asyncio.shield(task)
 
     async def _open(self, target: ChannelTarget) -> Channel:
@@ -251,7 +258,7 @@ class ChannelManager:
         loop = asyncio.get_running_loop()
         channel = Channel(
             peer_address=target.address,
-            expected_rsa_id=target.rsa_id,
+            expected_rsa_id=target.rsa_id or None,
             expected_ed_id=target.ed_id,
             events=self.reactor.events,
             flush_wanted=self.reactor.flush_wanted,
@@ -306,7 +313,7 @@ class ChannelManager:
             ) from exc
         self.connects += 1
         proto.report("CONNECTED")
-        self._channels[target.rsa_id] = channel
+        self._channels[_channel_key(target)] = channel
         self.reactor.watch(channel)
         log.debug("channel open to %s (link protocol %d)", target.describe(), channel.link_protocol)
         return channel

@@ -672,11 +672,6 @@ def _check_bridges(cfg: TorConfig) -> None:
     if not cfg.use_entry_guards:
         raise ConfigError("Setting UseBridges requires also setting UseEntryGuards.")
     for b in cfg.bridges:
-        if b.rsa_id is None:
-            raise ConfigError(
-                f"Bridge {b.address}:{b.port} has no fingerprint: puretor needs the bridge's "
-                "identity fingerprint in the Bridge line"
-            )
         names = {n for p in cfg.transport_plugins for n in p.transports}
         if b.transport is not None and b.transport not in names:
             raise ConfigError(
