@@ -111,7 +111,37 @@ def test_plain_bridge_is_the_only_way_in(testnet: TestNetwork, tmp_path: Path) -
     # The bridge is the persisted guard (C tor's separate "bridges" guard selection).
     state = json.loads((tmp_path / "data" / "state-bridges.json").read_text())
     assert [g["rsa_id"] for g in state["guards"]] == [bridge["fingerprint"]]
+    assert state["guards"][0]["confirmed_idx"] == 0
     print(f"bootstrap through the plain bridge: {boot:.1f}s")
+    # A restart with that DataDirectory: the cached consensus, the same (confirmed) bridge.
+    again = start_daemon(
+        info,
+        tmp_path / "again",
+        [
+            "SocksPort 127.0.0.1:auto",
+            "Log info stdout",
+            "UseBridges 1",
+            f"Bridge {bridge['bridge_line']}",
+        ],
+        wrap=_censored(info),
+        data_dir=tmp_path / "data",
+    )
+    try:
+        assert "Bootstrapping from the directory cache" in again.log_text()
+        assert (
+            again.fetch_ip(info["targets"]["ip_urls"]["http_host"])
+            in info["targets"]["exit_addresses"]
+        )
+    finally:
+        again.stop()
+    assert {t[:2] for t in _channel_targets(tmp_path / "again")} == {
+        (bridge["address"], bridge["orport"])
+    }
+    state = json.loads((tmp_path / "data" / "state-bridges.json").read_text())
+    assert [(g["rsa_id"], g["confirmed_idx"]) for g in state["guards"]] == [
+        (bridge["fingerprint"], 0)
+    ]
+    assert testnet.dropped_packets() == before
 
 
 def test_wrong_fingerprint_is_refused(testnet: TestNetwork, tmp_path: Path) -> None:
