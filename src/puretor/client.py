@@ -44,6 +44,7 @@ from puretor.aio.observe import (
 from puretor.aio.observe import (
     RelayRef as RelayRef,
 )
+from puretor.aio.proxy import OutboundProxy
 from puretor.aio.pt import Transports
 from puretor.aio.stream import TorStreamTransport
 from puretor.config import TorConfig
@@ -129,6 +130,9 @@ class TorClient:
             self._pts = Transports(
                 self.config.transport_plugins, Path(self.config.data_directory).expanduser()
             )
+        # Socks4Proxy / Socks5Proxy / HTTPSProxy: every connection of ours goes through it.
+        self._proxy: OutboundProxy | None = _outbound_proxy(self.config)
+        if self._pts is not None or self._proxy is not None:
             self._chanmgr.connector = self._connect_through_transport
         self._circmgr: CircuitManager | None = None
         self._guards: GuardManager | None = None
@@ -161,12 +165,15 @@ class TorClient:
         return halflife
 
     def _connect_through_transport(self, target: ChannelTarget) -> Awaitable[socket.socket] | None:
-        """A bridge behind a transport: connect through its proxy (None: directly)."""
+        """A bridge behind a transport: through its proxy; with Socks4Proxy, Socks5Proxy or
+        HTTPSProxy, anything else through that; None: directly."""
         bridges = self._dirmgr.bridges
         line = bridges.line_for(target) if bridges is not None else None
-        if line is None or line.transport is None or self._pts is None:
-            return None
-        return self._pts.connect(line.transport, line.address, line.port, line.args)
+        if line is not None and line.transport is not None and self._pts is not None:
+            return self._pts.connect(line.transport, line.address, line.port, line.args)
+        if self._proxy is not None:
+            return self._proxy.connect(target.address, target.or_port)
+        return None
 
     def _channel_allowed(self, target: ChannelTarget) -> str | None:
         """Fail closed at the channel layer: connect only to a configured authority or
@@ -1101,3 +1108,18 @@ def _is_ipv6(host: str) -> bool:
         return ipaddress.ip_address(host).version == 6
     except ValueError:
         return False
+
+
+def _outbound_proxy(cfg: TorConfig) -> OutboundProxy | None:
+    if cfg.socks5_proxy is not None:
+        return OutboundProxy(
+            "socks5",
+            cfg.socks5_proxy,
+            username=cfg.socks5_proxy_username,
+            password=cfg.socks5_proxy_password,
+        )
+    if cfg.socks4_proxy is not None:
+        return OutboundProxy("socks4", cfg.socks4_proxy)
+    if cfg.https_proxy is not None:
+        return OutboundProxy("https", cfg.https_proxy, authenticator=cfg.https_proxy_authenticator)
+    return None

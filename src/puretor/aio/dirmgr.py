@@ -295,7 +295,10 @@ class DirManager:
                 return handle, handle.path[0].target
             del self._dir_circuits[rsa_id]
         hop = self._pick_source()
-        self._report(BootstrapPhase.CONN)
+        # Through Socks4Proxy/Socks5Proxy/HTTPSProxy: C tor's conn_proxy phase instead.
+        cfg = self.config
+        proxied = cfg.socks4_proxy or cfg.socks5_proxy or cfg.https_proxy
+        self._report(BootstrapPhase.CONN_PROXY if proxied else BootstrapPhase.CONN)
         try:
             await self.chanmgr.get_channel(hop.target)
             self._report(BootstrapPhase.HANDSHAKE_DONE)

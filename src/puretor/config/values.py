@@ -701,3 +701,34 @@ def format_transport_plugin(p: TransportPlugin) -> str:
     assert p.address is not None
     host = f"[{p.address[0]}]" if ":" in p.address[0] else p.address[0]
     return f"{head} {host}:{p.address[1]}"
+
+
+# --- Socks4Proxy, Socks5Proxy, HTTPSProxy
+
+
+def proxy_address(default_port: int) -> Kind:
+    """``IP[:PORT]`` of an outbound proxy (C tor's default port when none is given).  Only
+    IP literals: resolving a proxy's name would be a DNS request outside Tor."""
+
+    def parse(text: str) -> tuple[str, int]:
+        m = re.fullmatch(r"\[([0-9A-Fa-f:.]+)\](?::(\d{1,5}))?|([0-9.]+)(?::(\d{1,5}))?", text)
+        try:
+            if m is None:
+                raise ValueError
+            host = str(ipaddress.ip_address(m.group(1) or m.group(3)))
+            port = int(m.group(2) or m.group(4) or default_port)
+            if not 0 < port < 65536:
+                raise ValueError
+        except ValueError:
+            raise ValueError(
+                f"'{text}' is not IP[:PORT] (puretor takes an IP address for a proxy)"
+            ) from None
+        return host, port
+
+    def fmt(v: tuple[str, int]) -> str:
+        return f"[{v[0]}]:{v[1]}" if ":" in v[0] else f"{v[0]}:{v[1]}"
+
+    return _optional(Kind("String", parse, fmt))
+
+
+STRING = _optional(Kind("String", str, str))

@@ -12,6 +12,7 @@ Nothing here starts processes or opens sockets (see puretor.aio.pt).
 
 from __future__ import annotations
 
+import base64
 import ipaddress
 import re
 from collections.abc import Mapping, Sequence
@@ -458,3 +459,56 @@ class Socks5Connect:
     def leftover(self) -> bytes:
         """Bytes after the reply (the peer spoke early): belong to the tunnelled protocol."""
         return bytes(self._buf)
+
+
+# --- SOCKS4 and HTTP CONNECT (Socks4Proxy, HTTPSProxy) --------------------------------------
+
+
+def socks4_request(host: str, port: int) -> bytes:
+    """SOCKS4 CONNECT to an IPv4 address, with an empty user id (as C tor sends it)."""
+    addr = ipaddress.ip_address(host)
+    if addr.version != 4:
+        raise Socks5Error("a SOCKS4 proxy can only connect to IPv4 addresses")
+    return b"\x04\x01" + port.to_bytes(2, "big") + addr.packed + b"\x00"
+
+
+def socks4_reply(data: bytes) -> int | None:
+    """Bytes the 8-byte reply took (None: need more); raises Socks5Error on refusal."""
+    if len(data) < 8:
+        return None
+    if data[0] != 0:
+        raise Socks5Error(f"bad SOCKS4 reply version {data[0]}")
+    if data[1] != 0x5A:
+        raise Socks5Error(f"the SOCKS4 proxy refused the connection (code {data[1]})", data[1])
+    return 8
+
+
+def http_connect_request(host: str, port: int, authenticator: str | None = None) -> bytes:
+    """C tor's CONNECT request (connection.c connection_https_proxy_connect)."""
+    where = f"[{host}]:{port}" if ":" in host else f"{host}:{port}"
+    if authenticator is None:
+        return f"CONNECT {where} HTTP/1.0\r\n\r\n".encode()
+    auth = base64.b64encode(authenticator.encode()).decode()
+    return (
+        f"CONNECT {where} HTTP/1.1\r\nHost: {where}\r\nProxy-Authorization: Basic {auth}\r\n\r\n"
+    ).encode()
+
+
+MAX_HTTP_PROXY_HEADERS = 16 * 1024
+
+
+def http_connect_reply(data: bytes) -> int | None:
+    """Bytes the proxy's response head took (None: need more); raises Socks5Error (a
+    ConnectionError) unless the status is 2xx, as C tor's connection_read_https_proxy_response."""
+    end = data.find(b"\r\n\r\n")
+    if end < 0:
+        if len(data) > MAX_HTTP_PROXY_HEADERS:
+            raise Socks5Error("the HTTPS proxy's response headers are too long")
+        return None
+    status_line = data[: data.find(b"\r\n")].decode("latin-1")
+    m = re.match(r"HTTP/1\.[01] (\d{3})(?: (.*))?$", status_line)
+    if m is None:
+        raise Socks5Error(f"the HTTPS proxy sent no HTTP status line: {status_line[:80]!r}")
+    if not m.group(1).startswith("2"):
+        raise Socks5Error(f"the HTTPS proxy answered {m.group(1)} {m.group(2) or ''}".rstrip())
+    return end + 4
