@@ -126,3 +126,16 @@ def test_a_bridge_without_fingerprint_is_pinned_once_learned() -> None:
     assert bridges.allows(ChannelTarget("127.12.0.1", 9001, bytes.fromhex(FP))) is None
     assert bridges.allows(ChannelTarget("127.12.0.1", 9001, bytes.fromhex(FP2))) is not None
     assert bridges.allows(ChannelTarget("127.1.0.1", 9001, bytes.fromhex(FP))) is not None
+
+
+def test_reload_keeps_how_we_reach_tor(caplog: pytest.LogCaptureFixture) -> None:
+    """SIGHUP with changed bridge or proxy options: the old ones stay (with a warning), so a
+    newly set UseBridges never looks applied while connections still go direct."""
+    from puretor.app.daemon import _keep_first_hop_options
+
+    old = TorConfig.from_options(SafeSocks=0)
+    new = TorConfig.from_options(SafeSocks=1, UseBridges=1, Bridge=f"127.12.0.1:9001 {FP}")
+    kept = _keep_first_hop_options(old, new)
+    assert kept.safe_socks and not kept.use_bridges and kept.bridges == ()
+    assert "UseBridges, Bridge changed: that takes a restart" in caplog.text
+    assert _keep_first_hop_options(new, new) is new
