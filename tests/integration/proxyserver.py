@@ -130,3 +130,22 @@ class ProxyServer:
             pass
         finally:
             w.close()
+
+
+class Forwarder(ProxyServer):
+    """A plain TCP forwarder to `target` that keeps the first bytes each client sent."""
+
+    def __init__(self, target: tuple[str, int]) -> None:
+        super().__init__()
+        self.target = target
+        self.first_bytes: list[bytes] = []
+
+    async def _handle(self, r: asyncio.StreamReader, w: asyncio.StreamWriter) -> None:
+        try:
+            first = await r.read(4096)
+            self.first_bytes.append(first)
+            ur, uw = await asyncio.open_connection(*self.target)
+            uw.write(first)
+            await asyncio.gather(self._pipe(r, uw), self._pipe(ur, w))
+        except (ConnectionError, OSError):
+            w.close()

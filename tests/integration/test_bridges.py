@@ -20,6 +20,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+from proxyserver import Forwarder
 from test_zz_hardening_helpers import read_audit, start_daemon
 
 from puretor.testnet.ctor_client import start_ctor_client
@@ -41,17 +42,23 @@ def _bridge(info: Mapping[str, Any], transport: str | None = None) -> dict[str, 
 
 
 def _daemon(
-    net: TestNetwork, workdir: Path, bridge_lines: Sequence[str], *, wait: bool = True
+    net: TestNetwork,
+    workdir: Path,
+    bridge_lines: Sequence[str],
+    *,
+    wait: bool = True,
+    extra: Sequence[str] = (),
 ) -> Any:
     info = net.info
-    extra = [
+    lines = [
         "SocksPort 127.0.0.1:auto",
         "Log info stdout",
         "SafeLogging 0",
         "UseBridges 1",
         *(f"Bridge {line}" for line in bridge_lines),
+        *extra,
     ]
-    return start_daemon(info, workdir, extra, wrap=_censored(info), wait=wait)
+    return start_daemon(info, workdir, lines, wrap=_censored(info), wait=wait)
 
 
 def _channel_targets(workdir: Path) -> set[tuple[str, int, str]]:
@@ -377,3 +384,31 @@ def test_bridge_line_without_fingerprint(testnet: TestNetwork, tmp_path: Path) -
     finally:
         client.stop()
     assert {t[:2] for t in _channel_targets(tmp_path)} == {(bridge["address"], bridge["orport"])}
+
+
+def test_obfs4_traffic_is_not_tls(testnet: TestNetwork, tmp_path: Path) -> None:
+    """What a censor sees: through the obfs4 bridge the first bytes are no TLS ClientHello
+    (a TLS handshake record starts 0x16 0x03), while the plain bridge gets one."""
+    info = testnet.info
+    obfs4, plain = _bridge(info, "obfs4"), _bridge(info)
+    obfs4proxy = shutil.which("obfs4proxy")
+    if obfs4proxy is None:
+        pytest.skip("obfs4proxy is not installed")
+    with (
+        Forwarder((obfs4["transport_address"], obfs4["transport_port"])) as fw_obfs4,
+        Forwarder((plain["address"], plain["orport"])) as fw_plain,
+    ):
+        args = " ".join(f"{k}={v}" for k, v in obfs4["transport_args"].items())
+        client = _daemon(
+            testnet,
+            tmp_path,
+            [
+                f"obfs4 127.0.0.1:{fw_obfs4.port} {obfs4['fingerprint']} {args}",
+                f"127.0.0.1:{fw_plain.port} {plain['fingerprint']}",
+            ],
+            extra=[f"ClientTransportPlugin obfs4 exec {obfs4proxy}"],
+        )
+        client.stop()
+        assert fw_obfs4.first_bytes and fw_plain.first_bytes
+        assert all(b[:2] != b"\x16\x03" for b in fw_obfs4.first_bytes), fw_obfs4.first_bytes
+        assert all(b[:2] == b"\x16\x03" for b in fw_plain.first_bytes)
