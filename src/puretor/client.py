@@ -16,10 +16,12 @@ import functools
 import ipaddress
 import logging
 import os
+import socket
 import ssl as _ssl
 import time
 import weakref
 from collections.abc import AsyncIterator, Awaitable, Callable, Hashable
+from pathlib import Path
 from typing import Any, TypeVar
 
 from puretor.aio.channel import ChannelManager, ChannelTarget
@@ -59,6 +61,8 @@ from puretor.aio.observe import (
 from puretor.aio.observe import (
     RelayRef as RelayRef,
 )
+from puretor.aio.proxy import OutboundProxy
+from puretor.aio.pt import Transports
 from puretor.aio.stream import TorStreamTransport
 from puretor.config import TorConfig
 from puretor.dir.netdir import Relay
@@ -140,6 +144,16 @@ class TorClient:
         )
         self._halflife_warned = False
         self._dirmgr = DirManager(self.config, self._chanmgr)
+        # Pluggable transports: bridges behind one are reached through its SOCKS5 proxy.
+        self._pts: Transports | None = None
+        if self.config.transport_plugins:
+            self._pts = Transports(
+                self.config.transport_plugins, Path(self.config.data_directory).expanduser()
+            )
+        # Socks4Proxy / Socks5Proxy / HTTPSProxy: every connection of ours goes through it.
+        self._proxy: OutboundProxy | None = _outbound_proxy(self.config)
+        if self._pts is not None or self._proxy is not None:
+            self._chanmgr.connector = self._connect_through_transport
         self._circmgr: CircuitManager | None = None
         self._guards: GuardManager | None = None
         self._bootstrap_task: asyncio.Task[None] | None = None
@@ -191,15 +205,30 @@ class TorClient:
             log.warning("%s", warning)
         return halflife
 
+    def _connect_through_transport(self, target: ChannelTarget) -> Awaitable[socket.socket] | None:
+        """A bridge behind a transport: through its proxy; with Socks4Proxy, Socks5Proxy or
+        HTTPSProxy, anything else through that; None: directly."""
+        bridges = self._dirmgr.bridges
+        line = bridges.line_for(target) if bridges is not None else None
+        if line is not None and line.transport is not None and self._pts is not None:
+            return self._pts.connect(line.transport, line.address, line.port, line.args)
+        if self._proxy is not None:
+            return self._proxy.connect(target.address, target.or_port)
+        return None
+
     def _channel_allowed(self, target: ChannelTarget) -> str | None:
         """Fail closed at the channel layer: connect only to a configured authority or
         fallback, or to a relay listed (at that address and ORPort) in the current,
-        reasonably live consensus.  Returns why not, or None.
+        reasonably live consensus; with UseBridges, only to a configured bridge.  Returns
+        why not, or None.
 
         Every hop after the first (exits, intro and rendezvous points) is reached by
         EXTEND2 through the circuit, never by a connection of ours, so these are all the
         targets a client ever needs.
         """
+        if self._dirmgr.bridges is not None:
+            # UseBridges: never an authority, fallback or listed relay directly.
+            return self._dirmgr.bridges.allows(target)
         where = (target.address, target.or_port)
         for auth in self._dirmgr.authorities:
             if auth.rsa_id == target.rsa_id and where in ((auth.address, auth.or_port), auth.ipv6):
@@ -289,9 +318,14 @@ class TorClient:
     def _stuck_message(self, limit: float | None) -> str:
         status = self._dirmgr.status
         message = f"bootstrap did not finish within {limit:g} s: stuck at {status}"
-        if status.percent < 75:  # BootstrapPhase.ENOUGH_DIRINFO
+        bridges = self._dirmgr.bridges
+        if status.percent < 75 and bridges is not None:  # BootstrapPhase.ENOUGH_DIRINFO
+            message += " (are the bridges reachable?)"
+        elif status.percent < 75:
             message += " (are the directory authorities or fallbacks reachable?)"
         problem = getattr(self._dirmgr.state, "last_error", None)
+        if bridges is not None and not bridges.relays and bridges.last_error:
+            problem = bridges.last_error
         if problem:
             message += f"; last problem: {problem}"
         return message
@@ -344,6 +378,8 @@ class TorClient:
             max_pending=cfg.max_client_circuits_pending,
             new_circuit_period=cfg.new_circuit_period,
         )
+        if cfg.use_bridges and len(cfg.bridges) == 1:
+            self._circmgr.one_bridge_transport = cfg.bridges[0].transport or "vanilla"
         self._dirmgr.guards = self._guards
         self._dirmgr.circmgr = self._circmgr
         if cfg.learn_circuit_build_timeout:
@@ -379,6 +415,8 @@ class TorClient:
         await _cancel_until_done(self._dirmgr._refresh_task)
         await self._dirmgr.close()
         self._chanmgr.close_all()
+        if self._pts is not None:
+            await self._pts.close()
 
     def _save_build_times_soon(self) -> None:
         """The learned build timeout changed: keep it for the next start (at most every
@@ -1328,3 +1366,18 @@ def _is_ipv6(host: str) -> bool:
         return ipaddress.ip_address(host).version == 6
     except ValueError:
         return False
+
+
+def _outbound_proxy(cfg: TorConfig) -> OutboundProxy | None:
+    if cfg.socks5_proxy is not None:
+        return OutboundProxy(
+            "socks5",
+            cfg.socks5_proxy,
+            username=cfg.socks5_proxy_username,
+            password=cfg.socks5_proxy_password,
+        )
+    if cfg.socks4_proxy is not None:
+        return OutboundProxy("socks4", cfg.socks4_proxy)
+    if cfg.https_proxy is not None:
+        return OutboundProxy("https", cfg.https_proxy, authenticator=cfg.https_proxy_authenticator)
+    return None

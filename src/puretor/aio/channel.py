@@ -19,10 +19,11 @@ import contextlib
 import errno
 import logging
 import os
+import socket
 import ssl
 import sys
 import time
-from collections.abc import Callable
+from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 
 from puretor.aio.observe import ChannelEvent, GeneralStatusEvent, RelayRef, new_channel_id
@@ -48,7 +49,8 @@ _oom_log = RateLimit(60.0)
 
 @dataclass(frozen=True, slots=True)
 class ChannelTarget:
-    """Where a relay's ORPort is and who it must prove to be."""
+    """Where a relay's ORPort is and who it must prove to be.  An empty ``rsa_id``: any
+    identity (a Bridge line without fingerprint: the channel then learns it)."""
 
     address: str
     or_port: int
@@ -93,6 +95,11 @@ def _connect_failure(exc: BaseException) -> tuple[str, str]:
     if isinstance(exc, OSError) and exc.errno is not None:
         return _ERRNO_REASONS.get(exc.errno, "IOERROR"), os.strerror(exc.errno)
     return "MISC", str(exc) or type(exc).__name__
+
+
+def _channel_key(target: ChannelTarget) -> bytes:
+    """Channels are shared per relay identity; one to an unknown identity per address."""
+    return target.rsa_id or f"{target.address}:{target.or_port}".encode()
 
 
 class ChannelProtocol(asyncio.BufferedProtocol):
@@ -229,16 +236,23 @@ class ChannelManager:
         self.allow = allow
         self.refused = 0  # connections refused by `allow`
         self.trusted_ids: frozenset[bytes] = frozenset()  # the authorities' identities
+        # connector(target) -> None to connect directly, or an awaitable of a connected
+        # socket already through a proxy (a pluggable transport's SOCKS5 port): TLS then
+        # runs over that socket.  Set by TorClient for bridges behind a transport.
+        self.connector: Callable[[ChannelTarget], Awaitable[socket.socket] | None] = lambda target: (
+            None
+        )
 
     async def get_channel(self, target: ChannelTarget) -> Channel:
-        chan = self._channels.get(target.rsa_id)
+        key = _channel_key(target)
+        chan = self._channels.get(key)
         if chan is not None and chan.state is ChannelState.OPEN:
             return chan
-        task = self._pending.get(target.rsa_id)
+        task = self._pending.get(key)
         if task is None:
             task = asyncio.ensure_future(self._open(target))
-            self._pending[target.rsa_id] = task
-            task.add_done_callback(lambda _t: self._pending.pop(target.rsa_id, None))
+            self._pending[key] = task
+            task.add_done_callback(lambda _t: self._pending.pop(key, None))
         return await asyncio.shield(task)
 
     async def _open(self, target: ChannelTarget) -> Channel:
@@ -246,7 +260,7 @@ class ChannelManager:
         loop = asyncio.get_running_loop()
         channel = Channel(
             peer_address=target.address,
-            expected_rsa_id=target.rsa_id,
+            expected_rsa_id=target.rsa_id or None,
             expected_ed_id=target.ed_id,
             events=self.reactor.events,
             flush_wanted=self.reactor.flush_wanted,
@@ -263,16 +277,7 @@ class ChannelManager:
         self.reactor.observer.emit(proto.event)
         sys.audit("puretor.channel.connect", target.address, target.or_port, target.rsa_id.hex())
         try:
-            await asyncio.wait_for(
-                loop.create_connection(
-                    lambda: proto,
-                    target.address,
-                    target.or_port,
-                    ssl=_tls_context(),
-                    server_hostname="",
-                ),
-                CONNECT_TIMEOUT,
-            )
+            await asyncio.wait_for(self._connect(loop, proto, target), CONNECT_TIMEOUT)
         except (TimeoutError, OSError) as exc:
             reason, warning = _connect_failure(exc)
             proto.report("FAILED", reason)
@@ -312,7 +317,7 @@ class ChannelManager:
         proto.report("CONNECTED")
         if channel.relay_time:
             self._check_clock(channel.relay_time - time.time(), target)
-        self._channels[target.rsa_id] = channel
+        self._channels[_channel_key(target)] = channel
         self.reactor.watch(channel)
         log.debug("channel open to %s (link protocol %d)", target.describe(), channel.link_protocol)
         return channel
@@ -338,6 +343,28 @@ class ChannelManager:
         if trusted:
             arguments = (("SKEW", str(int(-skew))), ("SOURCE", source))
             self.reactor.observer.emit(GeneralStatusEvent("WARN", "CLOCK_SKEW", arguments))
+
+    async def _connect(
+        self, loop: asyncio.AbstractEventLoop, proto: ChannelProtocol, target: ChannelTarget
+    ) -> None:
+        through = self.connector(target)
+        if through is None:
+            await loop.create_connection(
+                lambda: proto,
+                target.address,
+                target.or_port,
+                ssl=_tls_context(),
+                server_hostname="",
+            )
+            return
+        sock = await through
+        try:
+            await loop.create_connection(
+                lambda: proto, sock=sock, ssl=_tls_context(), server_hostname=""
+            )
+        except BaseException:
+            sock.close()
+            raise
 
     def _relieve_memory(self) -> None:
         """Over MaxMemInQueues: close the circuits holding the oldest queued data."""
@@ -378,6 +405,9 @@ class ChannelManager:
                 "MISC",
                 warning=f"refused by our own connection check: {why}",
             )
+
+    def has_open_channel(self) -> bool:
+        return any(c.state is ChannelState.OPEN for c in self._channels.values())
 
     def drop(self, rsa_id: bytes) -> None:
         chan = self._channels.pop(rsa_id, None)

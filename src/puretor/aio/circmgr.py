@@ -120,6 +120,9 @@ class CircuitManager:
         self.congestion_control = congestion_control is not False
         self._netdir = netdir
         self.guards = guards
+        self._one_bridge_warned = False
+        # With exactly one Bridge line: its transport ("vanilla" for none), for C tor's warning.
+        self.one_bridge_transport: str | None = None
         self.enforce_distinct_subnets = enforce_distinct_subnets
         self.build_timeout = build_timeout
         self.on_guards_changed = on_guards_changed
@@ -390,6 +393,22 @@ class CircuitManager:
             return False
         return self.conflux is True or bool(netdir.param("cfx_enabled", 1, 0, 1))
 
+    def _conflux_avoid_guards(self, in_use: list[HopSpec]) -> list[Relay]:
+        """The guards the other legs use, which this leg avoids - except with a single bridge
+        (C tor's conflux_can_exclude_used_bridges: then the legs share it, with a warning)."""
+        bridges = self.guards.bridges
+        if bridges is not None and len(bridges) < 2:
+            transport = self.one_bridge_transport
+            if not self._one_bridge_warned and transport not in (None, "snowflake"):
+                self._one_bridge_warned = True
+                log.warning(
+                    "Only one bridge (transport: '%s') is configured. You should have at "
+                    "least two for conflux, for any transport that is not 'snowflake'.",
+                    transport,
+                )
+            return []
+        return [r for h in in_use if (r := self.guards.lookup(h.target.rsa_id)) is not None]
+
     async def _build_conflux(self, slot: Slot, req: PathRequest) -> TunnelHandle:
         """Build ``cfx_num_legs_set`` legs to ``slot.exit`` and link them (prop 329 §2.2).
 
@@ -422,11 +441,7 @@ class CircuitManager:
                             selector,
                             dataclasses.replace(leg_req, exclude=leg_req.exclude | frozenset(used)),
                             exit_relay,
-                            avoid_guards=[
-                                r
-                                for h in in_use
-                                if (r := selector.netdir.by_rsa_id(h.target.rsa_id)) is not None
-                            ],
+                            avoid_guards=self._conflux_avoid_guards(in_use),
                         )
                         plans.append((hops, usage))
                         used.update(h.target.rsa_id for h in hops[:2])

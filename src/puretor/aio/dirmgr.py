@@ -21,6 +21,7 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
+from puretor.aio.bridges import BridgeSet
 from puretor.aio.channel import ChannelManager, ChannelTarget
 from puretor.aio.circuit import HopSpec, TunnelHandle, build_circuit, hop_for
 from puretor.aio.dirclient import fetch_raw
@@ -60,6 +61,15 @@ CONCURRENT_REQUESTS = 4
 REQUEST_TIMEOUT = 60.0
 GUARD_STATE_FILE = "state.json"
 BUILD_TIMES_FILE = "circuit-build-times.json"
+# UseBridges: C tor's separate "bridges" guard selection, in a file of its own.
+BRIDGE_GUARD_STATE_FILE = "state-bridges.json"
+_BRIDGE_PHASES = {
+    "conn_pt": BootstrapPhase.CONN_PT,
+    "conn_done_pt": BootstrapPhase.CONN_DONE_PT,
+    "conn": BootstrapPhase.CONN,
+    "handshake_done": BootstrapPhase.HANDSHAKE_DONE,
+    "onehop_create": BootstrapPhase.ONEHOP_CREATE,
+}
 
 __all__ = ["DirManager", "BootstrapStatus", "BootstrapPhase"]
 
@@ -96,6 +106,15 @@ class DirManager:
         self.guards_listener: Callable[[], None] | None = None  # on every guard change
         self._save_handle: asyncio.TimerHandle | None = None
         self._rng = random.SystemRandom()
+        # UseBridges: the bridges are the only directory sources and first hops.
+        self.bridges: BridgeSet | None = None
+        if config.use_bridges:
+            self.bridges = BridgeSet(
+                config.bridges,
+                chanmgr,
+                on_problem=self.note_problem,
+                on_progress=lambda tag: self._report(_BRIDGE_PHASES[tag]),
+            )
 
     # -- progress ------------------------------------------------------------------
 
@@ -125,8 +144,11 @@ class DirManager:
             warning, reason = str(exc) or type(exc).__name__, "MISC"
         host_id = target.rsa_id.hex().upper() if target is not None else "?"
         host_addr = f"{target.address}:{target.or_port}" if target is not None else "?"
+        # C tor (control_event_bootstrap_prob_or): with bridges and no other connection
+        # open, every bridge failed: warn at once.
+        warn = self.bridges is not None and not self.chanmgr.has_open_channel()
         lines = self.reporter.problem(
-            warning, reason, time.monotonic(), host_id=host_id, host_addr=host_addr
+            warning, reason, time.monotonic(), host_id=host_id, host_addr=host_addr, warn=warn
         )
         for level, line in lines:
             log.log(level, "%s", line)
@@ -144,6 +166,8 @@ class DirManager:
             log.warning("Ignoring part of the directory cache: %s", problem)
         self._report()
         state = self.state
+        if self.bridges is not None:
+            await self._wait_for_bridges()
         if state.have_enough_dir_info(time.time()):
             log.info("Bootstrapping from the directory cache: no fetch needed.")
         while not state.have_enough_dir_info(time.time()):
@@ -154,6 +178,22 @@ class DirManager:
                 await asyncio.sleep(delay)
         self._report(BootstrapPhase.ENOUGH_DIRINFO)
         await self._persist()
+
+    async def _wait_for_bridges(self) -> None:
+        """UseBridges: fetch the bridges' descriptors until at least one bridge is usable."""
+        bridges = self.bridges
+        assert bridges is not None
+        while True:
+            await bridges.fetch_due()
+            if bridges.relays:
+                self._update_bridges()
+                return
+            await asyncio.sleep(min(max(bridges.next_wakeup() - time.time(), 0.2), 60.0))
+
+    def _update_bridges(self) -> None:
+        if self.bridges is not None and self.guards is not None:
+            self.guards.set_bridges(self.bridges.described, time.time())
+            self.save_guards_soon()
 
     async def finish_bootstrap(self, circmgr: CircuitManager) -> None:
         """Build the first exit circuit: 80% → 100% as C tor reports it."""
@@ -262,7 +302,10 @@ class DirManager:
                 return handle, handle.path[0].target
             del self._dir_circuits[rsa_id]
         hop = self._pick_source()
-        self._report(BootstrapPhase.CONN)
+        # Through Socks4Proxy/Socks5Proxy/HTTPSProxy: C tor's conn_proxy phase instead.
+        cfg = self.config
+        proxied = cfg.socks4_proxy or cfg.socks5_proxy or cfg.https_proxy
+        self._report(BootstrapPhase.CONN_PROXY if proxied else BootstrapPhase.CONN)
         try:
             await self.chanmgr.get_channel(hop.target)
             self._report(BootstrapPhase.HANDSHAKE_DONE)
@@ -280,6 +323,8 @@ class DirManager:
         (C tor's should_use_directory_guards) a bandwidth-weighted directory cache from
         the consensus; before there is a consensus, an authority or fallback."""
         now = time.time()
+        if self.bridges is not None:
+            return self._pick_bridge(now)
         if self.config.use_entry_guards and self.guards is not None and self.state is not None:
             with contextlib.suppress(NoPathError, DirectoryError):
                 relay, _usage = self.guards.select_directory_guard(now)
@@ -321,6 +366,22 @@ class DirManager:
             good = candidates
         return secrets.choice(good)
 
+    def _pick_bridge(self, now: float) -> HopSpec:
+        """UseBridges: a bridge is the only directory source (C tor fetches everything through
+        its bridges): a directory guard from the bridges once we have guards, else one of the
+        described bridges."""
+        assert self.bridges is not None
+        if self.guards is not None:
+            with contextlib.suppress(NoPathError, DirectoryError):
+                relay, _usage = self.guards.select_directory_guard(now)
+                if self._bad_sources.get(relay.rsa_id, 0) < now:
+                    return hop_for(relay, self.families)
+        described = self.bridges.described
+        if not described:
+            raise NoPathError("no bridge descriptor yet: no directory source")
+        good = [r for r in described if self._bad_sources.get(r.rsa_id, 0) < now]
+        return hop_for(secrets.choice(good or described), self.families)
+
     def _drop_source(self, rsa_id: bytes) -> None:
         handle = self._dir_circuits.pop(rsa_id, None)
         if handle is not None:
@@ -338,6 +399,8 @@ class DirManager:
         assert state is not None
         while True:
             try:
+                if self.bridges is not None and await self.bridges.fetch_due():
+                    self._update_bridges()
                 if await self._fetch_round():
                     self.require_netdir()
                     await self._persist()
@@ -363,7 +426,7 @@ class DirManager:
     # -- guard state -------------------------------------------------------------------------
 
     def load_guards(self) -> GuardManager:
-        path = self.data_dir / GUARD_STATE_FILE
+        path = self.data_dir / self._guard_state_file
         now = time.time()
         mgr: GuardManager | None = None
         try:
@@ -383,11 +446,17 @@ class DirManager:
             mgr.overrides["n_primary"] = self.config.num_primary_guards
         if self.config.num_entry_guards is not None:
             mgr.overrides["n_primary_to_use"] = self.config.num_entry_guards
+        if self.bridges is not None:
+            mgr.set_bridges(self.bridges.described, now)
         self.guards = mgr
         self._netdir_seen = None
         self.require_netdir()
         self.save_guards()
         return mgr
+
+    @property
+    def _guard_state_file(self) -> str:
+        return BRIDGE_GUARD_STATE_FILE if self.bridges is not None else GUARD_STATE_FILE
 
     def save_guards_soon(self) -> None:
         """The guards changed: tell the listener (GUARD events) and save them soon."""
@@ -400,7 +469,7 @@ class DirManager:
     def save_guards(self) -> None:
         self._save_handle = None
         if self.guards is not None:
-            self._write_state(GUARD_STATE_FILE, self.guards.to_json(), "guard state")
+            self._write_state(self._guard_state_file, self.guards.to_json(), "guard state")
 
     def load_build_times(self, cbt: BuildTimeout) -> None:
         """The circuit build times an earlier run learned (C tor keeps them in its state

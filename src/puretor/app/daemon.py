@@ -439,6 +439,7 @@ def _reload(tor: Any, argv: list[str], listeners: list[Any], doors: list[Any]) -
     except ConfigError as exc:
         log.warning("Reload failed, keeping the old configuration: %s", exc)
         return
+    new = _keep_first_hop_options(tor.config, new)
     if len(new.socks_ports) == len(listeners):
         for index, listener in enumerate(listeners):
             listener.policy = listener_policy(new, index)
@@ -448,6 +449,35 @@ def _reload(tor: Any, argv: list[str], listeners: list[Any], doors: list[Any]) -
 
     reload_doors(new, doors)  # the other doors' policies and timeouts, as the SocksPort's
     log.log(NOTICE, "Configuration reloaded (listeners and data directory changes need a restart).")
+
+
+# How the client reaches Tor: decided at start.  A reload that changed them keeps the old
+# values (a new UseBridges 1 silently not applied would mean direct connections the user
+# believes are gone), and says so.
+_FIRST_HOP_OPTIONS = {
+    "use_bridges": "UseBridges",
+    "bridges": "Bridge",
+    "transport_plugins": "ClientTransportPlugin",
+    "socks4_proxy": "Socks4Proxy",
+    "socks5_proxy": "Socks5Proxy",
+    "socks5_proxy_username": "Socks5ProxyUsername",
+    "socks5_proxy_password": "Socks5ProxyPassword",
+    "https_proxy": "HTTPSProxy",
+    "https_proxy_authenticator": "HTTPSProxyAuthenticator",
+}
+
+
+def _keep_first_hop_options(old: Any, new: Any) -> Any:
+    import dataclasses
+
+    changed = [n for a, n in _FIRST_HOP_OPTIONS.items() if getattr(old, a) != getattr(new, a)]
+    if not changed:
+        return new
+    log.warning(
+        "%s changed: that takes a restart of tor-client; until then the old values stay.",
+        ", ".join(changed),
+    )
+    return dataclasses.replace(new, **{a: getattr(old, a) for a in _FIRST_HOP_OPTIONS})
 
 
 def run_daemon(argv: list[str], *, version: str) -> int:

@@ -51,25 +51,33 @@ from puretor.config.values import (
     OPTIONAL_BOOL,
     POSINT,
     SAFELOGGING,
+    STRING,
     SUFFIXES,
     VIRTUAL_IPV4,
     VIRTUAL_IPV6,
+    BridgeLine,
     Kind,
     LogSpec,
     MetricsPortConfig,
     PolicyRule,
     SocksPortConfig,
+    TransportPlugin,
     app_port_kind,
     choice,
+    format_bridge_line,
     format_log,
     format_metrics_port,
     format_policy_rule,
     format_socks_port,
+    format_transport_plugin,
     line_list,
+    parse_bridge_line,
     parse_log,
     parse_metrics_port,
     parse_policy_entries,
     parse_socks_port,
+    parse_transport_plugin,
+    proxy_address,
 )
 from puretor.errors import ConfigError
 from puretor.proto.conflux import UX_BY_NAME
@@ -288,6 +296,24 @@ class TorConfig:
     # OOM handler); None: from the machine's memory as C tor (see proto/memory.py).
     max_mem_in_queues: int | None = option("MaxMemInQueues", MEMUNIT, None, zero_means_default=True)
     use_entry_guards: bool = option("UseEntryGuards", BOOL, True)
+    # Bridges: the only first hops, and the only directory sources (bridges.py).
+    use_bridges: bool = option("UseBridges", BOOL, False)
+    bridges: tuple[BridgeLine, ...] = option(
+        "Bridge", line_list(parse_bridge_line, format_bridge_line), (), repeatable=True
+    )
+    # An outbound proxy for every connection of ours (the first hops): one of these three.
+    socks4_proxy: tuple[str, int] | None = option("Socks4Proxy", proxy_address(1080), None)
+    socks5_proxy: tuple[str, int] | None = option("Socks5Proxy", proxy_address(1080), None)
+    socks5_proxy_username: str | None = option("Socks5ProxyUsername", STRING, None)
+    socks5_proxy_password: str | None = option("Socks5ProxyPassword", STRING, None)
+    https_proxy: tuple[str, int] | None = option("HTTPSProxy", proxy_address(443), None)
+    https_proxy_authenticator: str | None = option("HTTPSProxyAuthenticator", STRING, None)
+    transport_plugins: tuple[TransportPlugin, ...] = option(
+        "ClientTransportPlugin",
+        line_list(parse_transport_plugin, format_transport_plugin),
+        (),
+        repeatable=True,
+    )
     num_entry_guards: int | None = option(
         "NumEntryGuards", POSINT, None, zero_means_default=True
     )  # None: consensus guard-n-primary-guards-to-use
@@ -646,7 +672,53 @@ def _check_together(cfg: TorConfig) -> TorConfig:
     if not cfg.client_use_ipv4 and not cfg.client_use_ipv6:
         raise ConfigError("ClientUseIPv4 and ClientUseIPv6 are both 0: no way to reach relays")
     _check_control_auth(cfg)
+    _check_bridges(cfg)
+    _check_proxies(cfg)
     return cfg
+
+
+def _check_proxies(cfg: TorConfig) -> None:
+    """C tor's options_validate rules for the outbound proxies."""
+    if (cfg.socks4_proxy is not None) + (cfg.socks5_proxy is not None) + (
+        cfg.https_proxy is not None
+    ) > 1:
+        raise ConfigError(
+            "You have configured more than one proxy type. (Socks4Proxy|Socks5Proxy|HTTPSProxy)"
+        )
+    user, password = cfg.socks5_proxy_username, cfg.socks5_proxy_password
+    if user is not None:
+        if not 1 <= len(user.encode()) <= 255:
+            raise ConfigError("Socks5ProxyUsername must be between 1 and 255 characters.")
+        if password is None:
+            raise ConfigError("Socks5ProxyPassword must be included with Socks5ProxyUsername.")
+        if not 1 <= len(password.encode()) <= 255:
+            raise ConfigError("Socks5ProxyPassword must be between 1 and 255 characters.")
+    elif password is not None:
+        raise ConfigError("Socks5ProxyPassword must be included with Socks5ProxyUsername.")
+    if cfg.https_proxy_authenticator is not None and len(cfg.https_proxy_authenticator) >= 512:
+        raise ConfigError("HTTPSProxyAuthenticator is too long (>= 512 chars).")
+    proxied = cfg.socks4_proxy or cfg.socks5_proxy or cfg.https_proxy
+    if proxied and any(p.kind == "exec" for p in cfg.transport_plugins):
+        raise ConfigError(
+            "a managed transport behind Socks4Proxy/Socks5Proxy/HTTPSProxy (TOR_PT_PROXY) "
+            "is not supported by puretor"
+        )
+
+
+def _check_bridges(cfg: TorConfig) -> None:
+    """C tor's options_validate rules for UseBridges and Bridge lines."""
+    if not cfg.use_bridges:
+        return
+    if not cfg.bridges:
+        raise ConfigError("If you set UseBridges, you must specify at least one bridge.")
+    if not cfg.use_entry_guards:
+        raise ConfigError("Setting UseBridges requires also setting UseEntryGuards.")
+    for b in cfg.bridges:
+        names = {n for p in cfg.transport_plugins for n in p.transports}
+        if b.transport is not None and b.transport not in names:
+            raise ConfigError(
+                f"Bridge line with transport {b.transport} is missing a ClientTransportPlugin line"
+            )
 
 
 def _check_control_auth(cfg: TorConfig) -> None:

@@ -581,3 +581,167 @@ def _virtual_network(version: int, max_prefix: int) -> Kind:
 
 VIRTUAL_IPV4 = _virtual_network(4, 16)
 VIRTUAL_IPV6 = _virtual_network(6, 104)
+
+
+# --- Bridge
+
+
+@dataclass(frozen=True)
+class BridgeLine:
+    """One ``Bridge [transport] IP:ORPort [fingerprint] [k=v ...]`` line (C tor's
+    parse_bridge_line): where the bridge (or its transport's server) is, who it must be,
+    and the arguments for the client side of its pluggable transport."""
+
+    address: str  # IP literal, without brackets
+    port: int
+    rsa_id: bytes | None = None  # the fingerprint, when given
+    transport: str | None = None  # e.g. "obfs4"; None: a plain bridge (TLS to its ORPort)
+    args: tuple[tuple[str, str], ...] = ()  # k=v, in order
+
+    @property
+    def fingerprint(self) -> str | None:
+        return self.rsa_id.hex().upper() if self.rsa_id is not None else None
+
+    def describe(self) -> str:
+        where = f"[{self.address}]" if ":" in self.address else self.address
+        fp = f" ${self.fingerprint}" if self.rsa_id is not None else ""
+        how = f"{self.transport} " if self.transport else ""
+        return f"bridge {how}{where}:{self.port}{fp}"
+
+
+_C_IDENTIFIER = re.compile(r"[A-Za-z_][A-Za-z0-9_]*\Z")
+
+
+def parse_bridge_line(value: str) -> BridgeLine:
+    words = value.split()
+    if not words:
+        raise ValueError("Too few arguments to Bridge line.")
+    transport = None
+    if _C_IDENTIFIER.match(words[0]):
+        transport = words.pop(0)
+        if not words:
+            raise ValueError("Too few items to Bridge line.")
+    addrport = words.pop(0)
+    m = re.fullmatch(r"\[([0-9A-Fa-f:.]+)\](?::(\d+))?|([0-9.]+)(?::(\d+))?", addrport)
+    try:
+        if m is None:
+            raise ValueError
+        address = str(ipaddress.ip_address(m.group(1) or m.group(3)))
+        port = int(m.group(2) or m.group(4) or 443)  # C tor's default port for a bridge
+        if not 0 < port < 65536:
+            raise ValueError
+    except ValueError:
+        raise ValueError(f"Error parsing Bridge address '{addrport}'") from None
+    fingerprint: str | None = None
+    if transport is None:
+        fingerprint = "".join(words) or None  # may be written in groups of 4
+        words = []
+    elif words and "=" not in words[0]:
+        fingerprint = words.pop(0)
+    rsa_id = None
+    if fingerprint is not None:
+        if len(fingerprint) != 40:
+            raise ValueError("Key digest for Bridge is wrong length.")
+        try:
+            rsa_id = bytes.fromhex(fingerprint)
+        except ValueError:
+            raise ValueError("Unable to decode Bridge key digest.") from None
+    args = []
+    for word in words:
+        key, eq, val = word.partition("=")
+        if not eq or not key:
+            raise ValueError(f"'{word}' is not a k=v item.")
+        args.append((key, val))
+    return BridgeLine(address, port, rsa_id, transport, tuple(args))
+
+
+def format_bridge_line(b: BridgeLine) -> str:
+    where = f"[{b.address}]" if ":" in b.address else b.address
+    words = [*([b.transport] if b.transport else []), f"{where}:{b.port}"]
+    words += [b.fingerprint] if b.fingerprint else []
+    words += [f"{k}={v}" for k, v in b.args]
+    return " ".join(words)
+
+
+# --- ClientTransportPlugin
+
+
+@dataclass(frozen=True)
+class TransportPlugin:
+    """``ClientTransportPlugin NAME[,NAME] exec PATH [ARGS]`` (a managed proxy we start) or
+    ``ClientTransportPlugin NAME[,NAME] socks5 IP:PORT`` (an external one already running)."""
+
+    transports: tuple[str, ...]
+    kind: Literal["exec", "socks5"]
+    argv: tuple[str, ...] = ()  # exec
+    address: tuple[str, int] | None = None  # socks5
+
+
+def parse_transport_plugin(value: str) -> TransportPlugin:
+    words = value.split()
+    if len(words) < 3:
+        raise ValueError("Too few arguments on ClientTransportPlugin line.")
+    names = tuple(words[0].split(","))
+    for name in names:
+        if not _C_IDENTIFIER.match(name):
+            raise ValueError(f"Transport name is not a C identifier ({name}).")
+    kind = words[1]
+    if kind == "exec":
+        return TransportPlugin(names, "exec", argv=tuple(words[2:]))
+    if kind == "socks5":
+        if len(words) != 3:
+            raise ValueError("Too many arguments on ClientTransportPlugin line.")
+        m = re.fullmatch(r"\[([0-9A-Fa-f:.]+)\]:(\d{1,5})|([0-9.]+):(\d{1,5})", words[2])
+        try:
+            if m is None:
+                raise ValueError
+            address = str(ipaddress.ip_address(m.group(1) or m.group(3)))
+            port = int(m.group(2) or m.group(4))
+            if not 0 < port < 65536:
+                raise ValueError
+        except ValueError:
+            raise ValueError(f"Error parsing transport address '{words[2]}'") from None
+        return TransportPlugin(names, "socks5", address=(address, port))
+    if kind == "socks4":
+        raise ValueError("socks4 transport proxies are not supported by puretor")
+    raise ValueError(f"Strange ClientTransportPlugin field '{kind}'.")
+
+
+def format_transport_plugin(p: TransportPlugin) -> str:
+    head = f"{','.join(p.transports)} {p.kind}"
+    if p.kind == "exec":
+        return f"{head} {' '.join(p.argv)}"
+    assert p.address is not None
+    host = f"[{p.address[0]}]" if ":" in p.address[0] else p.address[0]
+    return f"{head} {host}:{p.address[1]}"
+
+
+# --- Socks4Proxy, Socks5Proxy, HTTPSProxy
+
+
+def proxy_address(default_port: int) -> Kind:
+    """``IP[:PORT]`` of an outbound proxy (C tor's default port when none is given).  Only
+    IP literals: resolving a proxy's name would be a DNS request outside Tor."""
+
+    def parse(text: str) -> tuple[str, int]:
+        m = re.fullmatch(r"\[([0-9A-Fa-f:.]+)\](?::(\d{1,5}))?|([0-9.]+)(?::(\d{1,5}))?", text)
+        try:
+            if m is None:
+                raise ValueError
+            host = str(ipaddress.ip_address(m.group(1) or m.group(3)))
+            port = int(m.group(2) or m.group(4) or default_port)
+            if not 0 < port < 65536:
+                raise ValueError
+        except ValueError:
+            raise ValueError(
+                f"'{text}' is not IP[:PORT] (puretor takes an IP address for a proxy)"
+            ) from None
+        return host, port
+
+    def fmt(v: tuple[str, int]) -> str:
+        return f"[{v[0]}]:{v[1]}" if ":" in v[0] else f"{v[0]}:{v[1]}"
+
+    return _optional(Kind("String", parse, fmt))
+
+
+STRING = _optional(Kind("String", str, str))

@@ -19,6 +19,10 @@ Lifecycle for the caller (the circuit manager)::
     else:                                  # a non-primary guard: wait for a better one
         later: guards.upgrade_waiting(all_usages, now) -> usages that became usable
 
+With bridges (UseBridges 1) the same manager is C tor's "bridges" guard selection: after
+``set_bridges`` the candidates are the bridges whose descriptors we have, not the consensus's
+Guard relays, and a bridge counts as "listed" while it is configured and described.
+
 Persist ``to_json()`` in the state file whenever ``state_version`` changes; restore it with
 ``GuardManager.from_json``.  Times are POSIX seconds supplied by the caller.
 """
@@ -176,6 +180,8 @@ class GuardManager:
         self._fixed_params = params
         self.params = params or GuardParams()
         self.netdir: NetDir | None = None
+        # UseBridges: the bridges (from their own descriptors) are the only possible guards.
+        self.bridges: dict[bytes, Relay] | None = None
         self.state_version = 0  # bumped on every change that to_json() would show
         self._sampled: list[_Guard] = []  # in sample order
         self._by_id: dict[bytes, _Guard] = {}
@@ -225,6 +231,20 @@ class GuardManager:
         if self.netdir is not None:
             self._update_primary(now)
 
+    def set_bridges(self, bridges: Iterable[Relay], now: float) -> None:
+        """UseBridges: these bridges (with the keys of their descriptors) are the candidates
+        from now on; call again whenever a descriptor arrives or changes."""
+        self.bridges = {b.rsa_id: b for b in bridges}
+        self._primary_up_to_date = False
+        if self.netdir is not None:
+            self.set_netdir(self.netdir, now)
+
+    def lookup(self, rsa_id: bytes) -> Relay | None:
+        """The guard as a relay we could connect to now: a bridge, or a consensus entry."""
+        if self.bridges is not None:
+            return self.bridges.get(rsa_id)
+        return self.netdir.by_rsa_id(rsa_id) if self.netdir is not None else None
+
     def set_netdir(self, netdir: NetDir, now: float) -> None:
         """A new consensus (guard-spec §4.10): update IS_LISTED, expire old entries, refill.
 
@@ -235,7 +255,7 @@ class GuardManager:
             self.params = replace(GuardParams.from_netdir(netdir), **self.overrides)
         slop = self.params.remove_unlisted_after / 5
         for g in self._sampled:
-            listed = is_possible_guard(netdir.by_rsa_id(g.rsa_id))
+            listed = is_possible_guard(self.lookup(g.rsa_id))
             if listed and not g.listed:
                 g.listed, g.unlisted_since = True, None
                 self._changed()
@@ -281,13 +301,13 @@ class GuardManager:
         ``avoid`` (pass the chosen exit: C tor's exit restriction), nor one of the guards
         in ``exclude`` (the other legs of a conflux set, prop 354: another of the primary
         guards in use if there is one, only then the next primary)."""
-        netdir = self._require_netdir()
+        self._require_netdir()
         if not self._primary_up_to_date:
             self._update_primary(now)
         need_md = purpose is GuardPurpose.TRAFFIC
 
         def relay_if_usable(g: _Guard) -> Relay | None:
-            relay = netdir.by_rsa_id(g.rsa_id)
+            relay = self.lookup(g.rsa_id)
             if relay is None or (need_md and not relay.has_md):
                 return None
             if not self._reachable(relay):
@@ -536,7 +556,7 @@ class GuardManager:
         # excludes the known-unreachable ones.
         if not g.listed or g.reachable is Reachable.NO:
             return False
-        relay = self.netdir.by_rsa_id(g.rsa_id) if self.netdir is not None else None
+        relay = self.lookup(g.rsa_id)
         return relay is None or self._reachable(relay)
 
     def _confirmed_in_sample_order(self) -> list[_Guard]:
@@ -556,7 +576,7 @@ class GuardManager:
 
     def _obeys(self, usage: GuardUsage, avoid: Sequence[Relay]) -> bool:
         g = self._by_id[usage.rsa_id]
-        relay = self.netdir.by_rsa_id(g.rsa_id) if self.netdir else None
+        relay = self.lookup(g.rsa_id)
         if relay is None:
             return all(a.rsa_id != g.rsa_id for a in avoid)
         return not any(self._related_ids(g, relay, a) for a in avoid)
@@ -614,7 +634,13 @@ class GuardManager:
         if netdir is None:
             return
         p = self.params
-        guards = [r for r in netdir.relays if is_possible_guard(r)]
+        if self.bridges is not None:
+            # C tor samples every configured bridge (no bandwidth weights, no 20 % cap).
+            guards = list(self.bridges.values())
+            weights: BandwidthWeights | None = None
+        else:
+            guards = [r for r in netdir.relays if is_possible_guard(r)]
+            weights = BandwidthWeights(netdir)
         max_sample = max(min(int(len(guards) * p.max_sample_threshold), p.max_sample_size),
                          p.min_filtered_sample)  # fmt: skip
         n_usable = 0
@@ -623,8 +649,7 @@ class GuardManager:
             n_usable += self._usable_filtered(g)
         if n_usable >= p.min_filtered_sample or len(self._sampled) >= max_sample:
             return
-        weights = BandwidthWeights(netdir)
-        eligible = [(r, weights.weight(r, Position.GUARD)) for r in guards
+        eligible = [(r, weights.weight(r, Position.GUARD) if weights else 0) for r in guards
                     if r.rsa_id not in self._by_id]  # fmt: skip
         total = sum(w for _, w in eligible)
         while n_usable < p.min_filtered_sample and len(self._sampled) < max_sample and eligible:

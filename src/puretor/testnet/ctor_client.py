@@ -136,11 +136,13 @@ def start_ctor_client(
     extra_torrc: Sequence[str] = (),
     wait: bool = True,
     timeout: float = 120.0,
+    wrap: Sequence[str] = (),
 ) -> CTorClient:
     """Start C tor as a client of the network described by `info` (default microdesc mode).
 
     `socks_port` None lets tor pick a free port (read back from its log). With `client_auth`
-    the client holds the key of the client-auth onion service.
+    the client holds the key of the client-auth onion service. `wrap`: a command prefix, e.g.
+    ``setpriv --regid=GID --clear-groups --`` to run it censored (see censor.py).
     """
     tor = find_binary("tor")
     if tor is None:
@@ -167,7 +169,7 @@ def start_ctor_client(
         "ctor-client",
         netns.wrap(
             name,
-            [tor, "--defaults-torrc", str(defaults), "-f", str(torrc_path)],
+            [*wrap, tor, "--defaults-torrc", str(defaults), "-f", str(torrc_path)],
             holder_pid=holder_pid,
         ),
         log=workdir / "stdout.log",

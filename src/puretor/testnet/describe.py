@@ -6,11 +6,12 @@ import json
 import subprocess
 from collections.abc import Sequence
 
-from puretor.testnet import layout, torrc
+from puretor.testnet import censor, layout, torrc
 from puretor.testnet.consensus import ConsensusSummary
 from puretor.testnet.info import (
     SCHEMA_VERSION,
     AuthorityInfo,
+    BridgeInfo,
     ExitInfo,
     FileInfo,
     NetworkInfo,
@@ -30,6 +31,7 @@ def build_info(
     tor: str,
     summary: ConsensusSummary,
     elapsed: float,
+    censored: list[str] | None = None,
 ) -> NetworkInfo:
     """network.json for a network that just became ready."""
     ready = json.loads(prep.targets_ready.read_text())
@@ -61,7 +63,7 @@ def build_info(
         for nf in prep.nodes.values()
     }
     relays = [
-        node_info(nf, families[nf.spec.nickname]) for nf in prep.nodes.values() if nf.spec.is_relay
+        node_info(nf, families[nf.spec.nickname]) for nf in prep.nodes.values() if nf.spec.is_listed
     ]
     auth_lines = [torrc.dir_authority_line(a) for a in prep.authorities]
     authorities: list[AuthorityInfo] = [
@@ -118,6 +120,12 @@ def build_info(
         "relays": relays,
         "exits": exits,
         "onion_hosts": [node_info(nf) for nf in onion_nodes.values()],
+        "bridges": [bridge_info(nf) for nf in prep.nodes.values() if nf.spec.is_bridge],
+        "censor": (
+            {"gid": layout.CENSORED_GID, "blocked": list(censored), "nft_table": censor.TABLE}
+            if censored is not None
+            else None
+        ),
         "targets": {
             "ip": ip,
             "hostname": host,
@@ -174,6 +182,47 @@ def build_info(
         "socks_port": layout.DEFAULT_SOCKS_PORT,
         "state_file": str(prep.workdir / "state.json"),
     }
+
+
+def bridge_info(nf: NodeFiles) -> BridgeInfo:
+    """A bridge and the ``Bridge`` line a client needs for it."""
+    spec = nf.spec
+    fp = nf.fingerprint or ""
+    if spec.transport is None:
+        address, port, args = spec.address, spec.orport or 0, {}
+        line = f"{address}:{port} {fp}"
+    else:
+        text = (nf.dir / "pt_state" / f"{spec.transport}_bridgeline.txt").read_text()
+        address, port = spec.address, layout.OBFS4_PORT
+        args = pt_args_from_bridgeline(text, spec.transport)
+        line = " ".join(
+            [spec.transport, f"{address}:{port}", fp, *(f"{k}={v}" for k, v in args.items())]
+        )
+    return {
+        "nickname": spec.nickname,
+        "address": spec.address,
+        "orport": spec.orport or 0,
+        "fingerprint": fp,
+        "ed25519": nf.ed25519 or "",
+        "transport": spec.transport,
+        "transport_address": address,
+        "transport_port": port,
+        "transport_args": args,
+        "bridge_line": line,
+        "data_dir": str(nf.dir),
+        "torrc": str(nf.torrc),
+        "log": str(nf.log),
+    }
+
+
+def pt_args_from_bridgeline(text: str, transport: str) -> dict[str, str]:
+    """The k=v arguments of the one ``Bridge <transport> ...`` line in obfs4proxy's
+    <transport>_bridgeline.txt (its other lines are comments)."""
+    for line in text.splitlines():
+        words = line.split()
+        if len(words) >= 4 and words[0] == "Bridge" and words[1] == transport:
+            return dict(w.split("=", 1) for w in words[4:] if "=" in w)
+    raise ValueError(f"no 'Bridge {transport}' line in the bridge line file")
 
 
 def profile_info(plan: NetworkPlan, prep: Prepared) -> ProfileInfo:

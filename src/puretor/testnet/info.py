@@ -53,6 +53,28 @@ class AuthorityInfo(NodeInfo):
     dir_authority_line: str  # ready for a torrc
 
 
+class BridgeInfo(TypedDict):
+    nickname: str
+    address: str
+    orport: int
+    fingerprint: str  # RSA identity, 40 upper-case hex
+    ed25519: str
+    transport: str | None  # "obfs4", or None for a plain bridge
+    transport_address: str  # where a client connects: the ORPort, or the transport's port
+    transport_port: int
+    transport_args: dict[str, str]  # obfs4: cert, iat-mode (from pt_state/obfs4_bridgeline.txt)
+    bridge_line: str  # the value of a torrc ``Bridge`` line
+    data_dir: str
+    torrc: str
+    log: str
+
+
+class CensorInfo(TypedDict):
+    gid: int  # processes run with this group id are censored
+    blocked: list[str]  # every authority and listed relay address (IPv4 and IPv6)
+    nft_table: str  # inet table holding the rules (counters: dropped packets)
+
+
 class ExitInfo(TypedDict):
     nickname: str
     address: str
@@ -164,9 +186,11 @@ class NetworkInfo(TypedDict):
     consensus: ConsensusInfo  # the consensus that made us say "ready"
     dir_authority_lines: list[str]
     authorities: list[AuthorityInfo]
-    relays: list[NodeInfo]  # every relay, authorities included
+    relays: list[NodeInfo]  # every listed relay, authorities included (not the bridges)
     exits: list[ExitInfo]
     onion_hosts: list[NodeInfo]
+    bridges: list[BridgeInfo]  # unlisted: reachable only through their Bridge lines
+    censor: CensorInfo | None  # None: nft missing, no censor
     targets: TargetsInfo
     onion: OnionServices
     dns: DnsInfo

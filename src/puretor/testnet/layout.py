@@ -23,11 +23,15 @@ from __future__ import annotations
 from dataclasses import dataclass, field, replace
 from typing import Literal
 
-Role = Literal["authority", "guard", "middle", "exit", "onion-service"]
+Role = Literal["authority", "guard", "middle", "exit", "onion-service", "bridge"]
 
 OR_PORT = 9001
 PRIVATE_OR_PORT = 9101  # realistic profile: where the relay itself listens (NoAdvertise)
 DIR_PORT = 9030  # authorities only; relays serve directory data over BEGIN_DIR
+OBFS4_PORT = 9002  # the obfs4 bridge's ServerTransportListenAddr (its ORPort stays OR_PORT)
+# Processes run with this group id are "censored": the namespace's firewall (censor.py) drops
+# their packets to every authority and relay, so only the bridges are reachable for them.
+CENSORED_GID = 4242
 DEFAULT_SOCKS_PORT = 9050
 DEFAULT_NETNS = "puretor-testnet"
 
@@ -126,6 +130,17 @@ class NodeSpec:
     family: str = ""  # relays with the same label declare each other (MyFamily)
     fault: str | None = None  # "stall" or "slow": a bad relay
     stall_after: float | None = None  # "stall": each connection goes silent after this long
+    transport: str | None = None  # a bridge's pluggable transport ("obfs4"), None: plain
+
+    @property
+    def is_bridge(self) -> bool:
+        """An unlisted relay (BridgeRelay 1, PublishServerDescriptor 0): not in the consensus."""
+        return self.role == "bridge"
+
+    @property
+    def is_listed(self) -> bool:
+        """A relay the authorities list in the consensus (not a bridge, not an onion host)."""
+        return self.is_relay and not self.is_bridge
 
     @property
     def is_relay(self) -> bool:
@@ -181,6 +196,15 @@ class NetworkPlan:
         """Does this network run the link emulator (any relay behind it)?"""
         return any(n.emulated for n in self.nodes)
 
+    @property
+    def listed_addresses(self) -> list[str]:
+        """Every address of an authority or listed relay: what a censor blocks."""
+        out: list[str] = []
+        for n in self.nodes:
+            if n.is_listed:
+                out += [n.address, *([n.ipv6_address] if n.ipv6_address else [])]
+        return out
+
     def by_role(self, *roles: Role) -> list[NodeSpec]:
         return [n for n in self.nodes if n.role in roles]
 
@@ -192,6 +216,10 @@ class NetworkPlan:
     def without_ipv6(self) -> NetworkPlan:
         """The same plan with IPv4 ORPorts only (for a namespace without IPv6)."""
         return replace(self, nodes=tuple(replace(n, ipv6_address=None) for n in self.nodes))
+
+    def without_transports(self) -> NetworkPlan:
+        """The same plan without the bridges behind a pluggable transport (no obfs4proxy)."""
+        return replace(self, nodes=tuple(n for n in self.nodes if n.transport is None))
 
     def node(self, nickname: str) -> NodeSpec:
         for n in self.nodes:
@@ -231,6 +259,9 @@ def default_nodes() -> tuple[NodeSpec, ...]:
             onion_backend=f"{ONION_AUTH_BACKEND_IP}:{HTTP_PORT}",
             client_auth=True,
         ),
+        # Bridges: not in the consensus; a plain one and one behind obfs4 (obfs4proxy).
+        NodeSpec("bridge1", "bridge", _addr(12), bandwidth_kb=5000),
+        NodeSpec("bridge2", "bridge", _addr(13), bandwidth_kb=5000, transport="obfs4"),
     )
 
 

@@ -29,7 +29,7 @@ from types import FrameType, TracebackType
 from typing import Any
 
 import puretor
-from puretor.testnet import consensus, layout, netns, procs, profiles, torrc
+from puretor.testnet import censor, consensus, layout, netns, procs, profiles, torrc
 from puretor.testnet.describe import build_info
 from puretor.testnet.info import NetworkInfo
 from puretor.testnet.layout import NetworkPlan
@@ -128,6 +128,7 @@ class TestNetwork:
         self.detach = detach  # CLI `up`: processes outlive this Python process
         self.records: dict[str, ProcRecord] = {}
         self._info: NetworkInfo | None = None
+        self.censored: list[str] | None = None
         self._stopped = False
         tor, gencert = find_binary("tor"), find_binary("tor-gencert")
         self.tor = tor or "tor"
@@ -352,8 +353,20 @@ class TestNetwork:
         if self.plan.ipv6_addresses and not self._add_ipv6_addresses(progress):
             self.plan = self.plan.without_ipv6()
 
+        obfs4proxy = find_binary("obfs4proxy")
+        if obfs4proxy is None and any(n.transport for n in self.plan.nodes):
+            progress("no obfs4 bridge: obfs4proxy is not installed")
+            self.plan = self.plan.without_transports()
+
         progress("generating keys and configuration")
-        prep = prepare(self.workdir, self.plan, tor=self.tor, gencert=self.gencert)
+        prep = prepare(
+            self.workdir,
+            self.plan,
+            tor=self.tor,
+            gencert=self.gencert,
+            obfs4proxy=obfs4proxy or "obfs4proxy",
+        )
+        self.censored = self._install_censor(progress)
 
         if prep.links_config is not None:
             # First: the advertised ORPorts (and the targets' addresses) are its listeners.
@@ -396,7 +409,7 @@ class TestNetwork:
         expected = {
             nf.fingerprint: (nf.spec.nickname, layout.expected_flags(nf.spec))
             for nf in prep.nodes.values()
-            if nf.fingerprint
+            if nf.fingerprint and nf.spec.is_listed
         }
         ipv6 = {
             nf.fingerprint: f"[{nf.spec.ipv6_address}]:{nf.spec.ipv6_orport}"
@@ -443,16 +456,26 @@ class TestNetwork:
         )
         # Until an exit has bootstrapped itself it answers every BEGIN with END MISC, for
         # C tor clients and puretor alike: "ready" must mean the exits are usable.
+        # Bridges too: a bridge serves clients the consensus it has fetched itself.
         exit_logs = [
-            self.workdir / "nodes" / n.nickname / "notice.log" for n in self.plan.by_role("exit")
+            self.workdir / "nodes" / n.nickname / "notice.log"
+            for n in self.plan.by_role("exit", "bridge")
+        ]
+        bridge_lines = [
+            self.workdir / "nodes" / n.nickname / "pt_state" / "obfs4_bridgeline.txt"
+            for n in self.plan.by_role("bridge")
+            if n.transport == "obfs4"
         ]
         self._wait(
-            lambda: all(_logged_since(log, 0, "Bootstrapped 100%") for log in exit_logs),
+            lambda: (
+                all(_logged_since(log, 0, "Bootstrapped 100%") for log in exit_logs)
+                and all(p.exists() for p in bridge_lines)
+            ),
             max(1.0, deadline - time.monotonic()),
-            "the exits to bootstrap",
+            "the exits and bridges to bootstrap",
             logs=exit_logs,
         )
-        progress("the exits are bootstrapped")
+        progress("the exits and bridges are bootstrapped")
         self._info = build_info(
             prep,
             self.plan,
@@ -461,6 +484,7 @@ class TestNetwork:
             tor=self.tor,
             summary=summary,
             elapsed=time.monotonic() - t0,
+            censored=self.censored,
         )
         self._write_outputs(prep)
 
@@ -517,6 +541,20 @@ class TestNetwork:
         progress(f"no IPv6 ORPorts: cannot add their addresses to lo ({problem})")
         return False
 
+    def _install_censor(self, progress: Callable[[str], None]) -> list[str] | None:
+        """Block the authorities and listed relays for censored processes (censor.py); the
+        blocked addresses, or None where nft is missing (tests that need it then skip)."""
+        blocked = self.plan.listed_addresses
+        if not censor.available():
+            progress("no censor: nft is not installed")
+            return None
+        censor.install(self.run, blocked, layout.CENSORED_GID)
+        return blocked
+
+    def dropped_packets(self) -> int:
+        """Packets of censored processes the censor has dropped (see censor.py)."""
+        return censor.dropped_packets(self.run)
+
     def _retry_consensus_fetches(self) -> None:
         """SIGHUP every relay, which makes tor reset its download back-off and fetch now.
 
@@ -524,7 +562,7 @@ class TestNetwork:
         delay, so without this an exit may take another minute to learn the consensus, and
         exits are only usable once they have it.
         """
-        for node in self.plan.by_role("guard", "middle", "exit"):
+        for node in self.plan.by_role("guard", "middle", "exit", "bridge"):
             procs.signal_proc(self._record(node.nickname), signal.SIGHUP)
 
     def _seed_directory_cache(self, data_dir: Path, summary: consensus.ConsensusSummary) -> None:

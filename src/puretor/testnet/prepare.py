@@ -24,6 +24,8 @@ from typing import Any
 from puretor.testnet import bwfile, layout, pki, profiles, torrc
 from puretor.testnet.layout import NetworkPlan, NodeSpec
 
+OBFS4PROXY = "/usr/bin/obfs4proxy"
+
 
 class PrepareError(RuntimeError):
     pass
@@ -94,7 +96,9 @@ def _private_dir(path: Path) -> Path:
     return path
 
 
-def prepare(workdir: Path, plan: NetworkPlan, *, tor: str, gencert: str) -> Prepared:
+def prepare(
+    workdir: Path, plan: NetworkPlan, *, tor: str, gencert: str, obfs4proxy: str = OBFS4PROXY
+) -> Prepared:
     workdir = workdir.resolve()
     _private_dir(workdir)
     # A reused work dir must not leak the last run's consensus, logs or keys into this one.
@@ -185,6 +189,7 @@ def prepare(workdir: Path, plan: NetworkPlan, *, tor: str, gencert: str) -> Prep
             [
                 bwfile.Measurement(nf.fingerprint or "", nf.spec.nickname, nf.spec.bandwidth_kb)
                 for nf in relays
+                if nf.spec.is_listed  # bridges are measured by no one
             ],
             now=time.time(),
         )
@@ -225,6 +230,8 @@ def prepare(workdir: Path, plan: NetworkPlan, *, tor: str, gencert: str) -> Prep
             if spec.client_auth:
                 auth_dir = _private_dir(nf.hs_dir / "authorized_clients")
                 (auth_dir / "client.auth").write_text(client_auth.service_line() + "\n")
+        elif spec.role == "bridge":
+            text = torrc.bridge_torrc(spec, nf.dir, authorities, obfs4proxy=obfs4proxy)
         else:
             text = torrc.relay_torrc(spec, nf.dir, authorities, resolv_conf=resolv, family=family)
         nf.torrc.write_text(text)
@@ -264,7 +271,7 @@ def first_vote_lead(plan: NetworkPlan) -> float:
     """Seconds from start to the first vote: every relay must have published by then. Tor
     processes start about 0.3 s of CPU apart on a loaded 2-core machine, so a bigger network
     needs longer (the loopback plan's 9 relays: `layout.FIRST_VOTE_LEAD`)."""
-    relays = sum(n.is_relay for n in plan.nodes)
+    relays = sum(n.is_listed for n in plan.nodes)
     return layout.FIRST_VOTE_LEAD + max(0, relays - 9) * 0.35
 
 

@@ -207,6 +207,30 @@ def relay_torrc(
     return _join(lines)
 
 
+def bridge_torrc(
+    node: NodeSpec, data_dir: Path, authorities: Sequence[AuthorityId], *, obfs4proxy: str
+) -> str:
+    """A bridge: a relay that publishes nothing, so it is in no consensus. A client reaches
+    it only through a ``Bridge`` line and fetches its descriptor from it (BEGIN_DIR)."""
+    lines = [
+        *common_lines(node.nickname, data_dir, authorities),
+        *_relay_lines(node),
+        "BridgeRelay 1",
+        "PublishServerDescriptor 0",
+    ]
+    if node.transport == "obfs4":
+        lines += [
+            # obfs4proxy writes the client's bridge line (cert=... iat-mode=...) to
+            # pt_state/obfs4_bridgeline.txt in the DataDirectory.
+            f"ServerTransportPlugin obfs4 exec {obfs4proxy}",
+            f"ServerTransportListenAddr obfs4 {node.address}:{layout.OBFS4_PORT}",
+            "ExtORPort auto",
+        ]
+    elif node.transport is not None:
+        raise ValueError(f"{node.nickname}: unknown transport {node.transport!r}")
+    return _join(lines)
+
+
 def onion_host_torrc(node: NodeSpec, data_dir: Path, authorities: Sequence[AuthorityId]) -> str:
     if node.onion_backend is None:
         raise ValueError(f"{node.nickname} has no onion backend")
