@@ -359,7 +359,7 @@ def test_mapaddress_from_torrc_and_from_the_controller(daemon: ControlledDaemon)
     ok = curl_via(daemon.client, "http://www.mapped.test/ip")
     assert ok.returncode == 0 and ok.stdout.strip(), ok.stderr
     with daemon.controller() as controller:
-        assert controller.get_info("address-mappings/config") == "*.mapped.test target.test"
+        assert controller.get_info("address-mappings/config") == "*.mapped.test target.test NEVER"
         recorder = Recorder()
         controller.add_event_listener(recorder, stem.control.EventType.ADDRMAP)
         mapped = controller.map_address({"alias.test": "target.test", "0.0.0.0": "target.test"})
@@ -368,7 +368,7 @@ def test_mapaddress_from_torrc_and_from_the_controller(daemon: ControlledDaemon)
         assert virtual.startswith("127."), virtual  # VirtualAddrNetworkIPv4 127.192.0.0/10
         recorder.wait(lambda: len(recorder.of("ADDRMAP")) >= 2)
         control = controller.get_info("address-mappings/control").splitlines()
-        assert {"alias.test target.test", f"{virtual} target.test"} <= set(control), control
+        assert {"alias.test target.test NEVER", f"{virtual} target.test NEVER"} <= set(control)
         for url in ("http://alias.test/ip", f"http://{virtual}/ip"):
             got = curl_via(daemon.client, url)
             assert got.returncode == 0 and got.stdout.strip(), (url, got.stderr)
@@ -376,7 +376,7 @@ def test_mapaddress_from_torrc_and_from_the_controller(daemon: ControlledDaemon)
         assert bad.raw_content().startswith("512 syntax error: invalid address"), bad.raw_content()
         assert controller.map_address({"alias.test": "alias.test"}) == {"alias.test": "alias.test"}
         control = controller.get_info("address-mappings/control").splitlines()
-        assert "alias.test target.test" not in control, control
+        assert "alias.test target.test NEVER" not in control, control
 
 
 # -- stem's custom path recipe ----------------------------------------------------------------

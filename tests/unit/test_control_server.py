@@ -317,7 +317,7 @@ async def test_mapaddress_replies_and_address_mappings(tmp_path: Path) -> None:
         assert virtual_ip.startswith(b"127.") and target == b"target.test"
         assert lines[2].endswith(b".virtual=y.onion") and lines[2].startswith(b"250-")
         assert lines[3] == b"512 syntax error: invalid address 'no/way'"
-        assert lines[4:6] == [b"250-address-mappings/config=a.test b.test", b"250 OK"]
+        assert lines[4:6] == [b"250-address-mappings/config=a.test b.test NEVER", b"250 OK"]
         assert lines[6].startswith(b"512 syntax error: mapping 'nothing'")
         tor = h.server.tor
         assert tor.address_map.rewrite("x.test") == "target.test"

@@ -220,16 +220,17 @@ class AddressMap:
             return None
 
     def mappings(self, source: str | None = None) -> list[str]:
-        """``"from to"`` lines as GETINFO address-mappings/* shows them; automaps count
-        as the controller's, as in C tor."""
+        """``"from to NEVER"`` lines as GETINFO address-mappings/* shows them (C tor
+        prints the expiry; these never expire); automaps count as the controller's, as
+        in C tor."""
         lines = []
         if source in (None, SOURCE_CONTROL):
-            lines += [f"{addr} {name}" for addr, name in self._to_name.items()]
+            lines += [f"{addr} {name} NEVER" for addr, name in self._to_name.items()]
         for key, m in self._mappings.items():
             if source is None or m.source == source:
                 lines.append(
                     f"{'*.' if m.from_wildcard else ''}{key} "
-                    f"{'*.' if m.to_wildcard else ''}{m.target}"
+                    f"{'*.' if m.to_wildcard else ''}{m.target} NEVER"
                 )
         return lines
 

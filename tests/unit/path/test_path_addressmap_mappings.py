@@ -80,10 +80,10 @@ def test_config_mappings_are_replaced_as_a_set_and_listed_by_source() -> None:
     m.map("ctl.example", "192.0.2.7", SOURCE_CONTROL)
     problems = m.set_config_mappings([("a.example", "b.example"), ("x.example", "*.bad")])
     assert len(problems) == 1 and "x.example" in problems[0]
-    assert m.mappings(SOURCE_CONFIG) == ["a.example b.example"]
+    assert m.mappings(SOURCE_CONFIG) == ["a.example b.example NEVER"]
     m.set_config_mappings([("*.c.example", "*.d.example")])
-    assert m.mappings(SOURCE_CONFIG) == ["*.c.example *.d.example"]
-    assert m.mappings(SOURCE_CONTROL) == ["ctl.example 192.0.2.7"]
+    assert m.mappings(SOURCE_CONFIG) == ["*.c.example *.d.example NEVER"]
+    assert m.mappings(SOURCE_CONTROL) == ["ctl.example 192.0.2.7 NEVER"]
     assert m.rewrite("a.example") == "a.example"
 
 
@@ -95,4 +95,4 @@ def test_virtual_addresses_and_hostnames_rewrite_to_their_name() -> None:
     assert m.automap("abc.onion", 0) == host
     assert m.rewrite(ip) == "abc.onion"
     assert m.rewrite(host) == "abc.onion"
-    assert f"{host} abc.onion" in m.mappings(SOURCE_CONTROL)
+    assert f"{host} abc.onion NEVER" in m.mappings(SOURCE_CONTROL)
