@@ -1,0 +1,157 @@
+"""The service side (puretor.hs.service) against the client side that already exists."""
+
+from __future__ import annotations
+
+import secrets
+
+import pytest
+from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey, Ed25519PublicKey
+
+from puretor.hs.address import parse_onion_address
+from puretor.hs.descriptor import decode_descriptor
+from puretor.hs.keys import blind_public_key, subcredential
+from puretor.hs.ntor import build_introduce1, complete_rendezvous, hs_mac
+from puretor.hs.service import (
+    ESTABLISH_INTRO_SIG_PREFIX,
+    IntroductionError,
+    IntroPointKeys,
+    ReplayCache,
+    ServiceIdentity,
+    SigningKey,
+    build_descriptor,
+    build_establish_intro,
+    curve25519_to_ed25519,
+    expand_seed,
+    parse_introduce2,
+    parse_public_key_file,
+    public_from_expanded,
+    sign_expanded,
+)
+from puretor.proto.relaymsg import ls_ed_id, ls_ipv4, ls_rsa_id
+
+RP_SPECS = [ls_ipv4("10.0.0.7", 9001), ls_rsa_id(bytes(range(20))), ls_ed_id(bytes(32))]
+
+
+def test_expanded_key_signs_like_rfc8032() -> None:
+    seed = bytes(range(32))
+    reference = Ed25519PrivateKey.from_private_bytes(seed)
+    expanded = expand_seed(seed)
+    public = public_from_expanded(expanded)
+    assert public == reference.public_key().public_bytes_raw()
+    # Ed25519 is deterministic: the same signature as the reference implementation.
+    assert sign_expanded(expanded, public, b"hello") == reference.sign(b"hello")
+
+
+def test_key_files_round_trip_and_keep_the_address() -> None:
+    ident = ServiceIdentity.generate()
+    again = ServiceIdentity.from_secret_key_file(ident.secret_key_file())
+    assert again.public == ident.public and again.address == ident.address
+    assert parse_public_key_file(ident.public_key_file()) == ident.public
+    assert ident.secret_key_file().startswith(b"== ed25519v1-secret: type0 ==\0\0\0")
+    assert len(ident.secret_key_file()) == 96
+    assert parse_onion_address(ident.hostname_file().decode().strip()) == ident.public
+    with pytest.raises(ValueError):
+        ServiceIdentity.from_secret_key_file(b"garbage" * 20)
+
+
+def test_blinded_secret_key_matches_the_public_blinding_and_signs() -> None:
+    ident = ServiceIdentity.generate()
+    blinded = ident.blinded(20000, 1440)
+    assert blinded.public == blind_public_key(ident.public, 20000, 1440)
+    assert blinded.subcredential == subcredential(ident.public, blinded.public)
+    sig = sign_expanded(blinded.expanded, blinded.public, b"message")
+    Ed25519PublicKey.from_public_bytes(blinded.public).verify(sig, b"message")
+
+
+def test_curve_to_ed_conversion_is_a_valid_point() -> None:
+    ip = IntroPointKeys.generate(RP_SPECS, bytes(32))
+    Ed25519PublicKey.from_public_bytes(curve25519_to_ed25519(ip.enc_public))
+
+
+def _service() -> tuple[ServiceIdentity, list[IntroPointKeys], bytes]:
+    ident = ServiceIdentity.generate()
+    ips = [IntroPointKeys.generate(RP_SPECS, secrets.token_bytes(32)) for _ in range(3)]
+    blinded = ident.blinded(20000, 1440)
+    desc = build_descriptor(blinded, SigningKey.generate(), ips, 7, now=1_700_000_000)
+    return ident, ips, desc
+
+
+def test_descriptor_decodes_with_the_client_parser() -> None:
+    ident, ips, desc = _service()
+    blinded = blind_public_key(ident.public, 20000, 1440)
+    parsed = decode_descriptor(
+        desc,
+        blinded_key=blinded,
+        subcredential=subcredential(ident.public, blinded),
+        now=1_700_000_100,
+    )
+    assert parsed.revision_counter == 7
+    assert [p.auth_key for p in parsed.intro_points] == [ip.auth.public for ip in ips]
+    assert [p.enc_key for p in parsed.intro_points] == [ip.enc_public for ip in ips]
+    assert parsed.intro_points[0].link_specifiers == tuple(RP_SPECS)
+    assert len(desc) < 50_000
+
+
+def test_establish_intro_mac_and_signature() -> None:
+    ip = IntroPointKeys.generate(RP_SPECS, bytes(32))
+    kh = secrets.token_bytes(20)
+    body = build_establish_intro(ip, kh)
+    head, sig = body[:-66], body[-64:]
+    assert body[-66:-64] == b"\x00\x40"
+    assert head[3:35] == ip.auth.public
+    assert head[-32:] == hs_mac(kh, head[:-32])
+    Ed25519PublicKey.from_public_bytes(ip.auth.public).verify(
+        sig, ESTABLISH_INTRO_SIG_PREFIX + head
+    )
+
+
+def test_hs_ntor_round_trip_with_the_client() -> None:
+    ident = ServiceIdentity.generate()
+    ip = IntroPointKeys.generate(RP_SPECS, bytes(32))
+    current, nxt = ident.blinded(20000, 1440), ident.blinded(20001, 1440)
+    cookie = secrets.token_bytes(20)
+    rp_key = secrets.token_bytes(32)
+    state, body = build_introduce1(
+        ip.auth.public,
+        ip.enc_public,
+        nxt.subcredential,
+        cookie,
+        rp_key,
+        RP_SPECS,
+        extensions=[(1, b"")],
+    )
+    intro = parse_introduce2(body, {ip.auth.public: ip}, [current.subcredential, nxt.subcredential])
+    assert intro.rendezvous_cookie == cookie and intro.rp_onion_key == rp_key
+    assert intro.rp_link_specifiers == tuple(RP_SPECS)
+    assert intro.extensions == ((1, b""),)
+    rend1, service_keys = intro.respond()
+    assert rend1[:20] == cookie
+    client_keys = complete_rendezvous(state, rend1[20:])
+    assert client_keys == service_keys
+
+
+def test_introduce2_garbage_and_wrong_keys_are_refused() -> None:
+    ident = ServiceIdentity.generate()
+    ip = IntroPointKeys.generate(RP_SPECS, bytes(32))
+    sub = ident.blinded(1, 1440).subcredential
+    _, body = build_introduce1(ip.auth.public, ip.enc_public, sub, bytes(20), bytes(32), RP_SPECS)
+    with pytest.raises(IntroductionError, match="MAC"):
+        parse_introduce2(body, {ip.auth.public: ip}, [secrets.token_bytes(32)])
+    with pytest.raises(IntroductionError, match="auth key"):
+        parse_introduce2(body, {}, [sub])
+    tampered = bytearray(body)
+    tampered[100] ^= 1
+    with pytest.raises(IntroductionError):
+        parse_introduce2(bytes(tampered), {ip.auth.public: ip}, [sub])
+    for n in range(0, len(body), 7):
+        with pytest.raises(IntroductionError):
+            parse_introduce2(secrets.token_bytes(n), {ip.auth.public: ip}, [sub])
+
+
+def test_replay_cache() -> None:
+    cache = ReplayCache(lifetime=10)
+    body = secrets.token_bytes(300)
+    assert not cache.seen(body, 0)
+    assert cache.seen(body, 5)
+    assert not cache.seen(body, 20)  # expired, then remembered again
+    assert not cache.seen(secrets.token_bytes(300), 20)
