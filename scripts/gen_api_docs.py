@@ -27,7 +27,15 @@ OUTPUT = ROOT / "docs" / "api.md"
 SECTIONS: list[tuple[str, list[str]]] = [
     (
         "puretor",
-        ["TorClient", "IsolationToken", "TorConfig", "BootstrapStatus", "start_tls", "EndReason"],
+        [
+            "TorClient",
+            "OnionService",
+            "IsolationToken",
+            "TorConfig",
+            "BootstrapStatus",
+            "start_tls",
+            "EndReason",
+        ],
     ),
     ("puretor.httpx_transport", ["TorTransport", "TorNetworkBackend"]),
     ("puretor.sync", ["TorClient", "TorSocket"]),

@@ -187,6 +187,25 @@ class ServiceIdentity:
         )
 
 
+OPE_INPUT_MAX = 1 << 18  # C tor crypto_ope.h
+
+
+def revision_counter(blinded: BlindedKey, seconds_since_srv_start: int) -> int:
+    """C tor's revision counter: an order-preserving encryption of the seconds since the
+    start of the SRV protocol run the descriptor belongs to (hs_service.c
+    update_revision_counters, crypto_ope.c), keyed with the blinded secret key.
+
+    OPE(n) is the sum of the first n 16-bit little-endian words of the AES-256-CTR
+    keystream (key ``SHA3-256("rev-counter-generation\\0" | a' | prefix')``, IV 0),
+    each plus one.  It grows with time whoever computes it, so a service directory
+    that moves between C tor and puretor keeps getting its descriptors accepted.
+    """
+    n = min(max(seconds_since_srv_start + 1, 1), OPE_INPUT_MAX)
+    key = hashlib.sha3_256(b"rev-counter-generation\x00" + blinded.expanded).digest()
+    stream = Cipher(algorithms.AES(key), modes.CTR(bytes(16))).encryptor().update(bytes(2 * n))
+    return sum(struct.unpack(f"<{n}H", stream)) + n
+
+
 def parse_public_key_file(data: bytes) -> bytes:
     if len(data) != 64 or data[:32] != PUBLIC_KEY_HEADER:
         raise ValueError("not an hs_ed25519_public_key file (ed25519v1-public, type0)")

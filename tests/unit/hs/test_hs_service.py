@@ -155,3 +155,14 @@ def test_replay_cache() -> None:
     assert cache.seen(body, 5)
     assert not cache.seen(body, 20)  # expired, then remembered again
     assert not cache.seen(secrets.token_bytes(300), 20)
+
+
+def test_revision_counter_grows_with_time_and_is_per_key() -> None:
+    from puretor.hs.service import revision_counter
+
+    blinded = ServiceIdentity.generate().blinded(20000, 1440)
+    values = [revision_counter(blinded, t) for t in (0, 1, 2, 100, 5000, 86400)]
+    assert values == sorted(values) and len(set(values)) == len(values)
+    assert values[0] >= 1
+    other = ServiceIdentity.generate().blinded(20000, 1440)
+    assert revision_counter(other, 100) != values[3]

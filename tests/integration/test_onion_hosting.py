@@ -1,0 +1,230 @@
+"""Onion services hosted by puretor (tor-client from torrc, and the library), reached by
+the network's C tor client and by puretor, on the private network."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import hashlib
+import threading
+import time
+from collections.abc import Iterator
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from pathlib import Path
+from typing import Any
+
+import pytest
+from onion_helpers import http_get, make_config
+from ptclient import start_tor_client
+
+from puretor import TorClient
+from puretor.aio.hsclient import _intro_hop
+from puretor.errors import StreamRefused
+from puretor.hs.client import plan_descriptor_fetch, rp_link_specifiers
+from puretor.hs.ntor import build_introduce1
+from puretor.path.select import PathRequest
+from puretor.proto.relaymsg import RelayCommand
+from puretor.testnet import start_ctor_client
+from puretor.testnet.targets import payload
+
+pytestmark = pytest.mark.testnet
+
+MIB10 = 10 * 1024 * 1024
+INDEX = b"served by a puretor onion service\n"
+
+
+class _Handler(BaseHTTPRequestHandler):
+    big = b""
+
+    def do_GET(self) -> None:  # noqa: N802
+        body = INDEX if self.path == "/" else self.big if self.path == "/files/10MiB" else None
+        if body is None:
+            self.send_error(404)
+            return
+        self.send_response(200)
+        self.send_header("Content-Length", str(len(body)))
+        self.end_headers()
+        self.wfile.write(body)
+
+    def log_message(self, *args: Any) -> None:
+        pass
+
+
+@pytest.fixture(scope="module")
+def backend() -> Iterator[tuple[str, int]]:
+    """The service's local web server (127.0.0.1, shared by this namespace's processes)."""
+    _Handler.big = payload("10MiB", MIB10)
+    server = ThreadingHTTPServer(("127.0.0.1", 0), _Handler)
+    thread = threading.Thread(target=server.serve_forever, daemon=True)
+    thread.start()
+    try:
+        yield server.server_address[:2]  # type: ignore[misc]
+    finally:
+        server.shutdown()
+        server.server_close()
+
+
+def _ctor_fetch(ctor_client: Any, address: str, want: str) -> float:
+    """Page and 10 MiB (sha256 checked) through the C tor client; seconds for the 10 MiB."""
+    assert ctor_client.curl(f"http://{address}/") == INDEX
+    t0 = time.monotonic()
+    body = ctor_client.curl(f"http://{address}/files/10MiB")
+    took = time.monotonic() - t0
+    assert len(body) == MIB10 and hashlib.sha256(body).hexdigest() == want
+    return took
+
+
+def _ctor_made_service_dir(info: Any, workdir: Path) -> str:
+    """A HiddenServiceDir made by C tor (it writes the keys at start-up; DisableNetwork
+    keeps it from publishing anything), then C tor is stopped."""
+    hs_dir = workdir / "hs"
+    ctor = start_ctor_client(
+        info,
+        workdir / "ctor",
+        client_auth=False,
+        wait=False,
+        extra_torrc=[
+            "DisableNetwork 1",
+            f"HiddenServiceDir {hs_dir}",
+            "HiddenServicePort 80 127.0.0.1:9",
+        ],
+    )
+    try:
+        deadline = time.monotonic() + 30
+        while not (hs_dir / "hostname").exists():
+            assert time.monotonic() < deadline, "C tor did not write the service directory"
+            time.sleep(0.1)
+        time.sleep(0.5)  # (the key files are written before hostname)
+    finally:
+        ctor.stop()
+    return (hs_dir / "hostname").read_text().strip()
+
+
+@pytest.mark.options(
+    "HiddenServiceDir",
+    "HiddenServicePort",
+    "HiddenServiceVersion",
+    "HiddenServiceNumIntroductionPoints",
+)
+def test_torrc_service_from_a_ctor_directory_survives_a_restart(
+    testnet: Any, ctor_client: Any, backend: tuple[str, int], tmp_path: Path
+) -> None:
+    info = testnet.info
+    want = info["targets"]["files"]["10MiB"]["sha256"]
+    address = _ctor_made_service_dir(info, tmp_path)
+    hs_dir = tmp_path / "hs"
+    options = [
+        f"HiddenServiceDir {hs_dir}",
+        f"HiddenServicePort 80 {backend[0]}:{backend[1]}",
+        "HiddenServiceVersion 3",
+        "HiddenServiceNumIntroductionPoints 2",
+    ]
+    timings = {}
+    for run in ("first", "restarted"):
+        t0 = time.monotonic()
+        daemon = start_tor_client(info, tmp_path / "daemon", extra_options=options)
+        try:
+            daemon.wait_for_log(r"descriptors published", timeout=120)
+            published = time.monotonic() - t0
+            # C tor's directory, C tor's address: nothing was rewritten.
+            assert (hs_dir / "hostname").read_text().strip() == address
+            assert daemon.log_text().count("introduction point ") >= 2
+            took = _ctor_fetch(ctor_client, address, want)
+            timings[run] = (published, took)
+        finally:
+            daemon.stop()
+    print(f"torrc service: published/10MiB {timings}")
+
+
+@pytest.mark.options("HiddenServiceMaxStreams", "HiddenServiceMaxStreamsCloseCircuit")
+def test_library_service_ctor_and_puretor_clients_and_hostile_introductions(
+    testnet: Any, ctor_client: Any, backend: tuple[str, int], tmp_path: Path
+) -> None:
+    info = testnet.info
+    want = info["targets"]["files"]["10MiB"]["sha256"]
+
+    async def main() -> None:
+        async with TorClient(make_config(info, tmp_path / "data")) as tor:
+            t0 = time.monotonic()
+            async with tor.onion_service({80: backend}, max_streams=2) as svc:
+                await svc.wait_published(120)
+                print(f"library service published in {time.monotonic() - t0:.1f}s")
+                took = await asyncio.to_thread(_ctor_fetch, ctor_client, svc.address, want)
+                print(f"C tor client: 10 MiB from the library service in {took:.1f}s")
+
+                # A puretor client (this same TorClient) reaches the puretor service.
+                status, body = await http_get(tor, svc.address, "/")
+                assert status == 200 and body == INDEX
+
+                # HiddenServiceMaxStreams 2: a third stream on one rendezvous circuit is
+                # refused, the circuit stays (MaxStreamsCloseCircuit 0).
+                iso = tor.isolated("max-streams")
+                conns = [await tor.open_connection(svc.address, 80, isolation=iso) for _ in "ab"]
+                with pytest.raises(StreamRefused):
+                    await tor.open_connection(svc.address, 80, isolation=iso)
+                assert conns[0][1].get_extra_info("circuit").is_open
+                for _, w in conns:
+                    w.close()
+
+                await _hostile_introductions(tor, svc)
+                stats = svc.stats
+                assert stats["rejected"] >= 2 and stats["replays"] >= 1, stats
+                # ... and the service keeps serving others.
+                assert await asyncio.to_thread(ctor_client.curl, f"http://{svc.address}/") == (
+                    INDEX
+                )
+
+            # A service with MaxStreamsCloseCircuit: the stream past the limit closes the
+            # whole rendezvous circuit.
+            async with tor.onion_service(
+                {80: backend}, max_streams=1, max_streams_close_circuit=True
+            ) as svc:
+                await svc.wait_published(120)
+                iso = tor.isolated("close")
+                _, w1 = await tor.open_connection(svc.address, 80, isolation=iso)
+                circuit = w1.get_extra_info("circuit")
+                with contextlib.suppress(OSError):
+                    r2, _w2 = await tor.open_connection(svc.address, 80, isolation=iso)
+                    await asyncio.wait_for(r2.read(-1), 30)
+                await asyncio.wait_for(circuit.closed.wait(), 30)
+
+    asyncio.run(main())
+
+
+async def _hostile_introductions(tor: TorClient, svc: Any) -> None:
+    """Garbage INTRODUCE1s (relayed as INTRODUCE2 by the intro point: it only checks
+    the auth key) and one valid INTRODUCE1 sent twice (a replay)."""
+    netdir = tor._dirmgr.require_netdir()
+    plan = plan_descriptor_fetch(netdir, svc.address, testing_network=True)
+    from puretor.aio.hsclient import OnionClient
+
+    onion = OnionClient(tor.config, tor._dirmgr, tor._circmgr)  # type: ignore[arg-type]
+    desc = await onion._descriptor(svc.address, plan)
+    ip = desc.intro_points[0]
+    circmgr = tor._circmgr
+    assert circmgr is not None
+    rp = circmgr._selector(netdir).choose_last_hop_internal(PathRequest(internal=True))
+    intro = await circmgr.build_internal_circuit(last=_intro_hop(ip))
+    try:
+        header = bytes(20) + b"\x02\x00\x20" + ip.auth_key + b"\x00"
+        for garbage in (header + bytes(200), header + b"\xff" * 300):
+            intro.send_relay(RelayCommand.INTRODUCE1, 0, garbage)
+            ack = await intro.next_control_cell(30)
+            assert ack.command == RelayCommand.INTRODUCE_ACK
+        _, body = build_introduce1(
+            ip.auth_key,
+            ip.enc_key,
+            plan.subcredential,
+            bytes(20),  # a cookie no rendezvous point knows: the service's attempt fails
+            rp.ntor_key or b"",
+            rp_link_specifiers(rp),
+        )
+        for _ in range(2):
+            intro.send_relay(RelayCommand.INTRODUCE1, 0, body)
+            ack = await intro.next_control_cell(30)
+            assert ack.command == RelayCommand.INTRODUCE_ACK
+    finally:
+        intro.close()
+    deadline = time.monotonic() + 10
+    while svc.stats["replays"] < 1 and time.monotonic() < deadline:
+        await asyncio.sleep(0.1)
