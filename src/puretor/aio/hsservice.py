@@ -229,6 +229,11 @@ class OnionServiceRunner:
                 log.info("onion service %s: %s", self.address[:16], exc)
                 await asyncio.sleep(2.0)
                 continue
+            except Exception as exc:  # a bug: say so, and keep the service up
+                self.last_error = repr(exc)
+                log.exception("onion service %s", self.address[:16])
+                await asyncio.sleep(5.0)
+                continue
             self._intro_changed.clear()
             with contextlib.suppress(TimeoutError):
                 await asyncio.wait_for(self._intro_changed.wait(), 5.0)
@@ -516,11 +521,15 @@ async def _forward(
     tor_writer = asyncio.StreamWriter(transport, protocol, reader, loop)
     stream.accept()
     transport.reactor.kick()
+    # A Tor END closes both directions: once either side is done, so is the other.
+    to_local = asyncio.ensure_future(_pipe(reader, local_writer))
+    to_tor = asyncio.ensure_future(_pipe(local_reader, tor_writer))
     try:
-        await asyncio.gather(
-            _pipe(reader, local_writer), _pipe(local_reader, tor_writer), return_exceptions=True
-        )
+        await asyncio.wait({to_local, to_tor}, return_when=asyncio.FIRST_COMPLETED)
     finally:
+        for task in (to_local, to_tor):
+            task.cancel()
+        await asyncio.gather(to_local, to_tor, return_exceptions=True)
         local_writer.close()
         transport.close()
 
