@@ -23,7 +23,7 @@ from puretor.errors import StreamRefused
 from puretor.hs.client import plan_descriptor_fetch, rp_link_specifiers
 from puretor.hs.ntor import build_introduce1
 from puretor.path.select import PathRequest
-from puretor.proto.relaymsg import RelayCommand
+from puretor.proto.relaymsg import EndReason, RelayCommand
 from puretor.testnet import start_ctor_client
 from puretor.testnet.targets import payload
 
@@ -157,12 +157,13 @@ def test_library_service_ctor_and_puretor_clients_and_hostile_introductions(
                 assert status == 200 and body == INDEX
 
                 # HiddenServiceMaxStreams 2: a third stream on one rendezvous circuit is
-                # refused, the circuit stays (MaxStreamsCloseCircuit 0).
+                # refused with END DONE, as C tor does (MaxStreamsCloseCircuit 0: the
+                # service keeps the circuit; our client drops it after a refusal).
                 iso = tor.isolated("max-streams")
                 conns = [await tor.open_connection(svc.address, 80, isolation=iso) for _ in "ab"]
-                with pytest.raises(StreamRefused):
+                with pytest.raises(StreamRefused) as refused:
                     await tor.open_connection(svc.address, 80, isolation=iso)
-                assert conns[0][1].get_extra_info("circuit").is_open
+                assert refused.value.reason == EndReason.DONE
                 for _, w in conns:
                     w.close()
 
@@ -204,27 +205,24 @@ async def _hostile_introductions(tor: TorClient, svc: Any) -> None:
     circmgr = tor._circmgr
     assert circmgr is not None
     rp = circmgr._selector(netdir).choose_last_hop_internal(PathRequest(internal=True))
-    intro = await circmgr.build_internal_circuit(last=_intro_hop(ip))
-    try:
-        header = bytes(20) + b"\x02\x00\x20" + ip.auth_key + b"\x00"
-        for garbage in (header + bytes(200), header + b"\xff" * 300):
-            intro.send_relay(RelayCommand.INTRODUCE1, 0, garbage)
-            ack = await intro.next_control_cell(30)
-            assert ack.command == RelayCommand.INTRODUCE_ACK
-        _, body = build_introduce1(
-            ip.auth_key,
-            ip.enc_key,
-            plan.subcredential,
-            bytes(20),  # a cookie no rendezvous point knows: the service's attempt fails
-            rp.ntor_key or b"",
-            rp_link_specifiers(rp),
-        )
-        for _ in range(2):
+    header = bytes(20) + b"\x02\x00\x20" + ip.auth_key + b"\x00"
+    _, valid = build_introduce1(
+        ip.auth_key,
+        ip.enc_key,
+        plan.subcredential,
+        bytes(20),  # a cookie no rendezvous point knows: the service's attempt fails
+        rp.ntor_key or b"",
+        rp_link_specifiers(rp),
+    )
+    # An intro point takes one INTRODUCE1 per circuit: a circuit for each.
+    for body in (header + bytes(200), header + b"\xff" * 300, valid, valid):
+        intro = await circmgr.build_internal_circuit(last=_intro_hop(ip))
+        try:
             intro.send_relay(RelayCommand.INTRODUCE1, 0, body)
             ack = await intro.next_control_cell(30)
             assert ack.command == RelayCommand.INTRODUCE_ACK
-    finally:
-        intro.close()
+        finally:
+            intro.close()
     deadline = time.monotonic() + 10
     while svc.stats["replays"] < 1 and time.monotonic() < deadline:
         await asyncio.sleep(0.1)
