@@ -19,7 +19,7 @@ import os
 import ssl as _ssl
 import time
 import weakref
-from collections.abc import AsyncIterator, Awaitable, Callable, Hashable, Mapping
+from collections.abc import AsyncIterator, Awaitable, Callable, Hashable, Mapping, Sequence
 from pathlib import Path
 from typing import Any, TypeVar
 
@@ -554,6 +554,7 @@ class TorClient:
         num_intro_points: int = 3,
         max_streams: int = 0,
         max_streams_close_circuit: bool = False,
+        authorized_clients: Sequence[bytes | str] = (),
     ) -> OnionService:
         """Host a v3 onion service while the returned context is open::
 
@@ -568,9 +569,24 @@ class TorClient:
         contents of an ``hs_ed25519_secret_key`` file (`OnionService.secret_key`).
         ``max_streams``: streams per rendezvous circuit (0: no limit); past it the stream
         is refused, or with ``max_streams_close_circuit`` the whole circuit closed.
+        ``authorized_clients``: client authorization - only clients with one of these
+        x25519 keys can reach the service (raw 32-byte public keys, or the base32 text
+        of C tor's ``descriptor:x25519:<key>`` lines); a directory ``key`` adds those of
+        its ``authorized_clients/*.auth`` files.
         """
-        from puretor.aio.hsservice import load_service_dir
+        from puretor.aio.hsservice import load_authorized_clients, load_service_dir
+        from puretor.hs.clientauth import parse_authorized_client
         from puretor.hs.service import ServiceIdentity
+
+        auth: list[bytes] = []
+        for client_key in authorized_clients:
+            if isinstance(client_key, str):
+                text = client_key if ":" in client_key else f"descriptor:x25519:{client_key}"
+                auth.append(parse_authorized_client(text, source="authorized_clients"))
+            elif len(client_key) == 32:
+                auth.append(bytes(client_key))
+            else:
+                raise ConfigError("an authorized client key is 32 bytes")
 
         if key is None:
             identity = ServiceIdentity.generate()
@@ -581,6 +597,7 @@ class TorClient:
                 raise ConfigError(f"onion service key: {exc}") from None
         else:
             identity = load_service_dir(Path(key))
+            auth += load_authorized_clients(Path(key))
         targets = {int(port): _service_target(target) for port, target in ports.items()}
         for port in targets:
             if not 0 < port < 65536:
@@ -592,6 +609,7 @@ class TorClient:
             num_intro_points=num_intro_points,
             max_streams=max_streams,
             max_streams_close_circuit=max_streams_close_circuit,
+            auth_clients=tuple(auth),
         )
 
     async def _start_service(self, service: OnionService) -> Any:
@@ -609,6 +627,7 @@ class TorClient:
             num_intro_points=service._num_intro_points,
             max_streams=service._max_streams,
             max_streams_close_circuit=service._max_streams_close_circuit,
+            auth_clients=service._auth_clients,
         )
         runner.start()
         self._services.add(runner)
@@ -1155,8 +1174,10 @@ class OnionService:
         num_intro_points: int,
         max_streams: int,
         max_streams_close_circuit: bool,
+        auth_clients: tuple[bytes, ...] = (),
     ) -> None:
         self._client = client
+        self._auth_clients = auth_clients
         self._identity = identity
         self._ports = ports
         self._num_intro_points = num_intro_points

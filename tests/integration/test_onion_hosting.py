@@ -4,6 +4,7 @@ the network's C tor client and by puretor, on the private network."""
 from __future__ import annotations
 
 import asyncio
+import base64
 import contextlib
 import hashlib
 import threading
@@ -14,6 +15,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+from cryptography.hazmat.primitives.asymmetric.x25519 import X25519PrivateKey
 from onion_helpers import http_get, make_config
 from ptclient import start_tor_client
 
@@ -25,6 +27,7 @@ from puretor.hs.ntor import build_introduce1
 from puretor.path.select import PathRequest
 from puretor.proto.relaymsg import EndReason, RelayCommand
 from puretor.testnet import start_ctor_client
+from puretor.testnet.ctor_client import CurlError
 from puretor.testnet.targets import payload
 
 pytestmark = pytest.mark.testnet
@@ -228,3 +231,48 @@ async def _hostile_introductions(tor: TorClient, svc: Any) -> None:
     deadline = time.monotonic() + 10
     while svc.stats["replays"] < 1 and time.monotonic() < deadline:
         await asyncio.sleep(0.1)
+
+
+def test_client_authorization(
+    testnet: Any, ctor_client: Any, backend: tuple[str, int], tmp_path: Path
+) -> None:
+    """Only clients with an authorized x25519 key read the descriptor: puretor and C tor
+    with the key reach the service, C tor without it cannot."""
+    info = testnet.info
+    client_key = X25519PrivateKey.generate()
+    private_b32 = base64.b32encode(client_key.private_bytes_raw()).decode().rstrip("=")
+    public = client_key.public_key().public_bytes_raw()
+    auth_dir = tmp_path / "onion-auth"
+    auth_dir.mkdir(mode=0o700)
+    config = make_config(info, tmp_path / "data", "--ClientOnionAuthDir", str(auth_dir))
+
+    async def main() -> None:
+        async with TorClient(config) as tor:
+            svc = tor.onion_service({80: backend}, authorized_clients=[public])
+            line = f"{svc.address.removesuffix('.onion')}:descriptor:x25519:{private_b32}\n"
+            (auth_dir / "svc.auth_private").write_text(line)
+            async with svc:
+                await svc.wait_published(120)
+                status, body = await http_get(tor, svc.address, "/")
+                assert status == 200 and body == INDEX
+                # The session's C tor client has no key for it.
+                with pytest.raises(CurlError):
+                    await asyncio.to_thread(ctor_client.curl, f"http://{svc.address}/")
+                # A C tor client with the key.
+                keyed_dir = tmp_path / "ctor-auth"
+                keyed_dir.mkdir(mode=0o700)
+                (keyed_dir / "svc.auth_private").write_text(line)
+                keyed = await asyncio.to_thread(
+                    start_ctor_client,
+                    info,
+                    tmp_path / "ctor",
+                    client_auth=False,
+                    extra_torrc=[f"ClientOnionAuthDir {keyed_dir}"],
+                )
+                try:
+                    page = await asyncio.to_thread(keyed.curl, f"http://{svc.address}/")
+                    assert page == INDEX
+                finally:
+                    keyed.stop()
+
+    asyncio.run(main())

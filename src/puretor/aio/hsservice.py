@@ -48,6 +48,7 @@ from puretor.errors import (
     TorError,
 )
 from puretor.hs.client import rp_link_specifiers
+from puretor.hs.clientauth import AUTH_SUFFIX, parse_authorized_client
 from puretor.hs.hsdir import disaster_srv, in_period_between_tp_and_srv, responsible_hsdirs
 from puretor.hs.keys import HsTimeParams, unix_time
 from puretor.hs.service import (
@@ -115,6 +116,23 @@ def load_service_dir(path: Path) -> ServiceIdentity:
     return identity
 
 
+def load_authorized_clients(path: Path) -> list[bytes]:
+    """The x25519 public keys in ``<HiddenServiceDir>/authorized_clients/*.auth``; a
+    malformed file is skipped with a warning, as C tor does."""
+    directory = path.expanduser() / "authorized_clients"
+    keys: list[bytes] = []
+    if not directory.is_dir():
+        return keys
+    for file in sorted(directory.iterdir()):
+        if file.suffix != AUTH_SUFFIX or not file.is_file():
+            continue
+        try:
+            keys.append(parse_authorized_client(file.read_text(), source=str(file)))
+        except (ConfigError, OSError, UnicodeDecodeError) as exc:
+            log.warning("authorized client file skipped: %s", exc)
+    return keys
+
+
 def _write_private(path: Path, data: bytes) -> None:
     tmp = path.with_name(path.name + ".tmp")
     fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
@@ -160,6 +178,7 @@ class OnionServiceRunner:
         num_intro_points: int = DEFAULT_INTRO_POINTS,
         max_streams: int = 0,
         max_streams_close_circuit: bool = False,
+        auth_clients: tuple[bytes, ...] = (),
     ) -> None:
         if not ports:
             raise ConfigError("an onion service needs at least one port")
@@ -173,6 +192,7 @@ class OnionServiceRunner:
         self.num_intro_points = num_intro_points
         self.max_streams = max_streams
         self.max_streams_close_circuit = max_streams_close_circuit
+        self.auth_clients = auth_clients  # x25519 public keys; () = no client authorization
         self.stats = ServiceStats()
         self.published = asyncio.Event()
         self._signing = SigningKey.generate()
@@ -436,7 +456,9 @@ class OnionServiceRunner:
             last = self._revisions.get(blinded.public, 0)
             revision = max(revision, last + 1)  # (twice within one second)
             self._revisions[blinded.public] = revision
-            desc = build_descriptor(blinded, self._signing, intro_keys, revision)
+            desc = build_descriptor(
+                blinded, self._signing, intro_keys, revision, auth_clients=self.auth_clients
+            )
             uploads.append(self._upload_everywhere(desc, hsdirs))
         current = {b.public for b, _, _ in plan}
         self._revisions = {k: v for k, v in self._revisions.items() if k in current}

@@ -351,6 +351,27 @@ def _inner_plaintext(
     return "".join(out)
 
 
+def _auth_client_lines(
+    subcred: bytes, clients: Sequence[bytes]
+) -> tuple[bytes, bytes, list[tuple[bytes, bytes, bytes]]]:
+    """§2.5.1.2: (descriptor cookie, ephemeral public key, auth-client entries).  Without
+    clients the cookie is empty; the entries are padded with random fake ones to a
+    multiple of 16, shuffled (C tor build_fake_auth_client)."""
+    ephemeral = X25519PrivateKey.generate()
+    cookie = secrets.token_bytes(16) if clients else b""
+    entries = []
+    for client_key in clients:
+        seed = ephemeral.exchange(X25519PublicKey.from_public_bytes(client_key))
+        keys = hashlib.shake_256(subcred + seed).digest(40)
+        iv = secrets.token_bytes(16)
+        encrypted = Cipher(algorithms.AES(keys[8:40]), modes.CTR(iv)).encryptor().update(cookie)
+        entries.append((keys[:8], iv, encrypted))
+    while not entries or len(entries) % AUTH_CLIENT_MULTIPLE:
+        entries.append((secrets.token_bytes(8), secrets.token_bytes(16), secrets.token_bytes(16)))
+    secrets.SystemRandom().shuffle(entries)
+    return cookie, ephemeral.public_key().public_bytes_raw(), entries
+
+
 def build_descriptor(
     blinded: BlindedKey,
     signing: SigningKey,
@@ -359,25 +380,27 @@ def build_descriptor(
     *,
     now: float | None = None,
     lifetime_minutes: int = DESC_LIFETIME_MINUTES,
+    auth_clients: Sequence[bytes] = (),
 ) -> bytes:
-    """The whole signed descriptor for one time period (no client authorization: the
-    auth-client lines are C tor's 16 random fake ones, the cookie is empty)."""
+    """The whole signed descriptor for one time period.  ``auth_clients``: the x25519
+    public keys of the clients allowed to read the intro points (client authorization);
+    none: anyone who knows the address."""
     t_now = time.time() if now is None else now
+    cookie, ephemeral, entries = _auth_client_lines(blinded.subcredential, auth_clients)
     inner = _inner_plaintext(signing, intro_points, t_now).encode("ascii")
     encrypted = _encrypt_layer(
-        inner, blinded.public, blinded.subcredential, revision, b"hsdir-encrypted-data"
+        inner, blinded.public + cookie, blinded.subcredential, revision, b"hsdir-encrypted-data"
     )
-    ephemeral = X25519PrivateKey.generate().public_key().public_bytes_raw()
     layer1 = [
         "desc-auth-type x25519\n",
         f"desc-auth-ephemeral-key {_b64(ephemeral)}\n",
     ]
-    for _ in range(AUTH_CLIENT_MULTIPLE):
+    for client_id, iv, encrypted_cookie in entries:
         layer1.append(
             "auth-client "
-            f"{_b64(secrets.token_bytes(8)).rstrip('=')} "
-            f"{_b64(secrets.token_bytes(16)).rstrip('=')} "
-            f"{_b64(secrets.token_bytes(16)).rstrip('=')}\n"
+            f"{_b64(client_id).rstrip('=')} "
+            f"{_b64(iv).rstrip('=')} "
+            f"{_b64(encrypted_cookie).rstrip('=')}\n"
         )
     layer1.append("encrypted\n" + _object("MESSAGE", encrypted))
     plain1 = "".join(layer1).encode("ascii")

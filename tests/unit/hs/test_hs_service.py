@@ -166,3 +166,54 @@ def test_revision_counter_grows_with_time_and_is_per_key() -> None:
     assert values[0] >= 1
     other = ServiceIdentity.generate().blinded(20000, 1440)
     assert revision_counter(other, 100) != values[3]
+
+
+def test_descriptor_with_client_authorization() -> None:
+    from cryptography.hazmat.primitives.asymmetric.x25519 import X25519PrivateKey
+
+    from puretor.errors import OnionError
+
+    ident = ServiceIdentity.generate()
+    blinded = ident.blinded(20000, 1440)
+    ips = [IntroPointKeys.generate(RP_SPECS, secrets.token_bytes(32))]
+    alice, bob = X25519PrivateKey.generate(), X25519PrivateKey.generate()
+    desc = build_descriptor(
+        blinded,
+        SigningKey.generate(),
+        ips,
+        3,
+        now=1_700_000_000,
+        auth_clients=[alice.public_key().public_bytes_raw()],
+    )
+    kwargs = {"blinded_key": blinded.public, "subcredential": blinded.subcredential}
+    parsed = decode_descriptor(
+        desc, now=1_700_000_100, client_auth_key=alice.private_bytes_raw(), **kwargs
+    )
+    assert parsed.intro_points[0].auth_key == ips[0].auth.public
+    with pytest.raises(OnionError) as missing:
+        decode_descriptor(desc, now=1_700_000_100, **kwargs)
+    assert missing.value.socks_code == 0xF4
+    with pytest.raises(OnionError) as wrong:
+        decode_descriptor(
+            desc, now=1_700_000_100, client_auth_key=bob.private_bytes_raw(), **kwargs
+        )
+    assert wrong.value.socks_code == 0xF5
+
+
+def test_authorized_client_file() -> None:
+    import base64
+
+    from puretor.errors import ConfigError
+    from puretor.hs.clientauth import parse_authorized_client
+
+    key = secrets.token_bytes(32)
+    line = "descriptor:x25519:" + base64.b32encode(key).decode().rstrip("=")
+    assert parse_authorized_client(line + "\n") == key
+    for bad in (
+        "",
+        "descriptor:x25519:AAAA",
+        "descriptor:ed25519:" + line[18:],
+        line + "\n" + line,
+    ):
+        with pytest.raises(ConfigError):
+            parse_authorized_client(bad)
