@@ -41,6 +41,9 @@ from puretor.aio.observe import (
     new_stream_id,
 )
 from puretor.aio.observe import (
+    HsDescEvent as HsDescEvent,
+)
+from puretor.aio.observe import (
     RelayRef as RelayRef,
 )
 from puretor.aio.stream import TorStreamTransport
@@ -628,6 +631,7 @@ class TorClient:
             max_streams=service._max_streams,
             max_streams_close_circuit=service._max_streams_close_circuit,
             auth_clients=service._auth_clients,
+            observer=self._observer,
         )
         runner.start()
         self._services.add(runner)
@@ -992,8 +996,8 @@ class TorClient:
         """Call ``callback(event)`` for every event of the given types (all if none given).
 
         The types are `CircuitEvent`, `StreamEvent`, `ChannelEvent`, `BandwidthEvent` and
-        `StreamBandwidthEvent` (once a second while such a listener exists) and
-        `BootstrapEvent`.  Callbacks run
+        `StreamBandwidthEvent` (once a second while such a listener exists),
+        `BootstrapEvent` and `HsDescEvent` (an onion service's descriptor uploads).  Callbacks run
         on the event loop and must not block; exceptions they raise are logged.
         """
         self._observer.add_listener(callback, tuple(kinds))

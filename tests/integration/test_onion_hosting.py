@@ -276,3 +276,57 @@ def test_client_authorization(
                     keyed.stop()
 
     asyncio.run(main())
+
+
+def test_add_onion_with_stem(
+    testnet: Any, ctor_client: Any, backend: tuple[str, int], tmp_path: Path
+) -> None:
+    """stem's create_ephemeral_hidden_service(await_publication=True) against tor-client
+    (ADD_ONION, HS_DESC UPLOAD/UPLOADED), a C tor client fetches through the service,
+    then GETINFO onions/current|detached and DEL_ONION."""
+    import stem.control
+
+    info = testnet.info
+    workdir = tmp_path / "daemon"
+    workdir.mkdir()
+    daemon = start_tor_client(
+        info,
+        workdir,
+        extra_options=[
+            "ControlPort 127.0.0.1:auto",
+            f"ControlPortWriteToFile {workdir / 'control-port'}",
+            "CookieAuthentication 0",
+        ],
+    )
+    try:
+        text = (workdir / "control-port").read_text()
+        port = int(text.split("PORT=")[1].split()[0].rsplit(":", 1)[1])
+        with stem.control.Controller.from_port(port=port) as controller:
+            controller.authenticate()
+            t0 = time.monotonic()
+            response = controller.create_ephemeral_hidden_service(
+                {80: f"{backend[0]}:{backend[1]}"}, await_publication=True, timeout=120
+            )
+            print(f"ADD_ONION published in {time.monotonic() - t0:.1f}s")
+            service_id = response.service_id
+            assert response.private_key_type == "ED25519-V3" and response.private_key
+            assert ctor_client.curl(f"http://{service_id}.onion/") == INDEX
+            assert controller.list_ephemeral_hidden_services() == [service_id]
+
+            assert controller.remove_ephemeral_hidden_service(service_id)
+            assert controller.list_ephemeral_hidden_services() == []
+
+            # The returned key serves the same address again (detached this time).
+            again = controller.create_ephemeral_hidden_service(
+                {80: backend[1]},
+                key_type="ED25519-V3",
+                key_content=response.private_key,
+                detached=True,
+                await_publication=True,
+                timeout=120,
+            )
+            assert again.service_id == service_id and not again.private_key
+            assert controller.list_ephemeral_hidden_services(detached=True) == [service_id]
+            assert ctor_client.curl(f"http://{service_id}.onion/") == INDEX
+    finally:
+        daemon.stop()

@@ -23,6 +23,7 @@ restarts as long as the clock does, and a directory moved from C tor keeps worki
 from __future__ import annotations
 
 import asyncio
+import base64
 import contextlib
 import logging
 import os
@@ -35,6 +36,7 @@ from typing import TYPE_CHECKING, Any
 from puretor.aio.channel import ChannelTarget
 from puretor.aio.circuit import HopSpec, TunnelHandle
 from puretor.aio.dirclient import fetch_raw
+from puretor.aio.observe import HsDescEvent, Observer, RelayRef
 from puretor.aio.stream import TorStreamTransport
 from puretor.dir.http import HttpResponseParser
 from puretor.dir.netdir import NetDir, Relay
@@ -179,6 +181,7 @@ class OnionServiceRunner:
         max_streams: int = 0,
         max_streams_close_circuit: bool = False,
         auth_clients: tuple[bytes, ...] = (),
+        observer: Observer | None = None,
     ) -> None:
         if not ports:
             raise ConfigError("an onion service needs at least one port")
@@ -193,6 +196,7 @@ class OnionServiceRunner:
         self.max_streams = max_streams
         self.max_streams_close_circuit = max_streams_close_circuit
         self.auth_clients = auth_clients  # x25519 public keys; () = no client authorization
+        self.observer = observer  # gets HsDescEvents (the control port's HS_DESC)
         self.stats = ServiceStats()
         self.published = asyncio.Event()
         self._signing = SigningKey.generate()
@@ -459,7 +463,8 @@ class OnionServiceRunner:
             desc = build_descriptor(
                 blinded, self._signing, intro_keys, revision, auth_clients=self.auth_clients
             )
-            uploads.append(self._upload_everywhere(desc, hsdirs))
+            desc_id = base64.b64encode(blinded.public).decode("ascii").rstrip("=")
+            uploads.append(self._upload_everywhere(desc, hsdirs, desc_id))
         current = {b.public for b, _, _ in plan}
         self._revisions = {k: v for k, v in self._revisions.items() if k in current}
         results = await asyncio.gather(*uploads)
@@ -472,11 +477,25 @@ class OnionServiceRunner:
         else:
             raise DirectoryError("no HSDir accepted a descriptor")
 
-    async def _upload_everywhere(self, desc: bytes, hsdirs: list[Relay]) -> bool:
-        results = await asyncio.gather(*(self._upload(desc, r) for r in hsdirs))
+    async def _upload_everywhere(self, desc: bytes, hsdirs: list[Relay], desc_id: str) -> bool:
+        results = await asyncio.gather(*(self._upload(desc, r, desc_id) for r in hsdirs))
         return any(results)
 
-    async def _upload(self, desc: bytes, hsdir: Relay) -> bool:
+    def _report(self, action: str, hsdir: Relay, desc_id: str, reason: str | None = None) -> None:
+        if self.observer is not None:
+            ref = RelayRef(hsdir.rsa_id.hex().upper(), hsdir.nickname)
+            address = self.address.removesuffix(".onion")
+            self.observer.emit(HsDescEvent(action, address, ref, desc_id, reason))
+
+    async def _upload(self, desc: bytes, hsdir: Relay, desc_id: str) -> bool:
+        self._report("UPLOAD", hsdir, desc_id)
+        ok = await self._post(desc, hsdir)
+        self._report(
+            "UPLOADED" if ok else "FAILED", hsdir, desc_id, None if ok else "UPLOAD_REJECTED"
+        )
+        return ok
+
+    async def _post(self, desc: bytes, hsdir: Relay) -> bool:
         handle: TunnelHandle | None = None
         try:
             handle = await self.circmgr.build_internal_circuit(last=hsdir)

@@ -11,6 +11,7 @@ from puretor.client import (
     BootstrapEvent,
     ChannelEvent,
     CircuitEvent,
+    HsDescEvent,
     StreamBandwidthEvent,
     StreamEvent,
 )
@@ -80,7 +81,19 @@ def event_text(ev: Any) -> tuple[str, str] | None:
         return "STREAM_BW", f"{ev.id} {ev.written} {ev.read} {iso_time(time.time())}"
     if isinstance(ev, BootstrapEvent):
         return "STATUS_CLIENT", bootstrap_status(ev)
+    if isinstance(ev, HsDescEvent):
+        return "HS_DESC", hs_desc_line(ev)
     return None
+
+
+def hs_desc_line(ev: HsDescEvent) -> str:
+    """C tor's HS_DESC UPLOAD / UPLOADED / FAILED lines for a service's uploads."""
+    line = f"{ev.action} {ev.address} UNKNOWN {ev.hsdir}"
+    if ev.action == "UPLOAD":
+        line += f" {ev.descriptor_id}"
+    elif ev.action == "FAILED":
+        line += f" REASON={ev.reason or 'UNEXPECTED'}"
+    return line
 
 
 def router_status(relay: Any, valid_after: float | None) -> str:
