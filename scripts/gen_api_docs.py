@@ -38,7 +38,7 @@ SECTIONS: list[tuple[str, list[str]]] = [
         ],
     ),
     ("puretor.httpx_transport", ["TorTransport", "TorNetworkBackend"]),
-    ("puretor.sync", ["TorClient", "TorSocket"]),
+    ("puretor.sync", ["TorClient", "OnionService", "TorSocket"]),
     ("puretor.errors", []),  # filled from puretor.errors.__all__
 ]
 

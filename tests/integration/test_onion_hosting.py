@@ -78,8 +78,9 @@ def _ctor_fetch(ctor_client: Any, address: str, want: str) -> float:
 
 
 def _ctor_made_service_dir(info: Any, workdir: Path) -> str:
-    """A HiddenServiceDir made by C tor (it writes the keys at start-up; DisableNetwork
-    keeps it from publishing anything), then C tor is stopped."""
+    """A HiddenServiceDir made (or read) by C tor: it loads or writes the keys at start-up
+    and writes ``hostname``; DisableNetwork keeps it from publishing anything.  Then C tor
+    is stopped.  Returns the address in ``hostname``."""
     hs_dir = workdir / "hs"
     ctor = start_ctor_client(
         info,
@@ -350,3 +351,26 @@ def test_add_onion_with_stem(
             assert ctor_client.curl(f"http://{service_id}.onion/") == INDEX
     finally:
         daemon.stop()
+
+
+def test_sync_service_with_a_directory_that_c_tor_then_reads(
+    testnet: Any, ctor_client: Any, backend: tuple[str, int], tmp_path: Path
+) -> None:
+    """The blocking facade hosts a service from a directory puretor creates; C tor then
+    loads that directory and derives the same address from its key."""
+    from puretor.sync import TorClient as SyncTorClient
+
+    info = testnet.info
+    hs_dir = tmp_path / "hs"
+    with (
+        SyncTorClient(make_config(info, tmp_path / "data")) as tor,
+        tor.onion_service({80: backend}, key=hs_dir) as svc,
+    ):
+        svc.wait_published(120)
+        assert ctor_client.curl(f"http://{svc.address}/") == INDEX
+        address = svc.address
+    assert (hs_dir / "hostname").read_text().strip() == address
+    secret = (hs_dir / "hs_ed25519_secret_key").read_bytes()
+    (hs_dir / "hostname").unlink()
+    assert _ctor_made_service_dir(info, tmp_path) == address
+    assert (hs_dir / "hs_ed25519_secret_key").read_bytes() == secret
