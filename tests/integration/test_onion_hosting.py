@@ -175,9 +175,16 @@ def test_library_service_ctor_and_puretor_clients_and_hostile_introductions(
                 took = await asyncio.to_thread(_ctor_fetch, ctor_client, svc.address, want)
                 print(f"C tor client: 10 MiB from the library service in {took:.1f}s")
 
-                # A puretor client (this same TorClient) reaches the puretor service.
+                # A puretor client (this same TorClient) reaches the puretor service, with
+                # congestion control on the virtual hop (the descriptor offers it).
                 status, body = await http_get(tor, svc.address, "/")
                 assert status == 200 and body == INDEX
+                status, body = await http_get(tor, svc.address, "/files/10MiB")
+                assert status == 200 and hashlib.sha256(body).hexdigest() == want
+                _, writer = await tor.open_connection(svc.address, 80)
+                tunnel = writer.get_extra_info("circuit").tunnel
+                assert tunnel.cc is not None and tunnel.circuit.hops[3].cc is tunnel.cc
+                writer.close()
 
                 # HiddenServiceMaxStreams 2: a third stream on one rendezvous circuit is
                 # refused with END DONE, as C tor does (MaxStreamsCloseCircuit 0: the

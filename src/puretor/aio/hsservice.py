@@ -53,6 +53,7 @@ from puretor.hs.client import rp_link_specifiers
 from puretor.hs.clientauth import AUTH_SUFFIX, parse_authorized_client
 from puretor.hs.hsdir import disaster_srv, in_period_between_tp_and_srv, responsible_hsdirs
 from puretor.hs.keys import HsTimeParams, unix_time
+from puretor.hs.ntor import EXT_CC_REQUEST
 from puretor.hs.service import (
     BlindedKey,
     Introduction,
@@ -68,6 +69,7 @@ from puretor.hs.service import (
     revision_counter,
 )
 from puretor.path.select import PathRequest
+from puretor.proto.congestion import CCParams
 from puretor.proto.events import StreamIncoming
 from puretor.proto.relaymsg import EndReason, RelayCommand
 
@@ -88,6 +90,10 @@ UPLOAD_TIMEOUT = 30.0
 LOCAL_CONNECT_TIMEOUT = 10.0
 MAX_PENDING_RENDEZVOUS = 32  # concurrent rendezvous circuits being built; more are dropped
 HSDIR_SPREAD_STORE_DEFAULT = 4  # C tor HS_DEFAULT_HSDIR_SPREAD_STORE
+# The last revision counter uploaded per blinded key, for the whole process: a service
+# stopped and started again within a second (DEL_ONION, ADD_ONION) must still upload a
+# higher one, or the HSDirs refuse it.
+_LAST_REVISION: dict[bytes, int] = {}
 
 
 def load_service_dir(path: Path) -> ServiceIdentity:
@@ -204,7 +210,7 @@ class OnionServiceRunner:
         self._intro_changed = asyncio.Event()
         self._subcredentials: list[bytes] = []
         self._replays = ReplayCache()
-        self._revisions: dict[bytes, int] = {}  # last revision counter per blinded key
+        self._cc_params: CCParams | None = None  # offered in the descriptor
         self._published_key: object = None
         self._published_at = 0.0
         self._tasks: set[asyncio.Task[None]] = set()
@@ -381,7 +387,14 @@ class OnionServiceRunner:
         handle.send_relay(RelayCommand.RENDEZVOUS1, 0, body)
         # The service's side of the virtual hop: C tor's relay_crypto_init(reverse=1).
         tunnel = handle.tunnel
-        tunnel.add_virtual_hop(keys.db, keys.df, keys.kb, keys.kf)
+        cc = self._cc_params
+        if cc is not None and any(t == EXT_CC_REQUEST for t, _ in intro.extensions):
+            # The client asked for congestion control (our descriptor offered it).
+            tunnel.add_virtual_hop(
+                keys.db, keys.df, keys.kb, keys.kf, congestion_control=cc, sendme_inc=cc.sendme_inc
+            )
+        else:
+            tunnel.add_virtual_hop(keys.db, keys.df, keys.kb, keys.kf)
         tunnel.accept_streams = self.max_streams
         tunnel.close_on_stream_limit = self.max_streams_close_circuit
         handle.incoming = self._incoming
@@ -453,20 +466,30 @@ class OnionServiceRunner:
         subs = [b.subcredential for b, _, _ in plan]
         self._subcredentials = subs + [s for s in self._subcredentials if s not in subs][:2]
         intro_keys = [s.keys for s in self._intros]
+        # Congestion control on the rendezvous circuits, offered as C tor does when the
+        # consensus has it on (cc_alg != 0), with the onion-service Vegas parameters.
+        cc = CCParams.from_consensus(netdir.param, "onion")
+        on = netdir.param("cc_alg", 2, 0, 3) != 0 and cc.enabled
+        self._cc_params = cc if on else None
         uploads = []
         now = int(time.time())
         for blinded, hsdirs, srv_start in plan:
             revision = revision_counter(blinded, now - srv_start)
-            last = self._revisions.get(blinded.public, 0)
+            last = _LAST_REVISION.get(blinded.public, 0)
             revision = max(revision, last + 1)  # (twice within one second)
-            self._revisions[blinded.public] = revision
+            _LAST_REVISION[blinded.public] = revision
             desc = build_descriptor(
-                blinded, self._signing, intro_keys, revision, auth_clients=self.auth_clients
+                blinded,
+                self._signing,
+                intro_keys,
+                revision,
+                auth_clients=self.auth_clients,
+                flow_control_sendme_inc=cc.sendme_inc if on else None,
             )
             desc_id = base64.b64encode(blinded.public).decode("ascii").rstrip("=")
             uploads.append(self._upload_everywhere(desc, hsdirs, desc_id))
-        current = {b.public for b, _, _ in plan}
-        self._revisions = {k: v for k, v in self._revisions.items() if k in current}
+        if len(_LAST_REVISION) > 1000:
+            _LAST_REVISION.clear()
         results = await asyncio.gather(*uploads)
         if all(results):
             self._published_key = key

@@ -328,9 +328,15 @@ def _encrypt_layer(
 
 
 def _inner_plaintext(
-    signing: SigningKey, intro_points: Iterable[IntroPointKeys], now: float
+    signing: SigningKey,
+    intro_points: Iterable[IntroPointKeys],
+    now: float,
+    flow_control_sendme_inc: int | None = None,
 ) -> str:
     out = ["create2-formats 2\n"]
+    if flow_control_sendme_inc is not None:
+        # C tor: the FlowCtrl versions it supports and the consensus cc_sendme_inc.
+        out.append(f"flow-control 1-2 {flow_control_sendme_inc}\n")
     expires = now + CERT_LIFETIME
     for ip in intro_points:
         out.append(f"introduction-point {_b64(encode_link_specifiers(ip.link_specifiers))}\n")
@@ -381,15 +387,22 @@ def build_descriptor(
     now: float | None = None,
     lifetime_minutes: int = DESC_LIFETIME_MINUTES,
     auth_clients: Sequence[bytes] = (),
+    flow_control_sendme_inc: int | None = None,
 ) -> bytes:
     """The whole signed descriptor for one time period.  ``auth_clients``: the x25519
     public keys of the clients allowed to read the intro points (client authorization);
-    none: anyone who knows the address."""
+    none: anyone who knows the address.  ``flow_control_sendme_inc``: offer congestion
+    control (prop 324) on the rendezvous circuits, with that ``sendme_inc``."""
     t_now = time.time() if now is None else now
     cookie, ephemeral, entries = _auth_client_lines(blinded.subcredential, auth_clients)
-    inner = _inner_plaintext(signing, intro_points, t_now).encode("ascii")
+    inner = _inner_plaintext(signing, intro_points, t_now, flow_control_sendme_inc)
+    inner_bytes = inner.encode("ascii")
     encrypted = _encrypt_layer(
-        inner, blinded.public + cookie, blinded.subcredential, revision, b"hsdir-encrypted-data"
+        inner_bytes,
+        blinded.public + cookie,
+        blinded.subcredential,
+        revision,
+        b"hsdir-encrypted-data",
     )
     layer1 = [
         "desc-auth-type x25519\n",

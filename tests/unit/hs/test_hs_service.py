@@ -217,3 +217,21 @@ def test_authorized_client_file() -> None:
     ):
         with pytest.raises(ConfigError):
             parse_authorized_client(bad)
+
+
+def test_descriptor_offers_congestion_control() -> None:
+    ident = ServiceIdentity.generate()
+    blinded = ident.blinded(20000, 1440)
+    ips = [IntroPointKeys.generate(RP_SPECS, secrets.token_bytes(32))]
+    desc = build_descriptor(
+        blinded, SigningKey.generate(), ips, 1, now=1_700_000_000, flow_control_sendme_inc=31
+    )
+    parsed = decode_descriptor(
+        desc,
+        blinded_key=blinded.public,
+        subcredential=blinded.subcredential,
+        now=1_700_000_100,
+        cc_sendme_inc=31,
+    )
+    assert parsed.supports_congestion_control and parsed.flow_control is not None
+    assert parsed.flow_control.sendme_inc == 31
