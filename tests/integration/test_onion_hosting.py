@@ -381,3 +381,33 @@ def test_sync_service_with_a_directory_that_c_tor_then_reads(
     (hs_dir / "hostname").unlink()
     assert _ctor_made_service_dir(info, tmp_path) == address
     assert (hs_dir / "hs_ed25519_secret_key").read_bytes() == secret
+
+
+def test_intro_point_rotation(
+    testnet: Any, ctor_client: Any, backend: tuple[str, int], tmp_path: Path
+) -> None:
+    """A worn-out introduction point (C tor: 16384-32768 introductions or 18-24 hours;
+    here made to wear out after one) is replaced, the descriptor published again, and
+    the old point closed; clients then reach the service through the new one."""
+    info = testnet.info
+
+    async def main() -> None:
+        async with (
+            TorClient(make_config(info, tmp_path / "data")) as tor,
+            tor.onion_service({80: backend}, num_intro_points=1) as svc,
+        ):
+            await svc.wait_published(120)
+            runner = svc._runner
+            first = runner._intros[0]
+            first.max_introductions = 1
+            status, body = await http_get(tor, svc.address, "/")
+            assert status == 200 and body == INDEX
+            deadline = time.monotonic() + 60
+            while svc.stats["publications"] < 2 or not first.handle.closed.is_set():
+                assert time.monotonic() < deadline, svc.stats
+                await asyncio.sleep(0.1)
+            assert runner._intros and runner._intros[0] is not first
+            page = await asyncio.to_thread(ctor_client.curl, f"http://{svc.address}/")
+            assert page == INDEX
+
+    asyncio.run(main())

@@ -27,6 +27,7 @@ import base64
 import contextlib
 import logging
 import os
+import secrets
 import time
 from collections.abc import Coroutine, Mapping
 from dataclasses import dataclass, field
@@ -88,6 +89,8 @@ REPUBLISH_INTERVAL = 3600.0  # C tor uploads again every 60-120 minutes
 INTRO_ESTABLISH_TIMEOUT = 30.0
 UPLOAD_TIMEOUT = 30.0
 LOCAL_CONNECT_TIMEOUT = 10.0
+INTRO_LIFETIME = (18 * 3600, 24 * 3600)  # C tor INTRO_POINT_LIFETIME_{MIN,MAX}_SECONDS
+INTRO_MAX_INTRODUCTIONS = (16384, 32768)  # C tor INTRO_POINT_{MIN,MAX}_LIFETIME_INTRODUCTIONS
 MAX_PENDING_RENDEZVOUS = 32  # concurrent rendezvous circuits being built; more are dropped
 HSDIR_SPREAD_STORE_DEFAULT = 4  # C tor HS_DEFAULT_HSDIR_SPREAD_STORE
 # The last revision counter uploaded per blinded key, for the whole process: a service
@@ -155,6 +158,13 @@ class _IntroSlot:
     keys: IntroPointKeys
     handle: TunnelHandle
     introductions: int = 0
+    # Rotation, as C tor: after 18-24 hours or 16384-32768 introductions.
+    expires: float = 0.0  # time.monotonic()
+    max_introductions: int = 0
+
+    @property
+    def worn_out(self) -> bool:
+        return self.introductions >= self.max_introductions or time.monotonic() >= self.expires
 
 
 @dataclass
@@ -207,6 +217,7 @@ class OnionServiceRunner:
         self.published = asyncio.Event()
         self._signing = SigningKey.generate()
         self._intros: list[_IntroSlot] = []
+        self._retiring: list[_IntroSlot] = []
         self._intro_changed = asyncio.Event()
         self._subcredentials: list[bytes] = []
         self._replays = ReplayCache()
@@ -237,7 +248,7 @@ class OnionServiceRunner:
         for task in tasks:
             with contextlib.suppress(BaseException):
                 await task
-        for slot in self._intros:
+        for slot in self._intros + self._retiring:
             slot.handle.close()
         for handle in list(self._rend):
             handle.close()
@@ -252,8 +263,13 @@ class OnionServiceRunner:
     async def _run(self) -> None:
         while not self._closed:
             try:
+                self._retire_worn_out_intro_points()
                 await self._fill_intro_points()
                 await self._publish_if_needed()
+                # The new descriptor is out: the retired points may go.
+                for slot in self._retiring:
+                    slot.handle.close()
+                self._retiring.clear()
             except (TorError, OSError) as exc:
                 self.last_error = str(exc)
                 log.info("onion service %s: %s", self.address[:16], exc)
@@ -269,6 +285,14 @@ class OnionServiceRunner:
                 await asyncio.wait_for(self._intro_changed.wait(), 5.0)
 
     # -- introduction points ------------------------------------------------------------
+
+    def _retire_worn_out_intro_points(self) -> None:
+        """Take worn-out points out of the next descriptor; they keep serving clients
+        with the current one until the new one is published (C tor)."""
+        for slot in [s for s in self._intros if s.worn_out]:
+            log.info("introduction point %s retired", slot.relay.nickname)
+            self._intros.remove(slot)
+            self._retiring.append(slot)
 
     async def _fill_intro_points(self) -> None:
         self._intros = [s for s in self._intros if s.handle.is_open]
@@ -326,7 +350,14 @@ class OnionServiceRunner:
             handle.close()
             raise
         log.info("introduction point %s established", relay.nickname)
-        return _IntroSlot(relay, keys, handle)
+        rng = secrets.SystemRandom()
+        return _IntroSlot(
+            relay,
+            keys,
+            handle,
+            expires=time.monotonic() + rng.randint(*INTRO_LIFETIME),
+            max_introductions=rng.randint(*INTRO_MAX_INTRODUCTIONS),
+        )
 
     async def _serve_intro(self, slot: _IntroSlot) -> None:
         while not self._closed:
@@ -357,6 +388,8 @@ class OnionServiceRunner:
             log.info("dropped an INTRODUCE2: too many rendezvous circuits being built")
             return
         slot.introductions += 1
+        if slot.worn_out:
+            self._intro_changed.set()  # replace it (after this introduction)
         self.stats.introductions += 1
         self._spawn(self._rendezvous(intro))
 
