@@ -652,7 +652,7 @@ class TorClient:
                 max_streams=hs.max_streams,
                 max_streams_close_circuit=hs.max_streams_close_circuit,
             )
-            log.info("onion service %s from HiddenServiceDir %s", service.address, hs.directory)
+            log.info("onion service from HiddenServiceDir %s", hs.directory)
             self._configured_services.append(service)
 
     async def _start_configured_services(self) -> None:

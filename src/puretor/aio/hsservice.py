@@ -235,6 +235,11 @@ class OnionServiceRunner:
     def address(self) -> str:
         return self.identity.address
 
+    @property
+    def _name(self) -> str:
+        """How logs name the service: a prefix of the address (the log may be shared)."""
+        return self.identity.address[:8] + "..."
+
     # -- life cycle -------------------------------------------------------------------
 
     def start(self) -> None:
@@ -272,12 +277,12 @@ class OnionServiceRunner:
                 self._retiring.clear()
             except (TorError, OSError) as exc:
                 self.last_error = str(exc)
-                log.info("onion service %s: %s", self.address[:16], exc)
+                log.info("onion service %s: %s", self._name, exc)
                 await asyncio.sleep(2.0)
                 continue
             except Exception as exc:  # a bug: say so, and keep the service up
                 self.last_error = repr(exc)
-                log.exception("onion service %s", self.address[:16])
+                log.exception("onion service %s", self._name)
                 await asyncio.sleep(5.0)
                 continue
             self._intro_changed.clear()
@@ -529,7 +534,7 @@ class OnionServiceRunner:
             self._published_at = time.monotonic()
             self.stats.publications += 1
             self.published.set()
-            log.info("onion service %s: descriptors published", self.address)
+            log.info("onion service %s: descriptors published", self._name)
         else:
             raise DirectoryError("no HSDir accepted a descriptor")
 
