@@ -205,22 +205,35 @@ def test_library_service_ctor_and_puretor_clients_and_hostile_introductions(
                     INDEX
                 )
 
-            # A service with MaxStreamsCloseCircuit: the stream past the limit closes the
-            # whole rendezvous circuit.
-            async with tor.onion_service(
-                {80: backend}, max_streams=1, max_streams_close_circuit=True
-            ) as svc:
-                await svc.wait_published(120)
-                iso = tor.isolated("close")
-                _, w1 = await tor.open_connection(svc.address, 80, isolation=iso)
-                circuit = w1.get_extra_info("circuit")
-                # (The client may retry on a new rendezvous circuit after the DESTROY.)
-                with contextlib.suppress(StreamRefused):
-                    _, w2 = await tor.open_connection(svc.address, 80, isolation=iso)
-                    w2.close()
-                await asyncio.wait_for(circuit.closed.wait(), 30)
-                reason = circuit.tunnel.closed_reason
-                assert reason is not None and reason.remote, reason
+        # A service from torrc options with HiddenServiceMaxStreams 1 and
+        # HiddenServiceMaxStreamsCloseCircuit 1: the stream past the limit closes the
+        # whole rendezvous circuit.
+        hs_options = [
+            "--HiddenServiceDir",
+            str(tmp_path / "hs-close"),
+            "--HiddenServicePort",
+            f"80 {backend[0]}:{backend[1]}",
+            "--HiddenServiceMaxStreams",
+            "1",
+            "--HiddenServiceMaxStreamsCloseCircuit",
+            "1",
+        ]
+        async with TorClient(make_config(info, tmp_path / "data2", *hs_options)) as tor:
+            (svc,) = tor.onion_services
+            deadline = time.monotonic() + 120
+            while not svc.is_published:
+                assert time.monotonic() < deadline, "torrc service not published"
+                await asyncio.sleep(0.1)
+            iso = tor.isolated("close")
+            _, w1 = await tor.open_connection(svc.address, 80, isolation=iso)
+            circuit = w1.get_extra_info("circuit")
+            # (The client may retry on a new rendezvous circuit after the DESTROY.)
+            with contextlib.suppress(StreamRefused):
+                _, w2 = await tor.open_connection(svc.address, 80, isolation=iso)
+                w2.close()
+            await asyncio.wait_for(circuit.closed.wait(), 30)
+            reason = circuit.tunnel.closed_reason
+            assert reason is not None and reason.remote, reason
 
     asyncio.run(main())
 
