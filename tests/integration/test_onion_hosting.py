@@ -7,6 +7,7 @@ import asyncio
 import base64
 import contextlib
 import hashlib
+import socketserver
 import threading
 import time
 from collections.abc import Iterator
@@ -373,7 +374,7 @@ def test_add_onion_with_stem(
         daemon.stop()
 
 
-def test_sync_service_with_a_directory_that_c_tor_then_reads(
+def test_sync_service_unix_target_and_a_directory_that_c_tor_then_reads(
     testnet: Any, ctor_client: Any, backend: tuple[str, int], tmp_path: Path
 ) -> None:
     """The blocking facade hosts a service from a directory puretor creates; C tor then
@@ -382,13 +383,21 @@ def test_sync_service_with_a_directory_that_c_tor_then_reads(
 
     info = testnet.info
     hs_dir = tmp_path / "hs"
-    with (
-        SyncTorClient(make_config(info, tmp_path / "data")) as tor,
-        tor.onion_service({80: backend}, key=hs_dir) as svc,
-    ):
-        svc.wait_published(120)
-        assert ctor_client.curl(f"http://{svc.address}/") == INDEX
-        address = svc.address
+    sock = tmp_path / "web.sock"  # port 81 goes to a Unix socket
+    unix_server = socketserver.ThreadingUnixStreamServer(str(sock), _Handler)
+    threading.Thread(target=unix_server.serve_forever, daemon=True).start()
+    try:
+        with (
+            SyncTorClient(make_config(info, tmp_path / "data")) as tor,
+            tor.onion_service({80: backend, 81: f"unix:{sock}"}, key=hs_dir) as svc,
+        ):
+            svc.wait_published(120)
+            assert ctor_client.curl(f"http://{svc.address}/") == INDEX
+            assert ctor_client.curl(f"http://{svc.address}:81/") == INDEX
+            address = svc.address
+    finally:
+        unix_server.shutdown()
+        unix_server.server_close()
     assert (hs_dir / "hostname").read_text().strip() == address
     secret = (hs_dir / "hs_ed25519_secret_key").read_bytes()
     (hs_dir / "hostname").unlink()
