@@ -179,7 +179,9 @@ class ServiceIdentity:
         a = nacl.bindings.crypto_core_ed25519_scalar_mul(
             _reduce(self.expanded[:32]), _reduce(bytes(param))
         )
-        prefix = hashlib.sha512(self.expanded[32:] + _BLIND_HASH_STRING).digest()[:32]
+        # SHA-512(str | prefix), as C tor's ref10 and donna code compute it (the
+        # revision counter's key is made from these bytes, so they must match).
+        prefix = hashlib.sha512(_BLIND_HASH_STRING + self.expanded[32:]).digest()[:32]
         expanded = bytes(a) + prefix
         public = public_from_expanded(expanded)
         return BlindedKey(

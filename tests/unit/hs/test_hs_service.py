@@ -235,3 +235,28 @@ def test_descriptor_offers_congestion_control() -> None:
     )
     assert parsed.supports_congestion_control and parsed.flow_control is not None
     assert parsed.flow_control.sendme_inc == 31
+
+
+# A C tor 0.4.9 onion service of a throwaway test network (TestingTorNetwork, 8-minute
+# time periods): its expanded identity key and what its [rend]info log said:
+#   Setting rev counter for TP #3743123: SRV started at 1796699052, now 1796699715 (current)
+#   Encrypted revision counter 664 to 21652161
+#   Setting rev counter for TP #3743124: SRV started at 1796699532, now 1796699715 (next)
+#   Encrypted revision counter 184 to 5589656
+CTOR_SERVICE_KEY = bytes.fromhex(
+    "982559108497bb60438bcf9232513b105078cc5da4ed82dd73b8e3da2705bd5e"
+    "84513bb01f51600aecc0ba2e077f5b5b948d062fc997a516ddc91f5a83fd5731"
+)
+
+
+@pytest.mark.parametrize(
+    ("period", "seconds", "expected"),
+    [(3743123, 1796699715 - 1796699052, 21652161), (3743124, 1796699715 - 1796699532, 5589656)],
+)
+def test_revision_counter_matches_c_tor(period: int, seconds: int, expected: int) -> None:
+    """Same blinded secret key (a', and prefix' = SHA-512(str | prefix)) and same OPE as
+    C tor: a directory moved between the two keeps its descriptors accepted."""
+    from puretor.hs.service import revision_counter
+
+    blinded = ServiceIdentity.from_expanded(CTOR_SERVICE_KEY).blinded(period, 8)
+    assert revision_counter(blinded, seconds) == expected
