@@ -27,10 +27,18 @@ OUTPUT = ROOT / "docs" / "api.md"
 SECTIONS: list[tuple[str, list[str]]] = [
     (
         "puretor",
-        ["TorClient", "IsolationToken", "TorConfig", "BootstrapStatus", "start_tls", "EndReason"],
+        [
+            "TorClient",
+            "OnionService",
+            "IsolationToken",
+            "TorConfig",
+            "BootstrapStatus",
+            "start_tls",
+            "EndReason",
+        ],
     ),
     ("puretor.httpx_transport", ["TorTransport", "TorNetworkBackend"]),
-    ("puretor.sync", ["TorClient", "TorSocket"]),
+    ("puretor.sync", ["TorClient", "OnionService", "TorSocket"]),
     ("puretor.errors", []),  # filled from puretor.errors.__all__
 ]
 

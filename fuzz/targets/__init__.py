@@ -25,6 +25,7 @@ TARGETS: dict[str, str] = {
     "http": "fuzz.targets.http",
     "onion_address": "fuzz.targets.onion_address",
     "hs_descriptor": "fuzz.targets.hs_descriptor",
+    "hs_service": "fuzz.targets.hs_service",
     "http_connect": "fuzz.targets.http_connect",
     "dns": "fuzz.targets.dns",
     "control": "fuzz.targets.control",

@@ -4,7 +4,7 @@ The ``tor-client`` command runs a SOCKS5 proxy whose every connection travels
 through a 3-hop Tor circuit built by this package; the same engine is an asyncio
 library (:class:`puretor.TorClient`).
 
-Public API: `TorClient`, `TorConfig`, `IsolationToken`, `BootstrapStatus`,
+Public API: `TorClient` (and its `OnionService`), `TorConfig`, `IsolationToken`, `BootstrapStatus`,
 `start_tls`, `EndReason` and the exceptions of `puretor.errors` (also importable
 from here).  Elsewhere: `puretor.httpx_transport.TorTransport` (needs httpx) and
 `puretor.sync.TorClient`, the blocking facade.
@@ -42,6 +42,7 @@ __version__ = "0.1.0"
 __all__ = [
     "__version__",
     "TorClient",
+    "OnionService",
     "TorConfig",
     "IsolationToken",
     "BootstrapStatus",
@@ -111,7 +112,7 @@ if TYPE_CHECKING:
         StreamEvent,
     )
     from puretor.aio.tls import start_tls
-    from puretor.client import IsolationToken, OnionClientAuth, TorClient
+    from puretor.client import IsolationToken, OnionClientAuth, OnionService, TorClient
     from puretor.config import TorConfig
     from puretor.dir.state import BootstrapStatus
     from puretor.proto.relaymsg import EndReason
@@ -119,7 +120,7 @@ if TYPE_CHECKING:
 
 def __getattr__(name: str) -> Any:
     # Imported on first use, so `python -m puretor.testnet` and the parsers stay light.
-    if name in ("TorClient", "IsolationToken", "OnionClientAuth"):
+    if name in ("TorClient", "IsolationToken", "OnionClientAuth", "OnionService"):
         from puretor import client
 
         return getattr(client, name)

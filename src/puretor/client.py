@@ -20,7 +20,7 @@ import socket
 import ssl as _ssl
 import time
 import weakref
-from collections.abc import AsyncIterator, Awaitable, Callable, Hashable
+from collections.abc import AsyncIterator, Awaitable, Callable, Hashable, Mapping, Sequence
 from pathlib import Path
 from typing import Any, TypeVar
 
@@ -48,6 +48,9 @@ from puretor.aio.observe import (
 )
 from puretor.aio.observe import (
     GeneralStatusEvent as GeneralStatusEvent,
+)
+from puretor.aio.observe import (
+    HsDescEvent as HsDescEvent,
 )
 from puretor.aio.observe import (
     NetworkLivenessEvent as NetworkLivenessEvent,
@@ -159,6 +162,9 @@ class TorClient:
         self._bootstrap_task: asyncio.Task[None] | None = None
         self._onion: Any = None
         self._client_auth: Any = None  # aio.hsclient.ClientAuthKeys, made on first use
+        self._services: set[Any] = set()  # running OnionServiceRunners
+        self._configured_services: list[OnionService] = []
+        self._configured_task: asyncio.Task[None] | None = None
         self._closed = False
         # Automapped virtual addresses (AutomapHostsOnResolve): connections to one go to
         # its name instead, whichever port or API they come through.
@@ -355,6 +361,8 @@ class TorClient:
         from puretor.selftest import verify_dependencies
 
         verify_dependencies()
+        if self.config.hidden_services and not self._configured_services:
+            self._load_configured_services()
         await self._dirmgr.bootstrap()
         self._guards = self._dirmgr.load_guards()
         self._guard_states = self._guards.guard_states()
@@ -390,6 +398,9 @@ class TorClient:
         self._dirmgr.start_refresh()
         await self._dirmgr.finish_bootstrap(self._circmgr)
         self._circmgr.start()
+        if self.config.hidden_services:
+            # Started from a task of their own: they wait for the bootstrap to finish.
+            self._configured_task = asyncio.ensure_future(self._start_configured_services())
 
     async def aclose(self) -> None:
         """Close every circuit and channel and save state; idempotent.
@@ -404,8 +415,12 @@ class TorClient:
         if self._save_cbt_handle is not None:
             self._save_cbt_handle.cancel()
         await _cancel_until_done(self._bootstrap_task)
+        await _cancel_until_done(self._configured_task)
         if self._onion is not None:
             await self._onion.close()
+        for runner in list(self._services):
+            await runner.close()
+        self._services.clear()
         if self._circmgr is not None:
             if self.config.learn_circuit_build_timeout:
                 self._dirmgr.save_build_times(self._circmgr.cbt)
@@ -780,6 +795,121 @@ class TorClient:
         """Every client authorization key: ``ClientOnionAuthDir``'s and those added."""
         return sorted(self._client_auth_keys().all(), key=lambda a: a.address)
 
+    def onion_service(
+        self,
+        ports: Mapping[int, int | tuple[str, int] | str | os.PathLike[str]],
+        *,
+        key: bytes | str | os.PathLike[str] | None = None,
+        num_intro_points: int = 3,
+        max_streams: int = 0,
+        max_streams_close_circuit: bool = False,
+        authorized_clients: Sequence[bytes | str] = (),
+    ) -> OnionService:
+        """Host a v3 onion service while the returned context is open::
+
+            async with tor.onion_service({80: ("127.0.0.1", 8080)}) as svc:
+                print(svc.address)
+                await svc.wait_published()
+
+        ``ports`` maps each virtual port to the local target its streams are forwarded
+        to: a port on 127.0.0.1, ``(host, port)``, or ``"unix:/path"`` for a Unix socket.
+        ``key``: None for a new (ephemeral) key; a directory (C tor's HiddenServiceDir
+        layout: its key is read, or made and saved there, with ``hostname``); or the
+        contents of an ``hs_ed25519_secret_key`` file (`OnionService.secret_key`).
+        ``max_streams``: streams per rendezvous circuit (0: no limit); past it the stream
+        is refused, or with ``max_streams_close_circuit`` the whole circuit closed.
+        ``authorized_clients``: client authorization - only clients with one of these
+        x25519 keys can reach the service (raw 32-byte public keys, or the base32 text
+        of C tor's ``descriptor:x25519:<key>`` lines); a directory ``key`` adds those of
+        its ``authorized_clients/*.auth`` files.
+        """
+        from puretor.aio.hsservice import load_authorized_clients, load_service_dir
+        from puretor.hs.clientauth import parse_authorized_client
+        from puretor.hs.service import ServiceIdentity
+
+        auth: list[bytes] = []
+        for client_key in authorized_clients:
+            if isinstance(client_key, str):
+                text = client_key if ":" in client_key else f"descriptor:x25519:{client_key}"
+                auth.append(parse_authorized_client(text, source="authorized_clients"))
+            elif len(client_key) == 32:
+                auth.append(bytes(client_key))
+            else:
+                raise ConfigError("an authorized client key is 32 bytes")
+
+        if key is None:
+            identity = ServiceIdentity.generate()
+        elif isinstance(key, bytes | bytearray):
+            try:
+                identity = ServiceIdentity.from_secret_key_file(bytes(key))
+            except ValueError as exc:
+                raise ConfigError(f"onion service key: {exc}") from None
+        else:
+            identity = load_service_dir(Path(key))
+            auth += load_authorized_clients(Path(key))
+        targets = {int(port): _service_target(target) for port, target in ports.items()}
+        for port in targets:
+            if not 0 < port < 65536:
+                raise ConfigError(f"onion service port {port} is out of range")
+        return OnionService(
+            self,
+            identity,
+            targets,
+            num_intro_points=num_intro_points,
+            max_streams=max_streams,
+            max_streams_close_circuit=max_streams_close_circuit,
+            auth_clients=tuple(auth),
+        )
+
+    async def _start_service(self, service: OnionService) -> Any:
+        from puretor.aio.hsservice import OnionServiceRunner
+
+        self._check_open()
+        await self.bootstrap()
+        assert self._circmgr is not None
+        runner = OnionServiceRunner(
+            service._identity,
+            service._ports,
+            self._dirmgr,
+            self._circmgr,
+            testing_network=self.config.testing_tor_network,
+            num_intro_points=service._num_intro_points,
+            max_streams=service._max_streams,
+            max_streams_close_circuit=service._max_streams_close_circuit,
+            auth_clients=service._auth_clients,
+            observer=self._observer,
+        )
+        runner.start()
+        self._services.add(runner)
+        return runner
+
+    async def _stop_service(self, runner: Any) -> None:
+        self._services.discard(runner)
+        await runner.close()
+
+    def _load_configured_services(self) -> None:
+        """The HiddenServiceDir services of the configuration (the daemon's torrc): their
+        keys are read or made now, so that a bad directory stops the start-up."""
+        for hs in self.config.hidden_services:
+            service = self.onion_service(
+                dict(hs.ports),
+                key=hs.directory,
+                num_intro_points=hs.num_intro_points,
+                max_streams=hs.max_streams,
+                max_streams_close_circuit=hs.max_streams_close_circuit,
+            )
+            log.info("onion service from HiddenServiceDir %s", hs.directory)
+            self._configured_services.append(service)
+
+    async def _start_configured_services(self) -> None:
+        for service in self._configured_services:
+            await service.start()
+
+    @property
+    def onion_services(self) -> list[OnionService]:
+        """The services configured with HiddenServiceDir (started after the bootstrap)."""
+        return list(self._configured_services)
+
     async def _onion_connection(
         self,
         protocol_factory: Callable[[], P],
@@ -1153,8 +1283,9 @@ class TorClient:
         The types are `CircuitEvent`, `StreamEvent`, `ChannelEvent`, `BandwidthEvent`,
         `StreamBandwidthEvent` and `CircuitBandwidthEvent` (once a second while such a
         listener exists), `BootstrapEvent`, `GuardEvent`, `NetworkLivenessEvent`,
-        `BuildTimeoutEvent`, `NewConsensusEvent`, `GeneralStatusEvent` and
-        `OnionDescriptorEvent`.  Callbacks run on the event loop and must not block;
+        `BuildTimeoutEvent`, `NewConsensusEvent`, `GeneralStatusEvent`,
+        `OnionDescriptorEvent` (descriptor fetches) and `HsDescEvent` (an onion service's
+        descriptor uploads).  Callbacks run on the event loop and must not block;
         exceptions they raise are logged.
         """
         self._observer.add_listener(callback, tuple(kinds))
@@ -1316,6 +1447,99 @@ class TorClient:
             "time": now,
             **self._chanmgr.queue_budget.stats(),
         }
+
+
+class OnionService:
+    """An onion service hosted by a `TorClient` (see `TorClient.onion_service`).
+
+    ``async with`` starts it (introduction points, then the descriptors) and stops it;
+    ``start()``/``stop()`` do the same.  `address` is known at once; `wait_published`
+    returns once the descriptors are stored on the HSDirs, when clients can reach it.
+    """
+
+    def __init__(
+        self,
+        client: TorClient,
+        identity: Any,
+        ports: dict[int, Any],
+        *,
+        num_intro_points: int,
+        max_streams: int,
+        max_streams_close_circuit: bool,
+        auth_clients: tuple[bytes, ...] = (),
+    ) -> None:
+        self._client = client
+        self._auth_clients = auth_clients
+        self._identity = identity
+        self._ports = ports
+        self._num_intro_points = num_intro_points
+        self._max_streams = max_streams
+        self._max_streams_close_circuit = max_streams_close_circuit
+        self._runner: Any = None
+
+    @property
+    def address(self) -> str:
+        """The ``….onion`` address (56 base32 characters + ``.onion``)."""
+        return str(self._identity.address)
+
+    @property
+    def secret_key(self) -> bytes:
+        """The key as the contents of C tor's ``hs_ed25519_secret_key`` file: pass it
+        back as ``key=`` to serve the same address again."""
+        return bytes(self._identity.secret_key_file())
+
+    @property
+    def ports(self) -> dict[int, tuple[str, int] | Path]:
+        return dict(self._ports)
+
+    @property
+    def stats(self) -> dict[str, Any]:
+        """Counters: introductions, rejected and replayed INTRODUCE2s, streams, uploads."""
+        if self._runner is None:
+            return {}
+        return dataclasses.asdict(self._runner.stats)
+
+    @property
+    def is_published(self) -> bool:
+        return self._runner is not None and self._runner.published.is_set()
+
+    async def start(self) -> OnionService:
+        if self._runner is None:
+            self._runner = await self._client._start_service(self)
+        return self
+
+    async def stop(self) -> None:
+        runner, self._runner = self._runner, None
+        if runner is not None:
+            await self._client._stop_service(runner)
+
+    async def wait_published(self, timeout: float | None = None) -> None:
+        """Wait until every descriptor is on at least one responsible HSDir
+        (`TimeoutError` after ``timeout`` seconds)."""
+        if self._runner is None:
+            raise RuntimeError("the onion service is not started")
+        await asyncio.wait_for(self._runner.published.wait(), timeout)
+
+    async def __aenter__(self) -> OnionService:
+        return await self.start()
+
+    async def __aexit__(self, *exc: object) -> None:
+        await self.stop()
+
+
+def _service_target(target: Any) -> tuple[str, int] | Path:
+    """``8080``, ``("127.0.0.1", 8080)``, ``"unix:/path"`` or a path -> a local target."""
+    if isinstance(target, bool):
+        raise ConfigError(f"bad onion service target {target!r}")
+    if isinstance(target, int):
+        return ("127.0.0.1", target)
+    if isinstance(target, tuple) and len(target) == 2:
+        return (str(target[0]), int(target[1]))
+    if isinstance(target, str) and target.startswith("unix:"):
+        return Path(target[5:])
+    if isinstance(target, os.PathLike):
+        return Path(target)
+    raise ConfigError(f"bad onion service target {target!r}")
 
 
 def _max_mem_in_queues(configured: int | None) -> int:

@@ -39,12 +39,22 @@ import asyncio
 import contextlib
 import functools
 import io
+import os
 import ssl as _ssl
 import threading
-from collections.abc import AsyncIterator, Callable, Coroutine, Hashable, Iterable, Iterator
+from collections.abc import (
+    AsyncIterator,
+    Callable,
+    Coroutine,
+    Hashable,
+    Iterable,
+    Iterator,
+    Mapping,
+)
 from typing import TYPE_CHECKING, Any, BinaryIO, TypeVar, cast
 
 from puretor.client import STREAM_TOTAL_TIMEOUT, IsolationToken
+from puretor.client import OnionService as AsyncOnionService
 from puretor.client import TorClient as AsyncTorClient
 from puretor.config import TorConfig
 from puretor.dir.state import BootstrapStatus
@@ -53,7 +63,7 @@ from puretor.errors import ClientClosedError
 if TYPE_CHECKING:
     import httpx
 
-__all__ = ["TorClient", "SyncTorClient", "TorSocket"]
+__all__ = ["OnionService", "TorClient", "SyncTorClient", "TorSocket"]
 
 T = TypeVar("T")
 
@@ -251,6 +261,16 @@ class TorClient:
         """The asyncio client's counters (see `puretor.TorClient.stats`)."""
         return self._call(self._aio.stats)
 
+    def onion_service(
+        self,
+        ports: Mapping[int, int | tuple[str, int] | str | os.PathLike[str]],
+        **options: Any,
+    ) -> OnionService:
+        """Host an onion service while ``with`` the result runs (``start``/``stop`` do the
+        same); arguments as `puretor.TorClient.onion_service`."""
+        service = self._call(lambda: self._aio.onion_service(ports, **options))
+        return OnionService(self, service)
+
     # -- httpx ---------------------------------------------------------------------------
 
     def httpx_transport(
@@ -304,6 +324,43 @@ class TorClient:
 
 
 SyncTorClient = TorClient
+
+
+class OnionService:
+    """The blocking view of a `puretor.OnionService` (from `TorClient.onion_service`)."""
+
+    def __init__(self, client: TorClient, service: AsyncOnionService) -> None:
+        self._client = client
+        self._service = service
+
+    @property
+    def address(self) -> str:
+        return self._service.address
+
+    @property
+    def secret_key(self) -> bytes:
+        return self._service.secret_key
+
+    @property
+    def stats(self) -> dict[str, Any]:
+        return self._client._call(lambda: self._service.stats)
+
+    def start(self) -> OnionService:
+        self._client.run(self._service.start())
+        return self
+
+    def stop(self) -> None:
+        self._client.run(self._service.stop())
+
+    def wait_published(self, timeout: float | None = None) -> None:
+        """Block until the descriptors are on the HSDirs (`TimeoutError` after ``timeout``)."""
+        self._client.run(self._service.wait_published(timeout))
+
+    def __enter__(self) -> OnionService:
+        return self.start()
+
+    def __exit__(self, *exc: object) -> None:
+        self.stop()
 
 
 class TorSocket:

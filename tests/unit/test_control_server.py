@@ -375,3 +375,51 @@ async def test_circuit_stream_and_guard_commands_on_unknown_ids(tmp_path: Path) 
             b"250-net/listeners/dns=",
             b"250 OK",
         ]
+
+
+@run_in_loop
+async def test_add_onion_refuses_bad_arguments(tmp_path: Path) -> None:
+    """ADD_ONION / DEL_ONION argument errors get control-spec codes, before any service
+    starts (a good request would wait for the bootstrap: tests/integration)."""
+    async with control(tmp_path, CookieAuthentication=0) as h:
+        cases = [
+            (b"ADD_ONION", b"512 Missing argument"),
+            (b"ADD_ONION NEW:RSA1024 Port=80", b"513 Invalid key type"),
+            (b"ADD_ONION RSA1024:AAAA Port=80", b"513 Invalid key type: v2"),
+            (b"ADD_ONION ED25519-V3:not-base64! Port=80", b"512 Failed to decode"),
+            (b"ADD_ONION ED25519-V3:" + b"QUFB" * 4 + b" Port=80", b"512 Failed to decode"),
+            (b"ADD_ONION NEW:BEST", b"512 Missing 'Port'"),
+            (b"ADD_ONION NEW:BEST Port=0", b"512 Invalid VIRTPORT"),
+            (b"ADD_ONION NEW:BEST Port=80,example.com:80", b"512 Invalid VIRTPORT"),
+            (b"ADD_ONION NEW:BEST Port=80 Port=80,81", b"512 Several targets"),
+            (b"ADD_ONION NEW:BEST Flags=Bogus Port=80", b"512 Invalid 'Flags'"),
+            (b"ADD_ONION NEW:BEST MaxStreams=x Port=80", b"512 Invalid MaxStreams"),
+            (b"ADD_ONION NEW:BEST ClientAuth=bob Port=80", b"513 ClientAuth is for v2"),
+            (b"ADD_ONION NEW:BEST Port=80 ClientAuthV3=short", b"512 "),
+            (b"ADD_ONION NEW:BEST Port=80 Junk", b"513 Invalid argument"),
+            (b"DEL_ONION", b"512 DEL_ONION takes one argument"),
+            (b"DEL_ONION " + b"a" * 56, b"552 Unknown Onion Service id"),
+            (b"GETINFO onions/current onions/detached", b"250-onions/current=\r\n"),
+        ]
+        for request, expected in cases:
+            got = await h.talk(
+                _authenticate('""') + request + b"\r\nQUIT\r\n", until=b"closing connection"
+            )
+            reply = got.split(b"\r\n", 1)[1]
+            assert reply.startswith(expected), (request, reply)
+
+
+def test_hs_desc_event_lines() -> None:
+    from puretor.aio.observe import HsDescEvent, RelayRef
+    from puretor.app.control.formats import event_text
+
+    hsdir = RelayRef("AB" * 20, "relay1")
+    upload = HsDescEvent("UPLOAD", "x" * 56, hsdir, "blindedkey")
+    assert event_text(upload) == (
+        "HS_DESC",
+        f"UPLOAD {'x' * 56} UNKNOWN ${'AB' * 20}~relay1 blindedkey",
+    )
+    done = HsDescEvent("UPLOADED", "x" * 56, hsdir, "blindedkey")
+    assert event_text(done) == ("HS_DESC", f"UPLOADED {'x' * 56} UNKNOWN ${'AB' * 20}~relay1")
+    failed = HsDescEvent("FAILED", "x" * 56, hsdir, "k", "UPLOAD_REJECTED")
+    assert event_text(failed)[1].endswith(" REASON=UPLOAD_REJECTED")  # type: ignore[index]

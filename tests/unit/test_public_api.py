@@ -35,6 +35,7 @@ PUBLIC_MODULES = [
 EXPECTED_ALL = {
     "__version__",
     "TorClient",
+    "OnionService",
     "TorConfig",
     "IsolationToken",
     "BootstrapStatus",

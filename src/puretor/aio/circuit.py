@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import asyncio
 import time
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field, replace
 from typing import Protocol
 
@@ -30,7 +30,14 @@ from puretor.proto.cells import DestroyReason
 from puretor.proto.circuit import CircuitState
 from puretor.proto.conflux import ConfluxSet, DesiredUx
 from puretor.proto.congestion import CCParams
-from puretor.proto.events import ConfluxLinked, ControlCell, HopAdded, TunnelClosed, TunnelEvent
+from puretor.proto.events import (
+    ConfluxLinked,
+    ControlCell,
+    HopAdded,
+    StreamIncoming,
+    TunnelClosed,
+    TunnelEvent,
+)
 from puretor.proto.relaymsg import (
     LinkSpecifier,
     ls_ed_id,
@@ -133,6 +140,8 @@ class TunnelHandle:
     build_flags: tuple[str, ...] = ()  # the control port's BUILD_FLAGS, when not the default
     built: bool = False  # reported BUILT (later EXTENDED reports do not undo it)
     cells_sampled: tuple[int, int] = (0, 0)  # (received, sent) at the last CIRC_BW sample
+    # An onion service's rendezvous circuit: who takes the streams the client opens.
+    incoming: Callable[[StreamIncoming], None] | None = None
 
     def __post_init__(self) -> None:
         self.tunnel.owner = self
@@ -190,6 +199,12 @@ class TunnelHandle:
         elif isinstance(event, ConfluxLinked):
             if self._link_waiter is not None and not self._link_waiter.done():
                 self._link_waiter.set_result(event.rtt_usec)
+        elif isinstance(event, StreamIncoming):
+            if self.incoming is not None:
+                self.incoming(event)
+            else:
+                event.stream.abort()
+                self.reactor.kick()
         elif isinstance(event, ControlCell):
             if self._control is None:
                 self._control = asyncio.Queue()
@@ -395,7 +410,13 @@ async def build_circuit(
 
 
 # TunnelHandle.purpose -> the control port's circuit purposes.
-_PURPOSES = {"general": "GENERAL", "rendezvous": "HS_CLIENT_REND", "controller": "CONTROLLER"}
+_PURPOSES = {
+    "general": "GENERAL",
+    "rendezvous": "HS_CLIENT_REND",
+    "controller": "CONTROLLER",
+    "hs_service_intro": "HS_SERVICE_INTRO",
+    "hs_service_rend": "HS_SERVICE_REND",
+}
 
 
 def end_reason_error(reason: int, target: str, message: str) -> StreamRefused:

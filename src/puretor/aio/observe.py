@@ -177,8 +177,23 @@ class OnionDescriptorEvent:
     content: str | None = None
 
 
+@dataclass(frozen=True, slots=True)
+class HsDescEvent:
+    """An onion service's descriptor upload (HS_DESC, the service side; fetches by the
+    client are `OnionDescriptorEvent`): ``action`` UPLOAD, UPLOADED or FAILED,
+    ``address`` without ``.onion``, the HSDir, the blinded key (base64) and, for FAILED,
+    a ``reason``."""
+
+    action: str
+    address: str
+    hsdir: RelayRef
+    descriptor_id: str
+    reason: str | None = None
+
+
 ClientEvent = (
-    CircuitEvent
+    HsDescEvent
+    | CircuitEvent
     | StreamEvent
     | ChannelEvent
     | BandwidthEvent

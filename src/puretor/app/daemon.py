@@ -444,6 +444,9 @@ def _reload(tor: Any, argv: list[str], listeners: list[Any], doors: list[Any]) -
         for index, listener in enumerate(listeners):
             listener.policy = listener_policy(new, index)
     setup_logging(new.logs, granularity=new.log_time_granularity)
+    if new.hidden_services != tor.config.hidden_services:
+        # C tor adds and removes services here; puretor does not yet.
+        log.warning("Onion service changes (HiddenService* options) need a restart of tor-client.")
     tor.config = new
     from puretor.app.doors import reload_doors
 

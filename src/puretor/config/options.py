@@ -221,6 +221,152 @@ def _dir_line_text(item: Any) -> str:
     return getattr(item, "line", None) or str(item)
 
 
+# --- onion services (HiddenServiceDir and the per-service options after it)
+
+
+@dataclass(frozen=True)
+class HiddenServiceConfig:
+    """One ``HiddenServiceDir`` block: the options between it and the next one."""
+
+    directory: Path
+    ports: tuple[tuple[int, tuple[str, int] | Path], ...]  # (VIRTPORT, local target)
+    num_intro_points: int = 3
+    max_streams: int = 0
+    max_streams_close_circuit: bool = False
+
+
+def parse_hs_port(text: str) -> tuple[int, tuple[str, int] | Path]:
+    """``VIRTPORT [TARGET]``: TARGET is ``addr``, ``port``, ``addr:port`` (IPv6 as
+    ``[addr]:port``) or ``unix:path``; without one, VIRTPORT on 127.0.0.1."""
+    words = text.split()
+    if not 1 <= len(words) <= 2:
+        raise ValueError("expected VIRTPORT [TARGET]")
+    virt = _port_number(words[0], "VIRTPORT")
+    if len(words) == 1:
+        return virt, ("127.0.0.1", virt)
+    target = words[1]
+    if target.startswith("unix:"):
+        path = target[5:].strip('"')
+        if not path:
+            raise ValueError("empty unix: path")
+        return virt, Path(path)
+    if target.isdigit():
+        return virt, ("127.0.0.1", _port_number(target, "target port"))
+    if target.startswith("["):
+        host, sep, port = target[1:].partition("]")
+        port = port.removeprefix(":")
+    else:
+        host, sep, port = target.rpartition(":")
+        if not sep:
+            host, port = target, str(virt)
+    try:
+        ipaddress.ip_address(host)
+    except ValueError:
+        raise ValueError(f"target address {host!r} is not an IP address") from None
+    return virt, (host, _port_number(port or str(virt), "target port"))
+
+
+def _port_number(text: str, what: str) -> int:
+    if not text.isdigit() or not 0 < int(text) < 65536:
+        raise ValueError(f"{what} {text!r} is not a port (1-65535)")
+    return int(text)
+
+
+def _format_hs_port(item: tuple[int, tuple[str, int] | Path]) -> str:
+    virt, target = item
+    if isinstance(target, Path):
+        return f"{virt} unix:{target}"
+    host = f"[{target[0]}]" if ":" in target[0] else target[0]
+    return f"{virt} {host}:{target[1]}"
+
+
+def _parse_hs_version(text: str) -> int:
+    if text.strip() != "3":
+        raise ValueError("only version 3 onion services exist (HiddenServiceVersion 3)")
+    return 3
+
+
+def _parse_path_line(text: str) -> Path:
+    if not text.strip():
+        raise ValueError("empty path")
+    return Path(text.strip()).expanduser().absolute()
+
+
+def _parse_bool_line(text: str) -> bool:
+    if text.strip() not in ("0", "1"):
+        raise ValueError(f"{text!r} is not 0 or 1")
+    return text.strip() == "1"
+
+
+def _int_in(lo: int, hi: int) -> Callable[[str], int]:
+    def parse(text: str) -> int:
+        if not text.isdigit() or not lo <= int(text) <= hi:
+            raise ValueError(f"{text!r} is not an integer in {lo}-{hi}")
+        return int(text)
+
+    return parse
+
+
+_HS_OPTIONS = (
+    "HiddenServiceDir",
+    "HiddenServicePort",
+    "HiddenServiceVersion",
+    "HiddenServiceNumIntroductionPoints",
+    "HiddenServiceMaxStreams",
+    "HiddenServiceMaxStreamsCloseCircuit",
+)
+
+
+def _entry_position(entry: Entry) -> tuple[int, int]:
+    """Where an entry stood: (source, line), for grouping the per-service options."""
+    where = entry.where
+    number = where.rsplit(":", 1)[-1] if ":" in where else where.rsplit(" ", 1)[-1]
+    rank = 1 if where.startswith("command line") else 2 if where.startswith("option ") else 0
+    return rank, int(number) if number.isdigit() else 0
+
+
+def _hidden_services(merged: dict[str, list[Entry]]) -> tuple[HiddenServiceConfig, ...]:
+    """Group the per-service options under the HiddenServiceDir before them (C tor)."""
+    entries = [
+        (name, e)
+        for name in _HS_OPTIONS
+        for e in merged.get(name, [])  # (HiddenServiceDir first among equals)
+    ]
+    entries.sort(key=lambda item: _entry_position(item[1]))
+    services: list[dict[str, Any]] = []
+    for name, entry in entries:
+        spec = OPTIONS[name]
+        value = _parse_entry(spec, entry)
+        if name == "HiddenServiceDir":
+            if any(s["directory"] == value for s in services):
+                raise ConfigError(f"{entry.where}: HiddenServiceDir {value} is used twice")
+            services.append({"directory": value, "ports": []})
+            continue
+        if not services:
+            raise ConfigError(f"{entry.where}: {name} with no preceding HiddenServiceDir")
+        current = services[-1]
+        if name == "HiddenServicePort":
+            current["ports"].append(value)
+        elif name == "HiddenServiceNumIntroductionPoints":
+            current["num_intro_points"] = value
+        elif name == "HiddenServiceMaxStreams":
+            current["max_streams"] = value
+        elif name == "HiddenServiceMaxStreamsCloseCircuit":
+            current["max_streams_close_circuit"] = value
+    out = []
+    for service in services:
+        if not service["ports"]:
+            raise ConfigError(f"HiddenServiceDir {service['directory']} has no HiddenServicePort")
+        ports = tuple(service.pop("ports"))
+        if len({virt for virt, _ in ports}) != len(ports):
+            raise ConfigError(
+                f"HiddenServiceDir {service['directory']}: several targets for one "
+                "HiddenServicePort are not supported by puretor"
+            )
+        out.append(HiddenServiceConfig(ports=ports, **service))
+    return tuple(out)
+
+
 @dataclass(frozen=True)
 class TorConfig:
     """Everything a puretor client reads from torrc.  Times are in seconds."""
@@ -335,6 +481,29 @@ class TorConfig:
         "ClientDNSRejectInternalAddresses", OPTIONAL_BOOL, None
     )  # likewise
     client_onion_auth_dir: Path | None = option("ClientOnionAuthDir", FILENAME, None)
+    # --- onion services hosted here: the raw lines; `hidden_services` groups them
+    hidden_service_dirs: tuple[Path, ...] = option(
+        "HiddenServiceDir", line_list(_parse_path_line, str), (), repeatable=True
+    )
+    hidden_service_ports: tuple[tuple[int, tuple[str, int] | Path], ...] = option(
+        "HiddenServicePort", line_list(parse_hs_port, _format_hs_port), (), repeatable=True
+    )
+    hidden_service_versions: tuple[int, ...] = option(
+        "HiddenServiceVersion", line_list(_parse_hs_version, str), (), repeatable=True
+    )
+    hidden_service_num_intro_points: tuple[int, ...] = option(
+        "HiddenServiceNumIntroductionPoints", line_list(_int_in(1, 20), str), (), repeatable=True
+    )
+    hidden_service_max_streams: tuple[int, ...] = option(
+        "HiddenServiceMaxStreams", line_list(_int_in(0, 65535), str), (), repeatable=True
+    )
+    hidden_service_max_streams_close_circuit: tuple[bool, ...] = option(
+        "HiddenServiceMaxStreamsCloseCircuit",
+        line_list(_parse_bool_line, lambda v: "1" if v else "0"),
+        (),
+        repeatable=True,
+    )
+    hidden_services: tuple[HiddenServiceConfig, ...] = ()  # from the lines above
     # --- the daemon's other doors (HTTP CONNECT, DNS, metrics): off unless configured
     http_tunnel_ports: tuple[SocksPortConfig, ...] = option(
         "HTTPTunnelPort",
@@ -481,6 +650,8 @@ def with_changes(cfg: TorConfig, changes: dict[str, list[str]]) -> TorConfig:
     fields = {f.name: f for f in dataclasses.fields(TorConfig)}
     for name, texts in changes.items():
         spec = OPTIONS[name]
+        if name in _HS_OPTIONS:
+            raise ConfigError(f"{name} cannot be changed while tor-client runs")
         if not texts:
             f = fields[spec.attr]
             if f.default_factory is not dataclasses.MISSING:
@@ -648,6 +819,8 @@ def build_config(merged: dict[str, list[Entry]]) -> TorConfig:
         value = _parse_entry(spec, lines[-1])
         values[spec.attr] = None if spec.zero_means_default and value == 0 else value
 
+    if any(merged.get(name) for name in _HS_OPTIONS):
+        values["hidden_services"] = _hidden_services(merged)
     cfg = TorConfig(**values)
     return _check_together(cfg)
 

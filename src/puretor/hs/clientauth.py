@@ -25,13 +25,16 @@ from puretor.hs.address import parse_onion_address
 
 __all__ = [
     "AUTH_PRIVATE_SUFFIX",
+    "AUTH_SUFFIX",
     "OnionClientAuth",
     "format_auth_private",
     "load_client_auth_dir",
     "parse_auth_private",
+    "parse_authorized_client",
 ]
 
 AUTH_PRIVATE_SUFFIX = ".auth_private"
+AUTH_SUFFIX = ".auth"  # a service's authorized_clients/<name>.auth
 _KEY_B32_LEN = 52  # BASE32_NOPAD_LEN(32)
 
 
@@ -63,6 +66,29 @@ def format_auth_private(address: str, private_key: bytes) -> str:
         raise ValueError("an x25519 private key is 32 bytes")
     key = base64.b32encode(private_key).decode("ascii").rstrip("=").lower()
     return f"{address}:descriptor:x25519:{key}"
+
+
+def parse_authorized_client(text: str, *, source: str = "<string>") -> bytes:
+    """One ``authorized_clients/*.auth`` file of a service (``descriptor:x25519:<base32
+    public key>``, C tor's format) → the client's x25519 public key."""
+    lines = [line.strip() for line in text.splitlines() if line.strip()]
+    if len(lines) != 1:
+        raise ConfigError(f"{source}: expected one line, found {len(lines)}")
+    fields = lines[0].split(":")
+    if len(fields) != 3 or fields[0] != "descriptor" or fields[1] != "x25519":
+        raise ConfigError(f"{source}: expected descriptor:x25519:<base32 public key>")
+    key_b32 = fields[2].strip()
+    if len(key_b32) != _KEY_B32_LEN:
+        raise ConfigError(
+            f"{source}: public key is {len(key_b32)} base32 characters, expected {_KEY_B32_LEN}"
+        )
+    try:
+        key = base64.b32decode(key_b32.upper() + "====")
+    except (binascii.Error, ValueError):
+        raise ConfigError(f"{source}: public key is not base32") from None
+    if len(key) != 32:
+        raise ConfigError(f"{source}: public key does not decode to 32 bytes")
+    return key
 
 
 def parse_auth_private(text: str, *, source: str = "<string>") -> tuple[bytes, bytes]:

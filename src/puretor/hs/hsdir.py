@@ -118,6 +118,7 @@ def responsible_hsdirs(
     *,
     srv: bytes | None = None,
     relays: Iterable[Relay] | None = None,
+    spread: int | None = None,
 ) -> list[Relay]:
     """The HSDirs to fetch ``blinded_key``'s descriptor from, in ring order.
 
@@ -126,13 +127,16 @@ def responsible_hsdirs(
     skipping relays already chosen for an earlier replica (§2.2.3; C tor
     hs_get_responsible_hsdirs()).  A client should try them in random order.
     ``srv`` defaults to :func:`fetch_srv` for the netdir; ``relays`` (default:
-    every relay of the netdir) lets a caller exclude relays.
+    every relay of the netdir) lets a caller exclude relays.  ``spread``: relays per
+    replica (default the consensus ``hsdir_spread_fetch``; a service uploading passes
+    ``hsdir_spread_store``).
     """
     if srv is None:
         tp = HsTimeParams(period_length=period_length, voting_interval=netdir.voting_interval)
         srv = fetch_srv(netdir, tp)
     n_replicas = netdir.param("hsdir_n_replicas", N_REPLICAS_DEFAULT, 1, 16)
-    spread = netdir.param("hsdir_spread_fetch", SPREAD_FETCH_DEFAULT, 1, 128)
+    if spread is None:
+        spread = netdir.param("hsdir_spread_fetch", SPREAD_FETCH_DEFAULT, 1, 128)
 
     ring = sorted(
         (

@@ -164,6 +164,7 @@ class Circuit:
         # Conflux (prop 329): this circuit's place in its tunnel's set, if any.
         self.conflux: ConfluxSet | None = None
         self.conflux_leg: ConfluxLeg | None = None
+        self.last_kh: bytes | None = None  # KH of the last handshake (tor-spec §5.2.2)
         channel.mux.attach(self)
 
     # -- what others read ------------------------------------------------------------
@@ -276,6 +277,7 @@ class Circuit:
         if params is not None and sendme_inc is not None:
             cc = Vegas(params, sendme_inc)
         self._add_hop(HopCrypto(keys.df, keys.db, keys.kf, keys.kb), cc)
+        self.last_kh = keys.kh  # an onion service's ESTABLISH_INTRO authenticates with it
         self.tunnel.hop_added(self, params if cc is not None else None)
 
     # -- what arrives ----------------------------------------------------------------

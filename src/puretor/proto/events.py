@@ -119,7 +119,21 @@ class StreamWritable:
 
 
 ChannelEvent = ChannelOpened | ChannelClosed
-TunnelEvent = HopAdded | TunnelClosed | ControlCell | ConfluxLinked
+
+
+@dataclass(frozen=True, slots=True)
+class StreamIncoming:
+    """The far end opened a stream (BEGIN) on a tunnel that accepts them (an onion
+    service's rendezvous circuit).  The owner answers with ``stream.accept()`` or
+    ``stream.abort(reason)``; until then the stream is open for DATA but sends none."""
+
+    tunnel: Tunnel
+    stream: Stream
+    host: str
+    port: int
+
+
+TunnelEvent = HopAdded | TunnelClosed | ControlCell | ConfluxLinked | StreamIncoming
 StreamEvent = StreamConnected | StreamData | StreamResolved | StreamEnded | StreamWritable
 Event = ChannelEvent | TunnelEvent | StreamEvent
 

@@ -156,6 +156,25 @@ def encode_begin(host: str, port: int, flags: int = 0) -> bytes:
     return body + _U32.pack(flags) if flags else body
 
 
+def decode_begin(body: bytes) -> tuple[str, int, int]:
+    """RELAY_BEGIN data from the far end: ``(host, port, flags)``; ValueError if malformed.
+
+    An onion-service client sends an empty host (``":80\\0"``).
+    """
+    nul = body.find(b"\0")
+    if nul < 0:
+        raise ValueError("BEGIN address is not NUL-terminated")
+    try:
+        text = bytes(body[:nul]).decode("ascii")
+    except UnicodeDecodeError:
+        raise ValueError("BEGIN address is not ASCII") from None
+    host, sep, port_text = text.rpartition(":")
+    if not sep or not port_text.isdigit() or not 0 < int(port_text) < 65536:
+        raise ValueError(f"BEGIN address {text[:64]!r} has no valid port")
+    flags = _U32.unpack_from(body, nul + 1)[0] if len(body) >= nul + 5 else 0
+    return host.strip("[]"), int(port_text), flags
+
+
 def encode_begin_dir() -> bytes:
     """RELAY_BEGIN_DIR data is empty (tor-spec §6.2.1: an all-zero payload)."""
     return b""

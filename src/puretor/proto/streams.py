@@ -29,12 +29,14 @@ from puretor.proto.events import (
     StreamConnected,
     StreamData,
     StreamEnded,
+    StreamIncoming,
     StreamResolved,
     StreamWritable,
 )
 from puretor.proto.relaymsg import (
     EndReason,
     RelayCommand,
+    decode_begin,
     decode_connected,
     decode_end,
     decode_resolved,
@@ -110,6 +112,7 @@ class Stream:
         "blocked_writer",
         "flow",
         "deadline",
+        "accepting",
     )
 
     def __init__(self, streams: StreamMap, stream_id: int, owner: Any, target: str) -> None:
@@ -128,6 +131,8 @@ class Stream:
         self.flow: StreamFlow | None = None
         # When the exit must have answered BEGIN/RESOLVE by (the tunnel's clock); None: no limit.
         self.deadline: float | None = None
+        # Opened by the far end and not yet answered with CONNECTED (no DATA goes out).
+        self.accepting = False
 
     def write(self, data: bytes) -> bool:
         """Queue ``data``; True when the caller should stop writing for now."""
@@ -136,6 +141,10 @@ class Stream:
     def close(self) -> None:
         """Application EOF: END (DONE) once the pending data has gone out."""
         self.map.close(self)
+
+    def accept(self) -> None:
+        """Answer a stream the far end opened (`StreamIncoming`) with CONNECTED."""
+        self.map.accept(self)
 
     def abort(self, reason: int = EndReason.MISC) -> None:
         """Drop pending data and end the stream now."""
@@ -248,8 +257,12 @@ class StreamMap:
             chunks.extend(pieces)
 
     def message(self, stream_id: int, command: int, data: bytes) -> None:
-        """CONNECTED, END, RESOLVED, SENDME, XON or XOFF for ``stream_id``."""
+        """CONNECTED, END, RESOLVED, SENDME, XON or XOFF for ``stream_id``; BEGIN on a
+        tunnel that accepts streams from the far end."""
         stream = self.streams.get(stream_id)
+        if command == RelayCommand.BEGIN:
+            self._incoming(stream, stream_id, data)
+            return
         if stream is None:
             return
         if self._pending:
@@ -282,6 +295,38 @@ class StreamMap:
         elif command == RelayCommand.RESOLVED:
             self.forget(stream)
             self.tunnel.emit(StreamResolved(stream, decode_resolved(data)))
+
+    def _incoming(self, stream: Stream | None, stream_id: int, data: bytes) -> None:
+        limit = self.tunnel.accept_streams
+        if limit is None:
+            raise RemoteProtocolError("BEGIN on a circuit that does not accept streams")
+        if stream is not None:
+            raise RemoteProtocolError(f"BEGIN for stream {stream_id}, which is already open")
+        try:
+            host, port, _flags = decode_begin(data)
+        except ValueError:
+            self.tunnel.send_relay(RelayCommand.END, stream_id, encode_end(EndReason.TORPROTOCOL))
+            return
+        if limit and len(self.streams) >= limit:
+            self.tunnel.streams_over_limit(stream_id)
+            return
+        stream = Stream(self, stream_id, None, f"{host}:{port}")
+        stream.state = StreamState.OPEN
+        stream.accepting = True
+        if self.tunnel.cc is not None:
+            stream.flow = StreamFlow()
+            stream.package_window = UNLIMITED_WINDOW
+            stream.deliver_window = UNLIMITED_WINDOW
+        self.streams[stream_id] = stream
+        self.tunnel.emit(StreamIncoming(self.tunnel, stream, host, port))
+
+    def accept(self, stream: Stream) -> None:
+        if stream.state is not StreamState.OPEN or not stream.accepting:
+            return
+        stream.accepting = False
+        self.tunnel.send_relay(RelayCommand.CONNECTED, stream.stream_id, b"")
+        if stream.send_buffer:
+            self.tunnel.schedule(stream)
 
     def flush(self) -> None:
         """End of a run: one `StreamData` per stream, then stream SENDMEs (if not paused)."""
@@ -429,7 +474,7 @@ class StreamMap:
         if stream.state is StreamState.CLOSED or stream.close_after_flush:
             return False
         stream.send_buffer += data
-        if stream.state is StreamState.OPEN:
+        if stream.state is StreamState.OPEN and not stream.accepting:
             self.tunnel.schedule(stream)
         full = len(stream.send_buffer) >= SEND_BUFFER_HIGH_WATER
         if full:

@@ -33,8 +33,10 @@ from puretor.proto.events import (
 from puretor.proto.memory import QueueBudget
 from puretor.proto.relaymsg import (
     RELAY_DATA_LEN,
+    EndReason,
     RelayCommand,
     encode_begin,
+    encode_end,
     encode_resolve,
 )
 from puretor.proto.streams import Stream, StreamMap, StreamState
@@ -69,6 +71,11 @@ class Tunnel:
         self.closed_reason: TunnelClosed | None = None
         self.owner: Any = None  # whatever the asyncio layer attaches (events name us)
         self.build_deadline: float | None = None
+        # Streams the far end may open (BEGIN; an onion service's rendezvous circuit):
+        # None: none; 0: any number; n: at most n at once (HiddenServiceMaxStreams),
+        # and then close the whole tunnel if `close_on_stream_limit`.
+        self.accept_streams: int | None = None
+        self.close_on_stream_limit = False
         self._packaging = False
 
     # -- what others read ---------------------------------------------------------------
@@ -171,6 +178,12 @@ class Tunnel:
         stream.state = StreamState.RESOLVING
         self.send_relay(RelayCommand.RESOLVE, stream.stream_id, encode_resolve(hostname))
         return stream
+
+    def streams_over_limit(self, stream_id: int) -> None:
+        """A BEGIN past `accept_streams`: END (DONE, as C tor), or close the tunnel."""
+        self.send_relay(RelayCommand.END, stream_id, encode_end(EndReason.DONE))
+        if self.close_on_stream_limit:
+            self.destroy(DestroyReason.FINISHED, "too many streams on a rendezvous circuit")
 
     def _new_stream(self, owner: Any, target: str, deadline: float | None) -> Stream:
         if not self.is_usable:

@@ -550,3 +550,67 @@ def test_echoing_from_stream_data(circ: Tunnel, fake: FakeRelay) -> None:
     content = source_content("e.example", 80, MB)
     assert bytes(sink.data) == content
     assert fs is not None and len(fs.received) == MB and fake.violations == []
+
+
+# -- streams opened by the far end (an onion service's rendezvous circuit) ---------------
+
+
+def _service_side(accept: int | None, close_on_limit: bool = False):  # noqa: ANN202
+    from fakes.relay import transfer as _transfer
+
+    fake, channel, circ = _setup(sendme_accept_min_version=1)
+    keys = os.urandom(128)
+    circ.add_virtual_hop(keys[0:32], keys[32:64], keys[64:96], keys[96:128])
+    fake.add_virtual_hop(circ.circ_id, keys)
+    circ.accept_streams = accept
+    circ.close_on_stream_limit = close_on_limit
+    seen: list[object] = []
+    circ.owner = seen
+    _transfer(channel, fake)
+    return fake, channel, circ, seen
+
+
+def test_incoming_begin_is_offered_then_accepted_with_connected() -> None:
+    from puretor.proto.events import StreamIncoming
+
+    fake, channel, circ, seen = _service_side(0)
+    fcirc = fake.circuit(circ.circ_id)
+    fake.send_relay(fcirc, 3, RelayCommand.BEGIN, 5, b":80\0")
+    transfer(channel, fake)
+    incoming = [e for e in seen if isinstance(e, StreamIncoming)]
+    assert len(incoming) == 1 and incoming[0].port == 80 and incoming[0].host == ""
+    stream = incoming[0].stream
+    assert stream.stream_id == 5
+    sink = RecordingSink()
+    stream.owner = sink
+    stream.write(b"not before CONNECTED")
+    transfer(channel, fake)
+    assert fcirc.hops[3].unhandled == []  # nothing went out yet
+    stream.accept()
+    transfer(channel, fake)
+    assert fcirc.hops[3].unhandled[0] == (RelayCommand.CONNECTED, 5, b"")
+    assert circ.state is CircuitState.OPEN
+
+
+def test_incoming_begin_limits_and_refusals() -> None:
+    fake, channel, circ, seen = _service_side(1, close_on_limit=True)
+    fcirc = fake.circuit(circ.circ_id)
+    fake.send_relay(fcirc, 3, RelayCommand.BEGIN, 1, b":80\0")
+    transfer(channel, fake)
+    assert circ.state is CircuitState.OPEN
+    seen[-1].stream.owner = RecordingSink()  # type: ignore[attr-defined]
+    fake.send_relay(fcirc, 3, RelayCommand.BEGIN, 2, b":80\0")
+    transfer(channel, fake)
+    assert circ.state is CircuitState.CLOSED  # HiddenServiceMaxStreamsCloseCircuit
+
+    fake, channel, circ, _seen = _service_side(None)
+    fake.send_relay(fake.circuit(circ.circ_id), 3, RelayCommand.BEGIN, 1, b":80\0")
+    transfer(channel, fake)
+    assert circ.state is CircuitState.CLOSED  # a client's circuit takes no BEGIN
+
+
+def test_incoming_begin_garbage_gets_an_end() -> None:
+    fake, channel, circ, seen = _service_side(0)
+    fake.send_relay(fake.circuit(circ.circ_id), 3, RelayCommand.BEGIN, 9, b"no-nul")
+    transfer(channel, fake)
+    assert circ.state is CircuitState.OPEN and 9 not in circ.streams

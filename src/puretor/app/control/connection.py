@@ -3,11 +3,13 @@
 from __future__ import annotations
 
 import asyncio
+import base64
 import contextlib
 import logging
 import os
 import time
 from collections.abc import Awaitable, Callable, Iterable
+from pathlib import Path
 from typing import TYPE_CHECKING
 
 from puretor.app.control.getinfo import (
@@ -18,8 +20,9 @@ from puretor.app.control.getinfo import (
     getinfo,
 )
 from puretor.config import OPTIONS, TorConfig
-from puretor.config.options import canonical_name, with_changes
+from puretor.config.options import canonical_name, parse_hs_port, with_changes
 from puretor.errors import ConfigError, TorError
+from puretor.hs.service import SECRET_KEY_HEADER
 from puretor.path.addressmap import SOURCE_CONTROL, MappingError, is_valid_destination
 from puretor.proto import control as proto
 from puretor.proto.controlauth import SERVER_NONCE_LEN, safecookie_hashes
@@ -275,7 +278,10 @@ async def _getinfo(conn: ControlConnection, cmd: proto.ControlCommand) -> bytes:
     out = proto.Reply()
     for key in keys:
         try:
-            value = getinfo(conn.server, key)
+            if key in ("onions/current", "onions/detached"):
+                value = onions_of(conn, key == "onions/detached")
+            else:
+                value = getinfo(conn.server, key)
         except GetinfoError as exc:
             return proto.reply(exc.code, str(exc))
         if "\n" in value:
@@ -683,3 +689,115 @@ async def _resolve_one(server: ControlServer, name: str, reverse: bool) -> None:
     now = time.strftime("%Y-%m-%d %H:%M:%S", time.gmtime())
     text = f'ADDRMAP {name} {answer} "{now}"{error} EXPIRES="{now}" CACHED="NO"'
     server.broadcast("ADDRMAP", proto.event(text))
+
+
+# -- onion services (control-spec ADD_ONION, DEL_ONION) -----------------------------------
+
+_ADD_ONION_FLAGS = frozenset({"DiscardPK", "Detach", "MaxStreamsCloseCircuit", "V3Auth"})
+
+
+@command("ADD_ONION")
+async def _add_onion(conn: ControlConnection, cmd: proto.ControlCommand) -> bytes:
+    """``ADD_ONION KeyType:KeyBlob [Flags=..] [MaxStreams=N] Port=V[,Target]...
+    [ClientAuthV3=<base32 key>]...``: a service for as long as this connection lasts
+    (``Detach``: until DEL_ONION or exit)."""
+    words = cmd.args.split()
+    if not words:
+        return proto.reply(512, "Missing argument to ADD_ONION")
+    key_type, _, key_blob = words[0].partition(":")
+    if key_type == "NEW":
+        if key_blob not in ("BEST", "ED25519-V3"):
+            return proto.reply(513, "Invalid key type")
+        key: bytes | None = None
+    elif key_type == "ED25519-V3":
+        try:
+            expanded = base64.b64decode(key_blob, validate=True)
+        except ValueError:
+            return proto.reply(512, "Failed to decode ED25519-V3 key")
+        if len(expanded) != 64:
+            return proto.reply(512, "Failed to decode ED25519-V3 key")
+        key = SECRET_KEY_HEADER + expanded
+    elif key_type == "RSA1024":
+        return proto.reply(513, "Invalid key type: v2 onion services no longer exist")
+    else:
+        return proto.reply(513, "Invalid key type")
+    flags: set[str] = set()
+    max_streams = 0
+    ports: dict[int, str | tuple[str, int]] = {}
+    auth: list[str] = []
+    for word in words[1:]:
+        name, eq, value = word.partition("=")
+        if not eq:
+            return proto.reply(513, f"Invalid argument {word[:64]!r}")
+        if name == "Flags":
+            flags = set(value.split(",")) if value else set()
+            unknown = flags - _ADD_ONION_FLAGS
+            if unknown:
+                return proto.reply(512, f"Invalid 'Flags' argument: {sorted(unknown)[0][:64]}")
+        elif name == "MaxStreams":
+            if not value.isdigit() or int(value) > 65535:
+                return proto.reply(512, "Invalid MaxStreams")
+            max_streams = int(value)
+        elif name == "Port":
+            virt, _, target = value.partition(",")
+            try:
+                port, parsed = parse_hs_port(f"{virt} {target}" if target else virt)
+            except ValueError as exc:
+                return proto.reply(512, f"Invalid VIRTPORT/TARGET: {exc}")
+            if port in ports:
+                return proto.reply(512, "Several targets for one virtual port are not supported")
+            ports[port] = f"unix:{parsed}" if isinstance(parsed, Path) else parsed
+        elif name == "ClientAuthV3":
+            auth.append(value)
+        elif name == "ClientAuth":
+            return proto.reply(513, "ClientAuth is for v2 onion services, which no longer exist")
+        else:
+            return proto.reply(513, f"Invalid argument {name[:64]!r}")
+    if not ports:
+        return proto.reply(512, "Missing 'Port' argument")
+    if auth and "V3Auth" not in flags:
+        flags.add("V3Auth")
+    tor = conn.server.tor
+    try:
+        service = tor.onion_service(
+            ports,
+            key=key,
+            max_streams=max_streams,
+            max_streams_close_circuit="MaxStreamsCloseCircuit" in flags,
+            authorized_clients=auth,
+        )
+    except ConfigError as exc:
+        return proto.reply(512, str(exc))
+    service_id = service.address.removesuffix(".onion")
+    if service_id in conn.server.onions:
+        return proto.reply(550, "Onion address collision")
+    try:
+        await service.start()
+    except TorError as exc:
+        return proto.reply(551, f"Failed to add onion service: {exc}")
+    conn.server.onions[service_id] = (service, None if "Detach" in flags else conn)
+    out = proto.Reply().line(f"ServiceID={service_id}")
+    if "DiscardPK" not in flags and key is None:
+        blob = base64.b64encode(service.secret_key[32:]).decode("ascii")
+        out.line(f"PrivateKey=ED25519-V3:{blob}")
+    return out.line("OK").to_bytes()
+
+
+@command("DEL_ONION")
+async def _del_onion(conn: ControlConnection, cmd: proto.ControlCommand) -> bytes:
+    words = cmd.args.split()
+    if len(words) != 1:
+        return proto.reply(512, "DEL_ONION takes one argument")
+    service_id = words[0].removesuffix(".onion")
+    entry = conn.server.onions.get(service_id)
+    if entry is None or entry[1] not in (None, conn):
+        return proto.reply(552, "Unknown Onion Service id")
+    del conn.server.onions[service_id]
+    await entry[0].stop()
+    return proto.reply(250, "OK")
+
+
+def onions_of(conn: ControlConnection, detached: bool) -> str:
+    """GETINFO onions/current (this connection's) and onions/detached."""
+    owner = None if detached else conn
+    return "\n".join(sid for sid, (_svc, c) in conn.server.onions.items() if c is owner)

@@ -81,6 +81,9 @@ class ControlServer:
         self._owner_task: asyncio.Task[None] | None = None
         self._bw_listening = False
         self.background: set[asyncio.Future[None]] = set()  # RESOLVE lookups in progress
+        # ADD_ONION services by service id: (service, the connection that owns it; None:
+        # detached, kept until DEL_ONION or exit).
+        self.onions: dict[str, tuple[Any, ControlConnection | None]] = {}
 
     @property
     def authenticator(self) -> Authenticator:
@@ -165,6 +168,11 @@ class ControlServer:
             self.connections.discard(conn)
             conn.close()
             self.subscriptions_changed()
+            # Its non-detached onion services end with it (C tor).
+            for sid, (service, owner) in list(self.onions.items()):
+                if owner is conn:
+                    del self.onions[sid]
+                    await service.stop()
             if conn.owner:
                 self.daemon.shutdown("Owning controller connection has closed -- exiting now.")
 
