@@ -16,13 +16,12 @@ import functools
 import ipaddress
 import logging
 import os
-import socket
 import ssl as _ssl
 import time
 import weakref
 from collections.abc import AsyncIterator, Awaitable, Callable, Hashable, Mapping, Sequence
 from pathlib import Path
-from typing import Any, TypeVar
+from typing import TYPE_CHECKING, Any, TypeVar
 
 from puretor.aio.channel import ChannelManager, ChannelTarget
 from puretor.aio.circmgr import CircuitManager
@@ -91,6 +90,9 @@ from puretor.proto.conflux import UX_BY_NAME
 from puretor.proto.memory import choose_limit
 from puretor.proto.relaymsg import EndReason
 from puretor.ratelimit import RateLimit
+
+if TYPE_CHECKING:
+    import socket
 
 log = logging.getLogger("puretor")
 MAPPED_ANSWER_TTL = 60  # seconds, for a DNS answer that comes from the address map

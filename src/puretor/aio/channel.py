@@ -19,12 +19,12 @@ import contextlib
 import errno
 import logging
 import os
-import socket
 import ssl
 import sys
 import time
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
+from typing import TYPE_CHECKING
 
 from puretor.aio.observe import ChannelEvent, GeneralStatusEvent, RelayRef, new_channel_id
 from puretor.aio.reactor import Reactor
@@ -34,6 +34,9 @@ from puretor.proto.circuitmux import DEFAULT_HALFLIFE
 from puretor.proto.events import ChannelClosed, ChannelOpened
 from puretor.proto.memory import relieve
 from puretor.ratelimit import RateLimit
+
+if TYPE_CHECKING:
+    import socket
 
 log = logging.getLogger("puretor.channel")
 
