@@ -24,6 +24,8 @@ import argparse
 import asyncio
 import hashlib
 import json
+import os
+import signal
 import statistics
 import sys
 import time
@@ -126,4 +128,8 @@ if __name__ == "__main__":
     ap.add_argument("--mb", type=int, default=64)
     ap.add_argument("--workdir", type=Path, default=Path("/tmp/bench-mux-data"))
     args = ap.parse_args()
+    # Ctrl-C ends the benchmark at once: its clients live in this process and hold
+    # nothing that must be saved (asyncio's own handler cancels the main task, which a
+    # round in progress may outlast).
+    signal.signal(signal.SIGINT, lambda *_: os._exit(130))
     asyncio.run(main(args.netdir, args.rounds, args.mb, args.workdir))

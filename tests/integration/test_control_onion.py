@@ -62,7 +62,18 @@ def test_hsfetch_and_client_auth_through_the_control_port(testnet: Any, tmp_path
             controller.add_event_listener(events.put, EventType.HS_DESC)
             address = plain["address"].removesuffix(".onion")
             t0 = time.monotonic()
-            desc = controller.get_hidden_service_descriptor(address, timeout=90)
+            for attempt in range(3):
+                # Right after the network starts, the service may still be publishing to
+                # the HSDirs this client's consensus names: ask again, as a user would.
+                try:
+                    desc = controller.get_hidden_service_descriptor(address, timeout=90)
+                    break
+                except stem.DescriptorUnavailable:
+                    if attempt == 2:
+                        raise
+                    time.sleep(10)
+                    while not events.empty():
+                        events.get_nowait()
             fetch_s = time.monotonic() - t0
             assert str(desc).startswith("hs-descriptor 3\n"), str(desc)[:200]
             seen = []
