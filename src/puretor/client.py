@@ -49,9 +49,6 @@ from puretor.aio.observe import (
     GeneralStatusEvent as GeneralStatusEvent,
 )
 from puretor.aio.observe import (
-    HsDescEvent as HsDescEvent,
-)
-from puretor.aio.observe import (
     NetworkLivenessEvent as NetworkLivenessEvent,
 )
 from puretor.aio.observe import (
@@ -1286,8 +1283,8 @@ class TorClient:
         `StreamBandwidthEvent` and `CircuitBandwidthEvent` (once a second while such a
         listener exists), `BootstrapEvent`, `GuardEvent`, `NetworkLivenessEvent`,
         `BuildTimeoutEvent`, `NewConsensusEvent`, `GeneralStatusEvent`,
-        `OnionDescriptorEvent` (descriptor fetches) and `HsDescEvent` (an onion service's
-        descriptor uploads).  Callbacks run on the event loop and must not block;
+        `OnionDescriptorEvent` (descriptor fetches, and an onion service's descriptor
+        uploads).  Callbacks run on the event loop and must not block;
         exceptions they raise are logged.
         """
         self._observer.add_listener(callback, tuple(kinds))

@@ -410,16 +410,16 @@ async def test_add_onion_refuses_bad_arguments(tmp_path: Path) -> None:
 
 
 def test_hs_desc_event_lines() -> None:
-    from puretor.aio.observe import HsDescEvent, RelayRef
+    from puretor.aio.observe import OnionDescriptorEvent, RelayRef
     from puretor.app.control.formats import event_text
 
     hsdir = RelayRef("AB" * 20, "relay1")
-    upload = HsDescEvent("UPLOAD", "x" * 56, hsdir, "blindedkey")
+    upload = OnionDescriptorEvent("UPLOAD", "x" * 56, hsdir, "blindedkey", upload=True)
     assert event_text(upload) == (
         "HS_DESC",
         f"UPLOAD {'x' * 56} UNKNOWN ${'AB' * 20}~relay1 blindedkey",
     )
-    done = HsDescEvent("UPLOADED", "x" * 56, hsdir, "blindedkey")
+    done = OnionDescriptorEvent("UPLOADED", "x" * 56, hsdir, "blindedkey", upload=True)
     assert event_text(done) == ("HS_DESC", f"UPLOADED {'x' * 56} UNKNOWN ${'AB' * 20}~relay1")
-    failed = HsDescEvent("FAILED", "x" * 56, hsdir, "k", "UPLOAD_REJECTED")
+    failed = OnionDescriptorEvent("FAILED", "x" * 56, hsdir, "k", "UPLOAD_REJECTED", upload=True)
     assert event_text(failed)[1].endswith(" REASON=UPLOAD_REJECTED")  # type: ignore[index]

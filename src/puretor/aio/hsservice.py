@@ -37,7 +37,7 @@ from typing import TYPE_CHECKING, Any
 from puretor.aio.channel import ChannelTarget
 from puretor.aio.circuit import HopSpec, TunnelHandle
 from puretor.aio.dirclient import fetch_raw
-from puretor.aio.observe import HsDescEvent, Observer, RelayRef
+from puretor.aio.observe import Observer, OnionDescriptorEvent, RelayRef
 from puretor.aio.stream import TorStreamTransport
 from puretor.dir.http import HttpResponseParser
 from puretor.dir.netdir import NetDir, Relay
@@ -212,7 +212,7 @@ class OnionServiceRunner:
         self.max_streams = max_streams
         self.max_streams_close_circuit = max_streams_close_circuit
         self.auth_clients = auth_clients  # x25519 public keys; () = no client authorization
-        self.observer = observer  # gets HsDescEvents (the control port's HS_DESC)
+        self.observer = observer  # gets upload OnionDescriptorEvents (HS_DESC)
         self.stats = ServiceStats()
         self.published = asyncio.Event()
         self._signing = SigningKey.generate()
@@ -546,7 +546,9 @@ class OnionServiceRunner:
         if self.observer is not None:
             ref = RelayRef(hsdir.rsa_id.hex().upper(), hsdir.nickname)
             address = self.address.removesuffix(".onion")
-            self.observer.emit(HsDescEvent(action, address, ref, desc_id, reason))
+            self.observer.emit(
+                OnionDescriptorEvent(action, address, ref, desc_id, reason, upload=True)
+            )
 
     async def _upload(self, desc: bytes, hsdir: Relay, desc_id: str) -> bool:
         self._report("UPLOAD", hsdir, desc_id)

@@ -159,9 +159,10 @@ class NewConsensusEvent:
 
 @dataclass(frozen=True, slots=True)
 class OnionDescriptorEvent:
-    """An onion service descriptor fetch (C tor's HS_DESC and HS_DESC_CONTENT events):
-    REQUESTED from an HSDir, then RECEIVED or FAILED (``reason``: NOT_FOUND,
-    QUERY_REJECTED, BAD_DESC, UNEXPECTED).
+    """An onion service descriptor fetch or upload (C tor's HS_DESC and HS_DESC_CONTENT
+    events).  A fetch: REQUESTED from an HSDir, then RECEIVED or FAILED (``reason``:
+    NOT_FOUND, QUERY_REJECTED, BAD_DESC, UNEXPECTED).  An upload (``upload``, one of our
+    services): UPLOAD, then UPLOADED or FAILED.
 
     ``address`` is the service's address without ``.onion``; ``descriptor_id`` its
     blinded key for the time period, base64 without padding; ``hsdir_index`` (REQUESTED)
@@ -175,25 +176,11 @@ class OnionDescriptorEvent:
     reason: str | None = None
     hsdir_index: str | None = None
     content: str | None = None
-
-
-@dataclass(frozen=True, slots=True)
-class HsDescEvent:
-    """An onion service's descriptor upload (HS_DESC, the service side; fetches by the
-    client are `OnionDescriptorEvent`): ``action`` UPLOAD, UPLOADED or FAILED,
-    ``address`` without ``.onion``, the HSDir, the blinded key (base64) and, for FAILED,
-    a ``reason``."""
-
-    action: str
-    address: str
-    hsdir: RelayRef
-    descriptor_id: str
-    reason: str | None = None
+    upload: bool = False
 
 
 ClientEvent = (
-    HsDescEvent
-    | CircuitEvent
+    CircuitEvent
     | StreamEvent
     | ChannelEvent
     | BandwidthEvent

@@ -102,11 +102,8 @@ class AddressMap:
 
     def lookup(self, address: str) -> str | None:
         """The name a virtual address stands for, or None."""
-        try:
-            key = ipaddress.ip_address(address.strip("[]")).compressed
-        except ValueError:
-            return None
-        return self._to_name.get(key)
+        key = self._ip_key(address)
+        return None if key is None else self._to_name.get(key)
 
     def automap(self, name: str, version: int = 4) -> str:
         """The virtual address for ``name``, picking an unused one if new: IPv4 or IPv6

@@ -15,7 +15,6 @@ from puretor.client import (
     CircuitEvent,
     GeneralStatusEvent,
     GuardEvent,
-    HsDescEvent,
     NetworkLivenessEvent,
     OnionDescriptorEvent,
     StreamBandwidthEvent,
@@ -79,7 +78,15 @@ def bootstrap_status(ev: BootstrapEvent) -> str:
 
 def hs_desc_line(ev: OnionDescriptorEvent) -> str:
     """HS_DESC's text as C tor writes it (control_events.c): REQUESTED with HSDIR_INDEX,
-    FAILED with REASON."""
+    FAILED with REASON; a service's uploads with the auth type UNKNOWN, the descriptor id
+    only on UPLOAD."""
+    if ev.upload:
+        line = f"{ev.action} {ev.address} UNKNOWN {ev.hsdir}"
+        if ev.action == "UPLOAD":
+            return f"{line} {ev.descriptor_id}"
+        if ev.action == "FAILED":
+            return f"{line} REASON={ev.reason or 'UNEXPECTED'}"
+        return line
     head = f"{ev.action} {ev.address} NO_AUTH {ev.hsdir}"
     if ev.action == "REQUESTED":
         index = f" HSDIR_INDEX={ev.hsdir_index}" if ev.hsdir_index else ""
@@ -108,8 +115,6 @@ def event_text(ev: Any) -> tuple[str, str] | None:
         return "STREAM_BW", f"{ev.id} {ev.written} {ev.read} {iso_time(time.time())}"
     if isinstance(ev, BootstrapEvent):
         return "STATUS_CLIENT", bootstrap_status(ev)
-    if isinstance(ev, HsDescEvent):
-        return "HS_DESC", hs_desc_upload_line(ev)
     if isinstance(ev, CircuitBandwidthEvent):
         stamp = iso_time(time.time())
         return "CIRC_BW", f"ID={ev.id} READ={ev.read} WRITTEN={ev.written} TIME={stamp}"
@@ -136,16 +141,6 @@ def buildtimeout_text(ev: BuildTimeoutEvent) -> str:
         f"XM={round(ev.xm * 1000)} ALPHA={ev.alpha:f} CUTOFF_QUANTILE={ev.quantile:f} "
         f"TIMEOUT_RATE={ev.timeout_rate:f} CLOSE_MS={timeout_ms} CLOSE_RATE={ev.timeout_rate:f}"
     )
-
-
-def hs_desc_upload_line(ev: HsDescEvent) -> str:
-    """C tor's HS_DESC UPLOAD / UPLOADED / FAILED lines for a service's uploads."""
-    line = f"{ev.action} {ev.address} UNKNOWN {ev.hsdir}"
-    if ev.action == "UPLOAD":
-        line += f" {ev.descriptor_id}"
-    elif ev.action == "FAILED":
-        line += f" REASON={ev.reason or 'UNEXPECTED'}"
-    return line
 
 
 def router_status(relay: Any, valid_after: float | None) -> str:
